@@ -1,0 +1,228 @@
+//! The capture screen: a live camera preview (rear camera preferred), "Take photo"
+//! drawing the current frame into a canvas, and an upload button as the fallback
+//! for browsers without a camera or when permission is denied.
+
+use leptos::html;
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{CanvasRenderingContext2d, HtmlCanvasElement, HtmlImageElement, HtmlVideoElement, MediaStream};
+
+/// Longest side of the captured picture; the model needs far less, phones give far more.
+const MAX_SIDE: u32 = 1024;
+/// How long to wait for the first camera frame before giving up.
+const FIRST_FRAME_TIMEOUT_MS: i32 = 8_000;
+
+#[derive(Debug, Clone, PartialEq)]
+enum CaptureState {
+    Idle,
+    StartingCamera,
+    Captured { width: u32, height: u32, source: &'static str },
+    Failed(String),
+}
+
+#[component]
+pub fn Camera() -> impl IntoView {
+    let video_ref = NodeRef::<html::Video>::new();
+    let canvas_ref = NodeRef::<html::Canvas>::new();
+    let (state, set_state) = signal(CaptureState::Idle);
+    let (camera_on, set_camera_on) = signal(false);
+
+    let take_photo = move |_| {
+        let (Some(video), Some(canvas)) = (video_ref.get(), canvas_ref.get()) else { return };
+        set_state.set(CaptureState::StartingCamera);
+        spawn_local(async move {
+            match capture_from_camera(&video, &canvas).await {
+                Ok((width, height)) => {
+                    set_camera_on.set(true);
+                    set_state.set(CaptureState::Captured { width, height, source: "camera" });
+                }
+                Err(message) => set_state.set(CaptureState::Failed(message)),
+            }
+        });
+    };
+
+    let upload = move |event: web_sys::Event| {
+        let Some(canvas) = canvas_ref.get() else { return };
+        let input: web_sys::HtmlInputElement = event_target(&event);
+        let Some(file) = input.files().and_then(|files| files.get(0)) else { return };
+        spawn_local(async move {
+            match draw_file(&file, &canvas).await {
+                Ok((width, height)) => set_state.set(CaptureState::Captured { width, height, source: "upload" }),
+                Err(message) => set_state.set(CaptureState::Failed(message)),
+            }
+        });
+    };
+
+    view! {
+        <section class="capture" aria-labelledby="capture-title">
+            <h2 id="capture-title">"What's on your plate?"</h2>
+            <div class="viewfinder">
+                <video
+                    id="camera-preview"
+                    node_ref=video_ref
+                    autoplay=true
+                    muted=true
+                    playsinline=true
+                    aria-label="Camera preview"
+                    class:hidden=move || !camera_on.get()
+                ></video>
+                <canvas
+                    id="photo-canvas"
+                    node_ref=canvas_ref
+                    aria-label="Captured photo"
+                    class:hidden=move || !matches!(state.get(), CaptureState::Captured { .. })
+                ></canvas>
+            </div>
+            <div class="capture-actions">
+                <button
+                    id="take-photo"
+                    class="primary"
+                    on:click=take_photo
+                    disabled=move || state.get() == CaptureState::StartingCamera
+                >
+                    "Take photo"
+                </button>
+                <input
+                    id="upload-photo"
+                    class="visually-hidden"
+                    type="file"
+                    accept="image/*"
+                    capture="environment"
+                    on:change=upload
+                />
+                <label class="button secondary" for="upload-photo">"Upload a photo"</label>
+            </div>
+            <p id="capture-status" class="capture-status" role="status" aria-live="polite" data-state=move || match state.get() {
+                CaptureState::Idle => "idle",
+                CaptureState::StartingCamera => "starting",
+                CaptureState::Captured { .. } => "captured",
+                CaptureState::Failed(_) => "failed",
+            }>
+                {move || match state.get() {
+                    CaptureState::Idle => "Take a photo of your meal or upload one.".to_string(),
+                    CaptureState::StartingCamera => "Starting the camera…".to_string(),
+                    CaptureState::Captured { width, height, source } => format!("Photo ready ({width}×{height}, from {source})."),
+                    CaptureState::Failed(message) => message,
+                }}
+            </p>
+        </section>
+    }
+}
+
+/// Starts the camera if needed, waits for a frame and draws it into `canvas`.
+async fn capture_from_camera(video: &HtmlVideoElement, canvas: &HtmlCanvasElement) -> Result<(u32, u32), String> {
+    if video.src_object().is_none() {
+        let stream = open_rear_camera().await?;
+        video.set_src_object(Some(&stream));
+    }
+    // play() may reject if the element is already playing; the frame wait below decides.
+    if let Ok(promise) = video.play() {
+        let _ = JsFuture::from(promise).await;
+    }
+    let mut waited = 0;
+    while video.video_width() == 0 || video.ready_state() < 2 {
+        if waited >= FIRST_FRAME_TIMEOUT_MS {
+            return Err("The camera sent no picture. Try again, or upload a photo instead.".into());
+        }
+        sleep_ms(50).await;
+        waited += 50;
+    }
+    let (width, height) = fit(video.video_width(), video.video_height());
+    canvas.set_width(width);
+    canvas.set_height(height);
+    context_2d(canvas)?
+        .draw_image_with_html_video_element_and_dw_and_dh(video, 0.0, 0.0, width as f64, height as f64)
+        .map_err(|e| format!("Could not draw the camera frame: {}", js_error(&e)))?;
+    Ok((width, height))
+}
+
+async fn open_rear_camera() -> Result<MediaStream, String> {
+    let devices = web_sys::window()
+        .and_then(|w| w.navigator().media_devices().ok())
+        .ok_or("This browser offers no camera access; upload a photo instead.")?;
+    // {video: {facingMode: {ideal: "environment"}}, audio: false}: prefer the rear camera
+    // but accept any (laptops only have a front one).
+    let facing = js_sys::Object::new();
+    js_sys::Reflect::set(&facing, &"ideal".into(), &"environment".into()).map_err(|e| js_error(&e))?;
+    let video = js_sys::Object::new();
+    js_sys::Reflect::set(&video, &"facingMode".into(), &facing).map_err(|e| js_error(&e))?;
+    let constraints = web_sys::MediaStreamConstraints::new();
+    constraints.set_video(&video);
+    constraints.set_audio(&false.into());
+    let promise = devices.get_user_media_with_constraints(&constraints).map_err(|e| js_error(&e))?;
+    match JsFuture::from(promise).await {
+        Ok(stream) => Ok(stream.unchecked_into()),
+        Err(e) => Err(camera_error_message(&e)),
+    }
+}
+
+fn camera_error_message(error: &JsValue) -> String {
+    let name = error.dyn_ref::<web_sys::DomException>().map(|e| e.name()).unwrap_or_default();
+    match name.as_str() {
+        "NotAllowedError" | "SecurityError" => {
+            "Camera access was denied. Allow the camera in your browser settings, or upload a photo instead.".into()
+        }
+        "NotFoundError" | "OverconstrainedError" => "No camera was found; upload a photo instead.".into(),
+        "NotReadableError" => "The camera is busy in another app; close it or upload a photo instead.".into(),
+        _ => format!("The camera could not start ({}); upload a photo instead.", js_error(error)),
+    }
+}
+
+/// Decodes an uploaded file with the browser's decoder and draws it into `canvas`.
+async fn draw_file(file: &web_sys::File, canvas: &HtmlCanvasElement) -> Result<(u32, u32), String> {
+    if !file.type_().starts_with("image/") {
+        return Err(format!("“{}” is not an image; choose a photo (JPEG, PNG, WebP…).", file.name()));
+    }
+    let url = web_sys::Url::create_object_url_with_blob(file).map_err(|e| js_error(&e))?;
+    let image = HtmlImageElement::new().map_err(|e| js_error(&e))?;
+    image.set_src(&url);
+    let decoded = JsFuture::from(image.decode()).await;
+    let _ = web_sys::Url::revoke_object_url(&url);
+    decoded.map_err(|_| format!("“{}” could not be read as an image.", file.name()))?;
+    let (width, height) = fit(image.natural_width(), image.natural_height());
+    canvas.set_width(width);
+    canvas.set_height(height);
+    context_2d(canvas)?
+        .draw_image_with_html_image_element_and_dw_and_dh(&image, 0.0, 0.0, width as f64, height as f64)
+        .map_err(|e| format!("Could not draw the photo: {}", js_error(&e)))?;
+    Ok((width, height))
+}
+
+/// Scales (w, h) down so the longer side is at most [`MAX_SIDE`], keeping the aspect ratio.
+fn fit(width: u32, height: u32) -> (u32, u32) {
+    let longest = width.max(height).max(1);
+    if longest <= MAX_SIDE {
+        return (width, height);
+    }
+    let scale = MAX_SIDE as f64 / longest as f64;
+    (((width as f64 * scale).round() as u32).max(1), ((height as f64 * scale).round() as u32).max(1))
+}
+
+fn context_2d(canvas: &HtmlCanvasElement) -> Result<CanvasRenderingContext2d, String> {
+    canvas
+        .get_context("2d")
+        .ok()
+        .flatten()
+        .and_then(|c| c.dyn_into().ok())
+        .ok_or_else(|| "This browser cannot draw on a canvas.".to_string())
+}
+
+async fn sleep_ms(ms: i32) {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        if let Some(window) = web_sys::window() {
+            let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+        }
+    });
+    let _ = JsFuture::from(promise).await;
+}
+
+fn js_error(error: &JsValue) -> String {
+    error
+        .dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| error.as_string())
+        .unwrap_or_else(|| format!("{error:?}"))
+}

@@ -1,0 +1,19 @@
+use leptos::prelude::*;
+
+use crate::connection::ConnectionState;
+
+/// A small badge telling whether the server is reachable; announced to screen readers.
+#[component]
+pub fn ConnectionStatus(state: ReadSignal<ConnectionState>) -> impl IntoView {
+    view! {
+        <p
+            id="connection-status"
+            class="connection-status"
+            role="status"
+            aria-live="polite"
+            data-state=move || state.get().key()
+        >
+            {move || state.get().label()}
+        </p>
+    }
+}

@@ -1,0 +1,3 @@
+pub mod app;
+pub mod camera;
+pub mod connection_status;

@@ -1,0 +1,154 @@
+//! The WebSocket to the server: connects, greets, tracks its state and reconnects
+//! with backoff when the server goes away (phones lose the network all the time).
+
+use borscht_protocol::{decode_server_message, encode, ClientMessage, ServerMessage, PROTOCOL_VERSION};
+use leptos::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use web_sys::{CloseEvent, MessageEvent, WebSocket};
+
+const FIRST_RETRY_MS: u32 = 1_000;
+const MAX_RETRY_MS: u32 = 15_000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConnectionState {
+    Connecting,
+    /// The server greeted us with our protocol version.
+    Connected {
+        server: String,
+    },
+    /// The server speaks another protocol: reloading the page fetches the matching app.
+    Outdated {
+        server_version: u32,
+    },
+    Disconnected,
+}
+
+impl ConnectionState {
+    /// Stable machine-readable name (exposed as `data-state` for tests and styling).
+    pub fn key(&self) -> &'static str {
+        match self {
+            ConnectionState::Connecting => "connecting",
+            ConnectionState::Connected { .. } => "connected",
+            ConnectionState::Outdated { .. } => "outdated",
+            ConnectionState::Disconnected => "disconnected",
+        }
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            ConnectionState::Connecting => "Connecting…".into(),
+            ConnectionState::Connected { server } => format!("Connected ({server}, protocol {PROTOCOL_VERSION})"),
+            ConnectionState::Outdated { server_version } => {
+                format!("The server was updated (protocol {server_version}); please reload the page")
+            }
+            ConnectionState::Disconnected => "Offline — reconnecting…".into(),
+        }
+    }
+}
+
+/// Handle owned by the app; cloning shares the same socket.
+#[derive(Clone)]
+pub struct Connection {
+    pub state: ReadSignal<ConnectionState>,
+}
+
+struct Inner {
+    set_state: WriteSignal<ConnectionState>,
+    retry_ms: Cell<u32>,
+    /// Set once the server announced another protocol version: stop reconnecting.
+    outdated: Cell<bool>,
+    /// The live socket's event handlers; replaced (and so freed) on every reconnect.
+    handlers: RefCell<Vec<Closure<dyn FnMut(JsValue)>>>,
+}
+
+impl Connection {
+    pub fn open() -> Self {
+        let (state, set_state) = signal(ConnectionState::Connecting);
+        let inner = Rc::new(Inner {
+            set_state,
+            retry_ms: Cell::new(FIRST_RETRY_MS),
+            outdated: Cell::new(false),
+            handlers: RefCell::new(Vec::new()),
+        });
+        connect(inner);
+        Connection { state }
+    }
+}
+
+fn ws_url() -> String {
+    let location = web_sys::window().expect("a browser window").location();
+    let scheme = if location.protocol().as_deref() == Ok("https:") { "wss" } else { "ws" };
+    let host = location.host().unwrap_or_default();
+    format!("{scheme}://{host}/ws")
+}
+
+fn connect(inner: Rc<Inner>) {
+    inner.set_state.set(ConnectionState::Connecting);
+    let socket = match WebSocket::new(&ws_url()) {
+        Ok(socket) => socket,
+        Err(e) => {
+            web_sys::console::warn_2(&"cannot open WebSocket".into(), &e);
+            inner.set_state.set(ConnectionState::Disconnected);
+            schedule_reconnect(inner);
+            return;
+        }
+    };
+
+    let on_open = {
+        let socket = socket.clone();
+        Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| {
+            let hello = encode(&ClientMessage::Hello { protocol_version: PROTOCOL_VERSION });
+            let _ = socket.send_with_str(&hello);
+        })
+    };
+    let on_message = {
+        let inner = inner.clone();
+        Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
+            let Some(text) = event.unchecked_into::<MessageEvent>().data().as_string() else { return };
+            match decode_server_message(&text) {
+                Ok(ServerMessage::Hello { protocol_version, server }) if protocol_version == PROTOCOL_VERSION => {
+                    inner.retry_ms.set(FIRST_RETRY_MS);
+                    inner.set_state.set(ConnectionState::Connected { server });
+                }
+                Ok(ServerMessage::Hello { protocol_version, .. }) => {
+                    inner.outdated.set(true);
+                    inner.set_state.set(ConnectionState::Outdated { server_version: protocol_version });
+                }
+                Ok(ServerMessage::Error { code, message }) => {
+                    web_sys::console::warn_1(&format!("server error {code:?}: {message}").into());
+                }
+                Ok(ServerMessage::Pong { .. }) => {}
+                Err(e) => web_sys::console::warn_1(&format!("undecodable server frame: {e}").into()),
+            }
+        })
+    };
+    let on_close = {
+        let inner = inner.clone();
+        Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
+            let code = event.dyn_ref::<CloseEvent>().map(|e| e.code()).unwrap_or_default();
+            web_sys::console::info_1(&format!("WebSocket closed (code {code})").into());
+            // An outdated app stays put: reconnecting cannot help until a reload.
+            if !inner.outdated.get() {
+                inner.set_state.set(ConnectionState::Disconnected);
+                schedule_reconnect(inner.clone());
+            }
+        })
+    };
+    socket.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+    socket.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+    // No onerror handler: `error` is always followed by `close`, which does the work.
+    *inner.handlers.borrow_mut() = vec![on_open, on_message, on_close];
+}
+
+fn schedule_reconnect(inner: Rc<Inner>) {
+    let delay = inner.retry_ms.get();
+    inner.retry_ms.set((delay * 2).min(MAX_RETRY_MS));
+    let retry = Closure::once_into_js(move || connect(inner));
+    if let Some(window) = web_sys::window() {
+        let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(retry.unchecked_ref(), delay as i32);
+    }
+}

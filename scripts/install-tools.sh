@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs every tool the build and the tests need. Idempotent: each tool is
+# skipped when the pinned version is already there (a fresh machine takes
+# about 20 minutes, a prepared one a few seconds).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+
+say() { printf '\033[1m[install]\033[0m %s\n' "$*"; }
+
+# System packages: Chromium + its WebDriver for browser tests, ffmpeg for the fake
+# camera clip, pkg-config/libssl-dev for crates that link OpenSSL.
+apt_packages=(chromium chromium-driver ffmpeg pkg-config libssl-dev)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  say "apt: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
+fi
+
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  say "rustup target wasm32-unknown-unknown"
+  rustup target add wasm32-unknown-unknown
+fi
+
+# trunk 0.22 needs a newer rustc than ours: stay on the pinned 0.21 release.
+if [ "$(trunk --version 2>/dev/null)" != "trunk $TRUNK_VERSION" ]; then
+  say "trunk $TRUNK_VERSION (cargo install, ~13 min)"
+  cargo install --locked "trunk@$TRUNK_VERSION"
+fi
+
+# No --locked: the CLI's own lock file pins a crate version the registry lacks.
+if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $WASM_BINDGEN_VERSION" ]; then
+  say "wasm-bindgen-cli $WASM_BINDGEN_VERSION (cargo install, ~4 min)"
+  cargo install --force "wasm-bindgen-cli@$WASM_BINDGEN_VERSION"
+fi
+
+# Debian's binaryen (108) emits wasm that breaks in the browser; npm's 132 works.
+if ! "$BORSCHT_TOOLS_DIR/node_modules/.bin/wasm-opt" --version 2>/dev/null | grep -q "version ${BINARYEN_VERSION%%.*}"; then
+  say "binaryen $BINARYEN_VERSION (npm) into $BORSCHT_TOOLS_DIR"
+  mkdir -p "$BORSCHT_TOOLS_DIR"
+  npm install --prefix "$BORSCHT_TOOLS_DIR" --no-save --no-audit --no-fund "binaryen@$BINARYEN_VERSION"
+fi
+
+say "tools ready: $(trunk --version), $(wasm-bindgen --version), $(wasm-opt --version | head -1), $(chromedriver --version | cut -d' ' -f1-2)"

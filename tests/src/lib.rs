@@ -1,0 +1,211 @@
+//! Helpers for the end-to-end tests: the real server on loopback and a real
+//! headless Chromium driven over WebDriver (chromedriver + fantoccini).
+//!
+//! Chromium is always closed, even when a test panics: [`with_browser`] catches
+//! the panic, ends the WebDriver session, then re-raises; dropping
+//! [`ChromeDriver`] kills the driver process (and with it any browser left).
+
+use anyhow::{bail, Context, Result};
+use fantoccini::{Client, ClientBuilder};
+use futures::FutureExt;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root (this crate lives in `tests/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Where test artifacts (screenshots) go; ignored by git.
+pub fn artifacts_dir() -> PathBuf {
+    let dir = repo_root().join("tests/artifacts");
+    std::fs::create_dir_all(&dir).expect("create tests/artifacts");
+    dir
+}
+
+/// The Trunk-built web app; a clear failure (not a skip) when it is missing.
+pub fn web_dir() -> PathBuf {
+    let dir =
+        std::env::var_os("BORSCHT_WEB_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("frontend/dist"));
+    assert!(
+        dir.join("index.html").is_file(),
+        "the web app is not built ({} has no index.html): run scripts/test.sh, which builds it with trunk",
+        dir.display()
+    );
+    dir
+}
+
+/// Starts `borscht serve`'s router on a free loopback port inside this test's runtime.
+pub async fn start_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let addr = listener.local_addr().unwrap();
+    let config = borscht::server::ServerConfig { addr, web_dir: web_dir() };
+    let app = borscht::server::router(&config);
+    tokio::spawn(borscht::server::serve_on(listener, app, std::future::pending()));
+    addr
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// A running chromedriver; killed on drop.
+pub struct ChromeDriver {
+    child: Child,
+    pub url: String,
+}
+
+impl ChromeDriver {
+    pub fn start() -> Result<Self> {
+        let binary = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
+        let port = free_port();
+        let child = Command::new(&binary)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {binary} (install chromium-driver: scripts/setup.sh)"))?;
+        let driver = ChromeDriver { child, url: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("chromedriver did not listen on port {port} within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(driver)
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How a test's Chromium is launched.
+#[derive(Debug, Clone, Default)]
+pub struct BrowserOptions {
+    /// A `.y4m` file the fake camera plays; `None` gives Chromium's own test pattern.
+    pub fake_camera: Option<PathBuf>,
+    /// Answer camera permission prompts with "deny" instead of "allow".
+    pub deny_camera: bool,
+    /// Window size (width, height); phones are the main users.
+    pub window: Option<(u32, u32)>,
+}
+
+fn chromium_binary() -> String {
+    std::env::var("CHROMIUM_BIN").unwrap_or_else(|_| "/usr/lib/chromium/chromium".into())
+}
+
+/// Runs `test` against a fresh headless Chromium and always closes the browser.
+pub async fn with_browser<F, Fut>(options: BrowserOptions, test: F)
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let driver = ChromeDriver::start().expect("chromedriver starts");
+    let profile = tempfile::tempdir().expect("temp profile dir");
+    let (width, height) = options.window.unwrap_or((412, 915));
+    let mut args = vec![
+        "--headless=new".to_string(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--disable-quic".into(),
+        "--no-first-run".into(),
+        "--disable-background-networking".into(),
+        "--disable-component-update".into(),
+        "--disable-sync".into(),
+        "--disable-dev-shm-usage".into(),
+        format!("--window-size={width},{height}"),
+        format!("--user-data-dir={}", profile.path().display()),
+        "--use-fake-device-for-media-stream".into(),
+    ];
+    if options.deny_camera {
+        args.push("--deny-permission-prompts".into());
+    } else {
+        args.push("--use-fake-ui-for-media-stream".into());
+    }
+    if let Some(video) = &options.fake_camera {
+        args.push(format!("--use-file-for-fake-video-capture={}", video.display()));
+    }
+    let capabilities = serde_json::json!({
+        "goog:chromeOptions": { "binary": chromium_binary(), "args": args }
+    });
+    let serde_json::Value::Object(capabilities) = capabilities else { unreachable!() };
+    let client = ClientBuilder::native()
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .expect("a WebDriver session with headless Chromium");
+
+    let outcome = AssertUnwindSafe(test(client.clone())).catch_unwind().await;
+    let closed = client.close().await;
+    drop(driver);
+    match outcome {
+        Err(panic) => std::panic::resume_unwind(panic),
+        Ok(Err(error)) => panic!("browser test failed: {error:?}"),
+        Ok(Ok(())) => closed.expect("close the WebDriver session"),
+    }
+}
+
+/// Polls `script` (a JS expression's body returning a value) until `accept` holds.
+pub async fn wait_for<T>(
+    client: &Client,
+    what: &str,
+    timeout: Duration,
+    script: &str,
+    accept: impl Fn(&serde_json::Value) -> Option<T>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last = serde_json::Value::Null;
+    loop {
+        last = client.execute(script, vec![]).await.unwrap_or(last);
+        if let Some(value) = accept(&last) {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}; last value: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads `data-state` of the element matching `selector` until it equals `state`.
+pub async fn wait_for_state(client: &Client, selector: &str, state: &str, timeout: Duration) -> Result<()> {
+    let script = format!(
+        "const e = document.querySelector({selector:?}); return e ? [e.dataset.state || '', e.textContent] : null;"
+    );
+    wait_for(client, &format!("{selector} to be {state:?}"), timeout, &script, |v| {
+        (v.get(0).and_then(|s| s.as_str()) == Some(state)).then_some(())
+    })
+    .await
+}
+
+/// Saves a screenshot under `tests/artifacts/NAME.png`.
+pub async fn screenshot(client: &Client, name: &str) -> Result<PathBuf> {
+    let png = client.screenshot().await?;
+    let path = artifacts_dir().join(format!("{name}.png"));
+    std::fs::write(&path, png)?;
+    Ok(path)
+}
+
+/// Makes a y4m clip of a still picture for Chromium's fake camera (needs ffmpeg).
+pub fn still_to_y4m(picture: &Path, out: &Path) -> Result<()> {
+    let status = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-loop", "1", "-i"])
+        .arg(picture)
+        .args(["-t", "1", "-r", "10", "-pix_fmt", "yuv420p"])
+        .arg(out)
+        .status()
+        .context("cannot run ffmpeg (install it: scripts/setup.sh)")?;
+    if !status.success() {
+        bail!("ffmpeg failed to convert {} to y4m ({status})", picture.display());
+    }
+    Ok(())
+}
