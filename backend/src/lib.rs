@@ -2,10 +2,12 @@
 //!
 //! Module map (one room per part of the architecture):
 //! - [`cli`]: the `borscht` command and its subcommands.
+//! - [`model`]: RUDOLPH itself: [`model::tokenizer`] (YouTokenToMe BPE), and to
+//!   come the transformer and the VQGAN.
 //! - [`server`]: the axum HTTP/WebSocket service that hosts the model.
 //!
-//! Rooms to come, each with its issue: `model/` (tokenizer, transformer,
-//! vqgan), `pipelines/`, `train/` and `nutrition`.
+//! Rooms to come, each with its issue: `pipelines/`, `train/` and `nutrition`.
 
 pub mod cli;
+pub mod model;
 pub mod server;
