@@ -5,8 +5,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::path::Path;
 
 fn captions() -> Vec<String> {
-    let corpus = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/corpus.txt"))
-        .expect("tokenizer fixtures");
+    let corpus =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/corpus.txt"))
+            .expect("tokenizer fixtures");
     corpus.lines().cycle().take(10_000).map(str::to_owned).collect()
 }
 

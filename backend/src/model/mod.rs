@@ -1,3 +1,15 @@
-//! The RUDOLPH model family: the text tokenizer, (to come) the transformer and the VQGAN.
+//! The RUDOLPH model family.
+//!
+//! - [`tokenizer`]: YouTokenToMe BPE for the text segments.
+//! - [`config`]: hyper-parameters under the reference's names, with presets.
+//! - [`device`]: `--device` / `--dtype` parsing.
+//! - [`masks`]: the sparse layer masks and the per-sample attention masks.
+//! - [`transformer`]: the decoder itself, its KV cache and its training loss.
+//! - [`weights`]: finding, checking, loading and converting checkpoints.
 
+pub mod config;
+pub mod device;
+pub mod masks;
 pub mod tokenizer;
+pub mod transformer;
+pub mod weights;

@@ -10,8 +10,8 @@
 //! `n_rules` lines `x y z` (merge x + y into z; earlier lines win), then
 //! `unk_id pad_id bos_id eos_id` (-1 for an unused one).
 
-use std::cmp::Reverse;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -107,7 +107,8 @@ impl Bpe {
         special: SpecialTokens,
     ) -> Result<Self, (ModelPart, String)> {
         let mut char_ids = HashMap::with_capacity_and_hasher(chars.len(), Default::default());
-        let mut pieces: HashMap<u32, Vec<u32>> = HashMap::with_capacity_and_hasher(chars.len() + rules.len(), Default::default());
+        let mut pieces: HashMap<u32, Vec<u32>> =
+            HashMap::with_capacity_and_hasher(chars.len() + rules.len(), Default::default());
         let specials: HashSet<u32> = special.iter().collect();
         for (i, (codepoint, id)) in chars.into_iter().enumerate() {
             if char_ids.insert(codepoint, id).is_some() {

@@ -1,0 +1,72 @@
+//! The `borscht` command line: one subcommand per capability, one file per family.
+//!
+//! - [`tokenizer`]: `tokenize`, `tokenizer-train`;
+//! - [`model`]: `forward`, `loss`, `convert` (cross-checking checkpoints against PyTorch);
+//! - `serve` lives here, a thin call into [`crate::server`].
+
+mod model;
+mod tokenizer;
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::server::{self, ServerConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "borscht", version, about = "Recognise a dish and its nutrition from a photo (RUDOLPH)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the web app, the WebSocket protocol (/ws) and the HTTP API.
+    Serve(ServeArgs),
+    /// Tokenize text lines from stdin with a YouTokenToMe BPE model; one JSON object per line.
+    Tokenize(tokenizer::TokenizeArgs),
+    /// Learn a BPE vocabulary from a text corpus and write it in YouTokenToMe's format.
+    TokenizerTrain(tokenizer::TokenizerTrainArgs),
+    /// Run the transformer on input ids (.npy) and write the logits (.npy).
+    Forward(model::ForwardArgs),
+    /// Print the training loss of full sequences (.npy) as JSON.
+    Loss(model::LossArgs),
+    /// Convert a checkpoint (pytorch_model.bin or safetensors) to safetensors in f32/f16/bf16.
+    Convert(model::ConvertArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "BORSCHT_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Folder holding the Trunk-built web app (index.html, wasm, static files).
+    #[arg(long, env = "BORSCHT_WEB_DIR", default_value = "frontend/dist")]
+    pub web_dir: PathBuf,
+}
+
+impl Cli {
+    pub fn run(self) -> anyhow::Result<()> {
+        init_tracing();
+        match self.command {
+            Command::Serve(args) => {
+                let runtime = tokio::runtime::Runtime::new()?;
+                runtime.block_on(server::serve(ServerConfig { addr: args.addr, web_dir: args.web_dir }))
+            }
+            Command::Tokenize(args) => tokenizer::tokenize(args),
+            Command::TokenizerTrain(args) => tokenizer::train(args),
+            Command::Forward(args) => model::forward(args),
+            Command::Loss(args) => model::loss(args),
+            Command::Convert(args) => model::convert(args),
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BORSCHT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
+    // Logs go to stderr so that commands printing JSON keep stdout clean.
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
+}

@@ -1,0 +1,475 @@
+//! RUDOLPH (rudolph 0.0.1rc4 `ruDolphModel`) in candle.
+//!
+//! One decoder over `[l_text (L) | image codes (I = T*T) | r_text (R)]`. Each
+//! struct mirrors a module of the reference, and `vb.pp(...)` follows its
+//! state-dict keys, so official checkpoints load as they are.
+//!
+//! Two modes share the code: inference uses candle's fused LayerNorm and
+//! softmax; training ([`Rudolph::set_differentiable`]) swaps in the composite
+//! ops that have a backward pass.
+
+use crate::model::config::RudolphConfig;
+use crate::model::masks::{layer_mask_kind, layer_masks, LayerMaskKind};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Embedding, Init, Linear, VarBuilder};
+
+/// Masked attention scores are pushed to this (not -inf), as the reference does.
+const MASK_VALUE: f64 = 10000.0;
+/// PB-relax divides scores by this before subtracting the per-head maximum.
+const PB_RELAX_ALPHA: f64 = 32.0;
+/// Embedding gradients are scaled by this (CogView's `x * a + x.detach() * (1 - a)`).
+const EMBEDDING_GRAD_SCALE: f64 = 0.1;
+
+fn embedding(n: usize, hidden: usize, vb: VarBuilder) -> Result<Embedding> {
+    let weight = vb.get_with_hints((n, hidden), "weight", Init::Randn { mean: 0.0, stdev: 0.02 })?;
+    Ok(Embedding::new(weight, hidden))
+}
+
+fn linear(input: usize, output: usize, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get_with_hints((output, input), "weight", Init::Randn { mean: 0.0, stdev: 0.02 })?;
+    let bias = vb.get_with_hints(output, "bias", Init::Const(0.0))?;
+    Ok(Linear::new(weight, Some(bias)))
+}
+
+/// LayerNorm with torch's semantics (biased variance, eps inside the square root).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: vb.get_with_hints(size, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(size, "bias", Init::Const(0.0))?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
+        if differentiable {
+            candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
+        } else {
+            candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
+        }
+    }
+}
+
+fn softmax_last_dim(x: &Tensor, differentiable: bool) -> Result<Tensor> {
+    if differentiable {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
+/// Keys and values of earlier positions, per layer: `[b, heads, past, head_dim]`.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        KvCache { layers: vec![None; num_layers] }
+    }
+
+    /// How many positions are cached.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps only the samples at `indices` (e.g. the candidates still being decoded).
+    pub fn select(&mut self, indices: &Tensor) -> Result<()> {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(indices, 0)?;
+            *v = v.index_select(indices, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Repeats every sample `n` times along the batch (one prompt, n samples).
+    pub fn repeat_batch(&mut self, n: usize) -> Result<()> {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.repeat((n, 1, 1, 1))?;
+            *v = v.repeat((n, 1, 1, 1))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SelfAttention {
+    query_key_value: Linear,
+    dense: Linear,
+    heads: usize,
+    head_dim: usize,
+    pb_relax: bool,
+}
+
+impl SelfAttention {
+    fn new(cfg: &RudolphConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(SelfAttention {
+            query_key_value: linear(h, 3 * h, vb.pp("query_key_value"))?,
+            dense: linear(h, h, vb.pp("dense"))?,
+            heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim(),
+            pb_relax: cfg.cogview_pb_relax,
+        })
+    }
+
+    /// `x`: `[b, n, h]` (the new positions); `mask`: `[b or 1, 1, n, past + n]`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        differentiable: bool,
+    ) -> Result<Tensor> {
+        let (b, n, h) = x.dims3()?;
+        let qkv = self.query_key_value.forward(x)?;
+        let split = |i: usize| -> Result<Tensor> {
+            qkv.narrow(D::Minus1, i * h, h)?.reshape((b, n, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+        };
+        let (q, mut k, mut v) = (split(0)?, split(1)?, split(2)?);
+        if let Some(cache) = cache {
+            if let Some((past_k, past_v)) = cache.as_ref() {
+                k = Tensor::cat(&[past_k, &k], 2)?;
+                v = Tensor::cat(&[past_v, &v], 2)?;
+            }
+            *cache = Some((k.clone(), v.clone()));
+        }
+        let scale = (self.head_dim as f64).sqrt();
+        let k_t = k.transpose(2, 3)?;
+        let scores = if self.pb_relax { (q / scale)?.matmul(&k_t)? } else { (q.matmul(&k_t)? / scale)? };
+        // scores * m - 10000 * (1 - m)
+        let penalty = ((mask.ones_like()? - mask)? * MASK_VALUE)?;
+        let scores = scores.broadcast_mul(mask)?.broadcast_sub(&penalty)?;
+        let scores = if self.pb_relax {
+            // Subtract the maximum over each (sample, head) matrix, not per row.
+            let scaled = (scores / PB_RELAX_ALPHA)?;
+            let maxes = scaled.detach().flatten_from(2)?.max_keepdim(2)?.unsqueeze(3)?;
+            (scaled.broadcast_sub(&maxes)? * PB_RELAX_ALPHA)?
+        } else {
+            scores
+        };
+        let probs = softmax_last_dim(&scores, differentiable)?;
+        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h))?;
+        self.dense.forward(&context)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    dense_h_to_4h: Linear,
+    dense_4h_to_h: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &RudolphConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Mlp {
+            dense_h_to_4h: linear(h, 4 * h, vb.pp("dense_h_to_4h"))?,
+            dense_4h_to_h: linear(4 * h, h, vb.pp("dense_4h_to_h"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // Tensor::gelu is the tanh approximation, as the reference's gelu_jit.
+        self.dense_4h_to_h.forward(&self.dense_h_to_4h.forward(x)?.gelu()?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TransformerLayer {
+    input_layernorm: LayerNorm,
+    attention: SelfAttention,
+    /// CogView sandwich LayerNorms (None when `cogview_sandwich_layernorm` is off).
+    before_first_addition_layernorm: Option<LayerNorm>,
+    post_attention_layernorm: LayerNorm,
+    mlp: Mlp,
+    before_second_addition_layernorm: Option<LayerNorm>,
+}
+
+impl TransformerLayer {
+    fn new(cfg: &RudolphConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, eps) = (cfg.hidden_size, cfg.layernorm_epsilon);
+        let sandwich = |name: &str| -> Result<Option<LayerNorm>> {
+            cfg.cogview_sandwich_layernorm.then(|| LayerNorm::new(h, eps, vb.pp(name))).transpose()
+        };
+        Ok(TransformerLayer {
+            input_layernorm: LayerNorm::new(h, eps, vb.pp("input_layernorm"))?,
+            attention: SelfAttention::new(cfg, vb.pp("attention"))?,
+            before_first_addition_layernorm: sandwich("before_first_addition_layernorm")?,
+            post_attention_layernorm: LayerNorm::new(h, eps, vb.pp("post_attention_layernorm"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            before_second_addition_layernorm: sandwich("before_second_addition_layernorm")?,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        diff: bool,
+    ) -> Result<Tensor> {
+        let mut attention = self.attention.forward(&self.input_layernorm.forward(x, diff)?, mask, cache, diff)?;
+        if let Some(ln) = &self.before_first_addition_layernorm {
+            attention = ln.forward(&attention, diff)?;
+        }
+        let residual = (x + attention)?;
+        let mut mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&residual, diff)?)?;
+        if let Some(ln) = &self.before_second_addition_layernorm {
+            mlp = ln.forward(&mlp, diff)?;
+        }
+        residual + mlp
+    }
+}
+
+/// Losses of one batch, as the reference reports them.
+#[derive(Debug, Clone)]
+pub struct Losses {
+    /// The weighted mean that training minimises (a scalar tensor, differentiable).
+    pub loss: Tensor,
+    pub l_text: f32,
+    pub image: f32,
+    pub r_text: f32,
+}
+
+/// Weights of the three loss terms (the article fine-tunes with 0.01 / 1 / 7).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossWeights {
+    pub l_text: f64,
+    pub image: f64,
+    pub r_text: f64,
+}
+
+impl Default for LossWeights {
+    /// The reference `forward`'s defaults.
+    fn default() -> Self {
+        LossWeights { l_text: 1.0, image: 7.0, r_text: 1.0 }
+    }
+}
+
+/// The whole model.
+#[derive(Debug, Clone)]
+pub struct Rudolph {
+    cfg: RudolphConfig,
+    text_embeddings: Embedding,
+    image_embeddings: Embedding,
+    l_text_pos_embeddings: Embedding,
+    r_text_pos_embeddings: Embedding,
+    image_row_embeddings: Embedding,
+    image_col_embeddings: Embedding,
+    layers: Vec<TransformerLayer>,
+    final_layernorm: LayerNorm,
+    /// `to_logits.0` (LayerNorm) and `to_logits.1` (Linear).
+    logits_layernorm: LayerNorm,
+    logits_linear: Linear,
+    /// Row, column, conv, last-conv masks, `[S', S']`.
+    layer_masks: [Tensor; 4],
+    differentiable: bool,
+    device: Device,
+}
+
+impl Rudolph {
+    pub fn new(cfg: &RudolphConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::msg)?;
+        let h = cfg.hidden_size;
+        let device = vb.device().clone();
+        let tvb = vb.pp("transformer");
+        let layers =
+            (0..cfg.num_layers).map(|i| TransformerLayer::new(cfg, tvb.pp("layers").pp(i))).collect::<Result<_>>()?;
+        let masks = layer_masks(cfg);
+        let mask = |i: usize| masks[i].to_tensor(&device)?.to_dtype(vb.dtype());
+        Ok(Rudolph {
+            text_embeddings: embedding(cfg.text_vocab(), h, vb.pp("text_embeddings"))?,
+            image_embeddings: embedding(cfg.image_vocab(), h, vb.pp("image_embeddings"))?,
+            l_text_pos_embeddings: embedding(cfg.l_text_seq_length + 1, h, vb.pp("l_text_pos_embeddings"))?,
+            r_text_pos_embeddings: embedding(cfg.r_text_seq_length + 1, h, vb.pp("r_text_pos_embeddings"))?,
+            image_row_embeddings: embedding(cfg.image_tokens_per_dim, h, vb.pp("image_row_embeddings"))?,
+            image_col_embeddings: embedding(cfg.image_tokens_per_dim, h, vb.pp("image_col_embeddings"))?,
+            layers,
+            final_layernorm: LayerNorm::new(h, cfg.layernorm_epsilon, tvb.pp("final_layernorm"))?,
+            logits_layernorm: LayerNorm::new(h, cfg.layernorm_epsilon, vb.pp("to_logits").pp(0))?,
+            logits_linear: linear(h, cfg.total_vocab(), vb.pp("to_logits").pp(1))?,
+            layer_masks: [mask(0)?, mask(1)?, mask(2)?, mask(3)?],
+            differentiable: false,
+            cfg: cfg.clone(),
+            device,
+        })
+    }
+
+    pub fn config(&self) -> &RudolphConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Training mode: composite ops with gradients instead of the fused inference kernels.
+    pub fn set_differentiable(&mut self, on: bool) {
+        self.differentiable = on;
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.num_layers)
+    }
+
+    /// Embeds the ids of absolute positions `start..start + n` (they may span segments).
+    fn embed(&self, ids: &Tensor, start: usize) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (l, i_len) = (cfg.l_text_seq_length, cfg.image_seq_length());
+        let (_, n) = ids.dims2()?;
+        let end = start + n;
+        let mut parts = Vec::new();
+        let dev = &self.device;
+        // l_text: pad id 0 becomes a per-position id `text_vocab - L + position`.
+        if start < l {
+            let (a, b) = (start, end.min(l));
+            let seg = ids.narrow(1, a - start, b - a)?;
+            let positions = Tensor::arange(a as u32, b as u32, dev)?;
+            let pad_base = (cfg.text_vocab() - l) as u32;
+            let pad_ids = Tensor::arange(pad_base + a as u32, pad_base + b as u32, dev)?;
+            let seg = seg.eq(0u32)?.where_cond(&pad_ids.unsqueeze(0)?.broadcast_as(seg.shape())?, &seg)?;
+            let pos = self.l_text_pos_embeddings.forward(&positions)?;
+            parts.push(self.text_embeddings.forward(&seg)?.broadcast_add(&pos)?);
+        }
+        if end > l && start < l + i_len {
+            let (a, b) = (start.max(l), end.min(l + i_len));
+            let seg = ids.narrow(1, a - start, b - a)?;
+            let t = cfg.image_tokens_per_dim as u32;
+            let cells: Vec<u32> = ((a - l) as u32..(b - l) as u32).collect();
+            let rows = Tensor::from_vec(cells.iter().map(|c| c / t).collect::<Vec<_>>(), cells.len(), dev)?;
+            let cols = Tensor::from_vec(cells.iter().map(|c| c % t).collect::<Vec<_>>(), cells.len(), dev)?;
+            let pos = (self.image_row_embeddings.forward(&rows)? + self.image_col_embeddings.forward(&cols)?)?;
+            parts.push(self.image_embeddings.forward(&seg)?.broadcast_add(&pos)?);
+        }
+        if end > l + i_len {
+            let a = start.max(l + i_len);
+            let seg = ids.narrow(1, a - start, end - a)?;
+            let positions = Tensor::arange((a - l - i_len) as u32, (end - l - i_len) as u32, dev)?;
+            let pos = self.r_text_pos_embeddings.forward(&positions)?;
+            parts.push(self.text_embeddings.forward(&seg)?.broadcast_add(&pos)?);
+        }
+        let embeddings = Tensor::cat(&parts, 1)?;
+        // Same values; gradients to the embeddings are scaled by 0.1 (CogView).
+        (&embeddings * EMBEDDING_GRAD_SCALE)? + (embeddings.detach() * (1.0 - EMBEDDING_GRAD_SCALE))?
+    }
+
+    fn layer_mask(&self, layer: usize) -> &Tensor {
+        match layer_mask_kind(layer, self.cfg.num_layers) {
+            LayerMaskKind::Row => &self.layer_masks[0],
+            LayerMaskKind::Column => &self.layer_masks[1],
+            LayerMaskKind::Conv => &self.layer_masks[2],
+            LayerMaskKind::LastConv => &self.layer_masks[3],
+        }
+    }
+
+    /// Hidden states after `final_layernorm` for the positions `past..past + n`, where
+    /// `past` is what `cache` holds (0 without a cache).
+    ///
+    /// `input_ids`: `[b, n]` u32 (image codes as image-local ids 0..image_vocab);
+    /// `attention_mask`: `[b or 1, 1, S, S]` from [`crate::model::masks`].
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let (_, n) = input_ids.dims2()?;
+        let total = past + n;
+        if total > self.cfg.total_seq_length() {
+            candle_core::bail!("sequence of {total} positions exceeds the model's {}", self.cfg.total_seq_length());
+        }
+        let input_ids = input_ids.to_dtype(DType::U32)?;
+        let mut hidden = self.embed(&input_ids, past)?;
+        let dtype = self.layer_masks[0].dtype();
+        let sample_mask = attention_mask.narrow(2, past, n)?.narrow(3, 0, total)?.to_dtype(dtype)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_mask = self.layer_mask(i).narrow(0, past, n)?.narrow(1, 0, total)?;
+            let mask = sample_mask.broadcast_mul(&layer_mask)?;
+            let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
+            hidden = layer.forward(&hidden, &mask, layer_cache, self.differentiable)?;
+        }
+        self.final_layernorm.forward(&hidden, self.differentiable)
+    }
+
+    /// Logits `[b, n, text_vocab + image_vocab]` for the new positions (text ids first).
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let hidden = self.forward_hidden(input_ids, attention_mask, cache)?;
+        self.logits(&hidden)
+    }
+
+    /// `to_logits`: another LayerNorm, then the projection onto both vocabularies.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.logits_linear.forward(&self.logits_layernorm.forward(hidden, self.differentiable)?)
+    }
+
+    /// The reference's training loss over full sequences `[b, S]`.
+    pub fn loss(&self, input_ids: &Tensor, attention_mask: &Tensor, weights: LossWeights) -> Result<Losses> {
+        let cfg = &self.cfg;
+        let (l, i_len, r) = (cfg.l_text_seq_length, cfg.image_seq_length(), cfg.r_text_seq_length);
+        let input_ids = input_ids.to_dtype(DType::U32)?;
+        let (_, s) = input_ids.dims2()?;
+        if s != cfg.total_seq_length() {
+            candle_core::bail!("the loss needs full sequences of {} ids, got {s}", cfg.total_seq_length());
+        }
+        let logits = self.forward(&input_ids, attention_mask, None)?.to_dtype(DType::F32)?;
+        let text_vocab = cfg.text_vocab();
+
+        // Labels as the reference builds them: cat(l_text[1:] (pads replaced), image, r_text).
+        let l_text = input_ids.narrow(1, 0, l)?;
+        let pad_ids = Tensor::arange((text_vocab - l) as u32, text_vocab as u32, &self.device)?;
+        let l_text = l_text.eq(0u32)?.where_cond(&pad_ids.unsqueeze(0)?.broadcast_as(l_text.shape())?, &l_text)?;
+        let image = input_ids.narrow(1, l, i_len)?;
+        let r_text = input_ids.narrow(1, l + i_len, r)?;
+        let labels = Tensor::cat(&[&l_text.narrow(1, 1, l - 1)?, &image, &r_text], 1)?;
+
+        let lt_logits = logits.narrow(1, 0, l)?.narrow(2, 0, text_vocab)?;
+        let lt = cross_entropy(&lt_logits, &labels.narrow(1, 0, l)?, None)?;
+        let img_logits = logits.narrow(1, l, i_len)?.narrow(2, text_vocab, cfg.image_vocab())?;
+        let img = cross_entropy(&img_logits, &labels.narrow(1, l, i_len)?, None)?;
+        let rt_logits = logits.narrow(1, l + i_len, r - 1)?.narrow(2, 0, text_vocab)?;
+        let rt = cross_entropy(&rt_logits, &labels.narrow(1, l + i_len, r - 1)?, Some(0))?;
+
+        let mut total = Tensor::zeros((), DType::F32, &self.device)?;
+        for (term, w) in [(&lt, weights.l_text), (&img, weights.image), (&rt, weights.r_text)] {
+            if w != 0.0 {
+                total = (total + (term * w)?)?;
+            }
+        }
+        let loss = (total / (weights.l_text + weights.image + weights.r_text))?;
+        Ok(Losses { loss, l_text: lt.to_scalar()?, image: img.to_scalar()?, r_text: rt.to_scalar()? })
+    }
+}
+
+/// Mean cross-entropy of `logits` `[b, n, c]` against `labels` `[b, n]`, skipping
+/// `ignore` labels (torch's `F.cross_entropy` with `ignore_index`). Differentiable.
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor, ignore: Option<u32>) -> Result<Tensor> {
+    let per_token = token_cross_entropy(logits, labels)?;
+    match ignore {
+        None => per_token.mean_all(),
+        Some(ignored) => {
+            let keep = labels.ne(ignored)?.to_dtype(DType::F32)?;
+            (per_token * &keep)?.sum_all()? / keep.sum_all()?.to_scalar::<f32>()? as f64
+        }
+    }
+}
+
+/// Per-token cross-entropy `[b, n]` (labels of any value in range; no ignoring).
+pub fn token_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = log_probs.gather(&labels.to_dtype(DType::U32)?.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?;
+    picked.squeeze(D::Minus1)?.neg()
+}

@@ -1,0 +1,290 @@
+//! `borscht forward / loss / convert` and checkpoint loading, end to end through the binary.
+
+use axum::extract::Path as UrlPath;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transformer")
+}
+
+fn borscht(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_borscht"));
+    command.args(args).env_remove("BORSCHT_MODEL");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+fn ok(output: Output) -> String {
+    assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn forward_writes_the_reference_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("logits.npy");
+    let (model, ids, masks) = (fixtures(), fixtures().join("input_ids.npy"), fixtures().join("r_text_masks.npy"));
+    ok(borscht(
+        &[
+            "forward",
+            "--model",
+            path(&model),
+            "--input-ids",
+            path(&ids),
+            "--r-text-masks",
+            path(&masks),
+            "--out",
+            path(&out),
+        ],
+        &[],
+    ));
+    let diff =
+        max_abs_diff(&Tensor::read_npy(&out).unwrap(), &Tensor::read_npy(fixtures().join("logits.npy")).unwrap());
+    assert!(diff <= 1e-4, "{diff}");
+
+    ok(borscht(
+        &["forward", "--model", path(&model), "--input-ids", path(&ids), "--mask", "t2t", "--out", path(&out)],
+        &[],
+    ));
+    let diff =
+        max_abs_diff(&Tensor::read_npy(&out).unwrap(), &Tensor::read_npy(fixtures().join("logits_t2t.npy")).unwrap());
+    assert!(diff <= 1e-4, "{diff}");
+}
+
+#[test]
+fn loss_prints_the_reference_losses_as_json() {
+    let (model, ids, masks) = (fixtures(), fixtures().join("input_ids.npy"), fixtures().join("r_text_masks.npy"));
+    let stdout = ok(borscht(
+        &[
+            "loss",
+            "--model",
+            path(&model),
+            "--input-ids",
+            path(&ids),
+            "--r-text-masks",
+            path(&masks),
+            "--weights",
+            "0.01,1,7",
+        ],
+        &[],
+    ));
+    let got: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("losses.json")).unwrap()).unwrap();
+    for key in ["loss", "l_text_loss", "image_loss", "r_text_loss"] {
+        let (g, e) = (got[key].as_f64().unwrap(), expected["article"][key].as_f64().unwrap());
+        assert!((g - e).abs() <= 1e-5, "{key}: {g} vs {e}");
+    }
+    let bad = borscht(&["loss", "--model", path(&model), "--input-ids", path(&ids), "--weights", "1,2"], &[]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("exactly three numbers"));
+}
+
+#[test]
+fn convert_to_safetensors_keeps_the_logits_and_halves_in_f16() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f32_dir, f16_dir) = (dir.path().join("f32"), dir.path().join("f16"));
+    ok(borscht(&["convert", "--model", path(&fixtures()), "--out", path(&f32_dir)], &[]));
+    ok(borscht(&["convert", "--model", path(&fixtures()), "--out", path(&f16_dir), "--dtype", "f16"], &[]));
+    let size = |d: &Path| std::fs::metadata(d.join("model.safetensors")).unwrap().len();
+    assert!(size(&f16_dir) * 10 < size(&f32_dir) * 6, "f16 file should be about half the f32 one");
+    let st = candle_core::safetensors::load(f16_dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(st.values().all(|t| t.dtype() == DType::F16));
+    assert!(!st.contains_key("transformer.row_mask"), "mask buffers are rebuilt, not stored");
+
+    let out = dir.path().join("logits.npy");
+    let (ids, masks) = (fixtures().join("input_ids.npy"), fixtures().join("r_text_masks.npy"));
+    ok(borscht(
+        &[
+            "forward",
+            "--model",
+            path(&f32_dir),
+            "--input-ids",
+            path(&ids),
+            "--r-text-masks",
+            path(&masks),
+            "--out",
+            path(&out),
+        ],
+        &[],
+    ));
+    let diff =
+        max_abs_diff(&Tensor::read_npy(&out).unwrap(), &Tensor::read_npy(fixtures().join("logits.npy")).unwrap());
+    assert!(diff <= 1e-4, "{diff}");
+}
+
+#[test]
+fn a_mismatched_checkpoint_names_the_file_key_and_expected_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("model");
+    ok(borscht(&["convert", "--model", path(&fixtures()), "--out", path(&model_dir)], &[]));
+    let file = model_dir.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    tensors.insert(
+        "transformer.layers.2.mlp.dense_h_to_4h.weight".into(),
+        Tensor::zeros((7, 32), DType::F32, &Device::Cpu).unwrap(),
+    );
+    tensors.remove("image_col_embeddings.weight");
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+
+    let ids = fixtures().join("input_ids.npy");
+    let output =
+        borscht(&["forward", "--model", path(&model_dir), "--input-ids", path(&ids), "--out", "/dev/null"], &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("model.safetensors"), "{stderr}");
+    assert!(stderr.contains("image_col_embeddings.weight") && stderr.contains("[3, 32]"), "{stderr}");
+    assert!(stderr.contains("1 more problem"), "{stderr}");
+
+    let output = borscht(
+        &["forward", "--model", path(&dir.path().join("nowhere")), "--input-ids", path(&ids), "--out", "x"],
+        &[],
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("neither a directory nor a hub id"));
+}
+
+#[test]
+fn out_of_vocabulary_ids_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = dir.path().join("ids.npy");
+    Tensor::new(&[[2i64, 5, 999]], &Device::Cpu).unwrap().write_npy(&ids).unwrap();
+    let output = borscht(&["forward", "--model", path(&fixtures()), "--input-ids", path(&ids), "--out", "x.npy"], &[]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("position 2: id 999"));
+}
+
+/// A minimal stand-in for the hub's `/{owner}/{name}/resolve/{revision}/{file}`, with ranges.
+async fn hub_file(
+    files: std::sync::Arc<HashMap<String, Vec<u8>>>,
+    UrlPath((owner, name, _rev, file)): UrlPath<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(bytes) = files.get(&format!("{owner}/{name}/{file}")) else {
+        return (StatusCode::NOT_FOUND, "Entry not found").into_response();
+    };
+    let total = bytes.len();
+    let (start, end) = headers
+        .get("range")
+        .and_then(|r| r.to_str().ok())
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .map(|(a, b)| (a.parse().unwrap_or(0), b.parse().unwrap_or(total - 1).min(total - 1)))
+        .unwrap_or((0, total - 1));
+    (
+        StatusCode::PARTIAL_CONTENT,
+        [
+            ("etag", format!("\"etag-{file}-{total}\"")),
+            ("x-repo-commit", "0123456789abcdef0123456789abcdef01234567".to_string()),
+            ("content-range", format!("bytes {start}-{end}/{total}")),
+        ],
+        bytes[start..=end].to_vec(),
+    )
+        .into_response()
+}
+
+#[test]
+fn downloads_from_the_hub_once_then_uses_the_cache() {
+    let mut files = HashMap::new();
+    for f in ["config.json", "pytorch_model.bin"] {
+        files.insert(format!("borscht-test/tiny-rudolph/{f}"), std::fs::read(fixtures().join(f)).unwrap());
+    }
+    files.insert(
+        "borscht-test/no-config/pytorch_model.bin".into(),
+        std::fs::read(fixtures().join("pytorch_model.bin")).unwrap(),
+    );
+    let files = std::sync::Arc::new(files);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route("/{owner}/{name}/resolve/{rev}/{file}", axum::routing::get(move |p, h| hub_file(files.clone(), p, h)));
+    runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("hub-cache");
+    let out = dir.path().join("logits.npy");
+    let (ids, masks) = (fixtures().join("input_ids.npy"), fixtures().join("r_text_masks.npy"));
+    let args = [
+        "forward",
+        "--model",
+        "borscht-test/tiny-rudolph",
+        "--hub-cache",
+        path(&cache),
+        "--input-ids",
+        path(&ids),
+        "--r-text-masks",
+        path(&masks),
+        "--out",
+        path(&out),
+    ];
+    ok(borscht(&args, &[("HF_ENDPOINT", &endpoint)]));
+    let diff =
+        max_abs_diff(&Tensor::read_npy(&out).unwrap(), &Tensor::read_npy(fixtures().join("logits.npy")).unwrap());
+    assert!(diff <= 1e-4, "{diff}");
+
+    let no_config = borscht(
+        &[
+            "forward",
+            "--model",
+            "borscht-test/no-config",
+            "--hub-cache",
+            path(&cache),
+            "--input-ids",
+            path(&ids),
+            "--out",
+            path(&out),
+        ],
+        &[("HF_ENDPOINT", &endpoint)],
+    );
+    assert!(!no_config.status.success());
+    let stderr = String::from_utf8_lossy(&no_config.stderr);
+    assert!(stderr.contains("not an official RUDOLPH repository"), "{stderr}");
+
+    // Offline now (nothing listens there): the cached files serve.
+    runtime.shutdown_background();
+    ok(borscht(&args, &[("HF_ENDPOINT", "http://127.0.0.1:9"), ("HF_HUB_OFFLINE", "1")]));
+}
+
+#[test]
+fn half_precision_runs_and_stays_close_to_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, masks) = (fixtures().join("input_ids.npy"), fixtures().join("r_text_masks.npy"));
+    let reference = Tensor::read_npy(fixtures().join("logits.npy")).unwrap();
+    let model = fixtures();
+    for dtype in ["f16", "bf16"] {
+        let out = dir.path().join(format!("{dtype}.npy"));
+        let args = [
+            "forward",
+            "--model",
+            path(&model),
+            "--dtype",
+            dtype,
+            "--input-ids",
+            path(&ids),
+            "--r-text-masks",
+            path(&masks),
+            "--out",
+            path(&out),
+        ];
+        ok(borscht(&args, &[]));
+        let logits = Tensor::read_npy(&out).unwrap();
+        assert_eq!(logits.dtype(), DType::F32, "logits are written as float32");
+        let diff = max_abs_diff(&logits, &reference);
+        assert!(diff > 0.0 && diff < 0.15, "{dtype}: max abs diff {diff}");
+    }
+}
