@@ -2,6 +2,7 @@
 //!
 //! Module map (one room per part of the architecture):
 //! - [`cli`]: the `borscht` command and its subcommands.
+//! - [`imaging`]: decoding photos safely, preparing them for the VQGAN, PNG output.
 //! - [`model`]: RUDOLPH itself: [`model::tokenizer`] (YouTokenToMe BPE), and to
 //!   come the transformer and the VQGAN.
 //! - [`server`]: the axum HTTP/WebSocket service that hosts the model.
@@ -9,5 +10,6 @@
 //! Rooms to come, each with its issue: `pipelines/`, `train/` and `nutrition`.
 
 pub mod cli;
+pub mod imaging;
 pub mod model;
 pub mod server;

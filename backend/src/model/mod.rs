@@ -7,9 +7,11 @@
 //! - [`transformer`]: the decoder itself, its KV cache and its training loss.
 //! - [`weights`]: finding, checking, loading and converting checkpoints.
 
+pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod masks;
 pub mod tokenizer;
 pub mod transformer;
+pub mod vqgan;
 pub mod weights;
