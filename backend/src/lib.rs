@@ -3,13 +3,14 @@
 //! Module map (one room per part of the architecture):
 //! - [`cli`]: the `borscht` command and its subcommands.
 //! - [`imaging`]: decoding photos safely, preparing them for the VQGAN, PNG output.
-//! - [`model`]: RUDOLPH itself: [`model::tokenizer`] (YouTokenToMe BPE), and to
-//!   come the transformer and the VQGAN.
+//! - [`model`]: RUDOLPH itself: tokenizer, transformer, VQGAN, checkpoints.
+//! - [`train`]: training our VQGAN (and, to come, RUDOLPH fine-tuning).
 //! - [`server`]: the axum HTTP/WebSocket service that hosts the model.
 //!
-//! Rooms to come, each with its issue: `pipelines/`, `train/` and `nutrition`.
+//! Rooms to come, each with its issue: `pipelines/` and `nutrition`.
 
 pub mod cli;
 pub mod imaging;
 pub mod model;
 pub mod server;
+pub mod train;

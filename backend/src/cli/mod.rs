@@ -2,10 +2,12 @@
 //!
 //! - [`tokenizer`]: `tokenize`, `tokenizer-train`;
 //! - [`model`]: `forward`, `loss`, `convert` (cross-checking checkpoints against PyTorch);
+//! - [`vqgan`]: `vqgan encode|decode`, `train-vqgan`;
 //! - `serve` lives here, a thin call into [`crate::server`].
 
 mod model;
 mod tokenizer;
+mod vqgan;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -32,8 +34,13 @@ pub enum Command {
     Forward(model::ForwardArgs),
     /// Print the training loss of full sequences (.npy) as JSON.
     Loss(model::LossArgs),
-    /// Convert a checkpoint (pytorch_model.bin or safetensors) to safetensors in f32/f16/bf16.
+    /// Convert a checkpoint (pytorch_model.bin, Lightning .ckpt, safetensors) to safetensors in f32/f16/bf16.
     Convert(model::ConvertArgs),
+    /// The VQGAN image tokenizer: encode images to codes, decode codes to images.
+    #[command(subcommand)]
+    Vqgan(vqgan::VqganCommand),
+    /// Train a VQGAN on a folder of images (the demo model's image tokenizer).
+    TrainVqgan(vqgan::TrainVqganArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,6 +66,8 @@ impl Cli {
             Command::Forward(args) => model::forward(args),
             Command::Loss(args) => model::loss(args),
             Command::Convert(args) => model::convert(args),
+            Command::Vqgan(command) => vqgan::run(command),
+            Command::TrainVqgan(args) => vqgan::train(args),
         }
     }
 }

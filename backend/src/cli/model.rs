@@ -76,9 +76,12 @@ pub struct LossArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ConvertArgs {
-    /// The checkpoint to convert (directory or hub id).
-    #[arg(long, env = "BORSCHT_MODEL")]
-    pub model: String,
+    /// The RUDOLPH checkpoint to convert (directory or hub id).
+    #[arg(long, conflicts_with = "vqgan", required_unless_present = "vqgan")]
+    pub model: Option<String>,
+    /// A VQGAN directory to convert instead (config.json + *.ckpt).
+    #[arg(long)]
+    pub vqgan: Option<PathBuf>,
     /// Output directory (config.json + model.safetensors).
     #[arg(long)]
     pub out: PathBuf,
@@ -177,8 +180,15 @@ pub fn loss(args: LossArgs) -> Result<()> {
 }
 
 pub fn convert(args: ConvertArgs) -> Result<()> {
-    let files = weights::resolve_model(&args.model, &HubOptions { cache_dir: args.hub_cache, endpoint: None })?;
-    weights::convert(&files, &args.out, parse_dtype(&args.dtype)?)?;
+    let dtype = parse_dtype(&args.dtype)?;
+    match (&args.model, &args.vqgan) {
+        (_, Some(vqgan)) => crate::model::vqgan::convert_vqgan(vqgan, &args.out, dtype)?,
+        (Some(model), None) => {
+            let files = weights::resolve_model(model, &HubOptions { cache_dir: args.hub_cache, endpoint: None })?;
+            weights::convert(&files, &args.out, dtype)?;
+        }
+        (None, None) => bail!("give --model or --vqgan"),
+    }
     eprintln!("wrote {} ({})", args.out.display(), args.dtype);
     Ok(())
 }

@@ -64,6 +64,26 @@ impl VqganConfig {
         }
     }
 
+    /// The demo model's tokenizer: f8 like Sber's, narrower, 1024 codes, for 64x64 pictures.
+    pub fn small() -> Self {
+        VqganConfig {
+            ddconfig: DdConfig {
+                ch: 64,
+                out_ch: 3,
+                ch_mult: vec![1, 1, 2, 2],
+                num_res_blocks: 1,
+                attn_resolutions: vec![8],
+                z_channels: 64,
+                resolution: 64,
+                in_channels: 3,
+                double_z: false,
+                dropout: 0.0,
+            },
+            n_embed: 1024,
+            embed_dim: 64,
+        }
+    }
+
     /// How many pixels one code covers along a side (8 for the Sber f8 model).
     pub fn downsample_factor(&self) -> usize {
         1 << (self.ddconfig.ch_mult.len() - 1)

@@ -1,0 +1,213 @@
+//! `borscht vqgan encode|decode` (inspection against PyTorch, or for humans with
+//! `--image`/`--png`) and `borscht train-vqgan`.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::path::PathBuf;
+
+use crate::imaging::{self, ImageLimits};
+use crate::model::device::{parse_device, parse_dtype};
+use crate::model::vqgan::{load_vqgan, read_vqgan_config, VqganConfig};
+use crate::train::vqgan::{train_vqgan, VqganTraining};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum VqganCommand {
+    /// Images -> codes.
+    Encode(EncodeArgs),
+    /// Codes -> images.
+    Decode(DecodeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VqganDirArgs {
+    /// Directory with config.json and model.safetensors (or a Lightning *.ckpt).
+    #[arg(long)]
+    pub vqgan: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EncodeArgs {
+    #[command(flatten)]
+    pub vqgan: VqganDirArgs,
+    /// Images `[b, 3, H, W]` float32 in [0, 1] (.npy).
+    #[arg(long, conflicts_with = "image", required_unless_present = "image")]
+    pub images: Option<PathBuf>,
+    /// Photos (JPEG, PNG, ...), centre-cropped and resized to `--size`.
+    #[arg(long, num_args = 1..)]
+    pub image: Vec<PathBuf>,
+    /// Side of the square the photos are prepared at (8 x codes per side).
+    #[arg(long, default_value_t = 128)]
+    pub size: u32,
+    /// Draw codes from the gumbel-perturbed logits with this seed instead of the argmax.
+    #[arg(long)]
+    pub gumbel_seed: Option<u64>,
+    /// Codes `[b, n]` (int64 .npy).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DecodeArgs {
+    #[command(flatten)]
+    pub vqgan: VqganDirArgs,
+    /// Codes `[b, n]` (int .npy), n a square.
+    #[arg(long)]
+    pub codes: PathBuf,
+    /// Images `[b, 3, H, W]` float32 in [0, 1] (.npy).
+    #[arg(long, required_unless_present = "png")]
+    pub out: Option<PathBuf>,
+    /// The images side by side as a PNG.
+    #[arg(long)]
+    pub png: Option<PathBuf>,
+}
+
+pub fn run(command: VqganCommand) -> Result<()> {
+    match command {
+        VqganCommand::Encode(args) => encode(args),
+        VqganCommand::Decode(args) => decode(args),
+    }
+}
+
+fn encode(args: EncodeArgs) -> Result<()> {
+    let device = parse_device(&args.vqgan.device)?;
+    let dtype = parse_dtype(&args.vqgan.dtype)?;
+    let vqgan = load_vqgan(&args.vqgan.vqgan, &device, dtype)?;
+    let images = match &args.images {
+        Some(path) => {
+            let images = Tensor::read_npy(path).with_context(|| format!("cannot read {}", path.display()))?;
+            if images.rank() != 4 || images.dim(1)? != 3 {
+                bail!("{}: expected [batch, 3, H, W], got {:?}", path.display(), images.dims());
+            }
+            images
+        }
+        None => {
+            let prepared = args
+                .image
+                .iter()
+                .map(|p| {
+                    let image =
+                        imaging::open_image(p, ImageLimits::default()).with_context(|| p.display().to_string())?;
+                    Ok(imaging::prepare(&image, args.size, &Device::Cpu)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::stack(&prepared, 0)?
+        }
+    };
+    let factor = vqgan.config().downsample_factor();
+    let (_, _, h, w) = images.dims4()?;
+    if h % factor != 0 || w % factor != 0 {
+        bail!("image size {h}x{w} is not a multiple of the VQGAN's factor {factor}");
+    }
+    let images = images.to_device(&device)?.to_dtype(dtype)?;
+    let codes = match args.gumbel_seed {
+        Some(seed) => vqgan.encode_sampled(&images, seed)?,
+        None => vqgan.encode(&images)?,
+    };
+    codes.to_dtype(DType::I64)?.to_device(&Device::Cpu)?.write_npy(&args.out)?;
+    eprintln!("wrote codes {:?} to {}", codes.dims(), args.out.display());
+    Ok(())
+}
+
+fn decode(args: DecodeArgs) -> Result<()> {
+    let device = parse_device(&args.vqgan.device)?;
+    let vqgan = load_vqgan(&args.vqgan.vqgan, &device, parse_dtype(&args.vqgan.dtype)?)?;
+    let codes = Tensor::read_npy(&args.codes).with_context(|| format!("cannot read {}", args.codes.display()))?;
+    if codes.rank() != 2 || codes.dtype().is_float() {
+        bail!(
+            "{}: expected integer codes [batch, n], got {:?} {:?}",
+            args.codes.display(),
+            codes.dtype(),
+            codes.dims()
+        );
+    }
+    let max: i64 = codes.to_dtype(DType::I64)?.max_all()?.to_scalar()?;
+    let min: i64 = codes.to_dtype(DType::I64)?.min_all()?.to_scalar()?;
+    if min < 0 || max as usize >= vqgan.config().n_embed {
+        bail!("codes must lie in 0..{}, found {min}..={max}", vqgan.config().n_embed);
+    }
+    let images = vqgan
+        .decode(&codes.to_dtype(DType::U32)?.to_device(&device)?)?
+        .to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?;
+    if let Some(out) = &args.out {
+        images.write_npy(out)?;
+        eprintln!("wrote images {:?} to {}", images.dims(), out.display());
+    }
+    if let Some(png) = &args.png {
+        let pictures = (0..images.dim(0)?)
+            .map(|i| imaging::to_rgb_image(&images.get(i)?))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        imaging::grid(&pictures, pictures.len()).save(png)?;
+        eprintln!("wrote {}", png.display());
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TrainVqganArgs {
+    /// Folder of training images (searched recursively).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory: config.json, model.safetensors, training_state.json, reconstructions/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// `sber` (the full f8 model), `small` (the demo: ch 64, f8, 1024 codes), or a config.json.
+    #[arg(long, default_value = "small")]
+    pub config: String,
+    #[arg(long, default_value_t = 64)]
+    pub image_size: u32,
+    #[arg(long, default_value_t = 20)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Gumbel-softmax temperature at the start and at the end.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature_start: f64,
+    #[arg(long, default_value_t = 0.1)]
+    pub temperature_end: f64,
+    #[arg(long, default_value_t = 1e-3)]
+    pub kl_weight: f64,
+    /// Continue from the checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn train(args: TrainVqganArgs) -> Result<()> {
+    let model = match args.config.as_str() {
+        "sber" => VqganConfig::sber(),
+        "small" => VqganConfig::small(),
+        path => {
+            let path = PathBuf::from(path);
+            read_vqgan_config(if path.is_dir() { &path } else { path.parent().unwrap_or(&path) })?
+        }
+    };
+    let training = VqganTraining {
+        data: args.data,
+        out: args.out,
+        model,
+        image_size: args.image_size,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.lr,
+        seed: args.seed,
+        temperature: (args.temperature_start, args.temperature_end),
+        kl_weight: args.kl_weight,
+        resume: args.resume,
+        show_progress: true,
+    };
+    let history = train_vqgan(&training, &parse_device(&args.device)?)?;
+    if let Some(last) = history.last() {
+        eprintln!("done: {} epochs, final hard-code L1 {:.4}", last.epoch, last.hard_l1);
+    }
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! Training: our own VQGAN ([`vqgan`]) and, to come, RUDOLPH fine-tuning.
+//! Shared helpers live here: image folders, progress bars, atomic checkpoint writes.
+
+pub mod vqgan;
+
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+/// Image files under `dir` (recursively), sorted for reproducibility.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for entry in std::fs::read_dir(&folder).with_context(|| format!("cannot read folder {}", folder.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg" | "webp" | "bmp" | "gif")
+            }) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Writes through a temporary file and a rename, so a crash never leaves half a checkpoint.
+pub fn write_atomically(target: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
+    let temp = target.with_file_name(format!(".{name}.tmp"));
+    write(&temp)?;
+    std::fs::rename(&temp, target).with_context(|| format!("cannot move {} into place", target.display()))
+}
+
+/// A progress bar with loss and ETA (hidden when stderr is not a terminal).
+pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ETA {eta} {msg}")
+            .expect("valid template"),
+    );
+    bar.set_prefix(what.to_string());
+    bar
+}

@@ -1,0 +1,184 @@
+//! `borscht train-vqgan`: our own image tokenizer for the demo model.
+//!
+//! The encoder picks codes through a gumbel-softmax relaxation (soft one-hot at a
+//! temperature annealed towards hard choices), the decoder rebuilds the picture;
+//! the loss is L1 reconstruction plus the reference's KL term to a uniform prior.
+//! Each epoch writes a checkpoint (atomically) and a PNG of originals above their
+//! hard-code reconstructions, so progress can be seen, not only read.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+use crate::imaging::{self, ImageLimits};
+use crate::model::vqgan::{Vqgan, VqganConfig, VQGAN_CONFIG_FILE, VQGAN_WEIGHTS_FILE};
+use crate::train::{list_images, progress_bar, write_atomically};
+
+/// How many images the per-epoch picture shows.
+const GRID_IMAGES: usize = 8;
+const STATE_FILE: &str = "training_state.json";
+
+#[derive(Debug, Clone)]
+pub struct VqganTraining {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub model: VqganConfig,
+    pub image_size: u32,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub seed: u64,
+    /// Gumbel-softmax temperature at the first and the last step (annealed geometrically).
+    pub temperature: (f64, f64),
+    pub kl_weight: f64,
+    /// Continue from `out/` (weights and epoch counter) instead of starting afresh.
+    pub resume: bool,
+    pub show_progress: bool,
+}
+
+/// What one epoch achieved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochReport {
+    pub epoch: usize,
+    pub loss: f64,
+    /// L1 error of hard-code reconstructions of the grid images, on the [0, 1] scale.
+    pub hard_l1: f64,
+    /// Distinct codes those images use.
+    pub codes_used: usize,
+    pub temperature: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TrainingState {
+    epochs_done: usize,
+    steps_done: usize,
+    history: Vec<EpochReport>,
+}
+
+fn load_images(training: &VqganTraining, device: &Device) -> Result<Tensor> {
+    let paths = list_images(&training.data)?;
+    let mut tensors = Vec::with_capacity(paths.len());
+    for path in &paths {
+        match imaging::open_image(path, ImageLimits::default()) {
+            Ok(image) => tensors.push(imaging::prepare(&image, training.image_size, device)?),
+            Err(e) => eprintln!("skipping {}: {e}", path.display()),
+        }
+    }
+    if tensors.is_empty() {
+        bail!("no usable images under {}", training.data.display());
+    }
+    Ok(Tensor::stack(&tensors, 0)?)
+}
+
+/// Trains (or continues training) and returns the report of every epoch run so far.
+pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<EpochReport>> {
+    let factor = training.model.downsample_factor() as u32;
+    if training.image_size % factor != 0 {
+        bail!("image size {} is not a multiple of the VQGAN's downsampling factor {factor}", training.image_size);
+    }
+    if training.batch_size == 0 || training.epochs == 0 {
+        bail!("batch size and epochs must be positive");
+    }
+    let images = load_images(training, device)?;
+    let count = images.dim(0)?;
+    std::fs::create_dir_all(training.out.join("reconstructions"))
+        .with_context(|| format!("cannot create {}", training.out.display()))?;
+
+    let mut varmap = VarMap::new();
+    let mut model = Vqgan::new(&training.model, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    model.set_differentiable(true);
+    let mut state = TrainingState { epochs_done: 0, steps_done: 0, history: Vec::new() };
+    let weights = training.out.join(VQGAN_WEIGHTS_FILE);
+    if training.resume && weights.is_file() {
+        varmap.load(&weights).with_context(|| format!("cannot resume from {}", weights.display()))?;
+        let state_path = training.out.join(STATE_FILE);
+        if let Ok(text) = std::fs::read_to_string(&state_path) {
+            state = serde_json::from_str(&text).with_context(|| format!("{} is corrupt", state_path.display()))?;
+        }
+    }
+    let mut optimizer = AdamW::new(
+        varmap.all_vars(),
+        ParamsAdamW { lr: training.learning_rate, weight_decay: 0.0, ..Default::default() },
+    )?;
+
+    let steps_per_epoch = count.div_ceil(training.batch_size);
+    let total_steps = (steps_per_epoch * training.epochs).max(1);
+    let (t_start, t_end) = training.temperature;
+    let grid_count = count.min(GRID_IMAGES);
+    let grid_originals = images.narrow(0, 0, grid_count)?;
+
+    for epoch in state.epochs_done..training.epochs {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(training.seed.wrapping_add(epoch as u64));
+        let mut order: Vec<u32> = (0..count as u32).collect();
+        order.shuffle(&mut rng);
+        let bar = progress_bar(steps_per_epoch as u64, &format!("vqgan epoch {}/{}", epoch + 1, training.epochs));
+        if !training.show_progress {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let (mut loss_sum, mut temperature) = (0.0, t_start);
+        for batch in order.chunks(training.batch_size) {
+            let progress = state.steps_done as f64 / total_steps as f64;
+            temperature = t_start * (t_end / t_start).powf(progress.min(1.0));
+            let index = Tensor::new(batch, device)?;
+            let target = images.index_select(&index, 0)?;
+            let rec = model.reconstruct(&target, temperature, training.seed ^ (state.steps_done as u64 + 1))?;
+            let l1 = (&rec.images - ((&target * 2.0)? - 1.0)?)?.abs()?.mean_all()?;
+            let loss = (l1 + (&rec.kl * training.kl_weight)?)?;
+            optimizer.backward_step(&loss)?;
+            let value: f32 = loss.to_scalar()?;
+            if !value.is_finite() {
+                bail!("the loss became {value} at step {}; lower the learning rate", state.steps_done);
+            }
+            loss_sum += value as f64;
+            state.steps_done += 1;
+            bar.inc(1);
+            bar.set_message(format!("loss {value:.4} T {temperature:.3}"));
+        }
+        bar.finish_and_clear();
+
+        // Hard codes, as inference uses them.
+        model.set_differentiable(false);
+        let codes = model.encode(&grid_originals)?;
+        let rebuilt = model.decode(&codes)?;
+        model.set_differentiable(true);
+        let hard_l1 = (&rebuilt - &grid_originals)?.abs()?.mean_all()?.to_scalar::<f32>()? as f64;
+        let mut used: Vec<u32> = codes.flatten_all()?.to_vec1()?;
+        used.sort_unstable();
+        used.dedup();
+        let report = EpochReport {
+            epoch: epoch + 1,
+            loss: loss_sum / steps_per_epoch as f64,
+            hard_l1,
+            codes_used: used.len(),
+            temperature,
+        };
+        eprintln!(
+            "epoch {}: loss {:.4}, hard-code L1 {:.4}, {} codes in use, temperature {:.3}",
+            report.epoch, report.loss, report.hard_l1, report.codes_used, report.temperature
+        );
+        let originals: Vec<_> = (0..grid_count)
+            .map(|i| imaging::to_rgb_image(&grid_originals.get(i)?))
+            .collect::<candle_core::Result<_>>()?;
+        let rebuilt: Vec<_> =
+            (0..grid_count).map(|i| imaging::to_rgb_image(&rebuilt.get(i)?)).collect::<candle_core::Result<_>>()?;
+        let picture = imaging::grid(&[originals, rebuilt].concat(), grid_count);
+        picture.save(training.out.join("reconstructions").join(format!("epoch-{:03}.png", epoch + 1)))?;
+
+        state.epochs_done = epoch + 1;
+        state.history.push(report);
+        save_checkpoint(training, &varmap, &state)?;
+    }
+    Ok(state.history)
+}
+
+fn save_checkpoint(training: &VqganTraining, varmap: &VarMap, state: &TrainingState) -> Result<()> {
+    write_atomically(&training.out.join(VQGAN_WEIGHTS_FILE), |p| Ok(varmap.save(p)?))?;
+    write_atomically(&training.out.join(VQGAN_CONFIG_FILE), |p| {
+        Ok(std::fs::write(p, serde_json::to_string_pretty(&training.model)?)?)
+    })?;
+    write_atomically(&training.out.join(STATE_FILE), |p| Ok(std::fs::write(p, serde_json::to_string_pretty(state)?)?))
+}
