@@ -4,13 +4,15 @@
 //! - [`cli`]: the `borscht` command and its subcommands.
 //! - [`imaging`]: decoding photos safely, preparing them for the VQGAN, PNG output.
 //! - [`model`]: RUDOLPH itself: tokenizer, transformer, VQGAN, checkpoints.
+//! - [`pipelines`]: captioning, re-ranking, zero-shot, text and image generation.
 //! - [`train`]: training our VQGAN (and, to come, RUDOLPH fine-tuning).
 //! - [`server`]: the axum HTTP/WebSocket service that hosts the model.
 //!
-//! Rooms to come, each with its issue: `pipelines/` and `nutrition`.
+//! Rooms to come, each with its issue: `nutrition`.
 
 pub mod cli;
 pub mod imaging;
 pub mod model;
+pub mod pipelines;
 pub mod server;
 pub mod train;

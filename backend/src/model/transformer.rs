@@ -316,6 +316,11 @@ impl Rudolph {
         &self.device
     }
 
+    /// The dtype the weights were loaded in.
+    pub fn dtype(&self) -> DType {
+        self.layer_masks[0].dtype()
+    }
+
     /// Training mode: composite ops with gradients instead of the fused inference kernels.
     pub fn set_differentiable(&mut self, on: bool) {
         self.differentiable = on;

@@ -1,0 +1,79 @@
+//! The model bundle every pipeline runs on.
+//!
+//! A model directory holds the three parts side by side:
+//! `config.json` + `model.safetensors` (or `pytorch_model.bin`) for RUDOLPH,
+//! `bpe.model` for the tokenizer and `vqgan/` (config.json + weights) for the VQGAN.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use image::DynamicImage;
+use std::path::Path;
+
+use crate::imaging;
+use crate::model::tokenizer::TextTokenizer;
+use crate::model::transformer::Rudolph;
+use crate::model::vqgan::{load_vqgan, Vqgan};
+use crate::model::weights::{load_model, local_model};
+
+pub const BPE_FILE: &str = "bpe.model";
+pub const VQGAN_DIR: &str = "vqgan";
+
+pub struct Engine {
+    pub model: Rudolph,
+    pub tokenizer: TextTokenizer,
+    pub vqgan: Vqgan,
+    pub device: Device,
+}
+
+impl Engine {
+    /// Loads a model directory (see the module docs).
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let model = load_model(&local_model(dir)?, device, dtype)?;
+        let tokenizer = TextTokenizer::load(dir.join(BPE_FILE))
+            .with_context(|| format!("model directory {} needs its tokenizer", dir.display()))?;
+        let vqgan = load_vqgan(&dir.join(VQGAN_DIR), device, dtype)
+            .with_context(|| format!("model directory {} needs its VQGAN in {VQGAN_DIR}/", dir.display()))?;
+        Self::from_parts(model, tokenizer, vqgan)
+    }
+
+    /// Checks that the three parts fit together.
+    pub fn from_parts(model: Rudolph, tokenizer: TextTokenizer, vqgan: Vqgan) -> Result<Self> {
+        let cfg = model.config();
+        if tokenizer.vocab_size() + cfg.l_text_seq_length > cfg.text_vocab() {
+            bail!(
+                "the tokenizer has {} ids but the model's text vocabulary {} leaves room for only {} besides the {} l_text pad ids",
+                tokenizer.vocab_size(),
+                cfg.text_vocab(),
+                cfg.text_vocab() - cfg.l_text_seq_length,
+                cfg.l_text_seq_length
+            );
+        }
+        if vqgan.config().n_embed != cfg.image_vocab_size {
+            bail!("the VQGAN has {} codes but the model expects {}", vqgan.config().n_embed, cfg.image_vocab_size);
+        }
+        let device = model.device().clone();
+        Ok(Engine { model, tokenizer, vqgan, device })
+    }
+
+    /// Side of the square photos are prepared at (codes per side x the VQGAN's factor).
+    pub fn image_size(&self) -> u32 {
+        (self.model.config().image_tokens_per_dim * self.vqgan.config().downsample_factor()) as u32
+    }
+
+    /// The photo's image codes `[1, I]` (argmax codes, deterministic).
+    pub fn image_codes(&self, image: &DynamicImage) -> Result<Tensor> {
+        let prepared = imaging::prepare(image, self.image_size(), &self.device)?.unsqueeze(0)?;
+        let dtype = self.model_dtype();
+        Ok(self.vqgan.encode(&prepared.to_dtype(dtype)?)?)
+    }
+
+    /// The dtype the weights were loaded in.
+    pub fn model_dtype(&self) -> DType {
+        self.model.dtype()
+    }
+
+    /// `text` as the reference feeds it: lower-cased, trimmed, `[BOS] ids [EOS]` padded to `len`.
+    pub fn encode_text(&self, text: &str, len: usize) -> Vec<u32> {
+        self.tokenizer.encode_text(text.to_lowercase().trim(), len)
+    }
+}

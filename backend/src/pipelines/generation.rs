@@ -1,0 +1,291 @@
+//! Sampling with the KV cache: captions of a photo, continuations of a text, and
+//! images drawn from a text. Results are reported through a callback the moment
+//! they exist (a caption when it reaches EOS, image previews every few rows), so a
+//! server can stream them.
+//!
+//! All candidates of one request share one batched forward per step; the prompt is
+//! run once and its cache repeated. Finished captions leave the batch.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor, D};
+use rand::SeedableRng;
+
+use super::sampling::{sample, SamplingParams};
+use super::scoring::{text_perplexities, DEFAULT_BATCH};
+use super::Engine;
+use crate::model::masks::{causal_mask, t2t_attention_mask};
+use crate::model::tokenizer::TextTokenizer;
+
+/// What a generation reports while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerationEvent {
+    /// `step` of `total` decoding steps done; `active` sequences still running.
+    Progress { step: usize, total: usize, active: usize },
+    /// A new distinct caption or text (in order of completion).
+    Text { index: usize, text: String },
+    /// Partial images (PNG) while codes are sampled: rows above are final, the rest repeat
+    /// the last finished row.
+    ImagePreview { rows_done: usize, rows_total: usize, pngs: Vec<Vec<u8>> },
+}
+
+/// Captioning options (the article: template `блюдо:`, 4 captions, top-k 16, top-p 0.6, T 0.8).
+#[derive(Debug, Clone)]
+pub struct CaptionOptions {
+    pub template: String,
+    pub count: usize,
+    pub sampling: SamplingParams,
+    pub seed: u64,
+}
+
+impl Default for CaptionOptions {
+    fn default() -> Self {
+        CaptionOptions { template: "блюдо:".into(), count: 16, sampling: SamplingParams::ARTICLE, seed: 0 }
+    }
+}
+
+fn rows_of(logits: &Tensor, vocab: std::ops::Range<usize>) -> Result<Vec<Vec<f32>>> {
+    let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.squeeze(1)?;
+    Ok(last.narrow(D::Minus1, vocab.start, vocab.len())?.to_dtype(DType::F32)?.to_vec2()?)
+}
+
+/// `generate_captions`: the photo's codes, the template as the start of r_text, then
+/// sampled text tokens until EOS or the end of r_text. Ids of the l_text pad range
+/// become EOS, as in the reference. Returns the distinct non-empty captions.
+///
+/// Unlike the reference (whose `limit_eos` counts EOS tokens instead of finding the
+/// first), a caption ends at its first EOS.
+pub fn caption(
+    engine: &Engine,
+    codes: &[u32],
+    options: &CaptionOptions,
+    mut on_event: impl FnMut(GenerationEvent),
+) -> Result<Vec<String>> {
+    options.sampling.validate().map_err(anyhow::Error::msg)?;
+    let cfg = engine.model.config();
+    let (l, i, r) = (cfg.l_text_seq_length, cfg.image_seq_length(), cfg.r_text_seq_length);
+    if codes.len() != i {
+        bail!("expected {i} image codes, got {}", codes.len());
+    }
+    let template = engine.encode_text(&options.template, r);
+    // The template without its EOS (and padding): BOS + its ids.
+    let template_len = template.iter().filter(|&&t| t != 0).count().saturating_sub(1).max(1);
+    let prompt: Vec<u32> = [vec![0; l], codes.to_vec(), template[..template_len].to_vec()].concat();
+    let total_steps = r - template_len;
+    let mask = causal_mask(cfg, 1, &engine.device)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
+
+    let mut results: Vec<String> = Vec::new();
+    let finish = |tokens: &[u32], results: &mut Vec<String>, on_event: &mut dyn FnMut(GenerationEvent)| -> Result<()> {
+        let end = tokens.iter().position(|&t| t == TextTokenizer::EOS).unwrap_or(tokens.len());
+        let text = engine.tokenizer.decode_text(&tokens[..end])?.trim().to_string();
+        if !text.is_empty() && !results.contains(&text) {
+            results.push(text.clone());
+            on_event(GenerationEvent::Text { index: results.len() - 1, text });
+        }
+        Ok(())
+    };
+
+    for chunk_start in (0..options.count).step_by(DEFAULT_BATCH) {
+        let n = (options.count - chunk_start).min(DEFAULT_BATCH);
+        let mut cache = engine.model.new_cache();
+        let prompt_ids = Tensor::from_vec(prompt.clone(), (1, prompt.len()), &engine.device)?;
+        let logits = engine.model.forward(&prompt_ids, &mask, Some(&mut cache))?;
+        cache.repeat_batch(n)?;
+        let mut last_rows = vec![rows_of(&logits, 0..cfg.text_vocab())?.remove(0); n];
+        // Sequences still running: their r_text tokens so far.
+        let mut active: Vec<Vec<u32>> = vec![template[..template_len].to_vec(); n];
+        for step in 0..total_steps {
+            let next: Vec<u32> = last_rows
+                .iter()
+                .map(|row| {
+                    let id = sample(row, &options.sampling, &mut rng);
+                    if id as usize >= cfg.text_vocab() - l {
+                        TextTokenizer::EOS
+                    } else {
+                        id
+                    }
+                })
+                .collect();
+            let mut keep = Vec::with_capacity(active.len());
+            for (k, (tokens, &id)) in active.iter_mut().zip(&next).enumerate() {
+                tokens.push(id);
+                if id == TextTokenizer::EOS || step + 1 == total_steps {
+                    finish(tokens, &mut results, &mut on_event)?;
+                } else {
+                    keep.push(k);
+                }
+            }
+            on_event(GenerationEvent::Progress { step: step + 1, total: total_steps, active: keep.len() });
+            if keep.is_empty() || step + 1 == total_steps {
+                break;
+            }
+            let ids: Vec<u32> = keep.iter().map(|&k| next[k]).collect();
+            if keep.len() < active.len() {
+                cache.select(&Tensor::from_vec(
+                    keep.iter().map(|&k| k as u32).collect::<Vec<_>>(),
+                    keep.len(),
+                    &engine.device,
+                )?)?;
+                active = keep.iter().map(|&k| active[k].clone()).collect();
+            }
+            let step_ids = Tensor::from_vec(ids, (active.len(), 1), &engine.device)?;
+            let logits = engine.model.forward(&step_ids, &mask, Some(&mut cache))?;
+            last_rows = rows_of(&logits, 0..cfg.text_vocab())?;
+        }
+    }
+    Ok(results)
+}
+
+/// A continuation of the prompt with its l_text perplexity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankedText {
+    pub text: String,
+    pub ppl: f32,
+}
+
+/// `generate_texts`: continue `prompt` in l_text (text-to-text mask), then rank the
+/// distinct texts by perplexity, lowest first. Sampled ids above the l_text pad
+/// threshold become EOS (the reference uses `>` here, `>=` for captions).
+pub fn generate_texts(
+    engine: &Engine,
+    prompt: &str,
+    count: usize,
+    sampling: &SamplingParams,
+    seed: u64,
+    mut on_event: impl FnMut(GenerationEvent),
+) -> Result<Vec<RankedText>> {
+    sampling.validate().map_err(anyhow::Error::msg)?;
+    let cfg = engine.model.config();
+    let l = cfg.l_text_seq_length;
+    let encoded = engine.encode_text(prompt, l);
+    let prompt_len = encoded.iter().filter(|&&t| t != 0).count().saturating_sub(1).max(1);
+    let mask = t2t_attention_mask(cfg, 1, &engine.device)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut texts: Vec<String> = Vec::new();
+    let total_steps = l - prompt_len;
+    for chunk_start in (0..count).step_by(DEFAULT_BATCH) {
+        let n = (count - chunk_start).min(DEFAULT_BATCH);
+        let mut cache = engine.model.new_cache();
+        let ids = Tensor::from_vec(encoded[..prompt_len].to_vec(), (1, prompt_len), &engine.device)?;
+        let logits = engine.model.forward(&ids, &mask, Some(&mut cache))?;
+        cache.repeat_batch(n)?;
+        let mut rows = vec![rows_of(&logits, 0..cfg.text_vocab())?.remove(0); n];
+        let mut sequences: Vec<Vec<u32>> = vec![encoded[..prompt_len].to_vec(); n];
+        for step in 0..total_steps {
+            let next: Vec<u32> = rows
+                .iter()
+                .map(|row| {
+                    let id = sample(row, sampling, &mut rng);
+                    if id as usize > cfg.text_vocab() - l {
+                        TextTokenizer::EOS
+                    } else {
+                        id
+                    }
+                })
+                .collect();
+            for (sequence, &id) in sequences.iter_mut().zip(&next) {
+                sequence.push(id);
+            }
+            on_event(GenerationEvent::Progress { step: step + 1, total: total_steps, active: n });
+            if step + 1 == total_steps || sequences.iter().all(|s| s.contains(&TextTokenizer::EOS)) {
+                break;
+            }
+            let logits =
+                engine.model.forward(&Tensor::from_vec(next, (n, 1), &engine.device)?, &mask, Some(&mut cache))?;
+            rows = rows_of(&logits, 0..cfg.text_vocab())?;
+        }
+        for sequence in sequences {
+            let end = sequence.iter().position(|&t| t == TextTokenizer::EOS).unwrap_or(sequence.len());
+            let text = engine.tokenizer.decode_text(&sequence[..end])?.trim().to_string();
+            if !text.is_empty() && !texts.contains(&text) {
+                on_event(GenerationEvent::Text { index: texts.len(), text: text.clone() });
+                texts.push(text);
+            }
+        }
+    }
+    let ppl = text_perplexities(engine, &texts, DEFAULT_BATCH)?;
+    let mut ranked: Vec<RankedText> = texts.into_iter().zip(ppl).map(|(text, ppl)| RankedText { text, ppl }).collect();
+    ranked.sort_by(|a, b| a.ppl.total_cmp(&b.ppl));
+    Ok(ranked)
+}
+
+/// Text-to-image options.
+#[derive(Debug, Clone)]
+pub struct ImageOptions {
+    pub count: usize,
+    pub sampling: SamplingParams,
+    pub seed: u64,
+    /// Emit a preview after every this many rows of codes (0 = none).
+    pub preview_every_rows: usize,
+}
+
+/// Images drawn from a text: codes and PNGs.
+#[derive(Debug, Clone)]
+pub struct GeneratedImages {
+    pub codes: Vec<Vec<u32>>,
+    pub pngs: Vec<Vec<u8>>,
+}
+
+/// `generate_codebooks` + VQGAN decoding: the text as l_text, image codes sampled
+/// from the image logits (plain causal mask; the layer masks still apply).
+pub fn generate_image(
+    engine: &Engine,
+    text: &str,
+    options: &ImageOptions,
+    mut on_event: impl FnMut(GenerationEvent),
+) -> Result<GeneratedImages> {
+    options.sampling.validate().map_err(anyhow::Error::msg)?;
+    let cfg = engine.model.config();
+    let (l, i, t) = (cfg.l_text_seq_length, cfg.image_seq_length(), cfg.image_tokens_per_dim);
+    let n = options.count;
+    if n == 0 {
+        bail!("ask for at least one image");
+    }
+    let encoded = engine.encode_text(text, l);
+    let mask = causal_mask(cfg, 1, &engine.device)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
+    let mut cache = engine.model.new_cache();
+    let logits = engine.model.forward(&Tensor::from_vec(encoded, (1, l), &engine.device)?, &mask, Some(&mut cache))?;
+    cache.repeat_batch(n)?;
+    // Only real codes are drawn (rc10 models add image special tokens after them).
+    let code_range = cfg.text_vocab()..cfg.text_vocab() + cfg.image_vocab_size;
+    let mut rows = vec![rows_of(&logits, code_range.clone())?.remove(0); n];
+    let mut codes: Vec<Vec<u32>> = vec![Vec::with_capacity(i); n];
+    for position in 0..i {
+        let next: Vec<u32> = rows.iter().map(|row| sample(row, &options.sampling, &mut rng)).collect();
+        for (c, &id) in codes.iter_mut().zip(&next) {
+            c.push(id);
+        }
+        let done = position + 1;
+        on_event(GenerationEvent::Progress { step: done, total: i, active: n });
+        if options.preview_every_rows > 0 && done % (t * options.preview_every_rows) == 0 && done < i {
+            let pngs = decode_pngs(engine, &codes.iter().map(|c| complete_rows(c, t)).collect::<Vec<_>>())?;
+            on_event(GenerationEvent::ImagePreview { rows_done: done / t, rows_total: t, pngs });
+        }
+        if done == i {
+            break;
+        }
+        let logits = engine.model.forward(&Tensor::from_vec(next, (n, 1), &engine.device)?, &mask, Some(&mut cache))?;
+        rows = rows_of(&logits, code_range.clone())?;
+    }
+    let pngs = decode_pngs(engine, &codes)?;
+    Ok(GeneratedImages { codes, pngs })
+}
+
+/// Fills the rows not sampled yet with the last finished row, for a preview.
+fn complete_rows(codes: &[u32], per_row: usize) -> Vec<u32> {
+    let done_rows = codes.len() / per_row;
+    let mut full = codes[..done_rows * per_row].to_vec();
+    let last_row = full[full.len().saturating_sub(per_row)..].to_vec();
+    while full.len() < per_row * per_row {
+        full.extend_from_slice(&last_row);
+    }
+    full
+}
+
+fn decode_pngs(engine: &Engine, codes: &[Vec<u32>]) -> Result<Vec<Vec<u8>>> {
+    let n = codes[0].len();
+    let tensor = Tensor::from_vec(codes.concat(), (codes.len(), n), &engine.device)?;
+    let images = engine.vqgan.decode(&tensor)?;
+    (0..codes.len()).map(|k| Ok(crate::imaging::encode_png(&crate::imaging::to_rgb_image(&images.get(k)?)?))).collect()
+}

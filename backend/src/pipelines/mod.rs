@@ -1,0 +1,17 @@
+//! What RUDOLPH is used for, built for streaming and batching rather than notebooks
+//! (rudolph 0.0.1rc4 `pipelines` semantics):
+//!
+//! - [`engine`]: the model bundle (tokenizer + transformer + VQGAN) and image codes;
+//! - [`sampling`]: temperature, top-k, top-p, multinomial;
+//! - [`perplexity`]: `ce_to_ppl` and per-token cross-entropies;
+//! - [`scoring`]: re-ranking by image or by text, zero-shot classification, text ranking;
+//! - [`generation`]: captions, l-text continuation and text-to-image, with events as
+//!   results appear.
+
+pub mod engine;
+pub mod generation;
+pub mod perplexity;
+pub mod sampling;
+pub mod scoring;
+
+pub use engine::Engine;

@@ -1,0 +1,177 @@
+//! Scoring texts against images and images against texts by perplexity.
+
+use anyhow::{bail, Result};
+use candle_core::{Tensor, D};
+
+use super::perplexity::{ce_to_ppl, token_ce};
+use super::Engine;
+use crate::model::masks::{attention_mask, t2t_attention_mask};
+
+/// Forward passes run at most this many sequences at once.
+pub const DEFAULT_BATCH: usize = 64;
+
+/// Perplexities of one candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextImageScore {
+    /// Of the text positions (l_text for re-ranking by image, r_text by text).
+    pub ppl_text: f32,
+    /// Of the image positions: how well the image fits the text (lower is better).
+    pub ppl_image: f32,
+}
+
+/// The zero-shot answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classification {
+    pub label: usize,
+    /// Softmax of the L2-normalised perplexities: the answer has the lowest score.
+    pub scores: Vec<f32>,
+}
+
+fn r_text_mask(encoded: &[u32]) -> Vec<f32> {
+    encoded.iter().map(|&id| if id != 0 { 1.0 } else { 0.0 }).collect()
+}
+
+fn ids_tensor(engine: &Engine, rows: &[Vec<u32>]) -> Result<Tensor> {
+    let n = rows.first().map_or(0, Vec::len);
+    Ok(Tensor::from_vec(rows.concat(), (rows.len(), n), &engine.device)?)
+}
+
+/// Runs the model on full sequences with per-sample masks and returns the logits.
+fn logits(engine: &Engine, rows: &[Vec<u32>], masks: &[Vec<f32>]) -> Result<Tensor> {
+    let cfg = engine.model.config();
+    let mask = attention_mask(cfg, masks, &engine.device)?;
+    Ok(engine.model.forward(&ids_tensor(engine, rows)?, &mask, None)?)
+}
+
+/// Image perplexity over positions `L+1..L+I` and the given text span.
+fn image_ppl(engine: &Engine, logits: &Tensor, ids: &Tensor) -> Result<Vec<f32>> {
+    let cfg = engine.model.config();
+    let (l, i) = (cfg.l_text_seq_length, cfg.image_seq_length());
+    let image_logits = logits.narrow(1, l, i - 1)?.narrow(D::Minus1, cfg.text_vocab(), cfg.image_vocab())?;
+    Ok(ce_to_ppl(&token_ce(&image_logits, &ids.narrow(1, l + 1, i - 1)?, None)?))
+}
+
+/// `self_reranking_by_image`: each text on both sides of the photo's codes.
+/// Returns the scores in the order of `texts`; rank by `ppl_image` ascending.
+pub fn rerank_by_image(engine: &Engine, texts: &[String], codes: &[u32], batch: usize) -> Result<Vec<TextImageScore>> {
+    let cfg = engine.model.config();
+    let (l, r) = (cfg.l_text_seq_length, cfg.r_text_seq_length);
+    check_codes(engine, codes)?;
+    let mut scores = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(batch.max(1)) {
+        let mut rows = Vec::with_capacity(chunk.len());
+        let mut masks = Vec::with_capacity(chunk.len());
+        for text in chunk {
+            let right = engine.encode_text(text, r);
+            rows.push([engine.encode_text(text, l), codes.to_vec(), right.clone()].concat());
+            masks.push(r_text_mask(&right));
+        }
+        let logits = logits(engine, &rows, &masks)?;
+        let ids = ids_tensor(engine, &rows)?;
+        let ppl_image = image_ppl(engine, &logits, &ids)?;
+        let l_text_logits = logits.narrow(1, 0, l - 1)?.narrow(D::Minus1, 0, cfg.text_vocab())?;
+        let ppl_text = ce_to_ppl(&token_ce(&l_text_logits, &ids.narrow(1, 1, l - 1)?, Some(0))?);
+        scores.extend(
+            ppl_text.into_iter().zip(ppl_image).map(|(ppl_text, ppl_image)| TextImageScore { ppl_text, ppl_image }),
+        );
+    }
+    Ok(scores)
+}
+
+/// `self_reranking_by_text`: how well each image (as codes) fits `text` on the right.
+pub fn rerank_by_text(
+    engine: &Engine,
+    text: &str,
+    codebooks: &[Vec<u32>],
+    batch: usize,
+) -> Result<Vec<TextImageScore>> {
+    let cfg = engine.model.config();
+    let (l, r) = (cfg.l_text_seq_length, cfg.r_text_seq_length);
+    let encoded = engine.encode_text(text, r);
+    let mut scores = Vec::with_capacity(codebooks.len());
+    for chunk in codebooks.chunks(batch.max(1)) {
+        let rows: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|codes| {
+                check_codes(engine, codes)?;
+                Ok([vec![0; l], codes.clone(), encoded.clone()].concat())
+            })
+            .collect::<Result<_>>()?;
+        let masks = vec![r_text_mask(&encoded); rows.len()];
+        let logits = logits(engine, &rows, &masks)?;
+        let ids = ids_tensor(engine, &rows)?;
+        let ppl_image = image_ppl(engine, &logits, &ids)?;
+        let ppl_text = r_text_ppl(engine, &logits, &ids)?;
+        scores.extend(
+            ppl_text.into_iter().zip(ppl_image).map(|(ppl_text, ppl_image)| TextImageScore { ppl_text, ppl_image }),
+        );
+    }
+    Ok(scores)
+}
+
+fn r_text_ppl(engine: &Engine, logits: &Tensor, ids: &Tensor) -> Result<Vec<f32>> {
+    let cfg = engine.model.config();
+    let (s, r) = (cfg.total_seq_length(), cfg.r_text_seq_length);
+    let r_logits = logits.narrow(1, s - r, r - 1)?.narrow(D::Minus1, 0, cfg.text_vocab())?;
+    Ok(ce_to_ppl(&token_ce(&r_logits, &ids.narrow(1, s - r + 1, r - 1)?, Some(0))?))
+}
+
+/// `zs_clf`: which class text fits the photo best. `template` holds `{}` for the class.
+pub fn classify(
+    engine: &Engine,
+    codes: &[u32],
+    classes: &[String],
+    template: &str,
+    batch: usize,
+) -> Result<Classification> {
+    if classes.is_empty() {
+        bail!("no classes to choose from");
+    }
+    check_codes(engine, codes)?;
+    let cfg = engine.model.config();
+    let (l, r) = (cfg.l_text_seq_length, cfg.r_text_seq_length);
+    let template = if template.contains("{}") { template.to_string() } else { "{}".to_string() };
+    let mut ppl = Vec::with_capacity(classes.len());
+    for chunk in classes.chunks(batch.max(1)) {
+        let encoded: Vec<Vec<u32>> = chunk.iter().map(|c| engine.encode_text(&template.replace("{}", c), r)).collect();
+        let rows: Vec<Vec<u32>> = encoded.iter().map(|e| [vec![0; l], codes.to_vec(), e.clone()].concat()).collect();
+        let masks: Vec<Vec<f32>> = encoded.iter().map(|e| r_text_mask(e)).collect();
+        let logits = logits(engine, &rows, &masks)?;
+        ppl.extend(r_text_ppl(engine, &logits, &ids_tensor(engine, &rows)?)?);
+    }
+    let norm = ppl.iter().map(|p| p * p).sum::<f32>().sqrt();
+    let normalised: Vec<f32> = ppl.iter().map(|p| p / norm).collect();
+    let max = normalised.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = normalised.iter().map(|p| (p - max).exp()).collect();
+    let total: f32 = exps.iter().sum();
+    let scores: Vec<f32> = exps.iter().map(|e| e / total).collect();
+    let label = scores.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
+    Ok(Classification { label, scores })
+}
+
+/// `generate_texts`' ranking: l_text perplexity of each text alone (text-to-text mask).
+pub fn text_perplexities(engine: &Engine, texts: &[String], batch: usize) -> Result<Vec<f32>> {
+    let cfg = engine.model.config();
+    let l = cfg.l_text_seq_length;
+    let mut ppl = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(batch.max(1)) {
+        let rows: Vec<Vec<u32>> = chunk.iter().map(|t| engine.encode_text(t, l)).collect();
+        let ids = ids_tensor(engine, &rows)?;
+        let mask = t2t_attention_mask(cfg, rows.len(), &engine.device)?;
+        let logits = engine.model.forward(&ids, &mask, None)?;
+        let l_logits = logits.narrow(1, 0, l - 1)?.narrow(D::Minus1, 0, cfg.text_vocab())?;
+        ppl.extend(ce_to_ppl(&token_ce(&l_logits, &ids.narrow(1, 1, l - 1)?, Some(0))?));
+    }
+    Ok(ppl)
+}
+
+fn check_codes(engine: &Engine, codes: &[u32]) -> Result<()> {
+    let cfg = engine.model.config();
+    if codes.len() != cfg.image_seq_length() {
+        bail!("expected {} image codes, got {}", cfg.image_seq_length(), codes.len());
+    }
+    if let Some(bad) = codes.iter().find(|&&c| c as usize >= cfg.image_vocab()) {
+        bail!("image code {bad} is outside the image vocabulary ({})", cfg.image_vocab());
+    }
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! The pipelines against rudolph 0.0.1rc4 (fixtures: scripts/fixtures/pipeline_fixtures.py).
+
+use borscht::imaging::{decode_image, ImageLimits};
+use borscht::pipelines::generation::{
+    caption, generate_image, generate_texts, CaptionOptions, GenerationEvent, ImageOptions,
+};
+use borscht::pipelines::perplexity::ce_to_ppl;
+use borscht::pipelines::sampling::{filter_top_k_top_p, SamplingParams};
+use borscht::pipelines::scoring::{classify, rerank_by_image, rerank_by_text, text_perplexities};
+use borscht::pipelines::Engine;
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines")
+}
+
+fn expected() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap()).unwrap()
+}
+
+fn engine() -> Engine {
+    Engine::load(&fixtures(), &Device::Cpu, DType::F32).unwrap()
+}
+
+fn photo_codes(engine: &Engine) -> Vec<u32> {
+    let photo = decode_image(&std::fs::read(fixtures().join("photo.png")).unwrap(), ImageLimits::default()).unwrap();
+    engine.image_codes(&photo).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()
+}
+
+fn assert_close(ours: &[f32], reference: &[f32], what: &str) {
+    assert_eq!(ours.len(), reference.len(), "{what}");
+    for (o, r) in ours.iter().zip(reference) {
+        assert!((o - r).abs() <= 1e-4 * r.abs().max(1.0), "{what}: ours {ours:?}\nreference {reference:?}");
+    }
+}
+
+#[test]
+fn photo_codes_equal_the_reference() {
+    let engine = engine();
+    let expected: Vec<u32> =
+        expected()["codes"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    assert_eq!(photo_codes(&engine), expected);
+}
+
+#[test]
+fn rerank_by_image_equals_the_reference() {
+    let engine = engine();
+    let e = &expected()["rerank_by_image"];
+    let scores = rerank_by_image(&engine, &strings(&e["texts"]), &photo_codes(&engine), 4).unwrap();
+    assert_close(&scores.iter().map(|s| s.ppl_image).collect::<Vec<_>>(), &floats(&e["ppl_image"]), "ppl_image");
+    assert_close(&scores.iter().map(|s| s.ppl_text).collect::<Vec<_>>(), &floats(&e["ppl_text"]), "ppl_text");
+}
+
+#[test]
+fn rerank_by_text_equals_the_reference() {
+    let engine = engine();
+    let e = &expected()["rerank_by_text"];
+    let codebooks: Vec<Vec<u32>> = serde_json::from_value(e["codebooks"].clone()).unwrap();
+    let scores = rerank_by_text(&engine, e["text"].as_str().unwrap(), &codebooks, 2).unwrap();
+    assert_close(&scores.iter().map(|s| s.ppl_image).collect::<Vec<_>>(), &floats(&e["ppl_image"]), "ppl_image");
+    assert_close(&scores.iter().map(|s| s.ppl_text).collect::<Vec<_>>(), &floats(&e["ppl_text"]), "ppl_text");
+}
+
+#[test]
+fn zero_shot_equals_the_reference() {
+    let engine = engine();
+    let e = &expected()["zs_clf"];
+    let result =
+        classify(&engine, &photo_codes(&engine), &strings(&e["classes"]), e["template"].as_str().unwrap(), 2).unwrap();
+    assert_close(&result.scores, &floats(&e["scores"]), "scores");
+    assert_eq!(result.label as u64, e["label"].as_u64().unwrap());
+}
+
+#[test]
+fn text_ranking_perplexities_equal_the_reference() {
+    let engine = engine();
+    let ranked = expected()["generate_texts_ranking"].as_array().unwrap().clone();
+    assert!(!ranked.is_empty());
+    let texts: Vec<String> = ranked.iter().map(|r| r["text"].as_str().unwrap().to_string()).collect();
+    let ppl = text_perplexities(&engine, &texts, 4).unwrap();
+    for (ours, r) in ppl.iter().zip(&ranked) {
+        let reference = r["ppl"].as_f64().unwrap() as f32; // rounded to 2 decimals by the reference
+        assert!((ours - reference).abs() <= 0.006 + 1e-4 * reference, "{}: {ours} vs {reference}", r["text"]);
+    }
+}
+
+#[test]
+fn ce_to_ppl_and_the_filter_equal_the_reference() {
+    let e = expected();
+    let ce: Vec<Vec<f32>> = serde_json::from_value(e["ce_to_ppl"]["ce"].clone()).unwrap();
+    assert_close(&ce_to_ppl(&ce), &floats(&e["ce_to_ppl"]["ppl"]), "ce_to_ppl");
+    let logits: Vec<Vec<f32>> = Tensor::read_npy(fixtures().join("filter_logits.npy")).unwrap().to_vec2().unwrap();
+    let filters = e["top_k_top_p_filtering"].as_object().unwrap();
+    assert_eq!(filters.len(), 6);
+    for (key, kept) in filters {
+        let (k, p) = key.split_once('_').unwrap();
+        let kept: Vec<Vec<i64>> = serde_json::from_value(kept.clone()).unwrap();
+        for (row, want) in logits.iter().zip(kept) {
+            let mut row = row.clone();
+            filter_top_k_top_p(&mut row, k.parse().unwrap(), p.parse().unwrap());
+            let got: Vec<i64> = row.iter().map(|v| v.is_finite() as i64).collect();
+            assert_eq!(got, want, "top_k {k}, top_p {p}");
+        }
+    }
+}
+
+#[test]
+fn captions_stream_as_they_finish_and_repeat_with_a_seed() {
+    let engine = engine();
+    let codes = photo_codes(&engine);
+    let options = CaptionOptions {
+        count: 12,
+        seed: 5,
+        sampling: SamplingParams { top_k: 50, top_p: 0.95, temperature: 1.0 },
+        ..Default::default()
+    };
+    let mut events = Vec::new();
+    let first = caption(&engine, &codes, &options, |e| events.push(e)).unwrap();
+    let second = caption(&engine, &codes, &options, |_| {}).unwrap();
+    assert_eq!(first, second, "same seed, same captions");
+    assert!(!first.is_empty());
+    let streamed: Vec<String> = events
+        .iter()
+        .filter_map(|e| if let GenerationEvent::Text { text, .. } = e { Some(text.clone()) } else { None })
+        .collect();
+    assert_eq!(streamed, first, "every caption is streamed once, in order");
+    assert!(first.iter().all(|t| t.starts_with("блюдо:")), "captions continue the template: {first:?}");
+    let progress = events.iter().filter(|e| matches!(e, GenerationEvent::Progress { .. })).count();
+    assert!(progress >= 1);
+    let other = caption(&engine, &codes, &CaptionOptions { seed: 6, ..options.clone() }, |_| {}).unwrap();
+    assert_ne!(first, other, "another seed, other captions");
+}
+
+#[test]
+fn text_to_image_previews_then_decodes() {
+    let engine = engine();
+    let options = ImageOptions {
+        count: 2,
+        sampling: SamplingParams { top_k: 32, top_p: 0.9, temperature: 1.0 },
+        seed: 1,
+        preview_every_rows: 1,
+    };
+    let mut previews = 0;
+    let result = generate_image(&engine, "борщ", &options, |e| {
+        if let GenerationEvent::ImagePreview { pngs, rows_done, .. } = e {
+            assert_eq!(pngs.len(), 2);
+            assert!(rows_done >= 1);
+            previews += 1;
+        }
+    })
+    .unwrap();
+    assert_eq!(previews, 3, "rows 1, 2 and 3 of 4 (the last is the final image)");
+    assert_eq!(result.codes.len(), 2);
+    assert!(result.codes.iter().all(|c| c.len() == 16 && c.iter().all(|&v| v < 64)));
+    let image = decode_image(&result.pngs[0], ImageLimits::default()).unwrap();
+    assert_eq!((image.width(), image.height()), (32, 32));
+}
+
+#[test]
+fn text_continuations_are_ranked_by_perplexity() {
+    let engine = engine();
+    let ranked =
+        generate_texts(&engine, "блюдо:", 6, &SamplingParams { top_k: 8, top_p: 0.9, temperature: 1.0 }, 3, |_| {})
+            .unwrap();
+    assert!(!ranked.is_empty());
+    assert!(ranked.windows(2).all(|w| w[0].ppl <= w[1].ppl));
+    let mut texts: Vec<_> = ranked.iter().map(|r| r.text.clone()).collect();
+    texts.dedup();
+    assert_eq!(texts.len(), ranked.len(), "distinct texts");
+}
