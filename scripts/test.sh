@@ -9,4 +9,4 @@ cargo fmt --all --check
 echo "== web app"
 "$REPO_ROOT/scripts/build-web.sh"
 echo "== tests"
-cargo test --workspace --exclude borscht-frontend "$@"
+cargo test --workspace --exclude borscht-frontend --no-fail-fast "$@"

@@ -1,18 +1,19 @@
 //! Borscht: recognise a dish and its nutrition from a photo with RUDOLPH.
 //!
 //! Module map (one room per part of the architecture):
-//! - [`cli`]: the `borscht` command and its subcommands.
+//! - [`cli`]: the `borscht` command and its subcommands; [`bench`]: `borscht bench`.
 //! - [`imaging`]: decoding photos safely, preparing them for the VQGAN, PNG output.
 //! - [`model`]: RUDOLPH itself: tokenizer, transformer, VQGAN, checkpoints.
+//! - [`nutrition`]: reading captions, the Atwater check, the final answer.
 //! - [`pipelines`]: captioning, re-ranking, zero-shot, text and image generation.
 //! - [`train`]: training our VQGAN (and, to come, RUDOLPH fine-tuning).
 //! - [`server`]: the axum HTTP/WebSocket service that hosts the model.
-//!
-//! Rooms to come, each with its issue: `nutrition`.
 
+pub mod bench;
 pub mod cli;
 pub mod imaging;
 pub mod model;
+pub mod nutrition;
 pub mod pipelines;
 pub mod server;
 pub mod train;

@@ -3,9 +3,11 @@
 //! - [`tokenizer`]: `tokenize`, `tokenizer-train`;
 //! - [`model`]: `forward`, `loss`, `convert` (cross-checking checkpoints against PyTorch);
 //! - [`vqgan`]: `vqgan encode|decode`, `train-vqgan`;
+//! - [`pipelines`]: `caption`, `classify`, `generate`, `texts`;
 //! - `serve` lives here, a thin call into [`crate::server`].
 
 mod model;
+mod pipelines;
 mod tokenizer;
 mod vqgan;
 
@@ -41,6 +43,28 @@ pub enum Command {
     Vqgan(vqgan::VqganCommand),
     /// Train a VQGAN on a folder of images (the demo model's image tokenizer).
     TrainVqgan(vqgan::TrainVqganArgs),
+    /// Recognise the dish in a photo: sample captions, re-rank them, answer with nutrition.
+    Caption(pipelines::CaptionArgs),
+    /// Zero-shot: which of the given dishes is in the photo.
+    Classify(pipelines::ClassifyArgs),
+    /// Draw pictures of a dish from its name.
+    Generate(pipelines::GenerateArgs),
+    /// Continue a text (l_text), ranked by perplexity.
+    Texts(pipelines::TextsArgs),
+    /// Time the pipelines on a randomly initialised model; prints JSON of [median_s, min_s].
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// `tiny` (the reference harness's model) or `350M`.
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Timed runs per benchmark (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +92,15 @@ impl Cli {
             Command::Convert(args) => model::convert(args),
             Command::Vqgan(command) => vqgan::run(command),
             Command::TrainVqgan(args) => vqgan::train(args),
+            Command::Caption(args) => pipelines::run_caption(args),
+            Command::Classify(args) => pipelines::run_classify(args),
+            Command::Generate(args) => pipelines::run_generate(args),
+            Command::Texts(args) => pipelines::run_texts(args),
+            Command::Bench(args) => {
+                let device = crate::model::device::parse_device(&args.device)?;
+                println!("{}", crate::bench::run(&args.preset, &device, args.runs)?);
+                Ok(())
+            }
         }
     }
 }

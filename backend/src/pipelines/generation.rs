@@ -226,14 +226,26 @@ pub struct GeneratedImages {
     pub pngs: Vec<Vec<u8>>,
 }
 
-/// `generate_codebooks` + VQGAN decoding: the text as l_text, image codes sampled
-/// from the image logits (plain causal mask; the layer masks still apply).
+/// Text-to-image: [`generate_codes`], then the VQGAN draws them.
 pub fn generate_image(
     engine: &Engine,
     text: &str,
     options: &ImageOptions,
-    mut on_event: impl FnMut(GenerationEvent),
+    on_event: impl FnMut(GenerationEvent),
 ) -> Result<GeneratedImages> {
+    let codes = generate_codes(engine, text, options, on_event)?;
+    let pngs = decode_pngs(engine, &codes)?;
+    Ok(GeneratedImages { codes, pngs })
+}
+
+/// `generate_codebooks`: the text as l_text, image codes sampled from the image
+/// logits (plain causal mask; the layer masks still apply).
+pub fn generate_codes(
+    engine: &Engine,
+    text: &str,
+    options: &ImageOptions,
+    mut on_event: impl FnMut(GenerationEvent),
+) -> Result<Vec<Vec<u32>>> {
     options.sampling.validate().map_err(anyhow::Error::msg)?;
     let cfg = engine.model.config();
     let (l, i, t) = (cfg.l_text_seq_length, cfg.image_seq_length(), cfg.image_tokens_per_dim);
@@ -268,8 +280,7 @@ pub fn generate_image(
         let logits = engine.model.forward(&Tensor::from_vec(next, (n, 1), &engine.device)?, &mask, Some(&mut cache))?;
         rows = rows_of(&logits, code_range.clone())?;
     }
-    let pngs = decode_pngs(engine, &codes)?;
-    Ok(GeneratedImages { codes, pngs })
+    Ok(codes)
 }
 
 /// Fills the rows not sampled yet with the last finished row, for a preview.

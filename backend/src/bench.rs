@@ -1,0 +1,132 @@
+//! `borscht bench`: the pipelines timed on a randomly initialised model (no files),
+//! under the keys the reference harness uses, so the numbers can sit side by side.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use std::time::Instant;
+
+use crate::model::config::RudolphConfig;
+use crate::model::tokenizer::{Bpe, TextTokenizer};
+use crate::model::transformer::Rudolph;
+use crate::model::vqgan::{DdConfig, Vqgan, VqganConfig};
+use crate::pipelines::generation::{caption, generate_codes, CaptionOptions, ImageOptions};
+use crate::pipelines::sampling::SamplingParams;
+use crate::pipelines::scoring::{classify, rerank_by_image, DEFAULT_BATCH};
+use crate::pipelines::Engine;
+
+/// The reference harness's `tiny` model: 4 layers, hidden 128, L = R = 16, 8x8 codes.
+pub fn tiny_configs() -> (RudolphConfig, VqganConfig) {
+    let model = RudolphConfig {
+        num_layers: 4,
+        hidden_size: 128,
+        num_attention_heads: 4,
+        l_text_seq_length: 16,
+        image_tokens_per_dim: 8,
+        r_text_seq_length: 16,
+        vocab_size: 1024 + 16,
+        image_vocab_size: 512,
+        ..RudolphConfig::rudolph_350m()
+    };
+    let vqgan = VqganConfig {
+        ddconfig: DdConfig {
+            ch: 32,
+            out_ch: 3,
+            ch_mult: vec![1, 1, 2, 4],
+            num_res_blocks: 2,
+            attn_resolutions: vec![32],
+            z_channels: 256,
+            resolution: 64,
+            in_channels: 3,
+            double_z: false,
+            dropout: 0.0,
+        },
+        n_embed: 512,
+        embed_dim: 256,
+    };
+    (model, vqgan)
+}
+
+/// A vocabulary of at most `size` ids learnt from a built-in food corpus.
+fn bench_tokenizer(size: usize) -> Result<TextTokenizer> {
+    let dishes = "борщ щи пельмени блины сырники оливье винегрет шаурма плов солянка гречка котлета каша уха окрошка \
+                  картошка селёдка творог хачапури пицца суши гамбургер яблоко банан яйцо рис хлеб сыр брокколи";
+    let mut corpus = String::new();
+    for (i, dish) in dishes.split_whitespace().enumerate() {
+        for j in 0..20 {
+            corpus.push_str(&format!(
+                "блюдо: {dish}; белков: {}.{}; жиров: {}; углеводов: {},{}; ккал: {};\n",
+                i % 30,
+                j,
+                (i * 7 + j) % 40,
+                (i * 3 + j) % 60,
+                j % 10,
+                (i * 37 + j * 11) % 500
+            ));
+        }
+    }
+    Ok(TextTokenizer::new(Bpe::train(&corpus, size)?))
+}
+
+/// Builds a random engine for a preset: `tiny` or `350M` (with the Sber VQGAN).
+pub fn random_engine(preset: &str, device: &Device) -> Result<Engine> {
+    let (model_cfg, vqgan_cfg) = match preset {
+        "tiny" => tiny_configs(),
+        "350M" => (RudolphConfig::rudolph_350m(), VqganConfig::sber()),
+        other => bail!("unknown bench preset {other:?}: use tiny or 350M"),
+    };
+    let varmap = VarMap::new();
+    let model = Rudolph::new(&model_cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    let vqgan = Vqgan::new(&vqgan_cfg, VarBuilder::from_varmap(&VarMap::new(), DType::F32, device))?;
+    let tokenizer = bench_tokenizer(model_cfg.vocab_size - model_cfg.l_text_seq_length)?;
+    Engine::from_parts(model, tokenizer, vqgan)
+}
+
+/// Median and minimum seconds of `runs` timed calls after one warm-up.
+fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<[f64; 2]> {
+    f()?;
+    let mut seconds = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        f()?;
+        seconds.push(start.elapsed().as_secs_f64());
+    }
+    seconds.sort_by(|a, b| a.total_cmp(b));
+    Ok([seconds[seconds.len() / 2], seconds[0]])
+}
+
+/// Runs every benchmark; the JSON maps each key to `[median_s, min_s]`.
+pub fn run(preset: &str, device: &Device, runs: usize) -> Result<serde_json::Value> {
+    let engine = random_engine(preset, device)?;
+    let cfg = engine.model.config().clone();
+    let size = engine.image_size() as usize;
+    let photo = Tensor::rand(0f32, 1f32, (1, 3, size, size), device)?;
+    let codes: Vec<u32> = engine.vqgan.encode(&photo)?.squeeze(0)?.to_vec1()?;
+    let article = SamplingParams::ARTICLE;
+    let captions =
+        |count: usize, seed: u64| CaptionOptions { template: "блюдо:".into(), count, sampling: article, seed };
+    let texts: Vec<String> = (0..16).map(|i| format!("блюдо: кандидат {i}; белков: {i}; ккал: {};", i * 10)).collect();
+    let classes: Vec<String> = (0..20).map(|i| format!("блюдо номер {i}")).collect();
+    let images_16 = Tensor::rand(0f32, 1f32, (16, 3, size, size), device)?;
+    let codes_4 = Tensor::from_vec(codes.repeat(4), (4, cfg.image_seq_length()), device)?;
+
+    let mut report = serde_json::Map::new();
+    let mut record = |key: &str, value: [f64; 2]| {
+        eprintln!("{key:<26} median {:>9.4} s   min {:>9.4} s", value[0], value[1]);
+        report.insert(key.to_string(), serde_json::json!(value));
+    };
+    record("captions_16", time(runs, || caption(&engine, &codes, &captions(16, 1), |_| {}).map(|_| ()))?);
+    record("captions_4_seed_settings", time(runs, || caption(&engine, &codes, &captions(4, 42), |_| {}).map(|_| ()))?);
+    record("rerank_by_image_16", time(runs, || rerank_by_image(&engine, &texts, &codes, DEFAULT_BATCH).map(|_| ()))?);
+    record("zs_clf_20", time(runs, || classify(&engine, &codes, &classes, "{}", DEFAULT_BATCH).map(|_| ()))?);
+    let image_options = ImageOptions {
+        count: 4,
+        sampling: SamplingParams { top_k: 512, top_p: 0.99, temperature: 1.0 },
+        seed: 1,
+        preview_every_rows: 0,
+    };
+    record("codebooks_4", time(runs, || generate_codes(&engine, "борщ", &image_options, |_| {}).map(|_| ()))?);
+    record("vae_decode_4", time(runs, || Ok(engine.vqgan.decode(&codes_4).map(|_| ())?))?);
+    record("vae_encode_16", time(runs, || Ok(engine.vqgan.encode(&images_16).map(|_| ())?))?);
+    Ok(serde_json::Value::Object(report))
+}

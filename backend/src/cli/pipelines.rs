@@ -1,0 +1,263 @@
+//! `borscht caption`, `classify`, `generate` and `texts`: the pipelines from the
+//! command line. Human-readable output by default, one JSON object with `--json`.
+
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+use crate::imaging::{open_image, ImageLimits};
+use crate::model::device::{parse_device, parse_dtype};
+use crate::nutrition::{final_answer, parse_caption, ScoredCaption};
+use crate::pipelines::generation::{
+    caption, generate_image, generate_texts, CaptionOptions, GenerationEvent, ImageOptions,
+};
+use crate::pipelines::sampling::SamplingParams;
+use crate::pipelines::scoring::{classify, rerank_by_image, DEFAULT_BATCH};
+use crate::pipelines::Engine;
+
+#[derive(Debug, clap::Args)]
+pub struct EngineArgs {
+    /// Model directory: config.json + weights, bpe.model, vqgan/.
+    #[arg(long, env = "BORSCHT_MODEL")]
+    pub model: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl EngineArgs {
+    fn load(&self) -> Result<Engine> {
+        Engine::load(&self.model, &parse_device(&self.device)?, parse_dtype(&self.dtype)?)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SamplingArgs {
+    #[arg(long, default_value_t = 16)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.6)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> SamplingParams {
+        SamplingParams { top_k: self.top_k, top_p: self.top_p, temperature: self.temperature }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CaptionArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// The photo of the meal.
+    #[arg(long)]
+    pub image: PathBuf,
+    #[arg(long, default_value = "блюдо:")]
+    pub template: String,
+    /// How many captions to sample.
+    #[arg(long, default_value_t = 16)]
+    pub n: usize,
+    /// Also give the values for a portion of this many grams.
+    #[arg(long)]
+    pub portion_g: Option<f32>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+pub fn run_caption(args: CaptionArgs) -> Result<()> {
+    let engine = args.engine.load()?;
+    let photo = open_image(&args.image, ImageLimits::default()).with_context(|| args.image.display().to_string())?;
+    let codes: Vec<u32> = engine.image_codes(&photo)?.squeeze(0)?.to_vec1()?;
+    let options = CaptionOptions {
+        template: args.template.clone(),
+        count: args.n,
+        sampling: args.sampling.params(),
+        seed: args.sampling.seed,
+    };
+    let quiet = args.engine.json;
+    let captions = caption(&engine, &codes, &options, |event| {
+        if let (GenerationEvent::Text { text, .. }, false) = (&event, quiet) {
+            eprintln!("  candidate: {text}");
+        }
+    })?;
+    let scores = rerank_by_image(&engine, &captions, &codes, DEFAULT_BATCH)?;
+    let scored: Vec<ScoredCaption> = captions
+        .iter()
+        .zip(&scores)
+        .map(|(c, s)| ScoredCaption { caption: c.clone(), ppl_image: s.ppl_image })
+        .collect();
+    let answer = final_answer(&scored);
+    if args.engine.json {
+        let candidates: Vec<_> = scored
+            .iter()
+            .map(|s| serde_json::json!({ "text": s.caption, "ppl_image": s.ppl_image, "nutrition": parse_caption(&s.caption) }))
+            .collect();
+        let portion = match (&answer, args.portion_g) {
+            (Some(a), Some(g)) => Some(a.best.nutrition.for_portion(g)),
+            _ => None,
+        };
+        println!("{}", serde_json::json!({ "candidates": candidates, "answer": answer, "portion": portion }));
+        return Ok(());
+    }
+    match answer {
+        None => println!("No dish recognised ({} captions, none named a dish).", captions.len()),
+        Some(answer) => {
+            let best = &answer.best;
+            let show = |v: Option<f32>| v.map_or("?".to_string(), |x| format!("{x:.1}"));
+            println!("{} ({:.0}% confident)", best.dish, best.confidence * 100.0);
+            let n = &best.nutrition;
+            println!(
+                "  per 100 g: protein {} g, fat {} g, carbohydrate {} g, {} kcal",
+                show(n.protein_g),
+                show(n.fat_g),
+                show(n.carbs_g),
+                show(n.kcal)
+            );
+            if let Some(check) = best.atwater {
+                let verdict = if check.consistent { "consistent" } else { "inconsistent" };
+                println!(
+                    "  Atwater: 4P + 9F + 4C = {:.0} kcal vs {:.0} stated ({verdict})",
+                    check.expected_kcal, check.stated_kcal
+                );
+            }
+            if let Some(g) = args.portion_g {
+                let p = n.for_portion(g);
+                println!(
+                    "  for {g} g: protein {} g, fat {} g, carbohydrate {} g, {} kcal",
+                    show(p.protein_g),
+                    show(p.fat_g),
+                    show(p.carbs_g),
+                    show(p.kcal)
+                );
+            }
+            for alt in &answer.alternatives {
+                println!("  or: {} ({:.0}%)", alt.dish, alt.confidence * 100.0);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClassifyArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Comma-separated dishes to choose from.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub classes: Vec<String>,
+    /// How each class is written; `{}` stands for it.
+    #[arg(long, default_value = "блюдо: {}")]
+    pub template: String,
+}
+
+pub fn run_classify(args: ClassifyArgs) -> Result<()> {
+    let engine = args.engine.load()?;
+    let classes: Vec<String> = args.classes.iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
+    let photo = open_image(&args.image, ImageLimits::default()).with_context(|| args.image.display().to_string())?;
+    let codes: Vec<u32> = engine.image_codes(&photo)?.squeeze(0)?.to_vec1()?;
+    let result = classify(&engine, &codes, &classes, &args.template, DEFAULT_BATCH)?;
+    if args.engine.json {
+        println!(
+            "{}",
+            serde_json::json!({ "label": result.label, "class": classes[result.label], "classes": classes, "scores": result.scores })
+        );
+    } else {
+        let mut ranked: Vec<(usize, f32)> = result.scores.iter().copied().enumerate().collect();
+        ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+        println!("{}", classes[result.label]);
+        for (i, score) in ranked {
+            println!("  {:<30} score {score:.4}", classes[i]);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// What to draw.
+    #[arg(long)]
+    pub text: String,
+    #[arg(long, default_value_t = 4)]
+    pub n: usize,
+    /// Folder for image-N.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 512)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.99)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+pub fn run_generate(args: GenerateArgs) -> Result<()> {
+    let engine = args.engine.load()?;
+    let options = ImageOptions {
+        count: args.n,
+        sampling: SamplingParams { top_k: args.top_k, top_p: args.top_p, temperature: args.temperature },
+        seed: args.seed,
+        preview_every_rows: 0,
+    };
+    let result = generate_image(&engine, &args.text, &options, |_| {})?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let mut paths = Vec::new();
+    for (i, png) in result.pngs.iter().enumerate() {
+        let path = args.out.join(format!("image-{}.png", i + 1));
+        std::fs::write(&path, png)?;
+        paths.push(path.display().to_string());
+    }
+    if args.engine.json {
+        println!("{}", serde_json::json!({ "images": paths, "codes": result.codes }));
+    } else {
+        for p in paths {
+            println!("{p}");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TextsArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 16)]
+    pub n: usize,
+    #[arg(long, default_value_t = 32)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.8)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+pub fn run_texts(args: TextsArgs) -> Result<()> {
+    let engine = args.engine.load()?;
+    let sampling = SamplingParams { top_k: args.top_k, top_p: args.top_p, temperature: args.temperature };
+    let ranked = generate_texts(&engine, &args.prompt, args.n, &sampling, args.seed, |_| {})?;
+    if args.engine.json {
+        let list: Vec<_> = ranked.iter().map(|r| serde_json::json!({ "text": r.text, "ppl": r.ppl })).collect();
+        println!("{}", serde_json::json!({ "texts": list }));
+    } else {
+        for r in ranked {
+            println!("{:>10.2}  {}", r.ppl, r.text);
+        }
+    }
+    Ok(())
+}
