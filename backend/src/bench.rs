@@ -103,8 +103,14 @@ pub fn run(preset: &str, device: &Device, runs: usize) -> Result<serde_json::Val
     let photo = Tensor::rand(0f32, 1f32, (1, 3, size, size), device)?;
     let codes: Vec<u32> = engine.vqgan.encode(&photo)?.squeeze(0)?.to_vec1()?;
     let article = SamplingParams::ARTICLE;
-    let captions =
-        |count: usize, seed: u64| CaptionOptions { template: "блюдо:".into(), count, sampling: article, seed };
+    // The reference samples every r_text position; so do these runs.
+    let captions = |count: usize, seed: u64| CaptionOptions {
+        template: "блюдо:".into(),
+        count,
+        sampling: article,
+        seed,
+        stop_at_eos: false,
+    };
     let texts: Vec<String> = (0..16).map(|i| format!("блюдо: кандидат {i}; белков: {i}; ккал: {};", i * 10)).collect();
     let classes: Vec<String> = (0..20).map(|i| format!("блюдо номер {i}")).collect();
     let images_16 = Tensor::rand(0f32, 1f32, (16, 3, size, size), device)?;

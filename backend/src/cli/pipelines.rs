@@ -80,6 +80,7 @@ pub fn run_caption(args: CaptionArgs) -> Result<()> {
         count: args.n,
         sampling: args.sampling.params(),
         seed: args.sampling.seed,
+        ..Default::default()
     };
     let quiet = args.engine.json;
     let captions = caption(&engine, &codes, &options, |event| {

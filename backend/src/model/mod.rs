@@ -9,7 +9,9 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod conv;
 pub mod device;
+pub mod group_norm;
 pub mod masks;
 pub mod tokenizer;
 pub mod transformer;

@@ -7,7 +7,10 @@
 //! Every op used has a backward pass, so the same code trains our demo VQGAN.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, Embedding, GroupNorm, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
+
+use crate::model::conv::Conv2d;
+use crate::model::group_norm::GroupNorm;
 use serde::{Deserialize, Serialize};
 
 /// taming's `ddconfig`.
@@ -124,17 +127,11 @@ const GROUPS: usize = 32;
 const GROUP_NORM_EPS: f64 = 1e-6;
 
 fn group_norm(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
-    let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.0))?;
-    let bias = vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.0))?;
-    GroupNorm::new(weight, bias, channels, GROUPS, GROUP_NORM_EPS)
+    GroupNorm::new(channels, GROUPS, GROUP_NORM_EPS, vb)
 }
 
 fn conv(input: usize, output: usize, kernel: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Conv2d> {
-    candle_nn::conv2d(input, output, kernel, Conv2dConfig { padding, stride, ..Default::default() }, vb)
-}
-
-fn swish(x: &Tensor) -> Result<Tensor> {
-    x.silu()
+    Conv2d::new(input, output, kernel, stride, padding, vb)
 }
 
 #[derive(Debug, Clone)]
@@ -157,11 +154,11 @@ impl ResnetBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&swish(&self.norm1.forward(x)?)?)?;
-        let h = self.conv2.forward(&swish(&self.norm2.forward(&h)?)?)?;
+    fn forward(&self, x: &Tensor, diff: bool) -> Result<Tensor> {
+        let h = self.conv1.forward(&self.norm1.forward(x, true, diff)?, diff)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h, true, diff)?, diff)?;
         let shortcut = match &self.nin_shortcut {
-            Some(c) => c.forward(x)?,
+            Some(c) => c.forward(x, diff)?,
             None => x.clone(),
         };
         shortcut + h
@@ -191,10 +188,10 @@ impl AttnBlock {
 
     fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let normed = self.norm.forward(x)?;
-        let q = self.q.forward(&normed)?.reshape((b, c, h * w))?.transpose(1, 2)?; // b, hw, c
-        let k = self.k.forward(&normed)?.reshape((b, c, h * w))?; // b, c, hw
-        let v = self.v.forward(&normed)?.reshape((b, c, h * w))?;
+        let normed = self.norm.forward(x, false, differentiable)?;
+        let q = self.q.forward(&normed, differentiable)?.reshape((b, c, h * w))?.transpose(1, 2)?; // b, hw, c
+        let k = self.k.forward(&normed, differentiable)?.reshape((b, c, h * w))?; // b, c, hw
+        let v = self.v.forward(&normed, differentiable)?.reshape((b, c, h * w))?;
         let weights = (q.matmul(&k)? * (c as f64).powf(-0.5))?;
         let weights = if differentiable {
             candle_nn::ops::softmax(&weights, D::Minus1)?
@@ -203,7 +200,7 @@ impl AttnBlock {
         };
         // h[b, c, j] = sum_i v[b, c, i] * w[b, j, i]
         let attended = v.matmul(&weights.transpose(1, 2)?)?.reshape((b, c, h, w))?;
-        x + self.proj_out.forward(&attended)?
+        x + self.proj_out.forward(&attended, differentiable)?
     }
 }
 
@@ -219,7 +216,7 @@ struct Level {
 impl Level {
     fn forward_blocks(&self, mut h: Tensor, diff: bool) -> Result<Tensor> {
         for (i, block) in self.blocks.iter().enumerate() {
-            h = block.forward(&h)?;
+            h = block.forward(&h, diff)?;
             if let Some(attn) = self.attns.get(i) {
                 h = attn.forward(&h, diff)?;
             }
@@ -245,7 +242,7 @@ impl Middle {
     }
 
     fn forward(&self, x: &Tensor, diff: bool) -> Result<Tensor> {
-        self.block_2.forward(&self.attn_1.forward(&self.block_1.forward(x)?, diff)?)
+        self.block_2.forward(&self.attn_1.forward(&self.block_1.forward(x, diff)?, diff)?, diff)
     }
 }
 
@@ -293,16 +290,16 @@ impl Encoder {
     }
 
     fn forward(&self, x: &Tensor, diff: bool) -> Result<Tensor> {
-        let mut h = self.conv_in.forward(x)?;
+        let mut h = self.conv_in.forward(x, diff)?;
         for level in &self.down {
             h = level.forward_blocks(h, diff)?;
             if let Some(downsample) = &level.resample {
                 // No asymmetric padding in conv: pad right and bottom by one, then stride 2.
-                h = downsample.forward(&h.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?)?;
+                h = downsample.forward(&h.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?, diff)?;
             }
         }
         let h = self.mid.forward(&h, diff)?;
-        self.conv_out.forward(&swish(&self.norm_out.forward(&h)?)?)
+        self.conv_out.forward(&self.norm_out.forward(&h, true, diff)?, diff)
     }
 }
 
@@ -352,15 +349,15 @@ impl Decoder {
     }
 
     fn forward(&self, z: &Tensor, diff: bool) -> Result<Tensor> {
-        let mut h = self.mid.forward(&self.conv_in.forward(z)?, diff)?;
+        let mut h = self.mid.forward(&self.conv_in.forward(z, diff)?, diff)?;
         for level in self.up.iter().rev() {
             h = level.forward_blocks(h, diff)?;
             if let Some(upsample) = &level.resample {
                 let (_, _, height, width) = h.dims4()?;
-                h = upsample.forward(&h.upsample_nearest2d(height * 2, width * 2)?)?;
+                h = upsample.forward(&h.upsample_nearest2d(height * 2, width * 2)?, diff)?;
             }
         }
-        self.conv_out.forward(&swish(&self.norm_out.forward(&h)?)?)
+        self.conv_out.forward(&self.norm_out.forward(&h, true, diff)?, diff)
     }
 }
 
@@ -423,7 +420,8 @@ impl Vqgan {
     /// Code logits `[b, n_embed, h, w]` of images `[b, 3, H, W]` in [0, 1].
     pub fn code_logits(&self, images: &Tensor) -> Result<Tensor> {
         let x = ((images * 2.0)? - 1.0)?;
-        self.proj.forward(&self.quant_conv.forward(&self.encoder.forward(&x, self.differentiable)?)?)
+        let diff = self.differentiable;
+        self.proj.forward(&self.quant_conv.forward(&self.encoder.forward(&x, diff)?, diff)?, diff)
     }
 
     /// Images `[b, 3, H, W]` in [0, 1] -> codes `[b, (H/f) * (W/f)]` (u32), by argmax
@@ -454,7 +452,7 @@ impl Vqgan {
         }
         let z = self.embed.forward(&codes.to_dtype(DType::U32)?)?; // b, n, d
         let z = z.reshape((b, side, side, self.cfg.embed_dim))?.permute((0, 3, 1, 2))?.contiguous()?;
-        self.decoder.forward(&self.post_quant_conv.forward(&z)?, self.differentiable)
+        self.decoder.forward(&self.post_quant_conv.forward(&z, self.differentiable)?, self.differentiable)
     }
 
     /// One training pass: gumbel-softmax relaxation at `temperature` (soft codes, so
@@ -468,7 +466,9 @@ impl Vqgan {
         // z_q = sum_n soft[b, n, h, w] * embed[n, d]
         let flat = soft.permute((0, 2, 3, 1))?.reshape((b * h * w, n))?;
         let z = flat.matmul(self.embed.embeddings())?.reshape((b, h, w, self.cfg.embed_dim))?.permute((0, 3, 1, 2))?;
-        let decoded = self.decoder.forward(&self.post_quant_conv.forward(&z.contiguous()?)?, self.differentiable)?;
+        let decoded = self
+            .decoder
+            .forward(&self.post_quant_conv.forward(&z.contiguous()?, self.differentiable)?, self.differentiable)?;
         // KL(q || uniform) = sum q * log(q * n_embed), averaged over positions.
         let q = candle_nn::ops::softmax(&logits, 1)?;
         let kl = (&q * ((&q * n as f64)? + 1e-10)?.log()?)?.sum(1)?.mean_all()?;

@@ -35,11 +35,20 @@ pub struct CaptionOptions {
     pub count: usize,
     pub sampling: SamplingParams,
     pub seed: u64,
+    /// Drop a sequence from the batch at its first EOS (the product); `false` samples the
+    /// full r_text like the reference (for benchmarks).
+    pub stop_at_eos: bool,
 }
 
 impl Default for CaptionOptions {
     fn default() -> Self {
-        CaptionOptions { template: "блюдо:".into(), count: 16, sampling: SamplingParams::ARTICLE, seed: 0 }
+        CaptionOptions {
+            template: "блюдо:".into(),
+            count: 16,
+            sampling: SamplingParams::ARTICLE,
+            seed: 0,
+            stop_at_eos: true,
+        }
     }
 }
 
@@ -109,7 +118,7 @@ pub fn caption(
             let mut keep = Vec::with_capacity(active.len());
             for (k, (tokens, &id)) in active.iter_mut().zip(&next).enumerate() {
                 tokens.push(id);
-                if id == TextTokenizer::EOS || step + 1 == total_steps {
+                if (id == TextTokenizer::EOS && options.stop_at_eos) || step + 1 == total_steps {
                     finish(tokens, &mut results, &mut on_event)?;
                 } else {
                     keep.push(k);

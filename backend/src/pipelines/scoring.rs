@@ -117,6 +117,9 @@ fn r_text_ppl(engine: &Engine, logits: &Tensor, ids: &Tensor) -> Result<Vec<f32>
 }
 
 /// `zs_clf`: which class text fits the photo best. `template` holds `{}` for the class.
+///
+/// Every class shares `[l_text | image]`, and the per-sample masks only differ in the
+/// r_text rows, so that prefix runs once and its KV cache serves all classes.
 pub fn classify(
     engine: &Engine,
     codes: &[u32],
@@ -131,13 +134,20 @@ pub fn classify(
     let cfg = engine.model.config();
     let (l, r) = (cfg.l_text_seq_length, cfg.r_text_seq_length);
     let template = if template.contains("{}") { template.to_string() } else { "{}".to_string() };
+    let prefix: Vec<u32> = [vec![0; l], codes.to_vec()].concat();
+    let mut prefix_cache = engine.model.new_cache();
+    let causal = attention_mask(cfg, &[vec![1.0; r]], &engine.device)?;
+    engine.model.forward(&ids_tensor(engine, &[prefix])?, &causal, Some(&mut prefix_cache))?;
     let mut ppl = Vec::with_capacity(classes.len());
     for chunk in classes.chunks(batch.max(1)) {
         let encoded: Vec<Vec<u32>> = chunk.iter().map(|c| engine.encode_text(&template.replace("{}", c), r)).collect();
-        let rows: Vec<Vec<u32>> = encoded.iter().map(|e| [vec![0; l], codes.to_vec(), e.clone()].concat()).collect();
         let masks: Vec<Vec<f32>> = encoded.iter().map(|e| r_text_mask(e)).collect();
-        let logits = logits(engine, &rows, &masks)?;
-        ppl.extend(r_text_ppl(engine, &logits, &ids_tensor(engine, &rows)?)?);
+        let mut cache = prefix_cache.clone();
+        cache.repeat_batch(encoded.len())?;
+        let ids = ids_tensor(engine, &encoded)?;
+        let logits = engine.model.forward(&ids, &attention_mask(cfg, &masks, &engine.device)?, Some(&mut cache))?;
+        let r_logits = logits.narrow(1, 0, r - 1)?.narrow(D::Minus1, 0, cfg.text_vocab())?;
+        ppl.extend(ce_to_ppl(&token_ce(&r_logits, &ids.narrow(1, 1, r - 1)?, Some(0))?));
     }
     let norm = ppl.iter().map(|p| p * p).sum::<f32>().sqrt();
     let normalised: Vec<f32> = ppl.iter().map(|p| p / norm).collect();
