@@ -1,6 +1,8 @@
 //! Training: our own VQGAN ([`vqgan`]) and, to come, RUDOLPH fine-tuning.
 //! Shared helpers live here: image folders, progress bars, atomic checkpoint writes.
 
+pub mod data;
+pub mod optim;
 pub mod vqgan;
 
 use anyhow::{Context, Result};
