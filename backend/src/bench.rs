@@ -82,6 +82,39 @@ pub fn random_engine(preset: &str, device: &Device) -> Result<Engine> {
     Engine::from_parts(model, tokenizer, vqgan)
 }
 
+/// One fine-tuning step as the article takes it: batch 10, attention and MLP frozen,
+/// weighted loss, backward, clipping, AdamW.
+fn training_step(cfg: &RudolphConfig, device: &Device) -> Result<impl FnMut() -> Result<()>> {
+    use crate::model::masks::causal_mask;
+    use crate::model::transformer::LossWeights;
+    use crate::train::optim::{clip_grad_norm, AdamW};
+    use crate::train::rudolph::Freeze;
+    let varmap = VarMap::new();
+    let mut model = Rudolph::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    model.set_differentiable(true);
+    let mut named: Vec<(String, candle_core::Var)> =
+        varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let trainable = named.into_iter().filter(|(n, _)| !Freeze::ARTICLE.is_frozen(n)).collect();
+    let mut optimizer = AdamW::new(trainable, 2e-5, 0.0)?;
+    let (l, i, r) = (cfg.l_text_seq_length, cfg.image_seq_length(), cfg.r_text_seq_length);
+    let row: Vec<u32> = (0..l)
+        .map(|_| 0)
+        .chain((0..i).map(|k| (k * 7 % cfg.image_vocab_size) as u32))
+        .chain((0..r).map(|k| (4 + k * 13 % 900) as u32))
+        .collect();
+    let ids = Tensor::from_vec(row.repeat(10), (10, l + i + r), device)?;
+    let mask = causal_mask(cfg, 1, device)?;
+    let weights = LossWeights { l_text: 0.01, image: 1.0, r_text: 7.0 };
+    Ok(move || {
+        let losses = model.loss(&ids, &mask, weights)?;
+        let mut grads = losses.loss.backward()?;
+        let vars: Vec<&candle_core::Var> = optimizer.params().iter().map(|(_, v)| v).collect();
+        clip_grad_norm(&mut grads, &vars, 1.0)?;
+        optimizer.step(&grads)
+    })
+}
+
 /// Median and minimum seconds of `runs` timed calls after one warm-up.
 fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<[f64; 2]> {
     f()?;
@@ -134,5 +167,7 @@ pub fn run(preset: &str, device: &Device, runs: usize) -> Result<serde_json::Val
     record("codebooks_4", time(runs, || generate_codes(&engine, "борщ", &image_options, |_| {}).map(|_| ()))?);
     record("vae_decode_4", time(runs, || Ok(engine.vqgan.decode(&codes_4).map(|_| ())?))?);
     record("vae_encode_16", time(runs, || Ok(engine.vqgan.encode(&images_16).map(|_| ())?))?);
+    let mut step = training_step(&cfg, device)?;
+    record("train_step_bs10", time(runs, || step())?);
     Ok(serde_json::Value::Object(report))
 }

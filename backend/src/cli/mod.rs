@@ -4,11 +4,13 @@
 //! - [`model`]: `forward`, `loss`, `convert` (cross-checking checkpoints against PyTorch);
 //! - [`vqgan`]: `vqgan encode|decode`, `train-vqgan`;
 //! - [`pipelines`]: `caption`, `classify`, `generate`, `texts`;
+//! - [`train`]: `train` (RUDOLPH fine-tuning);
 //! - `serve` lives here, a thin call into [`crate::server`].
 
 mod model;
 mod pipelines;
 mod tokenizer;
+mod train;
 mod vqgan;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +55,8 @@ pub enum Command {
     Texts(pipelines::TextsArgs),
     /// Time the pipelines on a randomly initialised model; prints JSON of [median_s, min_s].
     Bench(BenchArgs),
+    /// Fine-tune RUDOLPH on a food CSV (the article's recipe), or train one from scratch.
+    Train(train::TrainArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -96,6 +100,7 @@ impl Cli {
             Command::Classify(args) => pipelines::run_classify(args),
             Command::Generate(args) => pipelines::run_generate(args),
             Command::Texts(args) => pipelines::run_texts(args),
+            Command::Train(args) => train::run(args),
             Command::Bench(args) => {
                 let device = crate::model::device::parse_device(&args.device)?;
                 println!("{}", crate::bench::run(&args.preset, &device, args.runs)?);

@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod optim;
+pub mod rudolph;
 pub mod vqgan;
 
 use anyhow::{Context, Result};

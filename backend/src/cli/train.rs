@@ -1,0 +1,171 @@
+//! `borscht train`: fine-tune RUDOLPH on a food CSV (or train one from scratch).
+
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::model::config::RudolphConfig;
+use crate::model::device::parse_device;
+use crate::model::transformer::LossWeights;
+use crate::model::weights::read_config;
+use crate::train::rudolph::{train, Freeze, TrainOptions};
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// The article's CSV (index, protein, fat, carbs, kcal, name, path) or caption,path.
+    #[arg(long)]
+    pub csv: PathBuf,
+    /// Folder the CSV's image paths are relative to.
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Output model directory (checkpoints, logs, loss curve).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Fine-tune this model directory.
+    #[arg(long, conflicts_with = "config")]
+    pub init: Option<PathBuf>,
+    /// Train from scratch: a preset (350M, 350M-v2, 1.3B, 2.7B) or a config.json.
+    #[arg(long, requires_all = ["tokenizer", "vqgan"])]
+    pub config: Option<String>,
+    /// From scratch: the bpe.model to use.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// From scratch: the VQGAN directory to use.
+    #[arg(long)]
+    pub vqgan: Option<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 10)]
+    pub batch_size: usize,
+    /// Peak learning rate of the OneCycle schedule.
+    #[arg(long, default_value_t = 2e-5)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.3)]
+    pub pct_start: f64,
+    #[arg(long, default_value_t = 25.0)]
+    pub div_factor: f64,
+    #[arg(long, default_value_t = 500.0)]
+    pub final_div_factor: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Clip gradients to this global norm.
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Loss weights l_text,image,r_text.
+    #[arg(long, default_value = "0.01,1,7")]
+    pub weights: String,
+    /// Comma-separated groups to freeze: embeddings, layernorms, attention, mlp, other
+    /// (`article` = attention,mlp; `none`).
+    #[arg(long, default_value = "article")]
+    pub freeze: String,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Share of the rows held out for validation each epoch.
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    /// Write a checkpoint every N steps (and at every epoch's end).
+    #[arg(long, default_value_t = 500)]
+    pub save_every: usize,
+    /// Continue the run in --out exactly where it stopped.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+fn parse_freeze(spec: &str) -> Result<Freeze> {
+    match spec {
+        "article" => return Ok(Freeze::ARTICLE),
+        "none" | "" => return Ok(Freeze::NOTHING),
+        _ => {}
+    }
+    let mut freeze = Freeze::NOTHING;
+    for group in spec.split(',').map(str::trim) {
+        match group {
+            "embeddings" => freeze.embeddings = true,
+            "layernorms" => freeze.layernorms = true,
+            "attention" => freeze.attention = true,
+            "mlp" => freeze.mlp = true,
+            "other" => freeze.other = true,
+            other => {
+                bail!("unknown weight group {other:?} in --freeze (embeddings, layernorms, attention, mlp, other)")
+            }
+        }
+    }
+    Ok(freeze)
+}
+
+fn parse_weights(spec: &str) -> Result<LossWeights> {
+    let parts: Vec<f64> = spec
+        .split(',')
+        .map(|w| w.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("--weights {spec:?}: expected three numbers like 0.01,1,7"))?;
+    let [l_text, image, r_text] = parts[..] else { bail!("--weights needs exactly three numbers") };
+    if l_text + image + r_text <= 0.0 {
+        bail!("--weights must not sum to zero");
+    }
+    Ok(LossWeights { l_text, image, r_text })
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let config = match &args.config {
+        None => None,
+        Some(spec) => Some(match RudolphConfig::preset(spec) {
+            Some(preset) => preset,
+            None => read_config(&PathBuf::from(spec))?,
+        }),
+    };
+    if args.init.is_none() && config.is_none() {
+        bail!("give --init MODEL_DIR to fine-tune, or --config with --tokenizer and --vqgan to train from scratch");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // First Ctrl-C: finish the current step, save, exit cleanly. A second one kills.
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)");
+        })?;
+    }
+    let options = TrainOptions {
+        csv: args.csv,
+        images: args.images,
+        out: args.out.clone(),
+        init: args.init,
+        config,
+        tokenizer: args.tokenizer,
+        vqgan: args.vqgan,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        max_lr: args.lr,
+        pct_start: args.pct_start,
+        div_factor: args.div_factor,
+        final_div_factor: args.final_div_factor,
+        weight_decay: args.weight_decay,
+        clip: args.clip,
+        loss_weights: parse_weights(&args.weights)?,
+        freeze: parse_freeze(&args.freeze)?,
+        seed: args.seed,
+        val_fraction: args.val_fraction,
+        save_every: args.save_every,
+        resume: args.resume,
+        show_progress: true,
+        stop,
+        max_steps: None,
+    };
+    let outcome = train(&options, &parse_device(&args.device)?)?;
+    if outcome.interrupted {
+        eprintln!(
+            "stopped at step {}; continue with --resume. Checkpoint in {}",
+            outcome.state.step,
+            args.out.display()
+        );
+    } else {
+        eprintln!("done: {} steps; model in {}", outcome.state.step, args.out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,513 @@
+//! `borscht train`: the article's fine-tuning recipe as a robust command, also
+//! training from scratch (the demo model has no pretrained start).
+//!
+//! Each step feeds `[zeros (L) | image codes | caption (R)]` with the plain causal
+//! mask, takes the weighted loss (article: 0.01 / 1 / 7), clips gradients by global
+//! norm, sets the OneCycle learning rate and beta1, and steps AdamW over the
+//! unfrozen weights. The output directory is always a complete model directory
+//! (weights, config, tokenizer, VQGAN) plus the optimiser state, so training can be
+//! resumed exactly and the result served at once.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::imaging::{self, ImageLimits};
+use crate::model::config::RudolphConfig;
+use crate::model::masks::causal_mask;
+use crate::model::tokenizer::TextTokenizer;
+use crate::model::transformer::{LossWeights, Rudolph};
+use crate::model::vqgan::{load_vqgan, Vqgan};
+use crate::model::weights::{self, CONFIG_FILE, SAFETENSORS_FILE};
+use crate::nutrition::{atwater, parse_caption};
+use crate::pipelines::engine::{BPE_FILE, VQGAN_DIR};
+use crate::pipelines::generation::{caption, CaptionOptions};
+use crate::pipelines::sampling::SamplingParams;
+use crate::pipelines::Engine;
+use crate::train::data::{read_csv, Sample};
+use crate::train::optim::{clip_grad_norm, AdamW, OneCycle};
+use crate::train::{progress_bar, write_atomically};
+
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const STATE_FILE: &str = "train_state.json";
+const LOG_FILE: &str = "train_log.csv";
+const CURVE_FILE: &str = "loss_curve.png";
+
+/// Which weight groups stay fixed (the article freezes attention and MLP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freeze {
+    pub embeddings: bool,
+    pub layernorms: bool,
+    pub attention: bool,
+    pub mlp: bool,
+    pub other: bool,
+}
+
+impl Freeze {
+    pub const NOTHING: Freeze =
+        Freeze { embeddings: false, layernorms: false, attention: false, mlp: false, other: false };
+    /// The article's `freeze(...)` call. (Its name test `'attn' in name` never matches
+    /// `attention.*`, so attention actually trained there; here it is frozen as intended.)
+    pub const ARTICLE: Freeze =
+        Freeze { embeddings: false, layernorms: false, attention: true, mlp: true, other: false };
+
+    pub fn is_frozen(&self, name: &str) -> bool {
+        if name.contains("layernorm") || name.starts_with("to_logits.0") {
+            self.layernorms
+        } else if name.contains("embeddings") {
+            self.embeddings
+        } else if name.contains(".mlp.") {
+            self.mlp
+        } else if name.contains(".attention.") {
+            self.attention
+        } else {
+            self.other
+        }
+    }
+}
+
+/// Everything a training run needs.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub csv: PathBuf,
+    pub images: PathBuf,
+    pub out: PathBuf,
+    /// Start from this model directory; `None` starts from scratch with `config`.
+    pub init: Option<PathBuf>,
+    /// For training from scratch: the shape, plus the tokenizer and VQGAN to use.
+    pub config: Option<RudolphConfig>,
+    pub tokenizer: Option<PathBuf>,
+    pub vqgan: Option<PathBuf>,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub max_lr: f64,
+    pub pct_start: f64,
+    pub div_factor: f64,
+    pub final_div_factor: f64,
+    pub weight_decay: f64,
+    pub clip: f64,
+    pub loss_weights: LossWeights,
+    pub freeze: Freeze,
+    pub seed: u64,
+    pub val_fraction: f64,
+    pub save_every: usize,
+    pub resume: bool,
+    pub show_progress: bool,
+    /// Set to stop after the current step (Ctrl-C): a checkpoint is written first.
+    pub stop: Arc<AtomicBool>,
+    /// Stop after this many optimiser steps in total (tests use it to simulate a crash).
+    pub max_steps: Option<usize>,
+}
+
+/// One line of the training log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepLog {
+    pub step: usize,
+    pub epoch: usize,
+    pub lr: f64,
+    pub loss: f32,
+    pub l_text_loss: f32,
+    pub image_loss: f32,
+    pub r_text_loss: f32,
+}
+
+/// What validation measured after an epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Validation {
+    pub epoch: usize,
+    pub samples: usize,
+    /// Greedy caption names the right dish.
+    pub dish_accuracy: f64,
+    /// Mean absolute kcal error where the caption states kcal (None if none did).
+    pub kcal_mae: Option<f64>,
+    /// Greedy captions whose numbers break the Atwater check.
+    pub atwater_violations: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainState {
+    pub step: usize,
+    pub epoch: usize,
+    /// Batches of `epoch` already done.
+    pub batch_in_epoch: usize,
+    pub validations: Vec<Validation>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub state: TrainState,
+    pub interrupted: bool,
+    pub logs: Vec<StepLog>,
+}
+
+struct Parts {
+    cfg: RudolphConfig,
+    tokenizer: TextTokenizer,
+    vqgan: Vqgan,
+    vqgan_dir: PathBuf,
+    tokenizer_file: PathBuf,
+}
+
+fn parts(options: &TrainOptions, device: &Device) -> Result<Parts> {
+    let (cfg, tokenizer_file, vqgan_dir) = match &options.init {
+        Some(dir) => (weights::local_model(dir)?.config, dir.join(BPE_FILE), dir.join(VQGAN_DIR)),
+        None => (
+            options.config.clone().context("training from scratch needs a model config")?,
+            options.tokenizer.clone().context("training from scratch needs --tokenizer")?,
+            options.vqgan.clone().context("training from scratch needs --vqgan")?,
+        ),
+    };
+    let tokenizer = TextTokenizer::load(&tokenizer_file)?;
+    let vqgan = load_vqgan(&vqgan_dir, device, DType::F32)?;
+    Ok(Parts { cfg, tokenizer, vqgan, vqgan_dir, tokenizer_file })
+}
+
+/// Image codes of every sample, computed once per VQGAN and cached in the output folder.
+fn image_codes(
+    samples: &[Sample],
+    parts: &Parts,
+    cfg: &RudolphConfig,
+    out: &Path,
+    device: &Device,
+) -> Result<Vec<Vec<u32>>> {
+    let cache_path = out.join("image_codes.safetensors");
+    let mut cache: HashMap<String, Tensor> = if cache_path.is_file() {
+        candle_core::safetensors::load(&cache_path, &Device::Cpu).unwrap_or_default()
+    } else {
+        HashMap::new()
+    };
+    let size = (cfg.image_tokens_per_dim * parts.vqgan.config().downsample_factor()) as u32;
+    let vqgan_stamp = std::fs::metadata(parts.vqgan_dir.join(crate::model::vqgan::VQGAN_WEIGHTS_FILE))
+        .or_else(|_| std::fs::metadata(&parts.vqgan_dir))
+        .map(|m| format!("{}-{:?}", m.len(), m.modified().ok()))
+        .unwrap_or_default();
+    let mut changed = false;
+    let mut codes = Vec::with_capacity(samples.len());
+    for sample in samples {
+        let key = format!("{}|{size}|{vqgan_stamp}", sample.image.display());
+        let entry = match cache.get(&key) {
+            Some(t) => t.to_vec1::<u32>()?,
+            None => {
+                let image = imaging::open_image(&sample.image, ImageLimits::default())
+                    .with_context(|| format!("line {}: {}", sample.line, sample.image.display()))?;
+                let prepared = imaging::prepare(&image, size, device)?.unsqueeze(0)?;
+                let c: Vec<u32> = parts.vqgan.encode(&prepared)?.squeeze(0)?.to_vec1()?;
+                cache.insert(key, Tensor::new(c.as_slice(), &Device::Cpu)?);
+                changed = true;
+                c
+            }
+        };
+        codes.push(entry);
+    }
+    if changed {
+        write_atomically(&cache_path, |p| Ok(candle_core::safetensors::save(&cache, p)?))?;
+    }
+    Ok(codes)
+}
+
+/// Drops samples whose image cannot be read, reporting them.
+fn readable(samples: Vec<Sample>) -> Vec<Sample> {
+    samples
+        .into_iter()
+        .filter(|s| {
+            match std::fs::read(&s.image)
+                .map_err(|e| e.to_string())
+                .and_then(|b| imaging::decode_image(&b, ImageLimits::default()).map(|_| ()).map_err(|e| e.to_string()))
+            {
+                Ok(()) => true,
+                Err(e) => {
+                    eprintln!("skipping line {}: {}: {e}", s.line, s.image.display());
+                    false
+                }
+            }
+        })
+        .collect()
+}
+
+/// Trains; returns the final state. The output directory holds a loadable model.
+pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
+    if options.batch_size == 0 || options.epochs == 0 {
+        bail!("batch size and epochs must be positive");
+    }
+    let dataset = read_csv(&options.csv, &options.images)?;
+    eprintln!("data: {}", dataset.summary());
+    let mut samples = readable(dataset.samples);
+    if samples.is_empty() {
+        bail!("no readable images among the rows of {}", options.csv.display());
+    }
+    let parts = parts(options, device)?;
+    let cfg = parts.cfg.clone();
+    std::fs::create_dir_all(&options.out).with_context(|| format!("cannot create {}", options.out.display()))?;
+
+    // Deterministic split: shuffle once with the seed, the tail is validation.
+    samples.shuffle(&mut rand::rngs::StdRng::seed_from_u64(options.seed));
+    let val_count =
+        ((samples.len() as f64 * options.val_fraction).round() as usize).min(samples.len().saturating_sub(1));
+    let validation = samples.split_off(samples.len() - val_count);
+    let codes = image_codes(&samples, &parts, &cfg, &options.out, device)?;
+    let val_codes = image_codes(&validation, &parts, &cfg, &options.out, device)?;
+    let captions: Vec<Vec<u32>> =
+        samples.iter().map(|s| parts.tokenizer.encode_text(&s.caption, cfg.r_text_seq_length)).collect();
+
+    // The model as trainable variables.
+    let resume_from = options.out.join(SAFETENSORS_FILE);
+    let resuming = options.resume && resume_from.is_file();
+    let (mut varmap, mut model) = match (&options.init, resuming) {
+        (Some(dir), false) => weights::load_trainable(&weights::local_model(dir)?, device)?,
+        _ => {
+            let varmap = VarMap::new();
+            let model = Rudolph::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+            seeded_init(&varmap, options.seed)?;
+            (varmap, model)
+        }
+    };
+    if resuming {
+        varmap.load(&resume_from).with_context(|| format!("cannot resume from {}", resume_from.display()))?;
+    }
+    model.set_differentiable(true);
+    let mut named: Vec<(String, Var)> =
+        varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let trainable: Vec<(String, Var)> = named.into_iter().filter(|(name, _)| !options.freeze.is_frozen(name)).collect();
+    if trainable.is_empty() {
+        bail!("every weight is frozen: nothing to train");
+    }
+    let mut optimizer = AdamW::new(trainable, options.max_lr, options.weight_decay)?;
+    let mut state = TrainState::default();
+    if resuming {
+        let saved = candle_core::safetensors::load(options.out.join(OPTIMIZER_FILE), device)
+            .context("cannot read the optimiser state to resume")?;
+        optimizer.load_state(&saved)?;
+        state = serde_json::from_str(&std::fs::read_to_string(options.out.join(STATE_FILE))?)?;
+    }
+
+    let steps_per_epoch = samples.len().div_ceil(options.batch_size);
+    let schedule = OneCycle {
+        total_steps: steps_per_epoch * options.epochs,
+        max_lr: options.max_lr,
+        pct_start: options.pct_start,
+        div_factor: options.div_factor,
+        final_div_factor: options.final_div_factor,
+    };
+    let mask = causal_mask(&cfg, 1, device)?;
+    let l = cfg.l_text_seq_length;
+    let mut logs = read_log(&options.out.join(LOG_FILE)).unwrap_or_default();
+    if !resuming {
+        logs.clear();
+    }
+    let bar = progress_bar(schedule.total_steps as u64, "train");
+    if !options.show_progress {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_position(state.step as u64);
+    let save = |state: &TrainState, optimizer: &AdamW, varmap: &VarMap, logs: &[StepLog]| -> Result<()> {
+        save_checkpoint(options, &parts, &cfg, state, optimizer, varmap, logs)
+    };
+    let mut interrupted = false;
+    'epochs: while state.epoch < options.epochs {
+        let mut order: Vec<usize> = (0..samples.len()).collect();
+        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(options.seed.wrapping_add(1 + state.epoch as u64)));
+        let batches: Vec<&[usize]> = order.chunks(options.batch_size).collect();
+        while state.batch_in_epoch < batches.len() {
+            let batch = batches[state.batch_in_epoch];
+            let rows: Vec<u32> =
+                batch.iter().flat_map(|&k| [vec![0u32; l], codes[k].clone(), captions[k].clone()].concat()).collect();
+            let ids = Tensor::from_vec(rows, (batch.len(), cfg.total_seq_length()), device)?;
+            let losses = model.loss(&ids, &mask, options.loss_weights)?;
+            let loss_value: f32 = losses.loss.to_scalar()?;
+            if !loss_value.is_finite() {
+                bail!("the loss became {loss_value} at step {}; lower the learning rate", state.step);
+            }
+            let mut grads = losses.loss.backward()?;
+            let vars: Vec<&Var> = optimizer.params().iter().map(|(_, v)| v).collect();
+            clip_grad_norm(&mut grads, &vars, options.clip)?;
+            let (lr, beta1) = schedule.at(state.step.min(schedule.total_steps - 1));
+            optimizer.lr = lr;
+            optimizer.beta1 = beta1;
+            optimizer.step(&grads)?;
+            logs.push(StepLog {
+                step: state.step + 1,
+                epoch: state.epoch + 1,
+                lr,
+                loss: loss_value,
+                l_text_loss: losses.l_text,
+                image_loss: losses.image,
+                r_text_loss: losses.r_text,
+            });
+            state.step += 1;
+            state.batch_in_epoch += 1;
+            bar.inc(1);
+            bar.set_message(format!("epoch {} loss {loss_value:.4} lr {lr:.2e}", state.epoch + 1));
+            if options.save_every > 0 && state.step % options.save_every == 0 {
+                save(&state, &optimizer, &varmap, &logs)?;
+            }
+            if options.stop.load(Ordering::SeqCst) || options.max_steps.is_some_and(|m| state.step >= m) {
+                interrupted = true;
+                save(&state, &optimizer, &varmap, &logs)?;
+                break 'epochs;
+            }
+        }
+        state.epoch += 1;
+        state.batch_in_epoch = 0;
+        if !validation.is_empty() {
+            let report = validate(&model, &parts, &validation, &val_codes, state.epoch)?;
+            let line = format!(
+                "epoch {}: dish accuracy {:.1}%, kcal MAE {}, Atwater violations {}/{}",
+                report.epoch,
+                report.dish_accuracy * 100.0,
+                report.kcal_mae.map_or("n/a".into(), |m| format!("{m:.1}")),
+                report.atwater_violations,
+                report.samples
+            );
+            // Printed even when the bar is hidden (stderr not a terminal).
+            bar.suspend(|| eprintln!("{line}"));
+            state.validations.push(report);
+        }
+        save(&state, &optimizer, &varmap, &logs)?;
+    }
+    bar.finish_and_clear();
+    Ok(TrainOutcome { state, interrupted, logs })
+}
+
+/// Re-draws a fresh model's weights from `seed` (candle's own initialisation is not
+/// seedable): normal(0, 0.02) for embeddings and projections, ones and zeros for
+/// LayerNorms and biases, so a run from scratch is reproducible.
+fn seeded_init(varmap: &VarMap, seed: u64) -> Result<()> {
+    use rand_distr::{Distribution, Normal};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
+    let normal = Normal::new(0.0f32, 0.02).expect("valid normal");
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        if name.ends_with(".bias")
+            || (name.ends_with(".weight") && (name.contains("layernorm") || name.starts_with("to_logits.0")))
+        {
+            continue; // keeps its constant initialisation
+        }
+        let values: Vec<f32> = (0..var.elem_count()).map(|_| normal.sample(&mut rng)).collect();
+        var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
+    }
+    Ok(())
+}
+
+/// Greedy captions of the validation images, scored against their true captions.
+fn validate(
+    model: &Rudolph,
+    parts: &Parts,
+    samples: &[Sample],
+    codes: &[Vec<u32>],
+    epoch: usize,
+) -> Result<Validation> {
+    let mut inference = model.clone();
+    inference.set_differentiable(false);
+    let engine = Engine::from_parts(inference, parts.tokenizer.clone(), parts.vqgan.clone())?;
+    let greedy = CaptionOptions {
+        count: 1,
+        sampling: SamplingParams { top_k: 1, top_p: 1.0, temperature: 1.0 },
+        ..Default::default()
+    };
+    let (mut right, mut kcal_errors, mut violations) = (0, Vec::new(), 0);
+    for (sample, codes) in samples.iter().zip(codes) {
+        let truth = parse_caption(&sample.caption);
+        let generated = caption(&engine, codes, &greedy, |_| {})?.into_iter().next().unwrap_or_default();
+        let guess = parse_caption(&generated);
+        if guess.dish.is_some() && guess.dish == truth.dish {
+            right += 1;
+        }
+        if let (Some(a), Some(b)) = (guess.kcal, truth.kcal) {
+            kcal_errors.push((a - b).abs() as f64);
+        }
+        if atwater(&guess).is_some_and(|c| !c.consistent) {
+            violations += 1;
+        }
+    }
+    Ok(Validation {
+        epoch,
+        samples: samples.len(),
+        dish_accuracy: right as f64 / samples.len() as f64,
+        kcal_mae: (!kcal_errors.is_empty()).then(|| kcal_errors.iter().sum::<f64>() / kcal_errors.len() as f64),
+        atwater_violations: violations,
+    })
+}
+
+fn save_checkpoint(
+    options: &TrainOptions,
+    parts: &Parts,
+    cfg: &RudolphConfig,
+    state: &TrainState,
+    optimizer: &AdamW,
+    varmap: &VarMap,
+    logs: &[StepLog],
+) -> Result<()> {
+    let out = &options.out;
+    write_atomically(&out.join(SAFETENSORS_FILE), |p| Ok(varmap.save(p)?))?;
+    write_atomically(&out.join(OPTIMIZER_FILE), |p| Ok(candle_core::safetensors::save(&optimizer.state()?, p)?))?;
+    write_atomically(&out.join(CONFIG_FILE), |p| Ok(std::fs::write(p, serde_json::to_string_pretty(cfg)?)?))?;
+    write_atomically(&out.join(STATE_FILE), |p| Ok(std::fs::write(p, serde_json::to_string_pretty(state)?)?))?;
+    // A complete model directory: the tokenizer and the VQGAN travel with the weights.
+    if parts.tokenizer_file != out.join(BPE_FILE) {
+        std::fs::copy(&parts.tokenizer_file, out.join(BPE_FILE))?;
+    }
+    let vqgan_out = out.join(VQGAN_DIR);
+    if parts.vqgan_dir != vqgan_out {
+        std::fs::create_dir_all(&vqgan_out)?;
+        for entry in std::fs::read_dir(&parts.vqgan_dir)? {
+            let path = entry?.path();
+            if path.is_file() {
+                std::fs::copy(&path, vqgan_out.join(path.file_name().expect("a file name")))?;
+            }
+        }
+    }
+    write_log(&out.join(LOG_FILE), logs)?;
+    plot_losses(&out.join(CURVE_FILE), logs)
+}
+
+fn write_log(path: &Path, logs: &[StepLog]) -> Result<()> {
+    write_atomically(path, |p| {
+        let mut writer = csv::Writer::from_path(p)?;
+        for log in logs {
+            writer.serialize(log)?;
+        }
+        writer.flush()?;
+        Ok(())
+    })
+}
+
+fn read_log(path: &Path) -> Result<Vec<StepLog>> {
+    let mut reader = csv::Reader::from_path(path)?;
+    Ok(reader.deserialize().collect::<std::result::Result<Vec<StepLog>, _>>()?)
+}
+
+/// The loss per step (no text: the build has no fonts), total loss in dark red.
+fn plot_losses(path: &Path, logs: &[StepLog]) -> Result<()> {
+    use plotters::prelude::*;
+    if logs.len() < 2 {
+        return Ok(());
+    }
+    let max = logs.iter().map(|l| l.loss).fold(0f32, f32::max).max(1e-6);
+    let temp = path.with_file_name(".loss_curve.tmp.png");
+    {
+        let root = BitMapBackend::new(&temp, (800, 400)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart =
+            ChartBuilder::on(&root).margin(20).build_cartesian_2d(0f32..logs.len() as f32, 0f32..max * 1.05)?;
+        chart.configure_mesh().disable_x_mesh().x_labels(0).y_labels(0).draw()?;
+        chart.draw_series(LineSeries::new(
+            logs.iter().enumerate().map(|(i, l)| (i as f32, l.loss)),
+            RGBColor(142, 27, 43).stroke_width(2),
+        ))?;
+        root.present()?;
+    }
+    std::fs::rename(temp, path)?;
+    Ok(())
+}

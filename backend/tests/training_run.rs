@@ -1,0 +1,243 @@
+//! `borscht train` on a tiny synthetic set: it must learn the captions, resume exactly
+//! and report bad rows.
+
+use borscht::model::config::RudolphConfig;
+use borscht::model::tokenizer::Bpe;
+use borscht::model::transformer::{LossWeights, Rudolph};
+use borscht::pipelines::generation::{caption, CaptionOptions};
+use borscht::pipelines::sampling::SamplingParams;
+use borscht::pipelines::Engine;
+use borscht::train::rudolph::{train, Freeze, TrainOptions};
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use image::{Rgb, RgbImage};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+const DISHES: [(&str, &str, &str, &str, &str); 10] = [
+    ("борщ", "1.1", "2.3", "5.4", "47"),
+    ("пицца", "11", "10", "33", "270"),
+    ("рис", "2.7", "0.3", "28", "130"),
+    ("сыр", "25", "33", "1.3", "402"),
+    ("банан", "1.1", "0.3", "23", "89"),
+    ("яблоко", "0.3", "0.2", "14", "52"),
+    ("хлеб", "9", "3.2", "49", "265"),
+    ("яйцо", "13", "11", "1.1", "155"),
+    ("суши", "5.8", "0.6", "28", "143"),
+    ("чай", "0", "0", "0.3", "1"),
+];
+
+fn vqgan_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/vqgan")
+}
+
+/// Ten images of different colours and stripes, the article's CSV (with two bad rows) and a vocabulary.
+fn dataset(dir: &Path) -> (PathBuf, PathBuf) {
+    let mut csv = String::from("index,protein,fat,carbs,kcal,name,path\n");
+    for (i, (name, p, f, c, k)) in DISHES.iter().enumerate() {
+        let colour = Rgb([(i * 25) as u8, 255 - (i * 20) as u8, ((i * 70) % 255) as u8]);
+        RgbImage::from_fn(
+            32,
+            32,
+            |x, y| if (x / (2 + i as u32) + y / 4) % 2 == 0 { colour } else { Rgb([250, 250, 250]) },
+        )
+        .save(dir.join(format!("{i}.png")))
+        .unwrap();
+        csv.push_str(&format!("{i},{p},{f},{c},{k},{name},{i}.png\n"));
+    }
+    csv.push_str("10,1,1,1,1,призрак,missing.png\n11,много,1,1,1,суп,0.png\n");
+    let csv_path = dir.join("food.csv");
+    std::fs::write(&csv_path, csv).unwrap();
+    let corpus: String = DISHES
+        .iter()
+        .map(|(n, p, f, c, k)| format!("блюдо: {n}; белков: {p}; жиров: {f}; углеводов: {c}; ккал: {k};\n"))
+        .collect();
+    let bpe = dir.join("bpe.model");
+    Bpe::train(&corpus, 160).unwrap().save(&bpe).unwrap();
+    (csv_path, bpe)
+}
+
+fn tiny_config(bpe: &Path) -> RudolphConfig {
+    let vocab = borscht::model::tokenizer::TextTokenizer::load(bpe).unwrap().vocab_size();
+    RudolphConfig {
+        num_layers: 2,
+        hidden_size: 64,
+        num_attention_heads: 2,
+        l_text_seq_length: 24,
+        image_tokens_per_dim: 4,
+        r_text_seq_length: 24,
+        vocab_size: vocab + 24,
+        image_vocab_size: 64,
+        ..RudolphConfig::rudolph_350m()
+    }
+}
+
+fn options(dir: &Path, csv: &Path, out: &Path) -> TrainOptions {
+    TrainOptions {
+        csv: csv.to_path_buf(),
+        images: dir.to_path_buf(),
+        out: out.to_path_buf(),
+        init: None,
+        config: None,
+        tokenizer: None,
+        vqgan: None,
+        epochs: 100,
+        batch_size: 5,
+        max_lr: 5e-3,
+        pct_start: 0.2,
+        div_factor: 25.0,
+        final_div_factor: 100.0,
+        weight_decay: 0.0,
+        clip: 1.0,
+        loss_weights: LossWeights { l_text: 0.01, image: 1.0, r_text: 7.0 },
+        freeze: Freeze::NOTHING,
+        seed: 7,
+        val_fraction: 0.0,
+        save_every: 0,
+        resume: false,
+        show_progress: false,
+        stop: Arc::new(AtomicBool::new(false)),
+        max_steps: None,
+    }
+}
+
+#[test]
+fn a_tiny_model_learns_its_captions_from_scratch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, bpe) = dataset(dir.path());
+    let out = dir.path().join("model");
+    let mut opts = options(dir.path(), &csv, &out);
+    opts.config = Some(tiny_config(&bpe));
+    opts.tokenizer = Some(bpe);
+    opts.vqgan = Some(vqgan_fixture());
+    let outcome = train(&opts, &Device::Cpu).unwrap();
+    assert!(!outcome.interrupted);
+    assert_eq!(outcome.state.step, 200, "10 samples, batch 5, 100 epochs");
+    let (first, last) = (&outcome.logs[0], outcome.logs.last().unwrap());
+    assert!(last.r_text_loss < 0.05 * first.r_text_loss, "caption loss {} -> {}", first.r_text_loss, last.r_text_loss);
+    for file in [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "config.json",
+        "bpe.model",
+        "vqgan/config.json",
+        "train_log.csv",
+        "loss_curve.png",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+
+    // The output is a model directory: greedy captions reproduce the training captions.
+    let engine = Engine::load(&out, &Device::Cpu, DType::F32).unwrap();
+    let greedy = CaptionOptions {
+        count: 1,
+        sampling: SamplingParams { top_k: 1, top_p: 1.0, temperature: 1.0 },
+        ..Default::default()
+    };
+    let mut correct = 0;
+    for (i, (name, p, f, c, k)) in DISHES.iter().enumerate() {
+        let photo = image::open(dir.path().join(format!("{i}.png"))).unwrap();
+        let codes: Vec<u32> = engine.image_codes(&photo).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+        let got = caption(&engine, &codes, &greedy, |_| {}).unwrap().remove(0);
+        let want = format!("блюдо: {name}; белков: {p}; жиров: {f}; углеводов: {c}; ккал: {k};");
+        correct += (got == want) as usize;
+    }
+    assert_eq!(correct, 10, "greedy captions must reproduce every training caption");
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, bpe) = dataset(dir.path());
+    // A fixed starting point so both runs begin equal.
+    let init = dir.path().join("init");
+    std::fs::create_dir_all(init.join("vqgan")).unwrap();
+    let cfg = tiny_config(&bpe);
+    let varmap = VarMap::new();
+    Rudolph::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
+    varmap.save(init.join("model.safetensors")).unwrap();
+    std::fs::write(init.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+    std::fs::copy(&bpe, init.join("bpe.model")).unwrap();
+    for f in ["config.json", "model.ckpt"] {
+        std::fs::copy(vqgan_fixture().join(f), init.join("vqgan").join(f)).unwrap();
+    }
+
+    let run = |name: &str, max_steps: Option<usize>, resume: bool| {
+        let mut opts = options(dir.path(), &csv, &dir.path().join(name));
+        opts.init = Some(init.clone());
+        opts.epochs = 4;
+        opts.batch_size = 3;
+        opts.val_fraction = 0.2;
+        opts.freeze = Freeze::ARTICLE;
+        opts.max_steps = max_steps;
+        opts.resume = resume;
+        train(&opts, &Device::Cpu).unwrap()
+    };
+    let straight = run("straight", None, false);
+    let stopped = run("resumed", Some(5), false);
+    assert!(stopped.interrupted && stopped.state.step == 5);
+    let resumed = run("resumed", None, true);
+    assert_eq!(resumed.state.step, straight.state.step);
+    assert_eq!(resumed.state.validations.len(), 4, "validation ran every epoch");
+    let a = candle_core::safetensors::load(dir.path().join("straight/model.safetensors"), &Device::Cpu).unwrap();
+    let b = candle_core::safetensors::load(dir.path().join("resumed/model.safetensors"), &Device::Cpu).unwrap();
+    for (name, tensor) in &a {
+        let diff: f32 =
+            (tensor - &b[name]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+        assert_eq!(diff, 0.0, "{name} differs after resuming");
+    }
+    // The article's freeze kept attention and MLP weights as they started.
+    let start = candle_core::safetensors::load(init.join("model.safetensors"), &Device::Cpu).unwrap();
+    let name = "transformer.layers.0.mlp.dense_h_to_4h.weight";
+    let moved: f32 = (&a[name] - &start[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    assert_eq!(moved, 0.0, "frozen weights must not move");
+}
+
+#[test]
+fn the_cli_reports_bad_rows_and_writes_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, bpe) = dataset(dir.path());
+    let config = dir.path().join("tiny.json");
+    std::fs::write(&config, serde_json::to_string(&tiny_config(&bpe)).unwrap()).unwrap();
+    let out = dir.path().join("cli-model");
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let args = [
+        "train",
+        "--csv",
+        &p(&csv),
+        "--images",
+        &p(dir.path()),
+        "--out",
+        &p(&out),
+        "--config",
+        &p(&config),
+        "--tokenizer",
+        &p(&bpe),
+        "--vqgan",
+        &p(&vqgan_fixture()),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--freeze",
+        "none",
+        "--val-fraction",
+        "0.2",
+    ];
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_borscht")).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("10 samples, 2 rows skipped"), "{stderr}");
+    assert!(stderr.contains("line 12: missing image") && stderr.contains("line 13: non-numeric"), "{stderr}");
+    assert!(stderr.contains("dish accuracy"), "validation is reported: {stderr}");
+    assert!(out.join("model.safetensors").is_file());
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_borscht"))
+        .args(["train", "--csv", &p(&csv), "--images", &p(dir.path()), "--out", &p(&out), "--freeze", "wings"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+}
