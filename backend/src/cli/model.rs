@@ -43,16 +43,24 @@ pub enum MaskKind {
     T2t,
 }
 
+/// The sequences to run, as .npy files.
 #[derive(Debug, clap::Args)]
-pub struct ForwardArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// Input ids `[batch, n]` (int), n ≤ the full sequence; a prefix is fine.
+pub struct InputArgs {
+    /// Input ids `[batch, n]` (int): for `forward` n ≤ the full sequence (a prefix is
+    /// fine), for `loss` full sequences.
     #[arg(long)]
     pub input_ids: PathBuf,
     /// r_text masks `[batch, r_text_seq_length]` (1 = token, 0 = padding) for the default mask.
     #[arg(long)]
     pub r_text_masks: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ForwardArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub input: InputArgs,
     #[arg(long, value_enum, default_value = "default")]
     pub mask: MaskKind,
     /// Where to write the logits `[batch, n, text_vocab + image_vocab]` (float32 .npy).
@@ -64,11 +72,8 @@ pub struct ForwardArgs {
 pub struct LossArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Full sequences `[batch, S]` (int).
-    #[arg(long)]
-    pub input_ids: PathBuf,
-    #[arg(long)]
-    pub r_text_masks: Option<PathBuf>,
+    #[command(flatten)]
+    pub input: InputArgs,
     /// Loss weights l_text,image,r_text (the article uses 0.01,1,7).
     #[arg(long, default_value = "1,7,1")]
     pub weights: String,
@@ -134,11 +139,11 @@ pub fn forward(args: ForwardArgs) -> Result<()> {
     let device = parse_device(&args.model.device)?;
     let files = args.model.files()?;
     let model = weights::load_model(&files, &device, parse_dtype(&args.model.dtype)?)?;
-    let ids = read_ids(&args.input_ids, &device)?;
+    let ids = read_ids(&args.input.input_ids, &device)?;
     check_ids(&files.config, &ids)?;
     let batch = ids.dim(0)?;
     let mask = match args.mask {
-        MaskKind::Default => sample_mask(&files.config, batch, &args.r_text_masks, &device)?,
+        MaskKind::Default => sample_mask(&files.config, batch, &args.input.r_text_masks, &device)?,
         MaskKind::T2t => t2t_attention_mask(&files.config, batch, &device)?,
     };
     let mask = mask.to_dtype(parse_dtype(&args.model.dtype)?)?;
@@ -149,26 +154,15 @@ pub fn forward(args: ForwardArgs) -> Result<()> {
 }
 
 pub fn loss(args: LossArgs) -> Result<()> {
-    let parts: Vec<f64> = args
-        .weights
-        .split(',')
-        .map(|w| w.trim().parse::<f64>())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("--weights {:?}: expected three numbers like 0.01,1,7", args.weights))?;
-    let [l_text, image, r_text] = parts[..] else {
-        bail!("--weights needs exactly three numbers, got {}", parts.len())
-    };
-    if l_text + image + r_text <= 0.0 {
-        bail!("--weights must not sum to zero");
-    }
+    let weights: LossWeights = args.weights.parse().map_err(anyhow::Error::msg)?;
     let device = parse_device(&args.model.device)?;
     let dtype = parse_dtype(&args.model.dtype)?;
     let files = args.model.files()?;
     let model = weights::load_model(&files, &device, dtype)?;
-    let ids = read_ids(&args.input_ids, &device)?;
+    let ids = read_ids(&args.input.input_ids, &device)?;
     check_ids(&files.config, &ids)?;
-    let mask = sample_mask(&files.config, ids.dim(0)?, &args.r_text_masks, &device)?.to_dtype(dtype)?;
-    let losses = model.loss(&ids, &mask, LossWeights { l_text, image, r_text })?;
+    let mask = sample_mask(&files.config, ids.dim(0)?, &args.input.r_text_masks, &device)?.to_dtype(dtype)?;
+    let losses = model.loss(&ids, &mask, weights)?;
     let json = serde_json::json!({
         "loss": losses.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
         "l_text_loss": losses.l_text,

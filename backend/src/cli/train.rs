@@ -96,19 +96,6 @@ fn parse_freeze(spec: &str) -> Result<Freeze> {
     Ok(freeze)
 }
 
-fn parse_weights(spec: &str) -> Result<LossWeights> {
-    let parts: Vec<f64> = spec
-        .split(',')
-        .map(|w| w.trim().parse::<f64>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| anyhow::anyhow!("--weights {spec:?}: expected three numbers like 0.01,1,7"))?;
-    let [l_text, image, r_text] = parts[..] else { bail!("--weights needs exactly three numbers") };
-    if l_text + image + r_text <= 0.0 {
-        bail!("--weights must not sum to zero");
-    }
-    Ok(LossWeights { l_text, image, r_text })
-}
-
 pub fn run(args: TrainArgs) -> Result<()> {
     let config = match &args.config {
         None => None,
@@ -147,7 +134,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         final_div_factor: args.final_div_factor,
         weight_decay: args.weight_decay,
         clip: args.clip,
-        loss_weights: parse_weights(&args.weights)?,
+        loss_weights: args.weights.parse::<LossWeights>().map_err(anyhow::Error::msg)?,
         freeze: parse_freeze(&args.freeze)?,
         seed: args.seed,
         val_fraction: args.val_fraction,

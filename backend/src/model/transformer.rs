@@ -259,6 +259,26 @@ impl Default for LossWeights {
     }
 }
 
+impl std::str::FromStr for LossWeights {
+    type Err = String;
+
+    /// `l_text,image,r_text`, e.g. `0.01,1,7`.
+    fn from_str(spec: &str) -> std::result::Result<Self, String> {
+        let parts: Vec<f64> = spec
+            .split(',')
+            .map(|w| w.trim().parse::<f64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| format!("loss weights {spec:?}: expected three numbers like 0.01,1,7"))?;
+        let [l_text, image, r_text] = parts[..] else {
+            return Err(format!("loss weights need exactly three numbers, got {}", parts.len()));
+        };
+        if [l_text, image, r_text].iter().any(|w| *w < 0.0) || l_text + image + r_text <= 0.0 {
+            return Err("loss weights must be non-negative and not all zero".into());
+        }
+        Ok(LossWeights { l_text, image, r_text })
+    }
+}
+
 /// The whole model.
 #[derive(Debug, Clone)]
 pub struct Rudolph {

@@ -15,6 +15,7 @@ use super::scoring::{text_perplexities, DEFAULT_BATCH};
 use super::Engine;
 use crate::model::masks::{causal_mask, t2t_attention_mask};
 use crate::model::tokenizer::TextTokenizer;
+use crate::model::transformer::KvCache;
 
 /// What a generation reports while it runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +53,54 @@ impl Default for CaptionOptions {
     }
 }
 
+/// Runs `prompt` once and returns its KV cache repeated for `n` sequences, with each
+/// sequence's logits (over `vocab`) for the position after the prompt.
+fn prefill(
+    engine: &Engine,
+    prompt: &[u32],
+    mask: &Tensor,
+    n: usize,
+    vocab: std::ops::Range<usize>,
+) -> Result<(KvCache, Vec<Vec<f32>>)> {
+    let mut cache = engine.model.new_cache();
+    let ids = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), &engine.device)?;
+    let logits = engine.model.forward(&ids, mask, Some(&mut cache))?;
+    cache.repeat_batch(n)?;
+    Ok((cache, vec![rows_of(&logits, vocab)?.remove(0); n]))
+}
+
+/// Draws one text id per row; ids from `pad_start` on (the l_text pad-position range)
+/// become EOS, as the reference does.
+fn sample_text(rows: &[Vec<f32>], params: &SamplingParams, rng: &mut impl rand::Rng, pad_start: usize) -> Vec<u32> {
+    rows.iter()
+        .map(|row| {
+            let id = sample(row, params, rng);
+            if id as usize >= pad_start {
+                TextTokenizer::EOS
+            } else {
+                id
+            }
+        })
+        .collect()
+}
+
+/// Decodes `tokens` up to the first EOS and, when the text is new and not empty,
+/// records it and reports it.
+fn record_text(
+    engine: &Engine,
+    tokens: &[u32],
+    seen: &mut Vec<String>,
+    on_event: &mut impl FnMut(GenerationEvent),
+) -> Result<()> {
+    let end = tokens.iter().position(|&t| t == TextTokenizer::EOS).unwrap_or(tokens.len());
+    let text = engine.tokenizer.decode_text(&tokens[..end])?.trim().to_string();
+    if !text.is_empty() && !seen.contains(&text) {
+        seen.push(text.clone());
+        on_event(GenerationEvent::Text { index: seen.len() - 1, text });
+    }
+    Ok(())
+}
+
 fn rows_of(logits: &Tensor, vocab: std::ops::Range<usize>) -> Result<Vec<Vec<f32>>> {
     let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.squeeze(1)?;
     Ok(last.narrow(D::Minus1, vocab.start, vocab.len())?.to_dtype(DType::F32)?.to_vec2()?)
@@ -84,42 +133,19 @@ pub fn caption(
     let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
 
     let mut results: Vec<String> = Vec::new();
-    let finish = |tokens: &[u32], results: &mut Vec<String>, on_event: &mut dyn FnMut(GenerationEvent)| -> Result<()> {
-        let end = tokens.iter().position(|&t| t == TextTokenizer::EOS).unwrap_or(tokens.len());
-        let text = engine.tokenizer.decode_text(&tokens[..end])?.trim().to_string();
-        if !text.is_empty() && !results.contains(&text) {
-            results.push(text.clone());
-            on_event(GenerationEvent::Text { index: results.len() - 1, text });
-        }
-        Ok(())
-    };
 
     for chunk_start in (0..options.count).step_by(DEFAULT_BATCH) {
         let n = (options.count - chunk_start).min(DEFAULT_BATCH);
-        let mut cache = engine.model.new_cache();
-        let prompt_ids = Tensor::from_vec(prompt.clone(), (1, prompt.len()), &engine.device)?;
-        let logits = engine.model.forward(&prompt_ids, &mask, Some(&mut cache))?;
-        cache.repeat_batch(n)?;
-        let mut last_rows = vec![rows_of(&logits, 0..cfg.text_vocab())?.remove(0); n];
+        let (mut cache, mut last_rows) = prefill(engine, &prompt, &mask, n, 0..cfg.text_vocab())?;
         // Sequences still running: their r_text tokens so far.
         let mut active: Vec<Vec<u32>> = vec![template[..template_len].to_vec(); n];
         for step in 0..total_steps {
-            let next: Vec<u32> = last_rows
-                .iter()
-                .map(|row| {
-                    let id = sample(row, &options.sampling, &mut rng);
-                    if id as usize >= cfg.text_vocab() - l {
-                        TextTokenizer::EOS
-                    } else {
-                        id
-                    }
-                })
-                .collect();
+            let next = sample_text(&last_rows, &options.sampling, &mut rng, cfg.text_vocab() - l);
             let mut keep = Vec::with_capacity(active.len());
             for (k, (tokens, &id)) in active.iter_mut().zip(&next).enumerate() {
                 tokens.push(id);
                 if (id == TextTokenizer::EOS && options.stop_at_eos) || step + 1 == total_steps {
-                    finish(tokens, &mut results, &mut on_event)?;
+                    record_text(engine, tokens, &mut results, &mut on_event)?;
                 } else {
                     keep.push(k);
                 }
@@ -174,24 +200,11 @@ pub fn generate_texts(
     let total_steps = l - prompt_len;
     for chunk_start in (0..count).step_by(DEFAULT_BATCH) {
         let n = (count - chunk_start).min(DEFAULT_BATCH);
-        let mut cache = engine.model.new_cache();
-        let ids = Tensor::from_vec(encoded[..prompt_len].to_vec(), (1, prompt_len), &engine.device)?;
-        let logits = engine.model.forward(&ids, &mask, Some(&mut cache))?;
-        cache.repeat_batch(n)?;
-        let mut rows = vec![rows_of(&logits, 0..cfg.text_vocab())?.remove(0); n];
+        let (mut cache, mut rows) = prefill(engine, &encoded[..prompt_len], &mask, n, 0..cfg.text_vocab())?;
         let mut sequences: Vec<Vec<u32>> = vec![encoded[..prompt_len].to_vec(); n];
         for step in 0..total_steps {
-            let next: Vec<u32> = rows
-                .iter()
-                .map(|row| {
-                    let id = sample(row, sampling, &mut rng);
-                    if id as usize > cfg.text_vocab() - l {
-                        TextTokenizer::EOS
-                    } else {
-                        id
-                    }
-                })
-                .collect();
+            // The reference compares with `>` here (`>=` for captions).
+            let next = sample_text(&rows, sampling, &mut rng, cfg.text_vocab() - l + 1);
             for (sequence, &id) in sequences.iter_mut().zip(&next) {
                 sequence.push(id);
             }
@@ -204,12 +217,7 @@ pub fn generate_texts(
             rows = rows_of(&logits, 0..cfg.text_vocab())?;
         }
         for sequence in sequences {
-            let end = sequence.iter().position(|&t| t == TextTokenizer::EOS).unwrap_or(sequence.len());
-            let text = engine.tokenizer.decode_text(&sequence[..end])?.trim().to_string();
-            if !text.is_empty() && !texts.contains(&text) {
-                on_event(GenerationEvent::Text { index: texts.len(), text: text.clone() });
-                texts.push(text);
-            }
+            record_text(engine, &sequence, &mut texts, &mut on_event)?;
         }
     }
     let ppl = text_perplexities(engine, &texts, DEFAULT_BATCH)?;
@@ -265,12 +273,9 @@ pub fn generate_codes(
     let encoded = engine.encode_text(text, l);
     let mask = causal_mask(cfg, 1, &engine.device)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
-    let mut cache = engine.model.new_cache();
-    let logits = engine.model.forward(&Tensor::from_vec(encoded, (1, l), &engine.device)?, &mask, Some(&mut cache))?;
-    cache.repeat_batch(n)?;
     // Only real codes are drawn (rc10 models add image special tokens after them).
     let code_range = cfg.text_vocab()..cfg.text_vocab() + cfg.image_vocab_size;
-    let mut rows = vec![rows_of(&logits, code_range.clone())?.remove(0); n];
+    let (mut cache, mut rows) = prefill(engine, &encoded, &mask, n, code_range.clone())?;
     let mut codes: Vec<Vec<u32>> = vec![Vec::with_capacity(i); n];
     for position in 0..i {
         let next: Vec<u32> = rows.iter().map(|row| sample(row, &options.sampling, &mut rng)).collect();
