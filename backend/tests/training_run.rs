@@ -241,3 +241,52 @@ fn the_cli_reports_bad_rows_and_writes_a_model() {
         .unwrap();
     assert!(!output.status.success());
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, bpe) = dataset(dir.path());
+    let config = dir.path().join("tiny.json");
+    std::fs::write(&config, serde_json::to_string(&tiny_config(&bpe)).unwrap()).unwrap();
+    let out = dir.path().join("interrupted");
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_borscht"))
+        .args([
+            "train",
+            "--csv",
+            &p(&csv),
+            "--images",
+            &p(dir.path()),
+            "--out",
+            &p(&out),
+            "--config",
+            &p(&config),
+            "--tokenizer",
+            &p(&bpe),
+            "--vqgan",
+            &p(&vqgan_fixture()),
+            "--epochs",
+            "100000",
+            "--val-fraction",
+            "0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !out.join("train_state.json").is_file() {
+        assert!(Instant::now() < deadline, "training never wrote a checkpoint");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("stopped at step") && stderr.contains("--resume"), "{stderr}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("train_state.json")).unwrap()).unwrap();
+    assert!(state["step"].as_u64().unwrap() >= 1, "the checkpoint records the steps done");
+}
