@@ -167,7 +167,7 @@ pub fn run(preset: &str, device: &Device, runs: usize) -> Result<serde_json::Val
     record("codebooks_4", time(runs, || generate_codes(&engine, "борщ", &image_options, |_| {}).map(|_| ()))?);
     record("vae_decode_4", time(runs, || Ok(engine.vqgan.decode(&codes_4).map(|_| ())?))?);
     record("vae_encode_16", time(runs, || Ok(engine.vqgan.encode(&images_16).map(|_| ())?))?);
-    let mut step = training_step(&cfg, device)?;
-    record("train_step_bs10", time(runs, || step())?);
+    let step = training_step(&cfg, device)?;
+    record("train_step_bs10", time(runs, step)?);
     Ok(serde_json::Value::Object(report))
 }

@@ -37,11 +37,13 @@ fn dataset(dir: &Path) -> (PathBuf, PathBuf) {
     let mut csv = String::from("index,protein,fat,carbs,kcal,name,path\n");
     for (i, (name, p, f, c, k)) in DISHES.iter().enumerate() {
         let colour = Rgb([(i * 25) as u8, 255 - (i * 20) as u8, ((i * 70) % 255) as u8]);
-        RgbImage::from_fn(
-            32,
-            32,
-            |x, y| if (x / (2 + i as u32) + y / 4) % 2 == 0 { colour } else { Rgb([250, 250, 250]) },
-        )
+        RgbImage::from_fn(32, 32, |x, y| {
+            if (x / (2 + i as u32) + y / 4).is_multiple_of(2) {
+                colour
+            } else {
+                Rgb([250, 250, 250])
+            }
+        })
         .save(dir.join(format!("{i}.png")))
         .unwrap();
         csv.push_str(&format!("{i},{p},{f},{c},{k},{name},{i}.png\n"));
@@ -252,7 +254,7 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
     std::fs::write(&config, serde_json::to_string(&tiny_config(&bpe)).unwrap()).unwrap();
     let out = dir.path().join("interrupted");
     let p = |x: &Path| x.to_str().unwrap().to_string();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_borscht"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_borscht"))
         .args([
             "train",
             "--csv",

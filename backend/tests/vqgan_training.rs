@@ -82,7 +82,12 @@ fn synthetic_images(dir: &Path, count: usize) {
     let colours = [[220, 40, 40], [40, 180, 60], [40, 70, 200], [240, 200, 40], [250, 250, 250], [20, 20, 20]];
     for i in 0..count {
         let (a, b) = (colours[i % colours.len()], colours[(i / colours.len() + i + 1) % colours.len()]);
-        let image = RgbImage::from_fn(16, 16, |x, y| if (x / 8 + y / 8 + i as u32) % 2 == 0 { Rgb(a) } else { Rgb(b) });
+        let image =
+            RgbImage::from_fn(
+                16,
+                16,
+                |x, y| if (x / 8 + y / 8 + i as u32).is_multiple_of(2) { Rgb(a) } else { Rgb(b) },
+            );
         image.save(dir.join(format!("{i:02}.png"))).unwrap();
     }
     std::fs::write(dir.join("notes.txt"), "not an image").unwrap();

@@ -55,13 +55,16 @@ pub struct Connection {
     pub state: ReadSignal<ConnectionState>,
 }
 
+/// A socket event handler kept alive as long as its socket.
+type Handler = Closure<dyn FnMut(JsValue)>;
+
 struct Inner {
     set_state: WriteSignal<ConnectionState>,
     retry_ms: Cell<u32>,
     /// Set once the server announced another protocol version: stop reconnecting.
     outdated: Cell<bool>,
     /// The live socket's event handlers; replaced (and so freed) on every reconnect.
-    handlers: RefCell<Vec<Closure<dyn FnMut(JsValue)>>>,
+    handlers: RefCell<Vec<Handler>>,
 }
 
 impl Connection {
@@ -99,14 +102,14 @@ fn connect(inner: Rc<Inner>) {
 
     let on_open = {
         let socket = socket.clone();
-        Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| {
+        Handler::new(move |_: JsValue| {
             let hello = encode(&ClientMessage::Hello { protocol_version: PROTOCOL_VERSION });
             let _ = socket.send_with_str(&hello);
         })
     };
     let on_message = {
         let inner = inner.clone();
-        Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
+        Handler::new(move |event: JsValue| {
             let Some(text) = event.unchecked_into::<MessageEvent>().data().as_string() else { return };
             match decode_server_message(&text) {
                 Ok(ServerMessage::Hello { protocol_version, server }) if protocol_version == PROTOCOL_VERSION => {
@@ -127,7 +130,7 @@ fn connect(inner: Rc<Inner>) {
     };
     let on_close = {
         let inner = inner.clone();
-        Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
+        Handler::new(move |event: JsValue| {
             let code = event.dyn_ref::<CloseEvent>().map(|e| e.code()).unwrap_or_default();
             web_sys::console::info_1(&format!("WebSocket closed (code {code})").into());
             // An outdated app stays put: reconnecting cannot help until a reload.

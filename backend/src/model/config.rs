@@ -180,7 +180,7 @@ impl RudolphConfig {
         let mut problems = Vec::new();
         if self.num_layers == 0 || self.hidden_size == 0 || self.num_attention_heads == 0 {
             problems.push("num_layers, hidden_size and num_attention_heads must be positive".to_string());
-        } else if self.hidden_size % self.num_attention_heads != 0 {
+        } else if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             problems.push(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -208,7 +208,7 @@ impl RudolphConfig {
         if self.mlp_activation != "gelu_jit" && self.mlp_activation != "gelu" {
             problems.push(format!("mlp_activation {:?} is not implemented (gelu, gelu_jit)", self.mlp_activation));
         }
-        if self.kernel_size % 2 == 0 || self.last_kernel_size % 2 == 0 {
+        if self.kernel_size.is_multiple_of(2) || self.last_kernel_size.is_multiple_of(2) {
             problems.push("kernel sizes must be odd".into());
         }
         if problems.is_empty() {

@@ -21,7 +21,7 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     pub fn new(channels: usize, groups: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        if channels % groups != 0 {
+        if !channels.is_multiple_of(groups) {
             candle_core::bail!("GroupNorm: {channels} channels do not split into {groups} groups");
         }
         Ok(GroupNorm {

@@ -99,7 +99,7 @@ impl VqganConfig {
             problems.push("ch_mult must not be empty and num_res_blocks must be positive".to_string());
         }
         for mult in d.ch_mult.iter().chain([&1]) {
-            if (d.ch * mult) % GROUPS != 0 {
+            if !(d.ch * mult).is_multiple_of(GROUPS) {
                 problems
                     .push(format!("channel width {} is not a multiple of {GROUPS} (GroupNorm groups)", d.ch * mult));
             }

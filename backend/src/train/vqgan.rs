@@ -77,7 +77,7 @@ fn load_images(training: &VqganTraining, device: &Device) -> Result<Tensor> {
 /// Trains (or continues training) and returns the report of every epoch run so far.
 pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<EpochReport>> {
     let factor = training.model.downsample_factor() as u32;
-    if training.image_size % factor != 0 {
+    if !training.image_size.is_multiple_of(factor) {
         bail!("image size {} is not a multiple of the VQGAN's downsampling factor {factor}", training.image_size);
     }
     if training.batch_size == 0 || training.epochs == 0 {
