@@ -35,35 +35,27 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-#[test]
-fn forward_writes_the_reference_logits() {
+/// Runs `borscht forward` on the fixture batch with `model` plus `extra` arguments and
+/// returns the largest difference from the reference logits file `reference`.
+fn forward_diff(model: &str, extra: &[&str], env: &[(&str, &str)], reference: &str) -> f32 {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("logits.npy");
-    let (model, ids, masks) = (fixtures(), fixtures().join("input_ids.npy"), fixtures().join("r_text_masks.npy"));
-    ok(borscht(
-        &[
-            "forward",
-            "--model",
-            path(&model),
-            "--input-ids",
-            path(&ids),
-            "--r-text-masks",
-            path(&masks),
-            "--out",
-            path(&out),
-        ],
-        &[],
-    ));
-    let diff =
-        max_abs_diff(&Tensor::read_npy(&out).unwrap(), &Tensor::read_npy(fixtures().join("logits.npy")).unwrap());
-    assert!(diff <= 1e-4, "{diff}");
+    let (ids, masks) = (fixtures().join("input_ids.npy"), fixtures().join("r_text_masks.npy"));
+    let mut args = vec!["forward", "--model", model, "--input-ids", path(&ids), "--r-text-masks", path(&masks)];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--out", path(&out)]);
+    ok(borscht(&args, env));
+    let logits = Tensor::read_npy(&out).unwrap();
+    assert_eq!(logits.dtype(), DType::F32, "logits are written as float32");
+    max_abs_diff(&logits, &Tensor::read_npy(fixtures().join(reference)).unwrap())
+}
 
-    ok(borscht(
-        &["forward", "--model", path(&model), "--input-ids", path(&ids), "--mask", "t2t", "--out", path(&out)],
-        &[],
-    ));
-    let diff =
-        max_abs_diff(&Tensor::read_npy(&out).unwrap(), &Tensor::read_npy(fixtures().join("logits_t2t.npy")).unwrap());
+#[test]
+fn forward_writes_the_reference_logits() {
+    let model = fixtures();
+    let diff = forward_diff(path(&model), &[], &[], "logits.npy");
+    assert!(diff <= 1e-4, "{diff}");
+    let diff = forward_diff(path(&model), &["--mask", "t2t"], &[], "logits_t2t.npy");
     assert!(diff <= 1e-4, "{diff}");
 }
 
@@ -107,24 +99,7 @@ fn convert_to_safetensors_keeps_the_logits_and_halves_in_f16() {
     assert!(st.values().all(|t| t.dtype() == DType::F16));
     assert!(!st.contains_key("transformer.row_mask"), "mask buffers are rebuilt, not stored");
 
-    let out = dir.path().join("logits.npy");
-    let (ids, masks) = (fixtures().join("input_ids.npy"), fixtures().join("r_text_masks.npy"));
-    ok(borscht(
-        &[
-            "forward",
-            "--model",
-            path(&f32_dir),
-            "--input-ids",
-            path(&ids),
-            "--r-text-masks",
-            path(&masks),
-            "--out",
-            path(&out),
-        ],
-        &[],
-    ));
-    let diff =
-        max_abs_diff(&Tensor::read_npy(&out).unwrap(), &Tensor::read_npy(fixtures().join("logits.npy")).unwrap());
+    let diff = forward_diff(path(&f32_dir), &[], &[], "logits.npy");
     assert!(diff <= 1e-4, "{diff}");
 }
 
@@ -217,26 +192,11 @@ fn downloads_from_the_hub_once_then_uses_the_cache() {
 
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("hub-cache");
-    let out = dir.path().join("logits.npy");
-    let (ids, masks) = (fixtures().join("input_ids.npy"), fixtures().join("r_text_masks.npy"));
-    let args = [
-        "forward",
-        "--model",
-        "borscht-test/tiny-rudolph",
-        "--hub-cache",
-        path(&cache),
-        "--input-ids",
-        path(&ids),
-        "--r-text-masks",
-        path(&masks),
-        "--out",
-        path(&out),
-    ];
-    ok(borscht(&args, &[("HF_ENDPOINT", &endpoint)]));
-    let diff =
-        max_abs_diff(&Tensor::read_npy(&out).unwrap(), &Tensor::read_npy(fixtures().join("logits.npy")).unwrap());
+    let hub_args = ["--hub-cache", path(&cache)];
+    let diff = forward_diff("borscht-test/tiny-rudolph", &hub_args, &[("HF_ENDPOINT", &endpoint)], "logits.npy");
     assert!(diff <= 1e-4, "{diff}");
 
+    let ids = fixtures().join("input_ids.npy");
     let no_config = borscht(
         &[
             "forward",
@@ -247,7 +207,7 @@ fn downloads_from_the_hub_once_then_uses_the_cache() {
             "--input-ids",
             path(&ids),
             "--out",
-            path(&out),
+            "x.npy",
         ],
         &[("HF_ENDPOINT", &endpoint)],
     );
@@ -257,34 +217,16 @@ fn downloads_from_the_hub_once_then_uses_the_cache() {
 
     // Offline now (nothing listens there): the cached files serve.
     runtime.shutdown_background();
-    ok(borscht(&args, &[("HF_ENDPOINT", "http://127.0.0.1:9"), ("HF_HUB_OFFLINE", "1")]));
+    let offline = [("HF_ENDPOINT", "http://127.0.0.1:9"), ("HF_HUB_OFFLINE", "1")];
+    let diff = forward_diff("borscht-test/tiny-rudolph", &hub_args, &offline, "logits.npy");
+    assert!(diff <= 1e-4, "{diff}");
 }
 
 #[test]
 fn half_precision_runs_and_stays_close_to_f32() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ids, masks) = (fixtures().join("input_ids.npy"), fixtures().join("r_text_masks.npy"));
-    let reference = Tensor::read_npy(fixtures().join("logits.npy")).unwrap();
     let model = fixtures();
     for dtype in ["f16", "bf16"] {
-        let out = dir.path().join(format!("{dtype}.npy"));
-        let args = [
-            "forward",
-            "--model",
-            path(&model),
-            "--dtype",
-            dtype,
-            "--input-ids",
-            path(&ids),
-            "--r-text-masks",
-            path(&masks),
-            "--out",
-            path(&out),
-        ];
-        ok(borscht(&args, &[]));
-        let logits = Tensor::read_npy(&out).unwrap();
-        assert_eq!(logits.dtype(), DType::F32, "logits are written as float32");
-        let diff = max_abs_diff(&logits, &reference);
+        let diff = forward_diff(path(&model), &["--dtype", dtype], &[], "logits.npy");
         assert!(diff > 0.0 && diff < 0.15, "{dtype}: max abs diff {diff}");
     }
 }

@@ -20,6 +20,17 @@ fn tensor(v: &Value) -> Tensor {
     }
 }
 
+/// A GradStore holding exactly `grads` for `vars`: d(sum(v * g))/dv = g.
+fn grad_store(vars: &[Var], grads: &[Tensor]) -> candle_core::backprop::GradStore {
+    let objective = vars
+        .iter()
+        .zip(grads)
+        .map(|(v, g)| (v.as_tensor() * g).unwrap().sum_all().unwrap())
+        .reduce(|a, b| (a + b).unwrap())
+        .unwrap();
+    objective.backward().unwrap()
+}
+
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
 }
@@ -55,15 +66,8 @@ fn adamw_steps_equal_torch_and_resume_exactly() {
         (vars, AdamW::new(named, e["lr"].as_f64().unwrap(), e["weight_decay"].as_f64().unwrap()).unwrap())
     };
     let apply = |vars: &[Var], opt: &mut AdamW, step: &Value| {
-        // A GradStore holding exactly the fixture gradients: d(sum(p * g))/dp = g.
         let grads: Vec<Tensor> = step.as_array().unwrap().iter().map(tensor).collect();
-        let objective = vars
-            .iter()
-            .zip(&grads)
-            .map(|(v, g)| (v.as_tensor() * g).unwrap().sum_all().unwrap())
-            .reduce(|a, b| (a + b).unwrap())
-            .unwrap();
-        opt.step(&objective.backward().unwrap()).unwrap();
+        opt.step(&grad_store(vars, &grads)).unwrap();
     };
     let steps = e["grads"].as_array().unwrap();
     let (vars, mut opt) = make();
@@ -100,13 +104,7 @@ fn clipping_equals_torch() {
     let grads: Vec<Tensor> = e["grads"].as_array().unwrap().iter().map(tensor).collect();
     let vars: Vec<Var> =
         grads.iter().map(|g| Var::zeros(g.dims(), candle_core::DType::F32, &Device::Cpu).unwrap()).collect();
-    let objective = vars
-        .iter()
-        .zip(&grads)
-        .map(|(v, g)| (v.as_tensor() * g).unwrap().sum_all().unwrap())
-        .reduce(|a, b| (a + b).unwrap())
-        .unwrap();
-    let mut store = objective.backward().unwrap();
+    let mut store = grad_store(&vars, &grads);
     let refs: Vec<&Var> = vars.iter().collect();
     let norm = clip_grad_norm(&mut store, &refs, e["max_norm"].as_f64().unwrap()).unwrap();
     assert!((norm - e["total_norm"].as_f64().unwrap()).abs() < 1e-4);

@@ -75,6 +75,18 @@ fn tiny_config(bpe: &Path) -> RudolphConfig {
     }
 }
 
+/// `borscht train` arguments for a from-scratch run of the tiny config on the synthetic set.
+fn scratch_cli_args(dir: &Path, csv: &Path, bpe: &Path, out: &Path) -> Vec<String> {
+    let config = dir.join("tiny.json");
+    std::fs::write(&config, serde_json::to_string(&tiny_config(bpe)).unwrap()).unwrap();
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    ["train", "--csv", &p(csv), "--images", &p(dir), "--out", &p(out), "--config", &p(&config)]
+        .into_iter()
+        .map(String::from)
+        .chain(["--tokenizer".into(), p(bpe), "--vqgan".into(), p(&vqgan_fixture())])
+        .collect()
+}
+
 fn options(dir: &Path, csv: &Path, out: &Path) -> TrainOptions {
     TrainOptions {
         csv: csv.to_path_buf(),
@@ -200,35 +212,12 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
 fn the_cli_reports_bad_rows_and_writes_a_model() {
     let dir = tempfile::tempdir().unwrap();
     let (csv, bpe) = dataset(dir.path());
-    let config = dir.path().join("tiny.json");
-    std::fs::write(&config, serde_json::to_string(&tiny_config(&bpe)).unwrap()).unwrap();
     let out = dir.path().join("cli-model");
-    let p = |x: &Path| x.to_str().unwrap().to_string();
-    let args = [
-        "train",
-        "--csv",
-        &p(&csv),
-        "--images",
-        &p(dir.path()),
-        "--out",
-        &p(&out),
-        "--config",
-        &p(&config),
-        "--tokenizer",
-        &p(&bpe),
-        "--vqgan",
-        &p(&vqgan_fixture()),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--lr",
-        "1e-3",
-        "--freeze",
-        "none",
-        "--val-fraction",
-        "0.2",
-    ];
+    let mut args = scratch_cli_args(dir.path(), &csv, &bpe, &out);
+    args.extend(
+        ["--epochs", "1", "--batch-size", "4", "--lr", "1e-3", "--freeze", "none", "--val-fraction", "0.2"]
+            .map(String::from),
+    );
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_borscht")).args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
@@ -238,7 +227,8 @@ fn the_cli_reports_bad_rows_and_writes_a_model() {
     assert!(out.join("model.safetensors").is_file());
 
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_borscht"))
-        .args(["train", "--csv", &p(&csv), "--images", &p(dir.path()), "--out", &p(&out), "--freeze", "wings"])
+        .args(scratch_cli_args(dir.path(), &csv, &bpe, &out))
+        .args(["--freeze", "wings"])
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -250,30 +240,10 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let (csv, bpe) = dataset(dir.path());
-    let config = dir.path().join("tiny.json");
-    std::fs::write(&config, serde_json::to_string(&tiny_config(&bpe)).unwrap()).unwrap();
     let out = dir.path().join("interrupted");
-    let p = |x: &Path| x.to_str().unwrap().to_string();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_borscht"))
-        .args([
-            "train",
-            "--csv",
-            &p(&csv),
-            "--images",
-            &p(dir.path()),
-            "--out",
-            &p(&out),
-            "--config",
-            &p(&config),
-            "--tokenizer",
-            &p(&bpe),
-            "--vqgan",
-            &p(&vqgan_fixture()),
-            "--epochs",
-            "100000",
-            "--val-fraction",
-            "0",
-        ])
+        .args(scratch_cli_args(dir.path(), &csv, &bpe, &out))
+        .args(["--epochs", "100000", "--val-fraction", "0"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
