@@ -93,6 +93,14 @@ fn open_pth(
     }
 }
 
+/// Writes through a temporary file and a rename, so a crash never leaves half a checkpoint.
+pub fn write_atomically(target: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
+    let temp = target.with_file_name(format!(".{name}.tmp"));
+    write(&temp)?;
+    std::fs::rename(&temp, target).with_context(|| format!("cannot move {} into place", target.display()))
+}
+
 /// Dict subclasses that checkpoints pickle and candle cannot rebuild.
 const DICT_SUBCLASSES: &[(&str, &str)] = &[
     ("pytorch_lightning.utilities.parsing", "AttributeDict"),

@@ -541,21 +541,32 @@ pub fn convert_vqgan(dir: &std::path::Path, out_dir: &std::path::Path, dtype: DT
     let cfg = read_vqgan_config(dir)?;
     let weights = find_vqgan_weights(dir)?;
     let state_key = weights.extension().is_some_and(|e| e == "ckpt").then_some("state_dict");
-    // Build once from the file so a mismatched checkpoint fails here, naming the tensor.
+    // The tensors the model reads, with their shapes; everything else (loss.*) is dropped.
     let varmap = candle_nn::VarMap::new();
     Vqgan::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
-    let wanted: std::collections::HashSet<String> =
-        varmap.data().lock().expect("varmap lock").keys().cloned().collect();
-    load_vqgan(dir, &Device::Cpu, DType::F32)?;
-    let tensors = crate::model::checkpoint::read_all(&weights, state_key)?
+    let wanted: std::collections::HashMap<String, Vec<usize>> =
+        varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.dims().to_vec())).collect();
+    let tensors: std::collections::HashMap<String, Tensor> = crate::model::checkpoint::read_all(&weights, state_key)?
         .into_iter()
-        .filter(|(name, _)| wanted.contains(name))
+        .filter(|(name, _)| wanted.contains_key(name))
         .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))
-        .collect::<anyhow::Result<std::collections::HashMap<_, _>>>()?;
+        .collect::<anyhow::Result<_>>()?;
+    let mut names: Vec<&String> = wanted.keys().collect();
+    names.sort();
+    for name in names {
+        let shape = &wanted[name];
+        match tensors.get(name) {
+            None => anyhow::bail!("{}: missing tensor `{name}` (expected shape {shape:?})", weights.display()),
+            Some(t) if t.dims() != shape.as_slice() => {
+                anyhow::bail!("{}: tensor `{name}` has shape {:?}, expected {shape:?}", weights.display(), t.dims())
+            }
+            Some(_) => {}
+        }
+    }
     std::fs::create_dir_all(out_dir)?;
-    let temp = out_dir.join(format!(".{VQGAN_WEIGHTS_FILE}.tmp"));
-    candle_core::safetensors::save(&tensors, &temp)?;
-    std::fs::rename(&temp, out_dir.join(VQGAN_WEIGHTS_FILE))?;
+    crate::model::checkpoint::write_atomically(&out_dir.join(VQGAN_WEIGHTS_FILE), |p| {
+        Ok(candle_core::safetensors::save(&tensors, p)?)
+    })?;
     std::fs::write(out_dir.join(VQGAN_CONFIG_FILE), serde_json::to_string_pretty(&cfg)?)?;
     Ok(())
 }

@@ -199,10 +199,9 @@ pub fn convert(files: &ModelFiles, out_dir: &Path, dtype: DType) -> Result<()> {
         .filter(|(name, _)| wanted.contains_key(name))
         .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))
         .collect::<Result<HashMap<_, _>>>()?;
-    let target = out_dir.join(SAFETENSORS_FILE);
-    let temp = out_dir.join(format!(".{SAFETENSORS_FILE}.tmp"));
-    candle_core::safetensors::save(&converted, &temp)?;
-    std::fs::rename(&temp, &target)?;
+    crate::model::checkpoint::write_atomically(&out_dir.join(SAFETENSORS_FILE), |p| {
+        Ok(candle_core::safetensors::save(&converted, p)?)
+    })?;
     std::fs::write(out_dir.join(CONFIG_FILE), serde_json::to_string_pretty(&files.config)?)?;
     Ok(())
 }

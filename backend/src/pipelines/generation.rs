@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor, D};
 use rand::SeedableRng;
 
 use super::sampling::{sample, SamplingParams};
-use super::scoring::{text_perplexities, DEFAULT_BATCH};
+use super::scoring::{check_codes, text_perplexities, DEFAULT_BATCH};
 use super::Engine;
 use crate::model::masks::{causal_mask, t2t_attention_mask};
 use crate::model::tokenizer::TextTokenizer;
@@ -120,10 +120,8 @@ pub fn caption(
 ) -> Result<Vec<String>> {
     options.sampling.validate().map_err(anyhow::Error::msg)?;
     let cfg = engine.model.config();
-    let (l, i, r) = (cfg.l_text_seq_length, cfg.image_seq_length(), cfg.r_text_seq_length);
-    if codes.len() != i {
-        bail!("expected {i} image codes, got {}", codes.len());
-    }
+    let (l, r) = (cfg.l_text_seq_length, cfg.r_text_seq_length);
+    check_codes(engine, codes)?;
     let template = engine.encode_text(&options.template, r);
     // The template without its EOS (and padding): BOS + its ids.
     let template_len = template.iter().filter(|&&t| t != 0).count().saturating_sub(1).max(1);

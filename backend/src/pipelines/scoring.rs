@@ -175,7 +175,8 @@ pub fn text_perplexities(engine: &Engine, texts: &[String], batch: usize) -> Res
     Ok(ppl)
 }
 
-fn check_codes(engine: &Engine, codes: &[u32]) -> Result<()> {
+/// Refuses a code sequence of the wrong length or with ids outside the image vocabulary.
+pub(crate) fn check_codes(engine: &Engine, codes: &[u32]) -> Result<()> {
     let cfg = engine.model.config();
     if codes.len() != cfg.image_seq_length() {
         bail!("expected {} image codes, got {}", cfg.image_seq_length(), codes.len());

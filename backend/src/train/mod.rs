@@ -7,6 +7,8 @@ pub mod optim;
 pub mod rudolph;
 pub mod vqgan;
 
+pub use crate::model::checkpoint::write_atomically;
+
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -28,14 +30,6 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     found.sort();
     Ok(found)
-}
-
-/// Writes through a temporary file and a rename, so a crash never leaves half a checkpoint.
-pub fn write_atomically(target: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
-    let temp = target.with_file_name(format!(".{name}.tmp"));
-    write(&temp)?;
-    std::fs::rename(&temp, target).with_context(|| format!("cannot move {} into place", target.display()))
 }
 
 /// A progress bar with loss and ETA (hidden when stderr is not a terminal).

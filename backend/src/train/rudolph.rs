@@ -170,14 +170,15 @@ fn parts(options: &TrainOptions, device: &Device) -> Result<Parts> {
     Ok(Parts { cfg, tokenizer, vqgan, vqgan_dir, tokenizer_file })
 }
 
-/// Image codes of every sample, computed once per VQGAN and cached in the output folder.
-fn image_codes(
-    samples: &[Sample],
+/// Each readable sample with its image codes, computed once per VQGAN and cached in the
+/// output folder. A sample whose image cannot be decoded is reported and dropped.
+fn encode_samples(
+    samples: Vec<Sample>,
     parts: &Parts,
     cfg: &RudolphConfig,
     out: &Path,
     device: &Device,
-) -> Result<Vec<Vec<u32>>> {
+) -> Result<Vec<(Sample, Vec<u32>)>> {
     let cache_path = out.join("image_codes.safetensors");
     let mut cache: HashMap<String, Tensor> = if cache_path.is_file() {
         candle_core::safetensors::load(&cache_path, &Device::Cpu).unwrap_or_default()
@@ -190,14 +191,19 @@ fn image_codes(
         .map(|m| format!("{}-{:?}", m.len(), m.modified().ok()))
         .unwrap_or_default();
     let mut changed = false;
-    let mut codes = Vec::with_capacity(samples.len());
+    let mut encoded = Vec::with_capacity(samples.len());
     for sample in samples {
         let key = format!("{}|{size}|{vqgan_stamp}", sample.image.display());
-        let entry = match cache.get(&key) {
+        let codes = match cache.get(&key) {
             Some(t) => t.to_vec1::<u32>()?,
             None => {
-                let image = imaging::open_image(&sample.image, ImageLimits::default())
-                    .with_context(|| format!("line {}: {}", sample.line, sample.image.display()))?;
+                let image = match imaging::open_image(&sample.image, ImageLimits::default()) {
+                    Ok(image) => image,
+                    Err(e) => {
+                        eprintln!("skipping line {}: {}: {e}", sample.line, sample.image.display());
+                        continue;
+                    }
+                };
                 let prepared = imaging::prepare(&image, size, device)?.unsqueeze(0)?;
                 let c: Vec<u32> = parts.vqgan.encode(&prepared)?.squeeze(0)?.to_vec1()?;
                 cache.insert(key, Tensor::new(c.as_slice(), &Device::Cpu)?);
@@ -205,31 +211,12 @@ fn image_codes(
                 c
             }
         };
-        codes.push(entry);
+        encoded.push((sample, codes));
     }
     if changed {
         write_atomically(&cache_path, |p| Ok(candle_core::safetensors::save(&cache, p)?))?;
     }
-    Ok(codes)
-}
-
-/// Drops samples whose image cannot be read, reporting them.
-fn readable(samples: Vec<Sample>) -> Vec<Sample> {
-    samples
-        .into_iter()
-        .filter(|s| {
-            match std::fs::read(&s.image)
-                .map_err(|e| e.to_string())
-                .and_then(|b| imaging::decode_image(&b, ImageLimits::default()).map(|_| ()).map_err(|e| e.to_string()))
-            {
-                Ok(()) => true,
-                Err(e) => {
-                    eprintln!("skipping line {}: {}: {e}", s.line, s.image.display());
-                    false
-                }
-            }
-        })
-        .collect()
+    Ok(encoded)
 }
 
 /// Trains; returns the final state. The output directory holds a loadable model.
@@ -239,21 +226,21 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
     }
     let dataset = read_csv(&options.csv, &options.images)?;
     eprintln!("data: {}", dataset.summary());
-    let mut samples = readable(dataset.samples);
-    if samples.is_empty() {
-        bail!("no readable images among the rows of {}", options.csv.display());
-    }
     let parts = parts(options, device)?;
     let cfg = parts.cfg.clone();
     std::fs::create_dir_all(&options.out).with_context(|| format!("cannot create {}", options.out.display()))?;
+    let mut encoded = encode_samples(dataset.samples, &parts, &cfg, &options.out, device)?;
+    if encoded.is_empty() {
+        bail!("no readable images among the rows of {}", options.csv.display());
+    }
 
     // Deterministic split: shuffle once with the seed, the tail is validation.
-    samples.shuffle(&mut rand::rngs::StdRng::seed_from_u64(options.seed));
+    encoded.shuffle(&mut rand::rngs::StdRng::seed_from_u64(options.seed));
     let val_count =
-        ((samples.len() as f64 * options.val_fraction).round() as usize).min(samples.len().saturating_sub(1));
-    let validation = samples.split_off(samples.len() - val_count);
-    let codes = image_codes(&samples, &parts, &cfg, &options.out, device)?;
-    let val_codes = image_codes(&validation, &parts, &cfg, &options.out, device)?;
+        ((encoded.len() as f64 * options.val_fraction).round() as usize).min(encoded.len().saturating_sub(1));
+    let (validation, val_codes): (Vec<Sample>, Vec<Vec<u32>>) =
+        encoded.split_off(encoded.len() - val_count).into_iter().unzip();
+    let (samples, codes): (Vec<Sample>, Vec<Vec<u32>>) = encoded.into_iter().unzip();
     let captions: Vec<Vec<u32>> =
         samples.iter().map(|s| parts.tokenizer.encode_text(&s.caption, cfg.r_text_seq_length)).collect();
 
