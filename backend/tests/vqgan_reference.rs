@@ -72,6 +72,11 @@ fn a_mismatched_checkpoint_names_the_tensor_and_shape() {
     let err = load_vqgan(dir.path(), &Device::Cpu, DType::F32).unwrap_err();
     let message = format!("{err:#}");
     assert!(message.contains("vqgan.ckpt") && message.contains("quantize.") && message.contains("65"), "{message}");
+    // Converting the same mismatched pair fails the same way, and writes nothing.
+    let out = dir.path().join("converted");
+    let message = format!("{:#}", convert_vqgan(dir.path(), &out, DType::F32).unwrap_err());
+    assert!(message.contains("vqgan.ckpt") && message.contains("quantize.") && message.contains("65"), "{message}");
+    assert!(!out.join("model.safetensors").exists());
 }
 
 #[test]
