@@ -163,6 +163,7 @@ pub fn run(preset: &str, device: &Device, runs: usize) -> Result<serde_json::Val
         sampling: SamplingParams { top_k: 512, top_p: 0.99, temperature: 1.0 },
         seed: 1,
         preview_every_rows: 0,
+        stop: None,
     };
     record("codebooks_4", time(runs, || generate_codes(&engine, "борщ", &image_options, |_| {}).map(|_| ()))?);
     record("vae_decode_4", time(runs, || Ok(engine.vqgan.decode(&codes_4).map(|_| ())?))?);

@@ -2,8 +2,10 @@
 
 use borscht::imaging::{decode_image, ImageLimits};
 use borscht::pipelines::generation::{
-    caption, generate_image, generate_texts, CaptionOptions, GenerationEvent, ImageOptions,
+    caption, caption_batch, generate_image, generate_texts, CaptionJob, CaptionOptions, Cancelled, GenerationEvent,
+    ImageOptions,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
 use borscht::pipelines::perplexity::ce_to_ppl;
 use borscht::pipelines::sampling::{filter_top_k_top_p, SamplingParams};
 use borscht::pipelines::scoring::{classify, rerank_by_image, rerank_by_text, text_perplexities};
@@ -142,6 +144,63 @@ fn captions_stream_as_they_finish_and_repeat_with_a_seed() {
 }
 
 #[test]
+fn batched_captions_equal_each_photo_captioned_alone() {
+    let engine = engine();
+    let codes = photo_codes(&engine);
+    // A second "photo": the same codes reversed.
+    let other_codes: Vec<u32> = codes.iter().rev().copied().collect();
+    let sampling = SamplingParams { top_k: 50, top_p: 0.95, temperature: 1.0 };
+    let a = CaptionOptions { count: 6, seed: 5, sampling, ..Default::default() };
+    let b = CaptionOptions { count: 4, seed: 9, sampling, ..Default::default() };
+    let alone_a = caption(&engine, &codes, &a, |_| {}).unwrap();
+    let alone_b = caption(&engine, &other_codes, &b, |_| {}).unwrap();
+    let jobs = [
+        CaptionJob { codes: &codes, options: &a, stop: None },
+        CaptionJob { codes: &other_codes, options: &b, stop: None },
+    ];
+    let mut streamed: Vec<(usize, String)> = Vec::new();
+    let results = caption_batch(&engine, &jobs, |job, event| {
+        if let GenerationEvent::Text { text, .. } = event {
+            streamed.push((job, text));
+        }
+    });
+    let batched: Vec<Vec<String>> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(batched, vec![alone_a.clone(), alone_b.clone()], "each job keeps its own random stream");
+    let of = |job: usize| streamed.iter().filter(|(j, _)| *j == job).map(|(_, t)| t.clone()).collect::<Vec<_>>();
+    assert_eq!((of(0), of(1)), (alone_a, alone_b), "events name their job");
+}
+
+#[test]
+fn a_stopped_job_leaves_the_batch_and_the_others_finish() {
+    let engine = engine();
+    let codes = photo_codes(&engine);
+    let options = CaptionOptions {
+        count: 4,
+        seed: 1,
+        stop_at_eos: false,
+        sampling: SamplingParams { top_k: 50, top_p: 0.95, temperature: 1.0 },
+        ..Default::default()
+    };
+    let stop = AtomicBool::new(false);
+    let jobs = [
+        CaptionJob { codes: &codes, options: &options, stop: Some(&stop) },
+        CaptionJob { codes: &codes, options: &options, stop: None },
+    ];
+    let mut steps_after_stop = 0;
+    let results = caption_batch(&engine, &jobs, |job, event| {
+        if let GenerationEvent::Progress { .. } = event {
+            if job == 0 {
+                steps_after_stop += usize::from(stop.load(Ordering::SeqCst));
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+    });
+    assert_eq!(steps_after_stop, 0, "a stopped job reports no further progress");
+    assert!(results[0].as_ref().unwrap_err().is::<Cancelled>());
+    assert_eq!(results[1].as_ref().unwrap(), &caption(&engine, &codes, &options, |_| {}).unwrap());
+}
+
+#[test]
 fn text_to_image_previews_then_decodes() {
     let engine = engine();
     let options = ImageOptions {
@@ -149,6 +208,7 @@ fn text_to_image_previews_then_decodes() {
         sampling: SamplingParams { top_k: 32, top_p: 0.9, temperature: 1.0 },
         seed: 1,
         preview_every_rows: 1,
+        stop: None,
     };
     let mut previews = 0;
     let result = generate_image(&engine, "борщ", &options, |e| {

@@ -113,6 +113,7 @@ fn options(dir: &Path, csv: &Path, out: &Path) -> TrainOptions {
         show_progress: false,
         stop: Arc::new(AtomicBool::new(false)),
         max_steps: None,
+        left_text_share: 0.0,
     }
 }
 

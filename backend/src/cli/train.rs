@@ -70,6 +70,9 @@ pub struct TrainArgs {
     /// Continue the run in --out exactly where it stopped.
     #[arg(long)]
     pub resume: bool,
+    /// Share of rows that also get their dish name as left text (teaches text-to-image).
+    #[arg(long, default_value_t = 0.0)]
+    pub left_text_share: f64,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -143,6 +146,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         show_progress: true,
         stop,
         max_steps: None,
+        left_text_share: args.left_text_share,
     };
     let outcome = train(&options, &parse_device(&args.device)?)?;
     if outcome.interrupted {
@@ -198,5 +202,59 @@ pub fn prepare_demo_data(args: PrepareDemoDataArgs) -> Result<()> {
     for flag in &report.atwater_flags {
         eprintln!("  Atwater: {flag}");
     }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EvaluateArgs {
+    #[command(flatten)]
+    pub engine: super::pipelines::EngineArgs,
+    /// Pictures and their true captions (the training CSV formats).
+    #[arg(long)]
+    pub csv: PathBuf,
+    /// Folder the CSV's image paths are relative to.
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Captions sampled per picture.
+    #[arg(long, default_value_t = 8)]
+    pub n: usize,
+    /// Dishes offered per zero-shot question (0 skips zero-shot).
+    #[arg(long, default_value_t = 10)]
+    pub zero_shot_classes: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write the full report (every picture's outcome) here as JSON.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+pub fn evaluate(args: EvaluateArgs) -> Result<()> {
+    use crate::pipelines::generation::CaptionOptions;
+    use crate::train::evaluate::{evaluate, EvalOptions};
+
+    let engine = args.engine.load()?;
+    let dataset = crate::train::data::read_csv(&args.csv, &args.images)?;
+    eprintln!("{}", dataset.summary());
+    let options = EvalOptions {
+        captions: CaptionOptions { count: args.n, seed: args.seed, ..Default::default() },
+        zero_shot_classes: args.zero_shot_classes,
+        zero_shot_template: "блюдо: {}".into(),
+        seed: args.seed,
+    };
+    let bar = crate::train::progress_bar(dataset.samples.len() as u64, "evaluate");
+    let report = evaluate(&engine, &dataset.samples, &options, |_| bar.inc(1))?;
+    bar.finish_and_clear();
+    if let Some(path) = &args.report {
+        crate::train::write_atomically(path, |p| Ok(std::fs::write(p, serde_json::to_string_pretty(&report)?)?))?;
+    }
+    let summary = serde_json::json!({
+        "samples": report.samples,
+        "dish_top1": report.dish_top1,
+        "kcal_mae": report.kcal_mae,
+        "kcal_answers": report.kcal_answers,
+        "zero_shot_accuracy": report.zero_shot_accuracy,
+        "zero_shot_classes": report.zero_shot_classes,
+    });
+    println!("{summary}");
     Ok(())
 }

@@ -175,6 +175,9 @@ pub struct TrainVqganArgs {
     pub temperature_end: f64,
     #[arg(long, default_value_t = 1e-3)]
     pub kl_weight: f64,
+    /// Weight of the codebook-usage term (KL of the batch's mean code distribution to uniform).
+    #[arg(long, default_value_t = 0.1)]
+    pub usage_weight: f64,
     /// Continue from the checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
@@ -202,6 +205,7 @@ pub fn train(args: TrainVqganArgs) -> Result<()> {
         seed: args.seed,
         temperature: (args.temperature_start, args.temperature_end),
         kl_weight: args.kl_weight,
+        usage_weight: args.usage_weight,
         resume: args.resume,
         show_progress: true,
     };

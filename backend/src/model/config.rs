@@ -201,6 +201,14 @@ impl RudolphConfig {
         if self.vocab_size < self.l_text_seq_length {
             problems.push("vocab_size must include the l_text pad-position ids".into());
         }
+        // The l_text loss makes the last left-text position predict the first image
+        // code with text logits, so every image code must also be a text id.
+        if self.vocab_size < self.image_vocab_size {
+            problems.push(format!(
+                "vocab_size {} < image_vocab_size {}: the l_text loss targets the first image code with text logits",
+                self.vocab_size, self.image_vocab_size
+            ));
+        }
         if self.custom_relax || self.cogview_layernorm_prescale {
             problems
                 .push("custom_relax and cogview_layernorm_prescale are not supported (no RUDOLPH uses them)".into());

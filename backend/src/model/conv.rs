@@ -4,7 +4,9 @@
 //! product per tile, where packing the operands costs more than the arithmetic.
 //! For inference on contiguous f32 CPU tensors we lay out the whole input as one
 //! im2col matrix per image (built in parallel) and run one large product per
-//! image. Training and other devices use candle's conv2d, which has gradients.
+//! image. The im2col op has its adjoint (col2im) as backward, so training on the CPU
+//! takes the same path: candle's own conv2d backward goes through a slow
+//! conv_transpose2d. Other devices and dtypes use candle's conv2d.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
@@ -37,19 +39,31 @@ impl Conv2d {
 
     pub fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
         let (out_c, in_c, k, _) = self.weight.dims4()?;
-        let fast = !differentiable && x.device().is_cpu() && x.dtype() == DType::F32 && k > 1;
-        let y = if fast {
-            let (b, _, h, w) = x.dims4()?;
-            let op = Im2Col { kernel: k, stride: self.stride, padding: self.padding };
-            let (out_h, out_w) = op.output_size(h, w);
-            let cols = x.contiguous()?.apply_op1_no_bwd(&op)?; // [b, in*k*k, out_h*out_w]
-            let kernel =
-                self.weight.reshape((1, out_c, in_c * k * k))?.broadcast_as((b, out_c, in_c * k * k))?.contiguous()?;
-            kernel.matmul(&cols)?.reshape((b, out_c, out_h, out_w))?
-        } else {
-            x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
-        };
-        y.broadcast_add(&self.bias.reshape((1, out_c, 1, 1))?)
+        let (b, _, h, w) = x.dims4()?;
+        if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+            return x
+                .conv2d(&self.weight, self.padding, self.stride, 1, 1)?
+                .broadcast_add(&self.bias.reshape((1, out_c, 1, 1))?);
+        }
+        let op = Im2Col { kernel: k, stride: self.stride, padding: self.padding };
+        let (out_h, out_w) = op.output_size(h, w);
+        let x = x.contiguous()?;
+        // [in*k*k, b*out_h*out_w]: one product for the whole batch, and the bias added
+        // along rows, so neither gradient needs a strided reduction.
+        let cols = if differentiable { x.apply_op1(op)? } else { x.apply_op1_no_bwd(&op)? };
+        let y = self
+            .weight
+            .reshape((out_c, in_c * k * k))?
+            .matmul(&cols)?
+            .broadcast_add(&self.bias.reshape((out_c, 1))?)?;
+        y.reshape((out_c, b, out_h, out_w))?.transpose(0, 1)?.contiguous()
+    }
+
+    /// candle's own conv2d, for checking the fast paths against it.
+    #[cfg(test)]
+    fn forward_with_candle(&self, x: &Tensor) -> Result<Tensor> {
+        let out_c = self.weight.dim(0)?;
+        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?.broadcast_add(&self.bias.reshape((1, out_c, 1, 1))?)
     }
 }
 
@@ -59,8 +73,9 @@ impl Module for Conv2d {
     }
 }
 
-/// `[b, c, h, w]` -> `[b, c*k*k, out_h*out_w]`, zero padding, row (c, ky, kx) holding
-/// that tap for every output position.
+/// `[b, c, h, w]` -> `[c*k*k, b*out_h*out_w]`, zero padding, row (c, ky, kx) holding
+/// that tap for every image and output position.
+#[derive(Debug, Clone, Copy)]
 struct Im2Col {
     kernel: usize,
     stride: usize,
@@ -88,28 +103,94 @@ impl CustomOp1 for Im2Col {
         let k = self.kernel;
         let (out_h, out_w) = self.output_size(h, w);
         let positions = out_h * out_w;
-        let mut cols = vec![0f32; b * c * k * k * positions];
+        let mut cols = vec![0f32; c * k * k * b * positions];
         let (pad, stride) = (self.padding as isize, self.stride);
-        cols.par_chunks_mut(positions).enumerate().for_each(|(row, dst)| {
-            let (bc, tap) = (row / (k * k), row % (k * k));
+        cols.par_chunks_mut(b * positions).enumerate().for_each(|(row, dst)| {
+            let (channel, tap) = (row / (k * k), row % (k * k));
             let (ky, kx) = ((tap / k) as isize, (tap % k) as isize);
-            let plane = &x[bc * h * w..(bc + 1) * h * w];
-            for oy in 0..out_h {
-                let iy = (oy * stride) as isize + ky - pad;
-                if iy < 0 || iy >= h as isize {
-                    continue;
-                }
-                let src_row = &plane[iy as usize * w..(iy as usize + 1) * w];
-                let dst_row = &mut dst[oy * out_w..(oy + 1) * out_w];
-                for (ox, d) in dst_row.iter_mut().enumerate() {
-                    let ix = (ox * stride) as isize + kx - pad;
-                    if ix >= 0 && ix < w as isize {
-                        *d = src_row[ix as usize];
+            for (image, dst) in dst.chunks_mut(positions).enumerate() {
+                let plane = &x[(image * c + channel) * h * w..(image * c + channel + 1) * h * w];
+                for oy in 0..out_h {
+                    let iy = (oy * stride) as isize + ky - pad;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let src_row = &plane[iy as usize * w..(iy as usize + 1) * w];
+                    let dst_row = &mut dst[oy * out_w..(oy + 1) * out_w];
+                    for (ox, d) in dst_row.iter_mut().enumerate() {
+                        let ix = (ox * stride) as isize + kx - pad;
+                        if ix >= 0 && ix < w as isize {
+                            *d = src_row[ix as usize];
+                        }
                     }
                 }
             }
         });
-        Ok((CpuStorage::F32(cols), Shape::from((b, c * k * k, positions))))
+        Ok((CpuStorage::F32(cols), Shape::from((c * k * k, b * positions))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let (b, c, h, w) = arg.dims4()?;
+        let op = Col2Im { forward: *self, images: b, channels: c, height: h, width: w };
+        let grad = grad_res.contiguous()?.apply_op1_no_bwd(&op)?;
+        Ok(Some(grad))
+    }
+}
+
+/// The adjoint of [`Im2Col`]: `[c*k*k, b*out_h*out_w]` -> `[b, c, h, w]`, each tap's
+/// value added back onto the pixel it was read from.
+struct Col2Im {
+    forward: Im2Col,
+    images: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+}
+
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "col2im-rows"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else { candle_core::bail!("col2im expects f32") };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("col2im expects a contiguous input")
+        };
+        let cols = &data[start..end];
+        let (rows, columns) = layout.shape().dims2()?;
+        let Im2Col { kernel: k, stride, padding } = self.forward;
+        let (b, c, h, w) = (self.images, self.channels, self.height, self.width);
+        let (out_h, out_w) = self.forward.output_size(h, w);
+        let positions = out_h * out_w;
+        if rows != c * k * k || columns != b * positions {
+            candle_core::bail!("col2im: {rows}x{columns} columns do not fit {b} images of {c}x{h}x{w}");
+        }
+        let mut image = vec![0f32; b * c * h * w];
+        let pad = padding as isize;
+        // One plane (image, channel) per task.
+        image.par_chunks_mut(h * w).enumerate().for_each(|(plane_index, plane)| {
+            let (image_index, channel) = (plane_index / c, plane_index % c);
+            for tap in 0..k * k {
+                let (ky, kx) = ((tap / k) as isize, (tap % k) as isize);
+                let start = (channel * k * k + tap) * columns + image_index * positions;
+                let src = &cols[start..start + positions];
+                for oy in 0..out_h {
+                    let iy = (oy * stride) as isize + ky - pad;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let dst_row = &mut plane[iy as usize * w..(iy as usize + 1) * w];
+                    for (ox, &value) in src[oy * out_w..(oy + 1) * out_w].iter().enumerate() {
+                        let ix = (ox * stride) as isize + kx - pad;
+                        if ix >= 0 && ix < w as isize {
+                            dst_row[ix as usize] += value;
+                        }
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(image), Shape::from((b, c, h, w))))
     }
 }
 
@@ -118,22 +199,50 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    #[test]
-    fn im2col_path_equals_candle_conv2d() {
+    fn random_conv(out_c: usize, in_c: usize, k: usize, stride: usize, padding: usize) -> (Conv2d, Device) {
         let dev = Device::Cpu;
-        for (stride, padding, h, w) in [(1, 1, 9, 7), (2, 0, 9, 9), (1, 0, 5, 6)] {
-            let conv = Conv2d {
-                weight: Tensor::randn(0f32, 1.0, (5, 3, 3, 3), &dev).unwrap(),
-                bias: Tensor::randn(0f32, 1.0, 5, &dev).unwrap(),
-                stride,
-                padding,
-            };
+        let conv = Conv2d {
+            weight: Tensor::randn(0f32, 1.0, (out_c, in_c, k, k), &dev).unwrap(),
+            bias: Tensor::randn(0f32, 1.0, out_c, &dev).unwrap(),
+            stride,
+            padding,
+        };
+        (conv, dev)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn fast_paths_equal_candle_conv2d() {
+        for (k, stride, padding, h, w) in [(3, 1, 1, 9, 7), (3, 2, 0, 9, 9), (3, 1, 0, 5, 6), (1, 1, 0, 4, 5)] {
+            let (conv, dev) = random_conv(5, 3, k, stride, padding);
             let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev).unwrap();
-            let fast = conv.forward(&x, false).unwrap();
-            let reference = conv.forward(&x, true).unwrap();
-            assert_eq!(fast.dims(), reference.dims());
-            let diff: f32 = (fast - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-            assert!(diff < 1e-4, "stride {stride} padding {padding}: {diff}");
+            let reference = conv.forward_with_candle(&x).unwrap();
+            for differentiable in [false, true] {
+                let diff = max_diff(&conv.forward(&x, differentiable).unwrap(), &reference);
+                assert!(diff < 1e-4, "k {k} stride {stride} padding {padding}: {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn gradients_equal_candle_conv2d() {
+        for (k, stride, padding) in [(3, 1, 1), (3, 2, 0), (1, 1, 0)] {
+            let (conv, dev) = random_conv(4, 3, k, stride, padding);
+            let x = candle_core::Var::randn(0f32, 1.0, (2, 3, 9, 7), &dev).unwrap();
+            let weight = candle_core::Var::from_tensor(&conv.weight).unwrap();
+            let conv = Conv2d { weight: weight.as_tensor().clone(), ..conv };
+            // A loss that weighs every output differently, so misplaced gradients show.
+            let probe = |y: &Tensor| (y * y.ones_like().unwrap().cumsum(3).unwrap()).unwrap().sum_all().unwrap();
+            let ours = probe(&conv.forward(x.as_tensor(), true).unwrap()).backward().unwrap();
+            let theirs = probe(&conv.forward_with_candle(x.as_tensor()).unwrap()).backward().unwrap();
+            for var in [x.as_tensor(), weight.as_tensor()] {
+                let diff = max_diff(ours.get(var).unwrap(), theirs.get(var).unwrap());
+                assert!(diff < 1e-3, "k {k} stride {stride} padding {padding}: gradient differs by {diff}");
+            }
         }
     }
 }

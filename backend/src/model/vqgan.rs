@@ -368,6 +368,10 @@ pub struct Reconstruction {
     pub images: Tensor,
     /// KL divergence of the code distribution to the uniform prior (mean over positions).
     pub kl: Tensor,
+    /// KL divergence of the batch's average code distribution to the uniform prior:
+    /// low when the batch uses many codes. Short trainings collapse onto a handful of
+    /// codes without it (the per-position `kl` does not see usage across positions).
+    pub usage_kl: Tensor,
     /// The codes picked (argmax of the relaxed sample), `[b, h*w]`.
     pub codes: Tensor,
 }
@@ -472,7 +476,9 @@ impl Vqgan {
         // KL(q || uniform) = sum q * log(q * n_embed), averaged over positions.
         let q = candle_nn::ops::softmax(&logits, 1)?;
         let kl = (&q * ((&q * n as f64)? + 1e-10)?.log()?)?.sum(1)?.mean_all()?;
-        Ok(Reconstruction { images: decoded, kl, codes })
+        let mean_q = q.permute((1, 0, 2, 3))?.reshape((n, b * h * w))?.mean(1)?;
+        let usage_kl = (&mean_q * ((&mean_q * n as f64)? + 1e-10)?.log()?)?.sum_all()?;
+        Ok(Reconstruction { images: decoded, kl, usage_kl, codes })
     }
 }
 

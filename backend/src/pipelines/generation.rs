@@ -9,6 +9,8 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, D};
 use rand::SeedableRng;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use super::sampling::{sample, SamplingParams};
 use super::scoring::{check_codes, text_perplexities, DEFAULT_BATCH};
@@ -118,55 +120,163 @@ pub fn caption(
     options: &CaptionOptions,
     mut on_event: impl FnMut(GenerationEvent),
 ) -> Result<Vec<String>> {
-    options.sampling.validate().map_err(anyhow::Error::msg)?;
-    let cfg = engine.model.config();
-    let (l, r) = (cfg.l_text_seq_length, cfg.r_text_seq_length);
-    check_codes(engine, codes)?;
-    let template = engine.encode_text(&options.template, r);
-    // The template without its EOS (and padding): BOS + its ids.
-    let template_len = template.iter().filter(|&&t| t != 0).count().saturating_sub(1).max(1);
-    let prompt: Vec<u32> = [vec![0; l], codes.to_vec(), template[..template_len].to_vec()].concat();
-    let total_steps = r - template_len;
-    let mask = causal_mask(cfg, 1, &engine.device)?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
+    let job = CaptionJob { codes, options, stop: None };
+    caption_batch(engine, &[job], |_, event| on_event(event)).remove(0)
+}
 
-    let mut results: Vec<String> = Vec::new();
+/// One photo to caption inside [`caption_batch`].
+#[derive(Debug, Clone)]
+pub struct CaptionJob<'a> {
+    pub codes: &'a [u32],
+    pub options: &'a CaptionOptions,
+    /// Set from outside to drop this job's sequences at the next step.
+    pub stop: Option<&'a AtomicBool>,
+}
 
-    for chunk_start in (0..options.count).step_by(DEFAULT_BATCH) {
-        let n = (options.count - chunk_start).min(DEFAULT_BATCH);
-        let (mut cache, mut last_rows) = prefill(engine, &prompt, &mask, n, 0..cfg.text_vocab())?;
-        // Sequences still running: their r_text tokens so far.
-        let mut active: Vec<Vec<u32>> = vec![template[..template_len].to_vec(); n];
-        for step in 0..total_steps {
-            let next = sample_text(&last_rows, &options.sampling, &mut rng, cfg.text_vocab() - l);
-            let mut keep = Vec::with_capacity(active.len());
-            for (k, (tokens, &id)) in active.iter_mut().zip(&next).enumerate() {
-                tokens.push(id);
-                if (id == TextTokenizer::EOS && options.stop_at_eos) || step + 1 == total_steps {
-                    record_text(engine, tokens, &mut results, &mut on_event)?;
-                } else {
-                    keep.push(k);
-                }
-            }
-            on_event(GenerationEvent::Progress { step: step + 1, total: total_steps, active: keep.len() });
-            if keep.is_empty() || step + 1 == total_steps {
-                break;
-            }
-            let ids: Vec<u32> = keep.iter().map(|&k| next[k]).collect();
-            if keep.len() < active.len() {
-                cache.select(&Tensor::from_vec(
-                    keep.iter().map(|&k| k as u32).collect::<Vec<_>>(),
-                    keep.len(),
-                    &engine.device,
-                )?)?;
-                active = keep.iter().map(|&k| active[k].clone()).collect();
-            }
-            let step_ids = Tensor::from_vec(ids, (active.len(), 1), &engine.device)?;
-            let logits = engine.model.forward(&step_ids, &mask, Some(&mut cache))?;
-            last_rows = rows_of(&logits, 0..cfg.text_vocab())?;
+/// Returned by a job whose `stop` flag was raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cancelled")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+/// Captions several photos at once: every job's candidates are rows of one batch, so
+/// each decoding step is one forward for all of them (the server's dynamic batching).
+/// Each job keeps its own random stream, so its captions are those [`caption`] gives
+/// it alone. Events carry the job's index; each job gets its own result.
+pub fn caption_batch(
+    engine: &Engine,
+    jobs: &[CaptionJob],
+    mut on_event: impl FnMut(usize, GenerationEvent),
+) -> Vec<Result<Vec<String>>> {
+    let mut results: Vec<Option<Result<Vec<String>>>> = jobs.iter().map(|_| None).collect();
+    let r = engine.model.config().r_text_seq_length;
+    // Prompts of one group must have the same length; templates of different length run apart.
+    let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+    for (index, job) in jobs.iter().enumerate() {
+        let checked = job
+            .options
+            .sampling
+            .validate()
+            .map_err(anyhow::Error::msg)
+            .and_then(|_| check_codes(engine, job.codes))
+            .and_then(|_| if job.options.count == 0 { bail!("ask for at least one caption") } else { Ok(()) });
+        if let Err(e) = checked {
+            results[index] = Some(Err(e));
+            continue;
+        }
+        let template = engine.encode_text(&job.options.template, r);
+        let template_len = template.iter().filter(|&&t| t != 0).count().saturating_sub(1).max(1);
+        match groups.iter_mut().find(|(len, _)| *len == template_len) {
+            Some((_, members)) => members.push(index),
+            None => groups.push((template_len, vec![index])),
         }
     }
-    Ok(results)
+    for (template_len, members) in groups {
+        let mut texts: Vec<Vec<String>> = vec![Vec::new(); members.len()];
+        let outcome = caption_group(engine, jobs, &members, template_len, &mut texts, &mut on_event);
+        for (k, &index) in members.iter().enumerate() {
+            let stopped = jobs[index].stop.is_some_and(|s| s.load(Ordering::Relaxed));
+            results[index] = Some(match &outcome {
+                Err(e) => Err(anyhow::anyhow!("{e:#}")),
+                Ok(()) if stopped => Err(Cancelled.into()),
+                Ok(()) => Ok(std::mem::take(&mut texts[k])),
+            });
+        }
+    }
+    results.into_iter().map(|r| r.expect("every job has an outcome")).collect()
+}
+
+/// The decoding loop of [`caption_batch`] for jobs whose prompts have the same length.
+fn caption_group(
+    engine: &Engine,
+    jobs: &[CaptionJob],
+    members: &[usize],
+    template_len: usize,
+    texts: &mut [Vec<String>],
+    on_event: &mut impl FnMut(usize, GenerationEvent),
+) -> Result<()> {
+    let cfg = engine.model.config();
+    let (l, r) = (cfg.l_text_seq_length, cfg.r_text_seq_length);
+    let total_steps = r - template_len;
+    let mask = causal_mask(cfg, 1, &engine.device)?;
+    let templates: Vec<Vec<u32>> =
+        members.iter().map(|&j| engine.encode_text(&jobs[j].options.template, r)[..template_len].to_vec()).collect();
+    let prompts: Vec<u32> = members
+        .iter()
+        .zip(&templates)
+        .flat_map(|(&j, template)| [vec![0; l], jobs[j].codes.to_vec(), template.clone()].concat())
+        .collect();
+    let prompt_len = prompts.len() / members.len();
+    let mut cache = engine.model.new_cache();
+    let ids = Tensor::from_vec(prompts, (members.len(), prompt_len), &engine.device)?;
+    let prompt_rows = rows_of(&engine.model.forward(&ids, &mask, Some(&mut cache))?, 0..cfg.text_vocab())?;
+
+    // One row per candidate: (member, tokens so far).
+    let mut rows: Vec<(usize, Vec<u32>)> = Vec::new();
+    let mut last_rows: Vec<Vec<f32>> = Vec::new();
+    for (m, &j) in members.iter().enumerate() {
+        for _ in 0..jobs[j].options.count {
+            rows.push((m, templates[m].clone()));
+            last_rows.push(prompt_rows[m].clone());
+        }
+    }
+    let expand: Vec<u32> = rows.iter().map(|(m, _)| *m as u32).collect();
+    cache.select(&Tensor::from_vec(expand, rows.len(), &engine.device)?)?;
+    let mut rngs: Vec<rand::rngs::StdRng> =
+        members.iter().map(|&j| rand::rngs::StdRng::seed_from_u64(jobs[j].options.seed)).collect();
+    let stopped = |m: usize| jobs[members[m]].stop.is_some_and(|s| s.load(Ordering::Relaxed));
+
+    for step in 0..total_steps {
+        // Each member samples its own rows, in order, from its own stream.
+        let mut next = vec![0u32; rows.len()];
+        for (m, rng) in rngs.iter_mut().enumerate() {
+            let mine: Vec<usize> = (0..rows.len()).filter(|&k| rows[k].0 == m).collect();
+            let logits: Vec<Vec<f32>> = mine.iter().map(|&k| last_rows[k].clone()).collect();
+            let sampled = sample_text(&logits, &jobs[members[m]].options.sampling, rng, cfg.text_vocab() - l);
+            for (&k, id) in mine.iter().zip(sampled) {
+                next[k] = id;
+            }
+        }
+        let last_step = step + 1 == total_steps;
+        let mut keep = Vec::with_capacity(rows.len());
+        for (k, ((m, tokens), &id)) in rows.iter_mut().zip(&next).enumerate() {
+            if stopped(*m) {
+                continue;
+            }
+            tokens.push(id);
+            let options = jobs[members[*m]].options;
+            if (id == TextTokenizer::EOS && options.stop_at_eos) || last_step {
+                record_text(engine, tokens, &mut texts[*m], &mut |event| on_event(members[*m], event))?;
+            } else {
+                keep.push(k);
+            }
+        }
+        for m in 0..members.len() {
+            if !stopped(m) {
+                let active = keep.iter().filter(|&&k| rows[k].0 == m).count();
+                on_event(members[m], GenerationEvent::Progress { step: step + 1, total: total_steps, active });
+            }
+        }
+        if keep.is_empty() || last_step {
+            break;
+        }
+        if keep.len() < rows.len() {
+            let indices: Vec<u32> = keep.iter().map(|&k| k as u32).collect();
+            cache.select(&Tensor::from_vec(indices, keep.len(), &engine.device)?)?;
+            rows = keep.iter().map(|&k| rows[k].clone()).collect();
+        }
+        let ids: Vec<u32> = keep.iter().map(|&k| next[k]).collect();
+        let step_ids = Tensor::from_vec(ids, (rows.len(), 1), &engine.device)?;
+        let logits = engine.model.forward(&step_ids, &mask, Some(&mut cache))?;
+        last_rows = rows_of(&logits, 0..cfg.text_vocab())?;
+    }
+    Ok(())
 }
 
 /// A continuation of the prompt with its l_text perplexity.
@@ -232,6 +342,8 @@ pub struct ImageOptions {
     pub seed: u64,
     /// Emit a preview after every this many rows of codes (0 = none).
     pub preview_every_rows: usize,
+    /// Raised from outside to stop sampling (the result is then [`Cancelled`]).
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// Images drawn from a text: codes and PNGs.
@@ -279,6 +391,9 @@ pub fn generate_codes(
         let next: Vec<u32> = rows.iter().map(|row| sample(row, &options.sampling, &mut rng)).collect();
         for (c, &id) in codes.iter_mut().zip(&next) {
             c.push(id);
+        }
+        if options.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return Err(Cancelled.into());
         }
         let done = position + 1;
         on_event(GenerationEvent::Progress { step: done, total: i, active: n });

@@ -6,11 +6,13 @@
 //! - [`perplexity`]: `ce_to_ppl` and per-token cross-entropies;
 //! - [`scoring`]: re-ranking by image or by text, zero-shot classification, text ranking;
 //! - [`generation`]: captions, l-text continuation and text-to-image, with events as
-//!   results appear.
+//!   results appear;
+//! - [`recognize`]: captions re-ranked and grouped into the dish answer.
 
 pub mod engine;
 pub mod generation;
 pub mod perplexity;
+pub mod recognize;
 pub mod sampling;
 pub mod scoring;
 

@@ -1,34 +1,148 @@
-//! The HTTP and WebSocket service.
+//! The HTTP and WebSocket service, shaped like an inference router:
 //!
-//! - [`ws`]: the `/ws` protocol endpoint (frames defined in `borscht-protocol`).
-//! - static files: the Trunk-built web app, with `index.html` as the SPA fallback.
+//! - [`ws`]: the `/ws` protocol endpoint (frames defined in `borscht-protocol`);
+//! - [`api`]: the HTTP API (`/api/v1/recognize`, `/classify`, `/generate`);
+//! - [`job`]: requests validated into jobs; [`limits`]: what a client may ask;
+//! - [`queue`]: the bounded queue ("busy" when full); [`worker`]: the thread that owns
+//!   the model and batches recognise requests; [`metrics`]: Prometheus counters;
+//! - static files: the Trunk-built web app, with `index.html` as the SPA fallback;
+//!   `/healthz` (the process is up), `/readyz` (the model is loaded), `/metrics`.
 
+pub mod api;
+pub mod job;
+pub mod limits;
+pub mod metrics;
+pub mod queue;
+pub mod worker;
 pub mod ws;
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Json;
 pub use axum::Router;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
+
+use self::job::Job;
+use self::limits::Limits;
+use self::metrics::Metrics;
+use self::queue::{Queue, SubmitError};
+use self::worker::{spawn_worker, EngineLoader, ModelStatus, WorkerHandle};
 
 /// Everything `borscht serve` needs to start.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub addr: SocketAddr,
     pub web_dir: PathBuf,
+    pub limits: Limits,
+    /// Origins allowed to call the HTTP API from a browser (`*` for any).
+    pub cors_origins: Vec<String>,
+    /// How long shutdown waits for requests in flight.
+    pub drain_timeout: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(addr: SocketAddr, web_dir: PathBuf) -> Self {
+        ServerConfig {
+            addr,
+            web_dir,
+            limits: Limits::default(),
+            cors_origins: vec!["*".into()],
+            drain_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub queue: Queue,
+    pub worker: WorkerHandle,
+    pub metrics: Metrics,
+    pub limits: Arc<Limits>,
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// Why no request can be served now, if so.
+    pub fn unavailable(&self) -> Option<String> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Some("the server is shutting down".into());
+        }
+        match self.worker.status() {
+            // Requests made while the model loads wait in the queue.
+            ModelStatus::Ready { .. } | ModelStatus::Loading => None,
+            ModelStatus::Failed(e) => Some(format!("no model is loaded: {e}")),
+        }
+    }
+
+    /// Queues a job, counting it as in flight until the worker ends it.
+    pub fn submit(&self, job: Job) -> Result<usize, SubmitError> {
+        self.worker.job_started();
+        self.queue.submit(job).inspect_err(|_| self.worker.job_refused())
+    }
+
+    /// Waits until no job is queued or running, or `timeout` passes.
+    pub async fn drained(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.worker.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The running service: its router, shared state and the model worker thread.
+pub struct Server {
+    pub router: Router,
+    pub state: AppState,
+    pub worker_thread: std::thread::JoinHandle<()>,
+}
+
+impl Server {
+    /// Starts the worker (which loads the model in the background) and builds the router.
+    pub fn start(config: &ServerConfig, load: EngineLoader) -> Server {
+        let metrics = Metrics::new();
+        let (queue, receiver) = Queue::new(config.limits.queue_capacity, metrics.clone());
+        let (worker, worker_thread) = spawn_worker(load, receiver, metrics.clone(), config.limits.max_batch);
+        let state = AppState {
+            queue,
+            worker,
+            metrics,
+            limits: Arc::new(config.limits.clone()),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+        };
+        Server { router: router(config, state.clone()), state, worker_thread }
+    }
 }
 
 /// The whole application as a router, without binding a socket (tests use it directly).
-pub fn router(config: &ServerConfig) -> Router {
+pub fn router(config: &ServerConfig, state: AppState) -> Router {
     let index = config.web_dir.join("index.html");
-    let app = Router::new().route("/healthz", get(healthz)).route("/ws", get(ws::upgrade));
+    let body_limit = config.limits.max_upload_bytes + 64 * 1024;
+    let api = Router::new()
+        .route("/api/v1/recognize", post(api::recognize))
+        .route("/api/v1/classify", post(api::classify))
+        .route("/api/v1/generate", post(api::generate))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(cors(&config.cors_origins));
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/ws", get(ws::upgrade))
+        .merge(api)
+        .with_state(state);
     let app = if index.is_file() {
         // Unknown paths fall back to index.html so client-side routes survive a reload.
         app.fallback_service(ServeDir::new(&config.web_dir).fallback(ServeFile::new(index)))
@@ -41,11 +155,27 @@ pub fn router(config: &ServerConfig) -> Router {
         );
         app.fallback(move || async move { (StatusCode::SERVICE_UNAVAILABLE, message) })
     };
-    app.layer(SetResponseHeaderLayer::if_not_present(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    ))
-    .layer(TraceLayer::new_for_http())
+    let header = |name: HeaderName, value: &'static str| {
+        SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
+    };
+    app.layer(header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(header(header::REFERRER_POLICY, "no-referrer"))
+        .layer(header(header::CONTENT_SECURITY_POLICY, "frame-ancestors 'self'"))
+        .layer(TraceLayer::new_for_http())
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers([header::CONTENT_TYPE])
+        .expose_headers([header::RETRY_AFTER])
+        .max_age(Duration::from_secs(3600))
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -56,12 +186,39 @@ async fn healthz() -> impl IntoResponse {
     }))
 }
 
-/// Binds `config.addr` and serves until Ctrl-C / SIGTERM, letting open requests finish.
-pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let (status, body) = match state.worker.status() {
+        _ if state.shutting_down.load(Ordering::SeqCst) => {
+            (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "shutting_down" }))
+        }
+        ModelStatus::Ready { name } => (StatusCode::OK, serde_json::json!({ "status": "ready", "model": name })),
+        ModelStatus::Loading => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "loading" })),
+        ModelStatus::Failed(e) => {
+            (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "failed", "message": e }))
+        }
+    };
+    (status, Json(body))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+/// Binds `config.addr` and serves until Ctrl-C / SIGTERM. Shutdown refuses new requests,
+/// lets those in flight finish (up to `drain_timeout`), then closes.
+pub async fn serve(config: ServerConfig, load: EngineLoader) -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(config.addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.addr))?;
     tracing::info!("Borscht listening on http://{}", listener.local_addr()?);
-    serve_on(listener, router(&config), shutdown_signal()).await?;
+    let server = Server::start(&config, load);
+    let state = server.state.clone();
+    let drain = config.drain_timeout;
+    let shutdown = async move {
+        shutdown_signal().await;
+        state.shutting_down.store(true, Ordering::SeqCst);
+        state.drained(drain).await;
+    };
+    serve_on(listener, server.router, shutdown).await?;
     tracing::info!("server stopped");
     Ok(())
 }
@@ -102,8 +259,9 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    fn config(web_dir: PathBuf) -> ServerConfig {
-        ServerConfig { addr: "127.0.0.1:0".parse().unwrap(), web_dir }
+    fn app(web_dir: PathBuf) -> Router {
+        let config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), web_dir);
+        Server::start(&config, Box::new(|| anyhow::bail!("no model in this test"))).router
     }
 
     async fn get_text(app: Router, uri: &str) -> (StatusCode, String) {
@@ -116,7 +274,7 @@ mod tests {
     #[tokio::test]
     async fn healthz_reports_ok_and_protocol_version() {
         let dir = tempfile::tempdir().unwrap();
-        let (status, body) = get_text(router(&config(dir.path().into())), "/healthz").await;
+        let (status, body) = get_text(app(dir.path().into()), "/healthz").await;
         assert_eq!(status, StatusCode::OK);
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(json["status"], "ok");
@@ -128,7 +286,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("index.html"), "<html>borscht app</html>").unwrap();
         std::fs::write(dir.path().join("app.js"), "console.log(1)").unwrap();
-        let app = router(&config(dir.path().into()));
+        let app = app(dir.path().into());
         assert_eq!(get_text(app.clone(), "/").await, (StatusCode::OK, "<html>borscht app</html>".into()));
         assert_eq!(get_text(app.clone(), "/app.js").await, (StatusCode::OK, "console.log(1)".into()));
         assert_eq!(get_text(app, "/history").await, (StatusCode::OK, "<html>borscht app</html>".into()));
@@ -137,8 +295,24 @@ mod tests {
     #[tokio::test]
     async fn missing_web_app_is_a_clear_503() {
         let dir = tempfile::tempdir().unwrap();
-        let (status, body) = get_text(router(&config(dir.path().join("dist"))), "/").await;
+        let (status, body) = get_text(app(dir.path().join("dist")), "/").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("index.html is missing"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_model_that_fails_to_load_is_reported_not_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path().into());
+        let mut answer = (StatusCode::OK, String::new());
+        for _ in 0..100 {
+            answer = get_text(app.clone(), "/readyz").await;
+            if answer.1.contains("failed") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(answer.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(answer.1.contains("no model in this test"), "{}", answer.1);
     }
 }

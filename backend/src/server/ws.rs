@@ -1,164 +1,244 @@
 //! The `/ws` endpoint: one task per connection speaking `borscht-protocol`.
 //!
-//! A bad frame is answered with an `error` message and the connection stays
-//! open: a buggy or outdated client must never take the server down.
+//! Frames are read in order; a request is validated (its picture decoded off the async
+//! threads), queued, and answered with `accepted` or an error (`busy` when the queue is
+//! full). A forwarder task per request relays the worker's stream; one writer task owns
+//! the socket, so a slow client backs up only its own connection and is dropped after
+//! the send timeout. A bad frame is answered with an `error` and the connection stays
+//! open. A closed socket cancels everything it had in flight.
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
 use axum::response::Response;
-use borscht_protocol::{decode_client_message, encode, ClientMessage, ErrorCode, ServerMessage, PROTOCOL_VERSION};
-use std::time::Duration;
+use borscht_protocol::{
+    decode_client_message, encode, ClientMessage, ErrorCode, RequestId, ServerMessage, PROTOCOL_VERSION,
+};
+use futures::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+use super::job::{task_of, CancelFlag, Job};
+use super::queue::SubmitError;
+use super::AppState;
 
 /// How often an idle connection is pinged so proxies and phones keep it open.
 const KEEP_ALIVE: Duration = Duration::from_secs(20);
-/// Largest frame we accept; protocol frames are small (images come later, bounded separately).
-const MAX_FRAME_BYTES: usize = 1 << 20;
+/// Frames waiting for a slow client before its requests stall.
+const OUTBOX: usize = 256;
 
-pub async fn upgrade(ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(MAX_FRAME_BYTES).on_upgrade(handle_connection)
+pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    // Frames up to twice the limit are read and refused politely; larger ones end the connection.
+    ws.max_message_size(state.limits.max_frame_bytes() * 2).on_upgrade(move |socket| handle_connection(socket, state))
 }
 
-async fn handle_connection(mut socket: WebSocket) {
-    let hello = ServerMessage::Hello { protocol_version: PROTOCOL_VERSION, server: server_name() };
-    if send(&mut socket, &hello).await.is_err() {
-        return;
-    }
+type InFlight = Arc<Mutex<HashMap<RequestId, CancelFlag>>>;
+
+struct Connection {
+    state: AppState,
+    outbox: mpsc::Sender<Message>,
+    in_flight: InFlight,
+}
+
+async fn handle_connection(socket: WebSocket, state: AppState) {
+    state.metrics.connections.inc();
+    let (mut sink, mut stream) = socket.split();
+    let (outbox, mut outgoing) = mpsc::channel::<Message>(OUTBOX);
+    let send_timeout = state.limits.send_timeout();
+    let writer = tokio::spawn(async move {
+        while let Some(message) = outgoing.recv().await {
+            match tokio::time::timeout(send_timeout, sink.send(message)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    tracing::info!("closing a connection whose client stopped reading");
+                    break;
+                }
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let connection = Connection { state: state.clone(), outbox, in_flight: Arc::new(Mutex::new(HashMap::new())) };
+    let model = match state.worker.status() {
+        super::worker::ModelStatus::Ready { name } => Some(name),
+        _ => None,
+    };
+    connection.send(ServerMessage::Hello { protocol_version: PROTOCOL_VERSION, server: server_name(), model }).await;
+
     let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
     keep_alive.tick().await; // the first tick fires at once
+    let mut last_activity = Instant::now();
     loop {
         tokio::select! {
-            frame = socket.recv() => {
-                let reply = match frame {
-                    Some(Ok(Message::Text(text))) => respond(text.as_str()),
-                    Some(Ok(Message::Binary(_))) => Some(ServerMessage::error(
-                        ErrorCode::MalformedJson,
-                        "binary frames are not part of this protocol version; send JSON text frames",
-                    )),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+            frame = stream.next() => {
+                last_activity = Instant::now();
+                match frame {
+                    Some(Ok(Message::Text(text))) => connection.on_text(text.as_str()).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        connection.send(ServerMessage::error(
+                            ErrorCode::MalformedJson,
+                            "binary frames are not used; send JSON text frames with pictures in base64",
+                        )).await;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(_))) | None => break,
                     Some(Err(e)) => {
                         tracing::debug!("websocket closed with error: {e}");
                         break;
                     }
-                };
-                if let Some(reply) = reply {
-                    if send(&mut socket, &reply).await.is_err() {
-                        break;
-                    }
                 }
             }
             _ = keep_alive.tick() => {
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                let idle = connection.in_flight.lock().expect("in-flight lock").is_empty()
+                    && last_activity.elapsed() > state.limits.idle_timeout();
+                if idle {
+                    connection.send(ServerMessage::error(ErrorCode::Unavailable, "closing an idle connection")).await;
+                    break;
+                }
+                if connection.outbox.send(Message::Ping(Default::default())).await.is_err() {
                     break;
                 }
             }
+            _ = connection.outbox.closed() => break,
         }
     }
+    // The client is gone: stop its work.
+    for flag in connection.in_flight.lock().expect("in-flight lock").values() {
+        flag.store(true, Ordering::SeqCst);
+    }
+    drop(connection);
+    let _ = writer.await;
+    state.metrics.connections.dec();
 }
 
-/// The protocol logic: what the server answers to one text frame.
-pub fn respond(text: &str) -> Option<ServerMessage> {
-    match decode_client_message(text) {
-        Ok(ClientMessage::Hello { protocol_version }) if protocol_version == PROTOCOL_VERSION => None,
-        Ok(ClientMessage::Hello { protocol_version }) => Some(ServerMessage::error(
-            ErrorCode::ProtocolMismatch,
-            format!("server speaks protocol {PROTOCOL_VERSION}, client speaks {protocol_version}; reload the page"),
-        )),
-        Ok(ClientMessage::Ping { nonce }) => Some(ServerMessage::Pong { nonce }),
-        Err(e) => {
-            tracing::debug!("bad client frame: {e}");
-            Some(e.into())
+impl Connection {
+    async fn send(&self, message: ServerMessage) {
+        let _ = self.outbox.send(Message::Text(encode(&message).into())).await;
+    }
+
+    async fn on_text(&self, text: &str) {
+        if text.len() > self.state.limits.max_frame_bytes() {
+            let message = format!(
+                "the frame is {} bytes; the limit is {} (pictures up to {} bytes)",
+                text.len(),
+                self.state.limits.max_frame_bytes(),
+                self.state.limits.max_upload_bytes
+            );
+            return self.send(ServerMessage::error(ErrorCode::FrameTooLarge, message)).await;
         }
-    }
-}
-
-async fn send(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), axum::Error> {
-    socket.send(Message::Text(encode(message).into())).await
-}
-
-fn server_name() -> String {
-    format!("borscht/{}", env!("CARGO_PKG_VERSION"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::server::{router, serve_on, ServerConfig};
-    use borscht_protocol::decode_server_message;
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-    async fn start_server() -> std::net::SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let config = ServerConfig { addr, web_dir: std::env::temp_dir().join("borscht-no-web-app") };
-        tokio::spawn(serve_on(listener, router(&config), std::future::pending()));
-        addr
-    }
-
-    async fn next_message<S>(stream: &mut S) -> ServerMessage
-    where
-        S: futures::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>> + Unpin,
-    {
-        loop {
-            let frame = tokio::time::timeout(Duration::from_secs(5), stream.next())
-                .await
-                .expect("server answered in time")
-                .expect("stream open")
-                .expect("valid frame");
-            if let WsMessage::Text(text) = frame {
-                return decode_server_message(text.as_str()).expect("server frames decode");
+        let message = match decode_client_message(text) {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::debug!("bad client frame: {e}");
+                return self.send(e.into()).await;
             }
-        }
-    }
-
-    #[tokio::test]
-    async fn hello_ping_and_errors_keep_the_connection_open() {
-        let addr = start_server().await;
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
-
-        match next_message(&mut ws).await {
-            ServerMessage::Hello { protocol_version, server } => {
-                assert_eq!(protocol_version, PROTOCOL_VERSION);
-                assert!(server.starts_with("borscht/"));
+        };
+        match message {
+            ClientMessage::Hello { protocol_version } if protocol_version == PROTOCOL_VERSION => {}
+            ClientMessage::Hello { protocol_version } => {
+                let text = format!(
+                    "server speaks protocol {PROTOCOL_VERSION}, client speaks {protocol_version}; reload the page"
+                );
+                self.send(ServerMessage::error(ErrorCode::ProtocolMismatch, text)).await
             }
-            other => panic!("expected hello, got {other:?}"),
-        }
-        ws.send(WsMessage::Text(encode(&ClientMessage::Hello { protocol_version: PROTOCOL_VERSION }).into()))
-            .await
-            .unwrap();
-
-        let bad_frames = [
-            ("{oops", ErrorCode::MalformedJson),
-            (r#"{"type":"teleport"}"#, ErrorCode::UnknownMessageType),
-            (r#"{"type":"ping","nonce":"seven"}"#, ErrorCode::InvalidMessage),
-            (r#"{"type":"hello","protocol_version":999}"#, ErrorCode::ProtocolMismatch),
-        ];
-        for (frame, expected) in bad_frames {
-            ws.send(WsMessage::Text(frame.into())).await.unwrap();
-            match next_message(&mut ws).await {
-                ServerMessage::Error { code, message } => {
-                    assert_eq!(code, expected, "{frame}: {message}");
-                    assert!(!message.is_empty());
+            ClientMessage::Ping { nonce } => self.send(ServerMessage::Pong { nonce }).await,
+            ClientMessage::Cancel { id } => {
+                let flag = self.in_flight.lock().expect("in-flight lock").get(&id).cloned();
+                match flag {
+                    // The worker answers `cancelled` at its next step.
+                    Some(flag) => flag.store(true, Ordering::SeqCst),
+                    None => {
+                        let text = format!("no request {id} is in flight on this connection");
+                        self.send(ServerMessage::request_error(id, ErrorCode::InvalidRequest, text)).await
+                    }
                 }
-                other => panic!("{frame}: expected an error, got {other:?}"),
+            }
+            request => self.on_request(request).await,
+        }
+    }
+
+    async fn on_request(&self, request: ClientMessage) {
+        let id = request.request_id().expect("requests carry ids");
+        let refuse = |code, text: String| ServerMessage::request_error(id, code, text);
+        let refusal = {
+            let in_flight = self.in_flight.lock().expect("in-flight lock");
+            if in_flight.contains_key(&id) {
+                Some(refuse(ErrorCode::DuplicateId, format!("request {id} is already in flight; use a new id")))
+            } else if in_flight.len() >= self.state.limits.max_requests_per_connection {
+                let text = format!(
+                    "{} requests are already in flight on this connection; wait for one to finish",
+                    self.state.limits.max_requests_per_connection
+                );
+                Some(refuse(ErrorCode::TooManyRequests, text))
+            } else {
+                None
+            }
+        };
+        if let Some(refusal) = refusal {
+            return self.send(refusal).await;
+        }
+        if let Some(reason) = self.state.unavailable() {
+            return self.send(refuse(ErrorCode::Unavailable, reason)).await;
+        }
+        let limits = self.state.limits.clone();
+        let task = match tokio::task::spawn_blocking(move || task_of(&request, &limits)).await {
+            Ok(Some(Ok(task))) => task,
+            Ok(Some(Err(rejection))) => return self.send(refuse(rejection.code, rejection.message)).await,
+            Ok(None) => unreachable!("on_request only gets requests"),
+            Err(e) => return self.send(refuse(ErrorCode::Internal, format!("cannot read the request: {e}"))).await,
+        };
+        let (job, events) = Job::new(id, task);
+        let cancel = job.cancel.clone();
+        match self.state.submit(job) {
+            Ok(queue_position) => {
+                self.in_flight.lock().expect("in-flight lock").insert(id, cancel.clone());
+                self.send(ServerMessage::Accepted { id, queue_position: queue_position as u32 }).await;
+                tokio::spawn(forward(events, self.outbox.clone(), self.in_flight.clone(), id, cancel));
+            }
+            Err(SubmitError::Busy(_)) => {
+                let retry = self.state.limits.retry_after_s;
+                self.send(ServerMessage::Error {
+                    id: Some(id),
+                    code: ErrorCode::Busy,
+                    message: format!("the server is busy; try again in {retry} s"),
+                    retry_after_s: Some(retry),
+                })
+                .await
+            }
+            Err(SubmitError::Closed(_)) => {
+                self.send(refuse(ErrorCode::Unavailable, "the server is shutting down".into())).await
             }
         }
-
-        // Still alive after all that.
-        ws.send(WsMessage::Text(r#"{"type":"ping","nonce":42}"#.into())).await.unwrap();
-        assert_eq!(next_message(&mut ws).await, ServerMessage::Pong { nonce: 42 });
-
-        // And a second client is served independently.
-        let (mut other, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
-        assert!(matches!(next_message(&mut other).await, ServerMessage::Hello { .. }));
     }
+}
 
-    #[tokio::test]
-    async fn binary_frames_are_rejected_with_an_error() {
-        let addr = start_server().await;
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
-        next_message(&mut ws).await; // hello
-        ws.send(WsMessage::Binary(vec![1, 2, 3].into())).await.unwrap();
-        assert!(matches!(next_message(&mut ws).await, ServerMessage::Error { code: ErrorCode::MalformedJson, .. }));
+/// Relays one request's stream to the connection until its final frame.
+async fn forward(
+    mut events: mpsc::UnboundedReceiver<ServerMessage>,
+    outbox: mpsc::Sender<Message>,
+    in_flight: InFlight,
+    id: RequestId,
+    cancel: CancelFlag,
+) {
+    while let Some(message) = events.recv().await {
+        let last = message.is_final();
+        if last {
+            // Free the slot first: a client may send its next request the moment it reads this.
+            in_flight.lock().expect("in-flight lock").remove(&id);
+        }
+        if outbox.send(Message::Text(encode(&message).into())).await.is_err() {
+            cancel.store(true, Ordering::SeqCst);
+            break;
+        }
+        if last {
+            return;
+        }
     }
+    in_flight.lock().expect("in-flight lock").remove(&id);
+}
+
+pub fn server_name() -> String {
+    format!("borscht/{}", env!("CARGO_PKG_VERSION"))
 }

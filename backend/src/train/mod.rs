@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod demo_data;
+pub mod evaluate;
 pub mod optim;
 pub mod rudolph;
 pub mod vqgan;

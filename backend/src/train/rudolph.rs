@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -104,6 +104,10 @@ pub struct TrainOptions {
     pub stop: Arc<AtomicBool>,
     /// Stop after this many optimiser steps in total (tests use it to simulate a crash).
     pub max_steps: Option<usize>,
+    /// Share of training rows that also carry their dish name as left text, so the
+    /// model learns text-to-image (the rest keep an empty left text, as captioning
+    /// sees it). 0 trains exactly as the article does.
+    pub left_text_share: f64,
 }
 
 /// One line of the training log.
@@ -243,6 +247,15 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
     let (samples, codes): (Vec<Sample>, Vec<Vec<u32>>) = encoded.into_iter().unzip();
     let captions: Vec<Vec<u32>> =
         samples.iter().map(|s| parts.tokenizer.encode_text(&s.caption, cfg.r_text_seq_length)).collect();
+    let l = cfg.l_text_seq_length;
+    // The dish name as left text, for the rows that get one (captions without a dish get none).
+    let dish_texts: Vec<Option<Vec<u32>>> = samples
+        .iter()
+        .map(|s| crate::nutrition::parse_caption(&s.caption).dish.map(|dish| parts.tokenizer.encode_text(&dish, l)))
+        .collect();
+    if !(0.0..=1.0).contains(&options.left_text_share) {
+        bail!("the left-text share must be between 0 and 1, not {}", options.left_text_share);
+    }
 
     // The model as trainable variables.
     let resume_from = options.out.join(SAFETENSORS_FILE);
@@ -285,7 +298,6 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
         final_div_factor: options.final_div_factor,
     };
     let mask = causal_mask(&cfg, 1, device)?;
-    let l = cfg.l_text_seq_length;
     let mut logs = read_log(&options.out.join(LOG_FILE)).unwrap_or_default();
     if !resuming {
         logs.clear();
@@ -305,8 +317,18 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
         let batches: Vec<&[usize]> = order.chunks(options.batch_size).collect();
         while state.batch_in_epoch < batches.len() {
             let batch = batches[state.batch_in_epoch];
-            let rows: Vec<u32> =
-                batch.iter().flat_map(|&k| [vec![0u32; l], codes[k].clone(), captions[k].clone()].concat()).collect();
+            // Seeded by step, so a resumed run draws the same left texts.
+            let mut left_rng = rand::rngs::StdRng::seed_from_u64(options.seed ^ (0x1e57 + state.step as u64));
+            let rows: Vec<u32> = batch
+                .iter()
+                .flat_map(|&k| {
+                    let left = match &dish_texts[k] {
+                        Some(text) if left_rng.random_bool(options.left_text_share) => text.clone(),
+                        _ => vec![0u32; l],
+                    };
+                    [left, codes[k].clone(), captions[k].clone()].concat()
+                })
+                .collect();
             let ids = Tensor::from_vec(rows, (batch.len(), cfg.total_seq_length()), device)?;
             let losses = model.loss(&ids, &mask, options.loss_weights)?;
             let loss_value: f32 = losses.loss.to_scalar()?;

@@ -35,6 +35,8 @@ pub struct VqganTraining {
     /// Gumbel-softmax temperature at the first and the last step (annealed geometrically).
     pub temperature: (f64, f64),
     pub kl_weight: f64,
+    /// Weight of the codebook-usage term ([`crate::model::vqgan::Reconstruction::usage_kl`]).
+    pub usage_weight: f64,
     /// Continue from `out/` (weights and epoch counter) instead of starting afresh.
     pub resume: bool,
     pub show_progress: bool,
@@ -127,7 +129,7 @@ pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<Epoc
             let target = images.index_select(&index, 0)?;
             let rec = model.reconstruct(&target, temperature, training.seed ^ (state.steps_done as u64 + 1))?;
             let l1 = (&rec.images - ((&target * 2.0)? - 1.0)?)?.abs()?.mean_all()?;
-            let loss = (l1 + (&rec.kl * training.kl_weight)?)?;
+            let loss = ((l1 + (&rec.kl * training.kl_weight)?)? + (&rec.usage_kl * training.usage_weight)?)?;
             optimizer.backward_step(&loss)?;
             let value: f32 = loss.to_scalar()?;
             if !value.is_finite() {

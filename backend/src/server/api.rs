@@ -1,0 +1,242 @@
+//! The HTTP API for sites and scripts (`/api/v1/*`): the same jobs as the WebSocket,
+//! answered in one response. Errors are JSON `{"error": {"code", "message"}}` with a
+//! fitting status; a full queue is `429` with `Retry-After`. A client that hangs up
+//! cancels its request.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use borscht_protocol::{ErrorCode, ServerMessage};
+use serde::Deserialize;
+use std::sync::atomic::Ordering;
+
+use super::job::{classify_task, generate_image_task, recognize_task, CancelFlag, Job, Rejection, Task};
+use super::queue::SubmitError;
+use super::AppState;
+use crate::imaging::decode_image;
+
+/// An API failure: status, code and message, as JSON.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retry_after_s: Option<u32>,
+}
+
+impl ApiError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into(), retry_after_s: None }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self.code {
+            ErrorCode::InvalidImage => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::ImageTooLarge | ErrorCode::FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::InvalidRequest => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::Busy | ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        ApiError::new(r.code, r.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(serde_json::json!({ "error": { "code": self.code, "message": self.message } }));
+        let mut response = (self.status(), body).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// Cancels the job if the handler is dropped (the client hung up) before it ends.
+struct CancelOnDrop(CancelFlag);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Queues `task` and waits for its final frame.
+async fn run(state: &AppState, task: Task) -> Result<ServerMessage, ApiError> {
+    if let Some(reason) = state.unavailable() {
+        return Err(ApiError::new(ErrorCode::Unavailable, reason));
+    }
+    let (job, mut events) = Job::new(0, task);
+    let guard = CancelOnDrop(job.cancel.clone());
+    match state.submit(job) {
+        Ok(_) => {}
+        Err(SubmitError::Busy(_)) => {
+            let retry = state.limits.retry_after_s;
+            return Err(ApiError {
+                code: ErrorCode::Busy,
+                message: format!("the server is busy; try again in {retry} s"),
+                retry_after_s: Some(retry),
+            });
+        }
+        Err(SubmitError::Closed(_)) => return Err(ApiError::new(ErrorCode::Unavailable, "the server is shutting down")),
+    }
+    while let Some(message) = events.recv().await {
+        if message.is_final() {
+            std::mem::forget(guard);
+            return match message {
+                ServerMessage::Error { code, message, .. } => Err(ApiError::new(code, message)),
+                done => Ok(done),
+            };
+        }
+    }
+    Err(ApiError::new(ErrorCode::Internal, "the model worker stopped"))
+}
+
+/// The picture of a request: a multipart field `image`, or the raw body.
+struct Upload {
+    image: Bytes,
+    fields: Vec<(String, String)>,
+}
+
+async fn read_upload(state: &AppState, request: Request) -> Result<Upload, ApiError> {
+    let is_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    if !is_multipart {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::ImageTooLarge, format!("cannot read the body: {e}")))?;
+        return Ok(Upload { image: bytes, fields: Vec::new() });
+    }
+    let mut multipart = Multipart::from_request(request, state)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::InvalidMessage, format!("bad multipart body: {e}")))?;
+    let (mut image, mut fields) = (None, Vec::new());
+    while let Some(field) =
+        multipart.next_field().await.map_err(|e| ApiError::new(ErrorCode::InvalidMessage, e.to_string()))?
+    {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "image" {
+            image = Some(field.bytes().await.map_err(|e| ApiError::new(ErrorCode::ImageTooLarge, e.to_string()))?);
+        } else {
+            let text = field.text().await.map_err(|e| ApiError::new(ErrorCode::InvalidMessage, e.to_string()))?;
+            fields.push((name, text));
+        }
+    }
+    let image = image.ok_or_else(|| ApiError::new(ErrorCode::InvalidImage, "the form has no `image` field"))?;
+    Ok(Upload { image, fields })
+}
+
+async fn decode(state: &AppState, bytes: Bytes) -> Result<image::DynamicImage, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::new(ErrorCode::InvalidImage, "the image is empty"));
+    }
+    let limits = state.limits.image_limits();
+    tokio::task::spawn_blocking(move || decode_image(&bytes, limits))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(|e| Rejection::from(e).into())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecognizeQuery {
+    pub n: Option<u32>,
+    pub template: Option<String>,
+    pub portion_g: Option<f32>,
+}
+
+/// `POST /api/v1/recognize[?n=16&portion_g=250]`: the photo as the body or a form field `image`.
+pub async fn recognize(
+    State(state): State<AppState>,
+    Query(query): Query<RecognizeQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let upload = read_upload(&state, request).await?;
+    let field = |name: &str| upload.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let n = match field("n") {
+        Some(n) => Some(n.trim().parse().map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "n must be a number"))?),
+        None => query.n,
+    };
+    let portion_g = match field("portion_g") {
+        Some(g) => {
+            Some(g.trim().parse().map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "portion_g must be a number"))?)
+        }
+        None => query.portion_g,
+    };
+    let template = field("template").or(query.template);
+    let image = decode(&state, upload.image).await?;
+    let task = recognize_task(image, template.as_deref(), n, portion_g, &state.limits)?;
+    match run(&state, task).await? {
+        ServerMessage::Result { recognition, .. } => Ok(Json(recognition).into_response()),
+        other => Err(ApiError::new(ErrorCode::Internal, format!("unexpected answer {other:?}"))),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyQuery {
+    /// Comma-separated dishes.
+    pub classes: Option<String>,
+    pub template: Option<String>,
+}
+
+/// `POST /api/v1/classify?classes=борщ,шаурма`: the photo as the body or a form field
+/// `image` (with `classes` as a form field).
+pub async fn classify(
+    State(state): State<AppState>,
+    Query(query): Query<ClassifyQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let upload = read_upload(&state, request).await?;
+    let field = |name: &str| upload.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let classes: Vec<String> = field("classes")
+        .or(query.classes)
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "give the dishes as `classes` (comma-separated)"))?
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let template = field("template").or(query.template);
+    let image = decode(&state, upload.image).await?;
+    let task = classify_task(image, &classes, template.as_deref(), &state.limits)?;
+    match run(&state, task).await? {
+        ServerMessage::Classification { classification, .. } => Ok(Json(classification).into_response()),
+        other => Err(ApiError::new(ErrorCode::Internal, format!("unexpected answer {other:?}"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateBody {
+    pub text: String,
+    pub n: Option<u32>,
+}
+
+/// `POST /api/v1/generate` with `{"text": "борщ", "n": 1}`: one picture comes back as
+/// `image/png`; several as JSON `{"images": [base64 PNG, ...]}`.
+pub async fn generate(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let request: GenerateBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidMessage, format!("expected {{\"text\": ..., \"n\": ...}}: {e}")))?;
+    let task = generate_image_task(&request.text, request.n, &state.limits)?;
+    match run(&state, task).await? {
+        ServerMessage::Images { images, .. } if images.len() == 1 => {
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(&images[0])
+                .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+            Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+        }
+        ServerMessage::Images { images, .. } => Ok(Json(serde_json::json!({ "images": images })).into_response()),
+        other => Err(ApiError::new(ErrorCode::Internal, format!("unexpected answer {other:?}"))),
+    }
+}

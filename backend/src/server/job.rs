@@ -1,0 +1,203 @@
+//! A request on its way to the model: what to do, where its answers go, and how it
+//! is cancelled. The WebSocket and the HTTP API both turn requests into [`Job`]s.
+
+use base64::Engine as _;
+use borscht_protocol::{ClientMessage, ErrorCode, RequestId, ServerMessage};
+use image::DynamicImage;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+use super::limits::Limits;
+use crate::imaging::{decode_image, ImageInputError};
+
+pub const DEFAULT_TEMPLATE: &str = "блюдо:";
+pub const DEFAULT_CLASS_TEMPLATE: &str = "блюдо: {}";
+pub const DEFAULT_CAPTIONS: u32 = 16;
+pub const DEFAULT_IMAGES: u32 = 1;
+pub const DEFAULT_TEXTS: u32 = 8;
+
+#[derive(Debug)]
+pub enum Task {
+    Recognize { image: DynamicImage, template: String, n: usize, portion_g: Option<f32> },
+    Classify { image: DynamicImage, classes: Vec<String>, template: String },
+    GenerateImage { text: String, n: usize },
+    GenerateText { prompt: String, n: usize },
+}
+
+impl Task {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Task::Recognize { .. } => "recognize",
+            Task::Classify { .. } => "classify",
+            Task::GenerateImage { .. } => "generate_image",
+            Task::GenerateText { .. } => "generate_text",
+        }
+    }
+}
+
+/// A validated request's refusal: the code and a message for the person.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Rejection { code, message: message.into() }
+    }
+}
+
+impl From<ImageInputError> for Rejection {
+    fn from(e: ImageInputError) -> Self {
+        let code = match e {
+            ImageInputError::TooManyBytes { .. } | ImageInputError::TooManyPixels { .. } => ErrorCode::ImageTooLarge,
+            _ => ErrorCode::InvalidImage,
+        };
+        Rejection::new(code, e.to_string())
+    }
+}
+
+/// Cancels a job when raised; shared by the job and whoever may cancel it.
+pub type CancelFlag = Arc<AtomicBool>;
+
+pub struct Job {
+    pub id: RequestId,
+    pub task: Task,
+    pub events: mpsc::UnboundedSender<ServerMessage>,
+    pub cancel: CancelFlag,
+    pub enqueued: Instant,
+}
+
+impl Job {
+    pub fn new(id: RequestId, task: Task) -> (Job, mpsc::UnboundedReceiver<ServerMessage>) {
+        let (events, receiver) = mpsc::unbounded_channel();
+        (Job { id, task, events, cancel: Arc::new(AtomicBool::new(false)), enqueued: Instant::now() }, receiver)
+    }
+
+    /// Cancelled, or nobody is listening any more.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed) || self.events.is_closed()
+    }
+
+    pub fn send(&self, message: ServerMessage) {
+        // A closed receiver means the client left; the job is then cancelled anyway.
+        let _ = self.events.send(message);
+    }
+}
+
+/// Decodes a base64 picture (a `data:` URL prefix is allowed) within the limits.
+pub fn decode_base64_image(data: &str, limits: &Limits) -> Result<DynamicImage, Rejection> {
+    let payload = match data.split_once(";base64,") {
+        Some((prefix, rest)) if prefix.starts_with("data:") => rest,
+        _ => data,
+    };
+    let payload = payload.trim();
+    if payload.is_empty() {
+        return Err(Rejection::new(ErrorCode::InvalidImage, "the image is empty"));
+    }
+    // Checked before decoding: base64 is 4/3 of the bytes.
+    if payload.len() / 4 * 3 > limits.max_upload_bytes + 3 {
+        return Err(Rejection::new(
+            ErrorCode::ImageTooLarge,
+            format!("the image is over the limit of {} bytes", limits.max_upload_bytes),
+        ));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(payload)
+        .map_err(|e| Rejection::new(ErrorCode::InvalidImage, format!("the image is not valid base64: {e}")))?;
+    Ok(decode_image(&bytes, limits.image_limits())?)
+}
+
+fn check_text(what: &str, text: &str, limits: &Limits) -> Result<String, Rejection> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(Rejection::new(ErrorCode::InvalidRequest, format!("the {what} is empty")));
+    }
+    let chars = text.chars().count();
+    if chars > limits.max_text_chars {
+        return Err(Rejection::new(
+            ErrorCode::InvalidRequest,
+            format!("the {what} has {chars} characters; the limit is {}", limits.max_text_chars),
+        ));
+    }
+    Ok(text.to_string())
+}
+
+fn check_count(what: &str, n: Option<u32>, default: u32, max: u32) -> Result<usize, Rejection> {
+    match n.unwrap_or(default) {
+        0 => Err(Rejection::new(ErrorCode::InvalidRequest, format!("ask for at least one {what}"))),
+        n if n > max => Err(Rejection::new(ErrorCode::InvalidRequest, format!("at most {max} {what}s per request"))),
+        n => Ok(n as usize),
+    }
+}
+
+/// Recognise: the picture, its template and count, within the limits.
+pub fn recognize_task(
+    image: DynamicImage,
+    template: Option<&str>,
+    n: Option<u32>,
+    portion_g: Option<f32>,
+    limits: &Limits,
+) -> Result<Task, Rejection> {
+    let template = check_text("template", template.unwrap_or(DEFAULT_TEMPLATE), limits)?;
+    let n = check_count("caption", n, DEFAULT_CAPTIONS, limits.max_captions)?;
+    if let Some(g) = portion_g {
+        if !(g.is_finite() && g > 0.0 && g <= 10_000.0) {
+            return Err(Rejection::new(ErrorCode::InvalidRequest, "the portion must be between 0 and 10000 g"));
+        }
+    }
+    Ok(Task::Recognize { image, template, n, portion_g })
+}
+
+pub fn classify_task(
+    image: DynamicImage,
+    classes: &[String],
+    template: Option<&str>,
+    limits: &Limits,
+) -> Result<Task, Rejection> {
+    let classes: Vec<String> =
+        classes.iter().map(|c| c.trim()).filter(|c| !c.is_empty()).map(str::to_string).collect();
+    if classes.len() < 2 {
+        return Err(Rejection::new(ErrorCode::InvalidRequest, "give at least two dishes to choose from"));
+    }
+    if classes.len() > limits.max_classes {
+        return Err(Rejection::new(
+            ErrorCode::InvalidRequest,
+            format!("{} dishes given; the limit is {}", classes.len(), limits.max_classes),
+        ));
+    }
+    let classes = classes.iter().map(|c| check_text("dish name", c, limits)).collect::<Result<Vec<_>, _>>()?;
+    let template = check_text("template", template.unwrap_or(DEFAULT_CLASS_TEMPLATE), limits)?;
+    Ok(Task::Classify { image, classes, template })
+}
+
+pub fn generate_image_task(text: &str, n: Option<u32>, limits: &Limits) -> Result<Task, Rejection> {
+    Ok(Task::GenerateImage {
+        text: check_text("text", text, limits)?,
+        n: check_count("image", n, DEFAULT_IMAGES, limits.max_images)?,
+    })
+}
+
+pub fn generate_text_task(prompt: &str, n: Option<u32>, limits: &Limits) -> Result<Task, Rejection> {
+    Ok(Task::GenerateText {
+        prompt: check_text("prompt", prompt, limits)?,
+        n: check_count("text", n, DEFAULT_TEXTS, limits.max_texts)?,
+    })
+}
+
+/// The task a WebSocket request asks for (`None` for messages that are not requests).
+/// Decoding the picture is CPU work: call this off the async threads.
+pub fn task_of(message: &ClientMessage, limits: &Limits) -> Option<Result<Task, Rejection>> {
+    Some(match message {
+        ClientMessage::Recognize { image, template, n, portion_g, .. } => decode_base64_image(image, limits)
+            .and_then(|image| recognize_task(image, template.as_deref(), *n, *portion_g, limits)),
+        ClientMessage::Classify { image, classes, template, .. } => decode_base64_image(image, limits)
+            .and_then(|image| classify_task(image, classes, template.as_deref(), limits)),
+        ClientMessage::GenerateImage { text, n, .. } => generate_image_task(text, *n, limits),
+        ClientMessage::GenerateText { prompt, n, .. } => generate_text_task(prompt, *n, limits),
+        _ => return None,
+    })
+}

@@ -1,0 +1,85 @@
+//! What one client may ask of the server. Every limit has a flag and an environment
+//! variable (`borscht serve --help`), and every breach gets a named error.
+
+use std::time::Duration;
+
+use crate::imaging::ImageLimits;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Limits {
+    /// Largest picture upload in bytes (after base64 decoding).
+    #[arg(long, env = "BORSCHT_MAX_UPLOAD_BYTES", default_value_t = 8 << 20)]
+    pub max_upload_bytes: usize,
+    /// Largest picture in pixels, checked from the header before decoding (decompression bombs).
+    #[arg(long, env = "BORSCHT_MAX_PIXELS", default_value_t = 40_000_000)]
+    pub max_pixels: u64,
+    /// Longest text (characters) for prompts, templates and class names.
+    #[arg(long, env = "BORSCHT_MAX_TEXT_CHARS", default_value_t = 200)]
+    pub max_text_chars: usize,
+    #[arg(long, env = "BORSCHT_MAX_CLASSES", default_value_t = 50)]
+    pub max_classes: usize,
+    /// Most captions one recognise request may sample.
+    #[arg(long, env = "BORSCHT_MAX_CAPTIONS", default_value_t = 32)]
+    pub max_captions: u32,
+    #[arg(long, env = "BORSCHT_MAX_IMAGES", default_value_t = 4)]
+    pub max_images: u32,
+    #[arg(long, env = "BORSCHT_MAX_TEXTS", default_value_t = 16)]
+    pub max_texts: u32,
+    /// Requests one WebSocket connection may have in flight.
+    #[arg(long, env = "BORSCHT_MAX_REQUESTS_PER_CONNECTION", default_value_t = 4)]
+    pub max_requests_per_connection: usize,
+    /// Requests waiting for the model; beyond it clients are told "busy".
+    #[arg(long, env = "BORSCHT_QUEUE_CAPACITY", default_value_t = 64)]
+    pub queue_capacity: usize,
+    /// Most recognise requests the worker runs as one batch.
+    #[arg(long, env = "BORSCHT_MAX_BATCH", default_value_t = 8)]
+    pub max_batch: usize,
+    /// Seconds a busy client is told to wait.
+    #[arg(long, env = "BORSCHT_RETRY_AFTER_S", default_value_t = 2)]
+    pub retry_after_s: u32,
+    /// Seconds a WebSocket may stay silent with nothing in flight before it is closed.
+    #[arg(long, env = "BORSCHT_IDLE_TIMEOUT_S", default_value_t = 300)]
+    pub idle_timeout_s: u64,
+    /// Seconds a client may take to accept one frame before it counts as gone.
+    #[arg(long, env = "BORSCHT_SEND_TIMEOUT_S", default_value_t = 15)]
+    pub send_timeout_s: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_upload_bytes: 8 << 20,
+            max_pixels: 40_000_000,
+            max_text_chars: 200,
+            max_classes: 50,
+            max_captions: 32,
+            max_images: 4,
+            max_texts: 16,
+            max_requests_per_connection: 4,
+            queue_capacity: 64,
+            max_batch: 8,
+            retry_after_s: 2,
+            idle_timeout_s: 300,
+            send_timeout_s: 15,
+        }
+    }
+}
+
+impl Limits {
+    pub fn image_limits(&self) -> ImageLimits {
+        ImageLimits { max_bytes: self.max_upload_bytes, max_pixels: self.max_pixels, ..ImageLimits::default() }
+    }
+
+    /// A WebSocket frame carries the picture in base64 (4/3 larger) plus a little JSON.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_upload_bytes / 3 * 4 + 64 * 1024
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_s)
+    }
+
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_secs(self.send_timeout_s)
+    }
+}

@@ -1,0 +1,324 @@
+//! The model worker: one OS thread owns the model and serves the queue.
+//!
+//! Recognise requests waiting together form one batch: their captions are rows of
+//! the same forward passes ([`caption_batch`]), each request keeping its own random
+//! stream and getting its candidates as they finish. Other requests run one at a
+//! time between batches. Cancelled requests (or ones whose client left) are dropped
+//! at the next decoding step.
+
+use anyhow::Result;
+use base64::Engine as _;
+use borscht_protocol::nutrition::Nutrition;
+use borscht_protocol::{Classification, ErrorCode, RankedCaption, RankedText, Recognition, ServerMessage};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use super::job::{Job, Task};
+use super::metrics::Metrics;
+use super::queue::QueueReceiver;
+use crate::nutrition::parse_caption;
+use crate::pipelines::generation::{
+    caption_batch, generate_image, generate_texts, CaptionJob, CaptionOptions, Cancelled, GenerationEvent,
+    ImageOptions,
+};
+use crate::pipelines::recognize::answer;
+use crate::pipelines::sampling::SamplingParams;
+use crate::pipelines::scoring::{classify, DEFAULT_BATCH};
+use crate::pipelines::Engine;
+
+/// Whether the model can serve (`/readyz`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelStatus {
+    Loading,
+    Ready { name: String },
+    Failed(String),
+}
+
+/// The worker's state as the rest of the server sees it.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    status: Arc<RwLock<ModelStatus>>,
+    /// Jobs queued or running; shutdown waits for it to reach zero.
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl WorkerHandle {
+    pub fn status(&self) -> ModelStatus {
+        self.status.read().expect("status lock").clone()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Call when a job is queued; the worker counts it down when the job ends.
+    pub fn job_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn job_refused(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Builds the engine on the worker thread (loading can take a while) and names it.
+pub type EngineLoader = Box<dyn FnOnce() -> Result<(Engine, String)> + Send>;
+
+/// Starts the worker thread; it ends when every queue sender is gone.
+pub fn spawn_worker(
+    load: EngineLoader,
+    receiver: QueueReceiver,
+    metrics: Metrics,
+    max_batch: usize,
+) -> (WorkerHandle, std::thread::JoinHandle<()>) {
+    let handle =
+        WorkerHandle { status: Arc::new(RwLock::new(ModelStatus::Loading)), in_flight: Arc::new(AtomicUsize::new(0)) };
+    let worker = Worker { receiver, metrics, max_batch: max_batch.max(1), handle: handle.clone() };
+    let thread = std::thread::Builder::new()
+        .name("model-worker".into())
+        .spawn(move || worker.run(load))
+        .expect("the model worker thread starts");
+    (handle, thread)
+}
+
+struct Worker {
+    receiver: QueueReceiver,
+    metrics: Metrics,
+    max_batch: usize,
+    handle: WorkerHandle,
+}
+
+impl Worker {
+    fn set_status(&self, status: ModelStatus) {
+        *self.handle.status.write().expect("status lock") = status;
+    }
+
+    fn run(mut self, load: EngineLoader) {
+        let engine = match load() {
+            Ok((engine, name)) => {
+                tracing::info!(model = %name, "model loaded");
+                self.set_status(ModelStatus::Ready { name });
+                engine
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                tracing::error!("cannot load the model: {message}");
+                self.set_status(ModelStatus::Failed(message.clone()));
+                while let Some(job) = self.receiver.blocking_next() {
+                    self.finish(&job, Outcome::Error(ErrorCode::Unavailable, format!("no model loaded: {message}")));
+                }
+                return;
+            }
+        };
+        let mut held: VecDeque<Job> = VecDeque::new();
+        loop {
+            let Some(first) = held.pop_front().or_else(|| self.receiver.blocking_next()) else { break };
+            if !matches!(first.task, Task::Recognize { .. }) {
+                self.run_one(&engine, first);
+                continue;
+            }
+            // Every recognise request waiting now joins this batch; others wait their turn.
+            let mut batch = vec![first];
+            while batch.len() < self.max_batch {
+                let next = match held.iter().position(|j| matches!(j.task, Task::Recognize { .. })) {
+                    Some(i) => held.remove(i),
+                    None => self.receiver.try_next(),
+                };
+                match next {
+                    Some(job) if matches!(job.task, Task::Recognize { .. }) => batch.push(job),
+                    Some(job) => held.push_back(job),
+                    None => break,
+                }
+            }
+            self.run_recognize_batch(&engine, batch);
+        }
+        tracing::info!("model worker stopped");
+    }
+
+    fn finish(&self, job: &Job, outcome: Outcome) {
+        let kind = job.task.kind();
+        let (label, message) = match outcome {
+            Outcome::Done(message) => ("ok", message),
+            Outcome::Cancelled => ("cancelled", ServerMessage::Cancelled { id: job.id }),
+            Outcome::Error(code, text) => ("error", ServerMessage::request_error(job.id, code, text)),
+        };
+        if label == "error" {
+            tracing::warn!(id = job.id, kind, "request failed: {message:?}");
+        }
+        // Counted before the answer goes out, so a client that reads it sees the metrics agree.
+        self.metrics.requests.with_label_values(&[kind, label]).inc();
+        self.metrics.latency.with_label_values(&[kind]).observe(job.enqueued.elapsed().as_secs_f64());
+        job.send(message);
+        self.handle.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn started(&self, job: &Job) {
+        self.metrics.queue_wait.observe(job.enqueued.elapsed().as_secs_f64());
+    }
+
+    fn run_recognize_batch(&self, engine: &Engine, batch: Vec<Job>) {
+        let mut live: Vec<(Job, Vec<u32>, CaptionOptions, Option<f32>)> = Vec::new();
+        for job in batch {
+            self.started(&job);
+            if job.is_cancelled() {
+                self.finish(&job, Outcome::Cancelled);
+                continue;
+            }
+            let Task::Recognize { image, template, n, portion_g } = &job.task else { unreachable!("batch of recognise") };
+            let codes = engine.image_codes(image).and_then(|c| Ok(c.squeeze(0)?.to_vec1::<u32>()?));
+            match codes {
+                Ok(codes) => {
+                    // A fixed seed: the same photo gets the same answer.
+                    let options = CaptionOptions { template: template.clone(), count: *n, seed: 42, ..Default::default() };
+                    let portion = *portion_g;
+                    live.push((job, codes, options, portion));
+                }
+                Err(e) => self.finish(&job, Outcome::Error(ErrorCode::Internal, format!("{e:#}"))),
+            }
+        }
+        if live.is_empty() {
+            return;
+        }
+        self.metrics.batch_requests.observe(live.len() as f64);
+        let jobs: Vec<CaptionJob> = live
+            .iter()
+            .map(|(job, codes, options, _)| CaptionJob { codes, options, stop: Some(job.cancel.as_ref()) })
+            .collect();
+        let results = caption_batch(engine, &jobs, |k, event| {
+            let job = &live[k].0;
+            match event {
+                GenerationEvent::Text { text, .. } => {
+                    let nutrition = parse_caption(&text);
+                    job.send(ServerMessage::Candidate { id: job.id, text, nutrition });
+                }
+                GenerationEvent::Progress { step, total, .. } => {
+                    job.send(ServerMessage::Progress { id: job.id, step: step as u32, total: total as u32 });
+                }
+                GenerationEvent::ImagePreview { .. } => {}
+            }
+            if job.events.is_closed() {
+                job.cancel.store(true, Ordering::Relaxed);
+            }
+        });
+        for ((job, codes, _, portion_g), captions) in live.iter().zip(results) {
+            let outcome = match captions {
+                Err(e) if e.is::<Cancelled>() => Outcome::Cancelled,
+                Err(e) => Outcome::Error(ErrorCode::Internal, format!("{e:#}")),
+                Ok(captions) => match answer(engine, codes, captions) {
+                    Ok(result) => Outcome::Done(ServerMessage::Result {
+                        id: job.id,
+                        recognition: recognition_message(result, *portion_g),
+                    }),
+                    Err(e) => Outcome::Error(ErrorCode::Internal, format!("{e:#}")),
+                },
+            };
+            self.finish(job, outcome);
+        }
+    }
+
+    fn run_one(&self, engine: &Engine, job: Job) {
+        self.started(&job);
+        if job.is_cancelled() {
+            self.finish(&job, Outcome::Cancelled);
+            return;
+        }
+        self.metrics.batch_requests.observe(1.0);
+        let outcome = match self.serve(engine, &job) {
+            Ok(message) => Outcome::Done(message),
+            Err(e) if e.is::<Cancelled>() => Outcome::Cancelled,
+            Err(e) => Outcome::Error(ErrorCode::Internal, format!("{e:#}")),
+        };
+        self.finish(&job, outcome);
+    }
+
+    fn serve(&self, engine: &Engine, job: &Job) -> Result<ServerMessage> {
+        let id = job.id;
+        let progress = |event: GenerationEvent| match event {
+            GenerationEvent::Progress { step, total, .. } => {
+                job.send(ServerMessage::Progress { id, step: step as u32, total: total as u32 })
+            }
+            GenerationEvent::ImagePreview { rows_done, rows_total, pngs } => job.send(ServerMessage::ImagePreview {
+                id,
+                rows_done: rows_done as u32,
+                rows_total: rows_total as u32,
+                images: pngs.iter().map(|p| base64_png(p)).collect(),
+            }),
+            GenerationEvent::Text { .. } => {}
+        };
+        Ok(match &job.task {
+            Task::Recognize { .. } => unreachable!("recognise requests run in batches"),
+            Task::Classify { image, classes, template } => {
+                let codes: Vec<u32> = engine.image_codes(image)?.squeeze(0)?.to_vec1()?;
+                let result = classify(engine, &codes, classes, template, DEFAULT_BATCH)?;
+                ServerMessage::Classification {
+                    id,
+                    classification: Classification {
+                        classes: classes.clone(),
+                        scores: result.scores,
+                        label: result.label,
+                    },
+                }
+            }
+            Task::GenerateImage { text, n } => {
+                let rows = engine.model.config().image_tokens_per_dim;
+                let options = ImageOptions {
+                    count: *n,
+                    sampling: SamplingParams { top_k: 512, top_p: 0.99, temperature: 1.0 },
+                    seed: id,
+                    preview_every_rows: (rows / 4).max(1),
+                    stop: Some(job.cancel.clone()),
+                };
+                let images = generate_image(engine, text, &options, progress)?;
+                ServerMessage::Images { id, images: images.pngs.iter().map(|p| base64_png(p)).collect() }
+            }
+            Task::GenerateText { prompt, n } => {
+                let sampling = SamplingParams { top_k: 32, top_p: 0.8, temperature: 1.0 };
+                let ranked = generate_texts(engine, prompt, *n, &sampling, id, progress)?;
+                if job.is_cancelled() {
+                    return Err(Cancelled.into());
+                }
+                ServerMessage::Texts {
+                    id,
+                    texts: ranked.into_iter().map(|r| RankedText { text: r.text, perplexity: r.ppl }).collect(),
+                }
+            }
+        })
+    }
+}
+
+enum Outcome {
+    Done(ServerMessage),
+    Cancelled,
+    Error(ErrorCode, String),
+}
+
+fn base64_png(png: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(png)
+}
+
+/// The pipeline's answer in the protocol's words.
+pub fn recognition_message(result: crate::pipelines::recognize::Recognition, portion_g: Option<f32>) -> Recognition {
+    let mut candidates: Vec<RankedCaption> = result
+        .candidates
+        .iter()
+        .map(|c| RankedCaption { text: c.caption.clone(), nutrition: parse_caption(&c.caption), perplexity: c.ppl_image })
+        .collect();
+    candidates.sort_by(|a, b| a.perplexity.total_cmp(&b.perplexity));
+    let (best, alternatives) = match result.answer {
+        Some(answer) => (Some(answer.best), answer.alternatives),
+        None => (None, Vec::new()),
+    };
+    let portion: Option<Nutrition> = match (&best, portion_g) {
+        (Some(best), Some(g)) => Some(best.nutrition.for_portion(g)),
+        _ => None,
+    };
+    Recognition {
+        confidence: best.as_ref().map_or(0.0, |b| b.confidence),
+        atwater: best.as_ref().and_then(|b| b.atwater),
+        best,
+        alternatives,
+        portion,
+        candidates,
+    }
+}

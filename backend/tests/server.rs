@@ -1,0 +1,433 @@
+//! The server on loopback with a tiny random model: streaming, batching across
+//! clients, cancellation, a flood beyond the queue, bad inputs, the HTTP API.
+//!
+//! The model loader waits on a gate the test opens, so requests can be queued
+//! deterministically before the worker starts serving them.
+
+use base64::Engine as _;
+use borscht::server::limits::Limits;
+use borscht::server::{serve_on, Server, ServerConfig};
+use borscht_protocol::{decode_server_message, encode, ClientMessage, ErrorCode, ServerMessage, PROTOCOL_VERSION};
+use futures::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct TestServer {
+    addr: SocketAddr,
+    gate: Option<mpsc::Sender<()>>,
+}
+
+impl TestServer {
+    async fn start(limits: Limits) -> TestServer {
+        let (gate, wait) = mpsc::channel::<()>();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = ServerConfig::new(addr, std::env::temp_dir().join("borscht-no-web-app"));
+        config.limits = limits;
+        let server = Server::start(
+            &config,
+            Box::new(move || {
+                let _ = wait.recv();
+                Ok((borscht::bench::random_engine("tiny", &candle_core::Device::Cpu)?, "tiny-random".into()))
+            }),
+        );
+        tokio::spawn(serve_on(listener, server.router, std::future::pending()));
+        TestServer { addr, gate: Some(gate) }
+    }
+
+    /// Lets the model finish loading; queued requests are served from now on.
+    fn open(&mut self) {
+        if let Some(gate) = self.gate.take() {
+            gate.send(()).unwrap();
+        }
+    }
+
+    async fn connect(&self) -> Socket {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", self.addr)).await.unwrap();
+        assert!(matches!(next(&mut ws).await, ServerMessage::Hello { protocol_version: PROTOCOL_VERSION, .. }));
+        ws
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest_get(self.addr, "/metrics").await.1
+    }
+}
+
+/// A plain HTTP GET over a raw TCP stream (no HTTP client needed for two lines).
+async fn reqwest_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path, "", &[]).await
+}
+
+async fn http(addr: SocketAddr, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+    let (status, _, body) = http_raw(addr, method, path, content_type, body).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut response)).await.unwrap().unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut body = response[split + 4..].to_vec();
+    if head.to_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (status, head, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
+        data = &data[line_end + 4 + size..];
+    }
+}
+
+async fn next(ws: &mut Socket) -> ServerMessage {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .expect("server answered in time")
+            .expect("stream open")
+            .expect("valid frame");
+        if let WsMessage::Text(text) = frame {
+            return decode_server_message(text.as_str()).expect("server frames decode");
+        }
+    }
+}
+
+/// Every frame of request `id` up to and including its final one.
+async fn until_final(ws: &mut Socket, id: u64) -> Vec<ServerMessage> {
+    let mut frames = Vec::new();
+    loop {
+        let message = next(ws).await;
+        if message.request_id() != Some(id) {
+            continue;
+        }
+        let last = message.is_final();
+        frames.push(message);
+        if last {
+            return frames;
+        }
+    }
+}
+
+async fn send(ws: &mut Socket, message: &ClientMessage) {
+    ws.send(WsMessage::Text(encode(message).into())).await.unwrap();
+}
+
+fn icon_png() -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/demo/images/twemoji/1f33d-0.png");
+    std::fs::read(path).unwrap()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn recognize(id: u64, image: &[u8], n: u32) -> ClientMessage {
+    ClientMessage::Recognize { id, image: b64(image), template: None, n: Some(n), portion_g: Some(250.0) }
+}
+
+/// The value of a metric line such as `borscht_batch_requests_count`.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gets_streamed_candidates_then_the_result() {
+    let mut server = TestServer::start(Limits::default()).await;
+    server.open();
+    let mut ws = server.connect().await;
+    send(&mut ws, &recognize(1, &icon_png(), 6)).await;
+    let frames = until_final(&mut ws, 1).await;
+    assert!(matches!(frames[0], ServerMessage::Accepted { id: 1, .. }), "{:?}", frames[0]);
+    let streamed: Vec<String> = frames
+        .iter()
+        .filter_map(|f| if let ServerMessage::Candidate { text, .. } = f { Some(text.clone()) } else { None })
+        .collect();
+    assert!(frames.iter().any(|f| matches!(f, ServerMessage::Progress { .. })));
+    let ServerMessage::Result { recognition, .. } = frames.last().unwrap() else { panic!("{:?}", frames.last()) };
+    assert!(!streamed.is_empty());
+    let mut ranked: Vec<String> = recognition.candidates.iter().map(|c| c.text.clone()).collect();
+    let mut streamed_sorted = streamed.clone();
+    ranked.sort();
+    streamed_sorted.sort();
+    assert_eq!(ranked, streamed_sorted, "the result ranks exactly the streamed candidates");
+    let perplexities: Vec<f32> = recognition.candidates.iter().map(|c| c.perplexity).collect();
+    assert!(perplexities.windows(2).all(|w| w[0] <= w[1]), "best fitting first: {perplexities:?}");
+    if let Some(best) = &recognition.best {
+        assert_eq!(recognition.confidence, best.confidence);
+        let portion = recognition.portion.as_ref().unwrap();
+        if let (Some(p), Some(k)) = (portion.kcal, best.nutrition.kcal) {
+            assert!((p - 2.5 * k).abs() < 1e-3, "250 g portion scales kcal: {p} vs {k}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_waiting_together_share_one_batch() {
+    let mut server = TestServer::start(Limits::default()).await;
+    let mut first = server.connect().await;
+    let mut second = server.connect().await;
+    send(&mut first, &recognize(1, &icon_png(), 4)).await;
+    assert!(matches!(next(&mut first).await, ServerMessage::Accepted { id: 1, queue_position: 0 }));
+    send(&mut second, &recognize(1, &icon_png(), 4)).await;
+    assert!(matches!(next(&mut second).await, ServerMessage::Accepted { id: 1, queue_position: 1 }));
+    server.open();
+    let a = until_final(&mut first, 1).await;
+    let b = until_final(&mut second, 1).await;
+    assert!(matches!(a.last(), Some(ServerMessage::Result { .. })));
+    assert!(matches!(b.last(), Some(ServerMessage::Result { .. })));
+    // Same photo, same seed: same candidates, though they shared the batch.
+    assert_eq!(a.last(), b.last());
+    let metrics = server.metrics().await;
+    assert_eq!(metric(&metrics, "borscht_batch_requests_count"), 1.0, "one batch\n{metrics}");
+    assert_eq!(metric(&metrics, "borscht_batch_requests_sum"), 2.0, "of two requests\n{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_a_closed_socket_stop_work() {
+    let mut server = TestServer::start(Limits::default()).await;
+    let mut ws = server.connect().await;
+    send(&mut ws, &recognize(1, &icon_png(), 4)).await;
+    send(&mut ws, &recognize(2, &icon_png(), 4)).await;
+    send(&mut ws, &ClientMessage::Cancel { id: 1 }).await;
+    let mut leaving = server.connect().await;
+    send(&mut leaving, &recognize(7, &icon_png(), 4)).await;
+    assert!(matches!(next(&mut leaving).await, ServerMessage::Accepted { id: 7, .. }));
+    leaving.close(None).await.unwrap();
+    drop(leaving);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.open();
+    let cancelled = until_final(&mut ws, 1).await;
+    assert_eq!(cancelled.last(), Some(&ServerMessage::Cancelled { id: 1 }));
+    assert!(!cancelled.iter().any(|f| matches!(f, ServerMessage::Candidate { .. })), "no work for it");
+    let finished = until_final(&mut ws, 2).await;
+    assert!(matches!(finished.last(), Some(ServerMessage::Result { .. })));
+    // Cancelling what is not in flight is an error, not silence.
+    send(&mut ws, &ClientMessage::Cancel { id: 99 }).await;
+    assert!(matches!(next(&mut ws).await, ServerMessage::Error { id: Some(99), code: ErrorCode::InvalidRequest, .. }));
+    let metrics = server.metrics().await;
+    assert_eq!(metric(&metrics, "borscht_requests_total{kind=\"recognize\",outcome=\"cancelled\"}"), 2.0, "{metrics}");
+    assert_eq!(metric(&metrics, "borscht_requests_total{kind=\"recognize\",outcome=\"ok\"}"), 1.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_beyond_the_queue_is_told_busy_and_every_request_is_answered() {
+    let limits = Limits { queue_capacity: 3, max_requests_per_connection: 4, ..Limits::default() };
+    let mut server = TestServer::start(limits).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(server.connect().await);
+    }
+    // 3 clients x 2 requests = 6 requests for 3 queue places.
+    for ws in clients.iter_mut() {
+        send(ws, &recognize(1, &icon_png(), 2)).await;
+        send(ws, &recognize(2, &icon_png(), 2)).await;
+    }
+    let mut accepted = 0;
+    let mut busy = 0;
+    let mut pending = Vec::new();
+    for (c, ws) in clients.iter_mut().enumerate() {
+        for _ in 0..2 {
+            match next(ws).await {
+                ServerMessage::Accepted { id, .. } => {
+                    accepted += 1;
+                    pending.push((c, id));
+                }
+                ServerMessage::Error { code: ErrorCode::Busy, retry_after_s: Some(s), id: Some(_), .. } => {
+                    assert!(s > 0);
+                    busy += 1;
+                }
+                other => panic!("expected accepted or busy, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!((accepted, busy), (3, 3));
+    // HTTP callers hear it too: 429 with Retry-After.
+    let (status, head, body) = http_raw(server.addr, "POST", "/api/v1/recognize", "image/png", &icon_png()).await;
+    assert_eq!(status, 429, "{head}");
+    assert!(head.to_lowercase().contains("retry-after: 2"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("\"busy\""));
+    server.open();
+    for (c, id) in pending {
+        let frames = until_final(&mut clients[c], id).await;
+        assert!(matches!(frames.last(), Some(ServerMessage::Result { .. })), "{:?}", frames.last());
+    }
+    let metrics = server.metrics().await;
+    assert_eq!(metric(&metrics, "borscht_rejected_busy_total"), 4.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bad_input_gets_its_error_and_the_server_keeps_serving() {
+    let limits = Limits { max_upload_bytes: 64 * 1024, max_pixels: 80 * 80, ..Limits::default() };
+    let mut server = TestServer::start(limits.clone()).await;
+    server.open();
+    let mut ws = server.connect().await;
+    let big_picture = {
+        let image = image::RgbImage::from_pixel(100, 100, image::Rgb([200, 40, 40]));
+        borscht::imaging::encode_png(&image)
+    };
+    let cases: Vec<(String, ErrorCode)> = vec![
+        (encode(&recognize(1, b"\x89PNG\r\n\x1a\nnot really a png", 2)), ErrorCode::InvalidImage),
+        (encode(&recognize(2, b"", 2)), ErrorCode::InvalidImage),
+        (encode(&recognize(3, b"plain text, not a picture", 2)), ErrorCode::InvalidImage),
+        (encode(&recognize(4, &big_picture, 2)), ErrorCode::ImageTooLarge),
+        (encode(&recognize(5, &icon_png(), 1000)), ErrorCode::InvalidRequest),
+        (
+            r#"{"type":"recognize","id":6,"image":"%%% not base64 %%%"}"#.to_string(),
+            ErrorCode::InvalidImage,
+        ),
+        (
+            encode(&ClientMessage::Classify { id: 7, image: b64(&icon_png()), classes: vec!["борщ".into()], template: None }),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            encode(&ClientMessage::GenerateImage { id: 8, text: "б".repeat(limits.max_text_chars + 1), n: None }),
+            ErrorCode::InvalidRequest,
+        ),
+        ("{oops".to_string(), ErrorCode::MalformedJson),
+        (r#"{"type":"teleport"}"#.to_string(), ErrorCode::UnknownMessageType),
+        (r#"{"type":"recognize","id":"x"}"#.to_string(), ErrorCode::InvalidMessage),
+        (r#"{"type":"hello","protocol_version":999}"#.to_string(), ErrorCode::ProtocolMismatch),
+        (format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(limits.max_frame_bytes() + 10)), ErrorCode::FrameTooLarge),
+    ];
+    for (frame, expected) in cases {
+        ws.send(WsMessage::Text(frame.clone().into())).await.unwrap();
+        match next(&mut ws).await {
+            ServerMessage::Error { code, message, .. } => {
+                assert_eq!(code, expected, "{}: {message}", &frame[..frame.len().min(80)]);
+                assert!(!message.is_empty());
+            }
+            other => panic!("{}: expected an error, got {other:?}", &frame[..frame.len().min(80)]),
+        }
+    }
+    ws.send(WsMessage::Binary(vec![1, 2, 3].into())).await.unwrap();
+    assert!(matches!(next(&mut ws).await, ServerMessage::Error { code: ErrorCode::MalformedJson, .. }));
+
+    // A duplicate id while the first is in flight.
+    send(&mut ws, &recognize(20, &icon_png(), 2)).await;
+    send(&mut ws, &recognize(20, &icon_png(), 2)).await;
+    let mut duplicate = false;
+    let mut finished = false;
+    while !(duplicate && finished) {
+        match next(&mut ws).await {
+            ServerMessage::Error { id: Some(20), code: ErrorCode::DuplicateId, .. } => duplicate = true,
+            ServerMessage::Result { id: 20, .. } => finished = true,
+            _ => {}
+        }
+    }
+    // Still serving, on this connection and others.
+    send(&mut ws, &ClientMessage::Ping { nonce: 42 }).await;
+    assert_eq!(next(&mut ws).await, ServerMessage::Pong { nonce: 42 });
+    send(&mut ws, &ClientMessage::GenerateText { id: 21, prompt: "блюдо:".into(), n: Some(2) }).await;
+    assert!(matches!(until_final(&mut ws, 21).await.last(), Some(ServerMessage::Texts { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_recognises_classifies_and_draws() {
+    let mut server = TestServer::start(Limits::default()).await;
+    let (status, body) = reqwest_get(server.addr, "/readyz").await;
+    assert_eq!((status, body.contains("loading")), (503, true), "{body}");
+    server.open();
+    let mut ready = false;
+    for _ in 0..200 {
+        if reqwest_get(server.addr, "/readyz").await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ready);
+
+    let (status, body) = http(server.addr, "POST", "/api/v1/recognize?n=4&portion_g=150", "image/png", &icon_png()).await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(!json["candidates"].as_array().unwrap().is_empty(), "{body}");
+
+    let boundary = "XyZ";
+    let mut form = Vec::new();
+    form.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"classes\"\r\n\r\nборщ,шаурма,рис\r\n").bytes());
+    form.extend(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n")
+            .bytes(),
+    );
+    form.extend(icon_png());
+    form.extend(format!("\r\n--{boundary}--\r\n").bytes());
+    let (status, body) =
+        http(server.addr, "POST", "/api/v1/classify", &format!("multipart/form-data; boundary={boundary}"), &form).await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["classes"].as_array().unwrap().len(), 3);
+    let scores: f64 = json["scores"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).sum();
+    assert!((scores - 1.0).abs() < 1e-4);
+
+    let (status, head, png) =
+        http_raw(server.addr, "POST", "/api/v1/generate", "application/json", r#"{"text":"борщ"}"#.as_bytes()).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.to_lowercase().contains("content-type: image/png"));
+    let picture = image::load_from_memory(&png).unwrap();
+    assert_eq!(picture.width(), 64);
+
+    // JSON errors with fitting statuses.
+    let (status, body) = http(server.addr, "POST", "/api/v1/recognize", "image/png", b"garbage").await;
+    assert_eq!(status, 415, "{body}");
+    assert!(body.contains("invalid_image"), "{body}");
+    let (status, body) = http(server.addr, "POST", "/api/v1/recognize", "image/png", b"").await;
+    assert_eq!(status, 415, "{body}");
+    let (status, body) = http(server.addr, "POST", "/api/v1/generate", "application/json", b"{\"txt\":1}").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = http(server.addr, "POST", "/api/v1/classify?classes=one", "image/png", &icon_png()).await;
+    assert_eq!(status, 422, "{body}");
+
+    let metrics = server.metrics().await;
+    assert!(metric(&metrics, "borscht_request_seconds_count{kind=\"recognize\"}") >= 1.0, "{metrics}");
+    assert_eq!(metric(&metrics, "borscht_queue_depth"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_test_reports_every_request() {
+    let mut server = TestServer::start(Limits::default()).await;
+    server.open();
+    let image = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/demo/images/twemoji/1f33d-0.png");
+    let args = borscht::cli::loadtest::LoadTestArgs {
+        url: format!("ws://{}/ws", server.addr),
+        image,
+        clients: 3,
+        requests: 2,
+        n: 2,
+    };
+    let report = borscht::cli::loadtest::run(&args).await.unwrap();
+    assert_eq!((report.requests, report.completed, report.busy, report.errors), (6, 6, 0, 0), "{report:?}");
+    assert!(report.latency_p50_s > 0.0 && report.latency_p50_s <= report.latency_p95_s);
+    assert!(report.latency_p95_s <= report.latency_max_s && report.throughput_rps > 0.0);
+}
