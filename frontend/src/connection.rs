@@ -1,9 +1,14 @@
 //! The WebSocket to the server: connects, greets, tracks its state and reconnects
 //! with backoff when the server goes away (phones lose the network all the time).
+//! Requests get ids here; each request's frames go to the listener it was sent with,
+//! and a lost connection ends every open request with an error.
 
-use borscht_protocol::{decode_server_message, encode, ClientMessage, ServerMessage, PROTOCOL_VERSION};
+use borscht_protocol::{
+    decode_server_message, encode, ClientMessage, ErrorCode, RequestId, ServerMessage, PROTOCOL_VERSION,
+};
 use leptos::prelude::*;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -37,23 +42,33 @@ impl ConnectionState {
         }
     }
 
-    pub fn label(&self) -> String {
-        match self {
-            ConnectionState::Connecting => "Connecting…".into(),
-            ConnectionState::Connected { server } => format!("Connected ({server}, protocol {PROTOCOL_VERSION})"),
-            ConnectionState::Outdated { server_version } => {
+    pub fn label(&self, lang: crate::i18n::Lang) -> String {
+        use crate::i18n::Lang;
+        match (self, lang) {
+            (ConnectionState::Connecting, Lang::Ru) => "Подключаемся…".into(),
+            (ConnectionState::Connecting, Lang::En) => "Connecting…".into(),
+            (ConnectionState::Connected { server }, Lang::Ru) => format!("На связи ({server})"),
+            (ConnectionState::Connected { server }, Lang::En) => {
+                format!("Connected ({server}, protocol {PROTOCOL_VERSION})")
+            }
+            (ConnectionState::Outdated { .. }, Lang::Ru) => "Сервер обновился — перезагрузите страницу".into(),
+            (ConnectionState::Outdated { server_version }, Lang::En) => {
                 format!("The server was updated (protocol {server_version}); please reload the page")
             }
-            ConnectionState::Disconnected => "Offline — reconnecting…".into(),
+            (ConnectionState::Disconnected, Lang::Ru) => "Нет связи — переподключаемся…".into(),
+            (ConnectionState::Disconnected, Lang::En) => "Offline — reconnecting…".into(),
         }
     }
 }
 
-/// Handle owned by the app; cloning shares the same socket.
-#[derive(Clone)]
+/// Handle owned by the app; copies share the same socket.
+#[derive(Clone, Copy)]
 pub struct Connection {
     pub state: ReadSignal<ConnectionState>,
+    inner: StoredValue<Rc<Inner>, LocalStorage>,
 }
+
+type Listener = Rc<dyn Fn(ServerMessage)>;
 
 /// A socket event handler kept alive as long as its socket.
 type Handler = Closure<dyn FnMut(JsValue)>;
@@ -65,6 +80,31 @@ struct Inner {
     outdated: Cell<bool>,
     /// The live socket's event handlers; replaced (and so freed) on every reconnect.
     handlers: RefCell<Vec<Handler>>,
+    socket: RefCell<Option<WebSocket>>,
+    next_id: Cell<RequestId>,
+    listeners: RefCell<HashMap<RequestId, Listener>>,
+}
+
+impl Inner {
+    /// Hands a frame to its request's listener (dropped after the final frame).
+    fn dispatch(&self, id: RequestId, message: ServerMessage) {
+        let listener = if message.is_final() {
+            self.listeners.borrow_mut().remove(&id)
+        } else {
+            self.listeners.borrow().get(&id).cloned()
+        };
+        if let Some(listener) = listener {
+            listener(message);
+        }
+    }
+
+    /// Ends every open request: the socket is gone and so is their work.
+    fn fail_all(&self, text: &str) {
+        let open: Vec<(RequestId, Listener)> = self.listeners.borrow_mut().drain().collect();
+        for (id, listener) in open {
+            listener(ServerMessage::request_error(id, ErrorCode::Unavailable, text));
+        }
+    }
 }
 
 impl Connection {
@@ -75,9 +115,41 @@ impl Connection {
             retry_ms: Cell::new(FIRST_RETRY_MS),
             outdated: Cell::new(false),
             handlers: RefCell::new(Vec::new()),
+            socket: RefCell::new(None),
+            next_id: Cell::new(1),
+            listeners: RefCell::new(HashMap::new()),
         });
-        connect(inner);
-        Connection { state }
+        connect(inner.clone());
+        Connection { state, inner: StoredValue::new_local(inner) }
+    }
+
+    /// Sends the request `build` makes for a fresh id; its frames go to `listener`.
+    pub fn request(
+        &self,
+        build: impl FnOnce(RequestId) -> ClientMessage,
+        listener: impl Fn(ServerMessage) + 'static,
+    ) -> Result<RequestId, String> {
+        let inner = self.inner.get_value();
+        let socket = inner.socket.borrow().clone().filter(|s| s.ready_state() == WebSocket::OPEN);
+        let Some(socket) = socket else {
+            return Err("not connected to the server".into());
+        };
+        let id = inner.next_id.get();
+        inner.next_id.set(id + 1);
+        inner.listeners.borrow_mut().insert(id, Rc::new(listener));
+        if let Err(e) = socket.send_with_str(&encode(&build(id))) {
+            inner.listeners.borrow_mut().remove(&id);
+            return Err(format!("could not send: {e:?}"));
+        }
+        Ok(id)
+    }
+
+    /// Asks the server to stop request `id` (it answers `cancelled`).
+    pub fn cancel(&self, id: RequestId) {
+        let socket = self.inner.get_value().socket.borrow().clone();
+        if let Some(socket) = socket {
+            let _ = socket.send_with_str(&encode(&ClientMessage::Cancel { id }));
+        }
     }
 }
 
@@ -124,7 +196,11 @@ fn connect(inner: Rc<Inner>) {
                     web_sys::console::warn_1(&format!("server error {code:?}: {message}").into());
                 }
                 Ok(ServerMessage::Pong { .. }) => {}
-                Ok(other) => web_sys::console::info_1(&format!("unhandled server frame: {other:?}").into()),
+                Ok(message) => {
+                    if let Some(id) = message.request_id() {
+                        inner.dispatch(id, message);
+                    }
+                }
                 Err(e) => web_sys::console::warn_1(&format!("undecodable server frame: {e}").into()),
             }
         })
@@ -134,6 +210,8 @@ fn connect(inner: Rc<Inner>) {
         Handler::new(move |event: JsValue| {
             let code = event.dyn_ref::<CloseEvent>().map(|e| e.code()).unwrap_or_default();
             web_sys::console::info_1(&format!("WebSocket closed (code {code})").into());
+            inner.socket.borrow_mut().take();
+            inner.fail_all("the connection to the server was lost; try again");
             // An outdated app stays put: reconnecting cannot help until a reload.
             if !inner.outdated.get() {
                 inner.set_state.set(ConnectionState::Disconnected);
@@ -146,6 +224,7 @@ fn connect(inner: Rc<Inner>) {
     socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));
     // No onerror handler: `error` is always followed by `close`, which does the work.
     *inner.handlers.borrow_mut() = vec![on_open, on_message, on_close];
+    *inner.socket.borrow_mut() = Some(socket);
 }
 
 fn schedule_reconnect(inner: Rc<Inner>) {

@@ -1,10 +1,13 @@
 //! The Borscht web app: Leptos client-side rendering, built by Trunk.
 //!
-//! - [`connection`]: the `/ws` WebSocket, its state and automatic reconnects.
+//! - [`connection`]: the `/ws` WebSocket, its state, requests and automatic reconnects.
+//! - [`i18n`]: Russian first, English on a switch; [`storage`]: localStorage, history.
 //! - [`components`]: one file per piece of the screen.
 
 mod components;
 mod connection;
+mod i18n;
+mod storage;
 
 use components::app::App;
 

@@ -97,6 +97,9 @@ pub struct ServeArgs {
     /// Origins allowed to call /api/v1 from a browser, comma-separated (`*` for any).
     #[arg(long, env = "BORSCHT_CORS_ORIGINS", value_delimiter = ',', default_value = "*")]
     pub cors_origins: Vec<String>,
+    /// Sites allowed to embed the /embed widget in a frame, comma-separated (`*` for any).
+    #[arg(long, env = "BORSCHT_EMBED_ANCESTORS", value_delimiter = ',', default_value = "*")]
+    pub embed_ancestors: Vec<String>,
     /// Seconds shutdown waits for requests in flight.
     #[arg(long, env = "BORSCHT_DRAIN_TIMEOUT_S", default_value_t = 60)]
     pub drain_timeout_s: u64,
@@ -158,6 +161,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         limits: args.limits,
         cors_origins: args.cors_origins,
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout_s),
+        embed_ancestors: args.embed_ancestors,
     };
     let model = model_dir(&args.model);
     let load: server::worker::EngineLoader = Box::new(move || {

@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     /// How long shutdown waits for requests in flight.
     pub drain_timeout: Duration,
+    /// Sites allowed to frame the `/embed` widget (CSP `frame-ancestors` sources; `*` for any).
+    pub embed_ancestors: Vec<String>,
 }
 
 impl ServerConfig {
@@ -60,6 +62,7 @@ impl ServerConfig {
             limits: Limits::default(),
             cors_origins: vec!["*".into()],
             drain_timeout: Duration::from_secs(60),
+            embed_ancestors: vec!["*".into()],
         }
     }
 }
@@ -158,10 +161,25 @@ pub fn router(config: &ServerConfig, state: AppState) -> Router {
     let header = |name: HeaderName, value: &'static str| {
         SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
     };
-    app.layer(header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+    let embed_policy = HeaderValue::from_str(&format!("frame-ancestors {}", config.embed_ancestors.join(" ")))
+        .unwrap_or_else(|_| HeaderValue::from_static("frame-ancestors 'self'"));
+    app.layer(axum::middleware::from_fn_with_state(embed_policy, frame_policy))
+        .layer(header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .layer(header(header::REFERRER_POLICY, "no-referrer"))
-        .layer(header(header::CONTENT_SECURITY_POLICY, "frame-ancestors 'self'"))
         .layer(TraceLayer::new_for_http())
+}
+
+/// Only the `/embed` widget may be framed, and only by the configured sites.
+async fn frame_policy(
+    State(embed_policy): State<HeaderValue>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let embed = request.uri().path().starts_with("/embed");
+    let mut response = next.run(request).await;
+    let policy = if embed { embed_policy } else { HeaderValue::from_static("frame-ancestors 'self'") };
+    response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, policy);
+    response
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
@@ -290,6 +308,23 @@ mod tests {
         assert_eq!(get_text(app.clone(), "/").await, (StatusCode::OK, "<html>borscht app</html>".into()));
         assert_eq!(get_text(app.clone(), "/app.js").await, (StatusCode::OK, "console.log(1)".into()));
         assert_eq!(get_text(app, "/history").await, (StatusCode::OK, "<html>borscht app</html>".into()));
+    }
+
+    #[tokio::test]
+    async fn only_the_widget_may_be_framed_by_the_configured_sites() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("index.html"), "<html>borscht app</html>").unwrap();
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().into());
+        config.embed_ancestors = vec!["https://recipes.example".into()];
+        let app = Server::start(&config, Box::new(|| anyhow::bail!("no model"))).router;
+        let policy = |response: &axum::response::Response| {
+            response.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap().to_string()
+        };
+        let page = app.clone().oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(policy(&page), "frame-ancestors 'self'");
+        let embed = app.oneshot(Request::get("/embed").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(embed.status(), StatusCode::OK);
+        assert_eq!(policy(&embed), "frame-ancestors https://recipes.example");
     }
 
     #[tokio::test]

@@ -1,10 +1,12 @@
 use leptos::prelude::*;
 
 use crate::connection::ConnectionState;
+use crate::i18n::use_lang;
 
 /// A small badge telling whether the server is reachable; announced to screen readers.
 #[component]
 pub fn ConnectionStatus(state: ReadSignal<ConnectionState>) -> impl IntoView {
+    let lang = use_lang();
     view! {
         <p
             id="connection-status"
@@ -13,7 +15,7 @@ pub fn ConnectionStatus(state: ReadSignal<ConnectionState>) -> impl IntoView {
             aria-live="polite"
             data-state=move || state.get().key()
         >
-            {move || state.get().label()}
+            {move || state.get().label(lang.get())}
         </p>
     }
 }

@@ -1,3 +1,9 @@
 pub mod app;
 pub mod camera;
 pub mod connection_status;
+pub mod draw;
+pub mod embed;
+pub mod history;
+pub mod recognize;
+pub mod result_card;
+pub mod which_dish;

@@ -1,0 +1,66 @@
+//! "Which dish?": the person lists dishes, the model picks among them for the photo.
+
+use borscht_protocol::{Classification, ClientMessage, ServerMessage};
+use leptos::prelude::*;
+
+use super::recognize::error_text;
+use crate::connection::Connection;
+use crate::i18n::{tr, use_lang};
+
+#[component]
+pub fn WhichDish(connection: Connection, photo: RwSignal<Option<String>>) -> impl IntoView {
+    let lang = use_lang();
+    let dishes = RwSignal::new(String::from("борщ, пельмени, пицца, салат"));
+    let answer = RwSignal::new(None::<Classification>);
+    let status = RwSignal::new(String::new());
+    let ask = move |_| {
+        let lang = lang.get_untracked();
+        let Some(image) = photo.get_untracked() else {
+            status.set(tr(lang, "Сначала сфотографируйте или загрузите блюдо.", "Take or upload a photo first.").into());
+            return;
+        };
+        let classes: Vec<String> =
+            dishes.get_untracked().split([',', '\n']).map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect();
+        answer.set(None);
+        status.set(tr(lang, "Сравниваем…", "Comparing…").into());
+        let sent = connection.request(
+            |id| ClientMessage::Classify { id, image, classes, template: None },
+            move |message| match message {
+                ServerMessage::Classification { classification, .. } => {
+                    status.set(String::new());
+                    answer.set(Some(classification));
+                }
+                ServerMessage::Error { code, message, .. } => status.set(error_text(lang, code, &message)),
+                _ => {}
+            },
+        );
+        if let Err(e) = sent {
+            status.set(e);
+        }
+    };
+    view! {
+        <section class="which-dish" aria-labelledby="which-title">
+            <h2 id="which-title">{move || tr(lang.get(), "Какое из этих блюд?", "Which of these dishes?")}</h2>
+            <label for="dish-list">{move || tr(lang.get(), "Блюда через запятую", "Dishes, separated by commas")}</label>
+            <textarea id="dish-list" rows="3" prop:value=move || dishes.get() on:input=move |e| dishes.set(event_target_value(&e))></textarea>
+            <button id="classify" class="primary" on:click=ask>{move || tr(lang.get(), "Определить", "Decide")}</button>
+            <p class="status-line" role="status">{move || status.get()}</p>
+            {move || answer.get().map(|a| {
+                let mut ranked: Vec<(String, f32)> = a.classes.iter().cloned().zip(a.scores.iter().copied()).collect();
+                // The lowest score is the best fit; show the best first with a fit bar.
+                ranked.sort_by(|x, y| x.1.total_cmp(&y.1));
+                let best = a.classes[a.label].clone();
+                let label = best.clone();
+                let n = ranked.len();
+                view! {
+                    <p id="classification" class="answer" data-label=label>{best}</p>
+                    <ol class="ranking">
+                        {ranked.into_iter().enumerate().map(|(i, (class, _))| view! {
+                            <li><span>{class}</span><span class="fit" style=format!("width: {}%", 100 - i * 100 / n.max(1))></span></li>
+                        }).collect_view()}
+                    </ol>
+                }
+            })}
+        </section>
+    }
+}

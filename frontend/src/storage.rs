@@ -1,0 +1,66 @@
+//! localStorage helpers and the meal history kept in the browser.
+
+use serde::{Deserialize, Serialize};
+
+fn local_storage() -> Option<web_sys::Storage> {
+    web_sys::window()?.local_storage().ok()?
+}
+
+pub fn get(key: &str) -> Option<String> {
+    local_storage()?.get_item(key).ok()?
+}
+
+pub fn set(key: &str, value: &str) {
+    if let Some(storage) = local_storage() {
+        let _ = storage.set_item(key, value);
+    }
+}
+
+/// One saved meal: what was eaten, how much, and its values for that portion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Meal {
+    /// Local date, `YYYY-MM-DD`.
+    pub date: String,
+    pub dish: String,
+    pub grams: f32,
+    pub protein_g: f32,
+    pub fat_g: f32,
+    pub carbs_g: f32,
+    pub kcal: f32,
+}
+
+const HISTORY_KEY: &str = "borscht.history";
+
+pub fn load_history() -> Vec<Meal> {
+    get(HISTORY_KEY).and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default()
+}
+
+pub fn save_history(meals: &[Meal]) {
+    if let Ok(text) = serde_json::to_string(meals) {
+        set(HISTORY_KEY, &text);
+    }
+}
+
+/// Today's local date as `YYYY-MM-DD`.
+pub fn today() -> String {
+    let now = js_sys::Date::new_0();
+    format!("{:04}-{:02}-{:02}", now.get_full_year(), now.get_month() + 1, now.get_date())
+}
+
+/// Totals per day, newest day first: (date, kcal, protein, fat, carbs).
+pub fn daily_totals(meals: &[Meal]) -> Vec<(String, f32, f32, f32, f32)> {
+    let mut days: Vec<(String, f32, f32, f32, f32)> = Vec::new();
+    for meal in meals {
+        match days.iter_mut().find(|d| d.0 == meal.date) {
+            Some(day) => {
+                day.1 += meal.kcal;
+                day.2 += meal.protein_g;
+                day.3 += meal.fat_g;
+                day.4 += meal.carbs_g;
+            }
+            None => days.push((meal.date.clone(), meal.kcal, meal.protein_g, meal.fat_g, meal.carbs_g)),
+        }
+    }
+    days.sort_by(|a, b| b.0.cmp(&a.0));
+    days
+}
