@@ -2,10 +2,9 @@
 
 use borscht::imaging::{decode_image, ImageLimits};
 use borscht::pipelines::generation::{
-    caption, caption_batch, generate_image, generate_texts, CaptionJob, CaptionOptions, Cancelled, GenerationEvent,
+    caption, caption_batch, generate_image, generate_texts, Cancelled, CaptionJob, CaptionOptions, GenerationEvent,
     ImageOptions,
 };
-use std::sync::atomic::{AtomicBool, Ordering};
 use borscht::pipelines::perplexity::ce_to_ppl;
 use borscht::pipelines::sampling::{filter_top_k_top_p, SamplingParams};
 use borscht::pipelines::scoring::{classify, rerank_by_image, rerank_by_text, text_perplexities};
@@ -13,6 +12,7 @@ use borscht::pipelines::Engine;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines")

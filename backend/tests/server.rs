@@ -303,12 +303,14 @@ async fn each_bad_input_gets_its_error_and_the_server_keeps_serving() {
         (encode(&recognize(3, b"plain text, not a picture", 2)), ErrorCode::InvalidImage),
         (encode(&recognize(4, &big_picture, 2)), ErrorCode::ImageTooLarge),
         (encode(&recognize(5, &icon_png(), 1000)), ErrorCode::InvalidRequest),
+        (r#"{"type":"recognize","id":6,"image":"%%% not base64 %%%"}"#.to_string(), ErrorCode::InvalidImage),
         (
-            r#"{"type":"recognize","id":6,"image":"%%% not base64 %%%"}"#.to_string(),
-            ErrorCode::InvalidImage,
-        ),
-        (
-            encode(&ClientMessage::Classify { id: 7, image: b64(&icon_png()), classes: vec!["борщ".into()], template: None }),
+            encode(&ClientMessage::Classify {
+                id: 7,
+                image: b64(&icon_png()),
+                classes: vec!["борщ".into()],
+                template: None,
+            }),
             ErrorCode::InvalidRequest,
         ),
         (
@@ -319,7 +321,10 @@ async fn each_bad_input_gets_its_error_and_the_server_keeps_serving() {
         (r#"{"type":"teleport"}"#.to_string(), ErrorCode::UnknownMessageType),
         (r#"{"type":"recognize","id":"x"}"#.to_string(), ErrorCode::InvalidMessage),
         (r#"{"type":"hello","protocol_version":999}"#.to_string(), ErrorCode::ProtocolMismatch),
-        (format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(limits.max_frame_bytes() + 10)), ErrorCode::FrameTooLarge),
+        (
+            format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(limits.max_frame_bytes() + 10)),
+            ErrorCode::FrameTooLarge,
+        ),
     ];
     for (frame, expected) in cases {
         ws.send(WsMessage::Text(frame.clone().into())).await.unwrap();
@@ -369,14 +374,17 @@ async fn the_http_api_recognises_classifies_and_draws() {
     }
     assert!(ready);
 
-    let (status, body) = http(server.addr, "POST", "/api/v1/recognize?n=4&portion_g=150", "image/png", &icon_png()).await;
+    let (status, body) =
+        http(server.addr, "POST", "/api/v1/recognize?n=4&portion_g=150", "image/png", &icon_png()).await;
     assert_eq!(status, 200, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(!json["candidates"].as_array().unwrap().is_empty(), "{body}");
 
     let boundary = "XyZ";
     let mut form = Vec::new();
-    form.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"classes\"\r\n\r\nборщ,шаурма,рис\r\n").bytes());
+    form.extend(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"classes\"\r\n\r\nборщ,шаурма,рис\r\n").bytes(),
+    );
     form.extend(
         format!("--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n")
             .bytes(),
@@ -384,7 +392,8 @@ async fn the_http_api_recognises_classifies_and_draws() {
     form.extend(icon_png());
     form.extend(format!("\r\n--{boundary}--\r\n").bytes());
     let (status, body) =
-        http(server.addr, "POST", "/api/v1/classify", &format!("multipart/form-data; boundary={boundary}"), &form).await;
+        http(server.addr, "POST", "/api/v1/classify", &format!("multipart/form-data; boundary={boundary}"), &form)
+            .await;
     assert_eq!(status, 200, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["classes"].as_array().unwrap().len(), 3);

@@ -80,4 +80,3 @@ pub struct Answer {
     pub best: DishOption,
     pub alternatives: Vec<DishOption>,
 }
-

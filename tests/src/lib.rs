@@ -39,13 +39,37 @@ pub fn web_dir() -> PathBuf {
     dir
 }
 
-/// Starts `borscht serve`'s router on a free loopback port inside this test's runtime.
+/// The bundled demo model the app serves by default.
+pub fn demo_model_dir() -> PathBuf {
+    repo_root().join("models/demo")
+}
+
+/// Starts `borscht serve` (web app + demo model) on a free loopback port inside this
+/// test's runtime, and waits until the model is loaded.
 pub async fn start_server() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().unwrap();
-    let config = borscht::server::ServerConfig { addr, web_dir: web_dir() };
-    let app = borscht::server::router(&config);
-    tokio::spawn(borscht::server::serve_on(listener, app, std::future::pending()));
+    let config = borscht::server::ServerConfig::new(addr, web_dir());
+    let model = demo_model_dir();
+    let server = borscht::server::Server::start(
+        &config,
+        Box::new(move || {
+            let engine = borscht::pipelines::Engine::load(&model, &candle_core::Device::Cpu, candle_core::DType::F32)?;
+            Ok((engine, "demo".into()))
+        }),
+    );
+    let state = server.state.clone();
+    tokio::spawn(borscht::server::serve_on(listener, server.router, std::future::pending()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match state.worker.status() {
+            borscht::server::worker::ModelStatus::Ready { .. } => break,
+            borscht::server::worker::ModelStatus::Failed(e) => panic!("the demo model does not load: {e}"),
+            borscht::server::worker::ModelStatus::Loading => {}
+        }
+        assert!(Instant::now() < deadline, "the demo model did not load within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     addr
 }
 

@@ -6,6 +6,7 @@ use borscht_e2e::{
 };
 use fantoccini::{Client, Locator};
 use image::RgbImage;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Relative positions sampled on the canvas: the centre of each quadrant of the test card.
@@ -71,7 +72,7 @@ async fn take_photo_with_fake_camera_then_upload() {
 
     let options = BrowserOptions { fake_camera: Some(clip), ..Default::default() };
     with_browser(options, |client| async move {
-        client.goto(&format!("http://{server}/")).await?;
+        client.goto(&format!("http://{server}/?lang=en")).await?;
 
         // The WebSocket handshake (server hello with our protocol version) shows as "connected".
         wait_for_state(&client, "#connection-status", "connected", Duration::from_secs(20)).await?;
@@ -113,14 +114,202 @@ async fn denied_camera_explains_and_offers_upload() {
     let server = start_server().await;
     let options = BrowserOptions { deny_camera: true, ..Default::default() };
     with_browser(options, |client| async move {
-        client.goto(&format!("http://{server}/")).await?;
+        client.goto(&format!("http://{server}/?lang=en")).await?;
         client.find(Locator::Css("#take-photo")).await?.click().await?;
         wait_for_state(&client, "#capture-status", "failed", Duration::from_secs(20)).await?;
         let message = client.find(Locator::Css("#capture-status")).await?.text().await?;
         ensure!(message.contains("denied") && message.contains("upload"), "message was {message:?}");
+        // The same message in Russian, the default language.
+        client.find(Locator::Css("#lang-switch")).await?.click().await?;
+        client.find(Locator::Css("#take-photo")).await?.click().await?;
+        wait_for(
+            &client,
+            "the Russian message",
+            Duration::from_secs(20),
+            "return document.getElementById('capture-status').textContent;",
+            |v| v.as_str().is_some_and(|t| t.contains("запрещён") && t.contains("загрузите")).then_some(()),
+        )
+        .await?;
         let (_, _, pixels) = canvas_samples(&client).await?;
         ensure!(pixels.iter().all(|p| p[3] == 0), "nothing may be drawn without a camera, got {pixels:?}");
         screenshot(&client, "capture-denied").await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// The committed food icon the tests show the app, and its row in the demo table.
+const ICON: &str = "images/twemoji/1f355-0.png";
+
+struct Truth {
+    dish: String,
+    kcal: f64,
+}
+
+fn icon_path() -> PathBuf {
+    repo_root().join("data/demo").join(ICON)
+}
+
+/// The icon's dish and kcal from data/demo/food.csv (never typed into the test).
+fn truth() -> Truth {
+    let table = std::fs::read_to_string(repo_root().join("data/demo/food.csv")).unwrap();
+    let row: Vec<&str> =
+        table.lines().find(|l| l.ends_with(ICON)).expect("the icon is in the table").split(',').collect();
+    Truth { dish: row[5].to_string(), kcal: row[4].parse().unwrap() }
+}
+
+/// Waits for the result card and returns the dish it names.
+async fn result_dish(client: &Client) -> Result<String> {
+    wait_for(
+        client,
+        "the result card",
+        Duration::from_secs(90),
+        "const c = document.getElementById('result-card'); return c ? c.dataset.dish : null;",
+        |v| v.as_str().filter(|d| !d.is_empty()).map(str::to_string),
+    )
+    .await
+}
+
+async fn upload(client: &Client, path: &std::path::Path) -> Result<()> {
+    client.find(Locator::Css("#upload-photo")).await?.send_keys(&path.display().to_string()).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snap_a_food_icon_then_scale_the_portion_and_save() {
+    let server = start_server().await;
+    let clip_dir = tempfile::tempdir().unwrap();
+    let clip = clip_dir.path().join("icon.y4m");
+    still_to_y4m(&icon_path(), &clip).unwrap();
+    let options = BrowserOptions { fake_camera: Some(clip), ..Default::default() };
+    with_browser(options, |client| async move {
+        let truth = truth();
+        client.goto(&format!("http://{server}/")).await?;
+        wait_for_state(&client, "#connection-status", "connected", Duration::from_secs(20)).await?;
+        client.find(Locator::Css("#take-photo")).await?.click().await?;
+        // Candidates stream in before the card.
+        wait_for(
+            &client,
+            "streamed candidates",
+            Duration::from_secs(90),
+            "const r = document.getElementById('recognition'); return [r.dataset.phase, document.querySelectorAll('#candidates li').length];",
+            |v| (v[0] == "done" || v[1].as_u64().unwrap_or(0) > 0).then_some(()),
+        )
+        .await?;
+        let dish = result_dish(&client).await?;
+        screenshot(&client, "snap-result").await?;
+        ensure!(dish == truth.dish, "the app says {dish:?}, the table {:?}", truth.dish);
+        let kcal: f64 = client
+            .execute("return document.querySelector('.value-input[data-field=kcal]').value;", vec![])
+            .await?
+            .as_str()
+            .unwrap_or("")
+            .parse()?;
+        ensure!((kcal - truth.kcal).abs() <= 0.15 * truth.kcal, "kcal {kcal} vs the table's {}", truth.kcal);
+
+        // Portion: the 250 g preset scales the numbers shown.
+        client.find(Locator::XPath("//div[@class='presets']/button[3]")).await?.click().await?;
+        let shown = wait_for(
+            &client,
+            "the 250 g portion",
+            Duration::from_secs(10),
+            "return document.getElementById('portion-values').dataset.kcal;",
+            |v| v.as_str().and_then(|s| s.parse::<f64>().ok()),
+        )
+        .await?;
+        ensure!((shown - kcal * 2.5).abs() < 0.6, "250 g shows {shown} kcal for {kcal} per 100 g");
+        screenshot(&client, "result-portion").await?;
+
+        // Save, and the history shows today's total.
+        client.find(Locator::Css("#save-meal")).await?.click().await?;
+        client.find(Locator::Css("#tab-history")).await?.click().await?;
+        let total = wait_for(
+            &client,
+            "the daily total",
+            Duration::from_secs(10),
+            "const t = document.querySelector('.day-total'); return t ? t.dataset.kcal : null;",
+            |v| v.as_str().and_then(|s| s.parse::<f64>().ok()),
+        )
+        .await?;
+        ensure!((total - shown).abs() < 1.0, "today's total {total} vs the saved {shown}");
+        screenshot(&client, "history").await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_then_ask_which_dish_then_draw_one() {
+    let server = start_server().await;
+    with_browser(BrowserOptions { window: Some((1280, 900)), ..Default::default() }, |client| async move {
+        let truth = truth();
+        client.goto(&format!("http://{server}/?lang=en")).await?;
+        wait_for_state(&client, "#connection-status", "connected", Duration::from_secs(20)).await?;
+        upload(&client, &icon_path()).await?;
+        let dish = result_dish(&client).await?;
+        ensure!(dish == truth.dish, "upload: the app says {dish:?}, the table {:?}", truth.dish);
+        screenshot(&client, "upload-result").await?;
+
+        // Zero-shot among dishes the person lists.
+        client.find(Locator::Css("#tab-which")).await?.click().await?;
+        let list = client.find(Locator::Css("#dish-list")).await?;
+        list.clear().await?;
+        list.send_keys(&format!("банан, {}, рис, огурец", truth.dish)).await?;
+        client.find(Locator::Css("#classify")).await?.click().await?;
+        let label = wait_for(
+            &client,
+            "the zero-shot answer",
+            Duration::from_secs(60),
+            "const a = document.getElementById('classification'); return a ? a.dataset.label : null;",
+            |v| v.as_str().map(str::to_string),
+        )
+        .await?;
+        ensure!(label == truth.dish, "zero-shot chose {label:?}, not {:?}", truth.dish);
+        screenshot(&client, "which-dish").await?;
+
+        // Text to dish: previews, then the final picture.
+        client.find(Locator::Css("#tab-draw")).await?.click().await?;
+        let text = client.find(Locator::Css("#draw-text")).await?;
+        text.clear().await?;
+        text.send_keys(&truth.dish).await?;
+        client.find(Locator::Css("#draw-button")).await?.click().await?;
+        let width = wait_for(
+            &client,
+            "the drawn picture",
+            Duration::from_secs(90),
+            "const i = document.getElementById('drawn-image'); return i && i.dataset.done === 'true' && i.complete ? i.naturalWidth : null;",
+            |v| v.as_u64(),
+        )
+        .await?;
+        ensure!(width == 64, "the picture is {width} px wide");
+        screenshot(&client, "draw").await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_widget_on_a_host_page_posts_its_result() {
+    let server = start_server().await;
+    with_browser(BrowserOptions::default(), |client| async move {
+        let truth = truth();
+        client.goto(&format!("http://{server}/embed-example.html")).await?;
+        let frame = client.wait().for_element(Locator::Css("#widget iframe")).await?;
+        frame.enter_frame().await?;
+        wait_for_state(&client, "#connection-status", "connected", Duration::from_secs(20)).await?;
+        upload(&client, &icon_path()).await?;
+        result_dish(&client).await?;
+        client.clone().enter_parent_frame().await?;
+        let posted = wait_for(
+            &client,
+            "the host page to hear the result",
+            Duration::from_secs(30),
+            "return document.getElementById('last-result').dataset.dish || null;",
+            |v| v.as_str().map(str::to_string),
+        )
+        .await?;
+        ensure!(posted == truth.dish, "the host page got {posted:?}");
+        screenshot(&client, "widget-host-page").await?;
         Ok(())
     })
     .await;

@@ -50,10 +50,12 @@ enum Outcome {
 }
 
 async fn one_client(url: String, image: String, requests: usize, n: u32) -> Result<Vec<Outcome>> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.with_context(|| format!("cannot connect to {url}"))?;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(&url).await.with_context(|| format!("cannot connect to {url}"))?;
     let mut outcomes = Vec::with_capacity(requests);
     for id in 1..=requests as u64 {
-        let request = ClientMessage::Recognize { id, image: image.clone(), template: None, n: Some(n), portion_g: None };
+        let request =
+            ClientMessage::Recognize { id, image: image.clone(), template: None, n: Some(n), portion_g: None };
         let started = Instant::now();
         ws.send(Message::Text(encode(&request).into())).await?;
         let outcome = loop {

@@ -87,9 +87,9 @@ pub struct ServeArgs {
     /// Folder holding the Trunk-built web app (index.html, wasm, static files).
     #[arg(long, env = "BORSCHT_WEB_DIR", default_value = "frontend/dist")]
     pub web_dir: PathBuf,
-    /// The model directory to serve (the bundled demo model by default).
+    /// The model to serve: a directory or a hub id (the bundled demo model by default).
     #[arg(long, env = "BORSCHT_MODEL", default_value = DEFAULT_MODEL_DIR)]
-    pub model: PathBuf,
+    pub model: String,
     #[arg(long, env = "BORSCHT_DEVICE", default_value = "cpu")]
     pub device: String,
     #[arg(long, env = "BORSCHT_DTYPE", default_value = "f32")]
@@ -109,6 +109,17 @@ pub struct ServeArgs {
 
 /// The bundled demo model, relative to the repository root.
 pub const DEFAULT_MODEL_DIR: &str = "models/demo";
+
+/// Loads `--model`: the demo model, a directory, or a hub id.
+pub fn load_engine(
+    spec: &str,
+    device: &candle_core::Device,
+    dtype: candle_core::DType,
+) -> anyhow::Result<crate::pipelines::Engine> {
+    let dir = model_dir(std::path::Path::new(spec));
+    let spec = dir.to_str().unwrap_or(spec);
+    crate::pipelines::Engine::resolve(spec, &Default::default(), device, dtype)
+}
 
 /// `dir` as given, except that the default demo model is also found from outside the
 /// repository root (in the checkout this binary was built from).
@@ -163,11 +174,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout_s),
         embed_ancestors: args.embed_ancestors,
     };
-    let model = model_dir(&args.model);
-    let load: server::worker::EngineLoader = Box::new(move || {
-        let engine = crate::pipelines::Engine::load(&model, &device, dtype)?;
-        Ok((engine, model.display().to_string()))
-    });
+    let model = args.model;
+    let load: server::worker::EngineLoader = Box::new(move || Ok((load_engine(&model, &device, dtype)?, model)));
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(server::serve(config, load))
 }

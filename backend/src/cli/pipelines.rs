@@ -15,9 +15,10 @@ use crate::pipelines::Engine;
 
 #[derive(Debug, clap::Args)]
 pub struct EngineArgs {
-    /// Model directory: config.json + weights, bpe.model, vqgan/ (the bundled demo model by default).
+    /// Model directory (config.json + weights, bpe.model, vqgan/) or a hub id such as
+    /// sberbank-ai/RuDOLPH-350M; the bundled demo model by default.
     #[arg(long, env = "BORSCHT_MODEL", default_value = super::DEFAULT_MODEL_DIR)]
-    pub model: PathBuf,
+    pub model: String,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     #[arg(long, default_value = "f32")]
@@ -29,7 +30,7 @@ pub struct EngineArgs {
 
 impl EngineArgs {
     pub fn load(&self) -> Result<Engine> {
-        Engine::load(&super::model_dir(&self.model), &parse_device(&self.device)?, parse_dtype(&self.dtype)?)
+        super::load_engine(&self.model, &parse_device(&self.device)?, parse_dtype(&self.dtype)?)
     }
 }
 

@@ -535,11 +535,19 @@ pub fn find_vqgan_weights(dir: &std::path::Path) -> anyhow::Result<std::path::Pa
 
 /// Loads a VQGAN directory onto `device`.
 pub fn load_vqgan(dir: &std::path::Path, device: &Device, dtype: DType) -> anyhow::Result<Vqgan> {
-    let cfg = read_vqgan_config(dir)?;
-    let weights = find_vqgan_weights(dir)?;
+    load_vqgan_file(&find_vqgan_weights(dir)?, &read_vqgan_config(dir)?, device, dtype)
+}
+
+/// Loads VQGAN weights (safetensors or a Lightning `.ckpt`) of a known shape.
+pub fn load_vqgan_file(
+    weights: &std::path::Path,
+    cfg: &VqganConfig,
+    device: &Device,
+    dtype: DType,
+) -> anyhow::Result<Vqgan> {
     let state_key = weights.extension().is_some_and(|e| e == "ckpt").then_some("state_dict");
-    let vb = crate::model::checkpoint::var_builder(&weights, state_key, dtype, device)?;
-    Ok(Vqgan::new(&cfg, vb)?)
+    let vb = crate::model::checkpoint::var_builder(weights, state_key, dtype, device)?;
+    Ok(Vqgan::new(cfg, vb)?)
 }
 
 /// Writes `out_dir/config.json` + `out_dir/model.safetensors` (loss.* and other extras dropped).

@@ -71,14 +71,7 @@ pub fn resolve_model(spec: &str, hub: &HubOptions) -> Result<ModelFiles> {
     if spec.split('/').count() != 2 || spec.starts_with('.') || spec.starts_with('/') {
         bail!("model {spec:?} is neither a directory nor a hub id of the form owner/name");
     }
-    let mut builder = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true);
-    if let Some(dir) = &hub.cache_dir {
-        builder = builder.with_cache_dir(dir.clone());
-    }
-    if let Some(endpoint) = hub.endpoint.clone().or_else(|| std::env::var("HF_ENDPOINT").ok()) {
-        builder = builder.with_endpoint(endpoint);
-    }
-    let repo = builder.build().context("cannot set up the Hugging Face hub client")?.model(spec.to_string());
+    let repo = hub_repo(spec, hub)?;
     let weights = repo.get(SAFETENSORS_FILE).or_else(|_| repo.get(PTH_FILE)).map_err(|e| {
         anyhow!("cannot download {PTH_FILE} of {spec} from the hub ({e}); offline, pass a local directory to --model")
     })?;
@@ -89,6 +82,28 @@ pub fn resolve_model(spec: &str, hub: &HubOptions) -> Result<ModelFiles> {
     };
     Ok(ModelFiles { config, weights })
 }
+
+fn hub_repo(spec: &str, hub: &HubOptions) -> Result<hf_hub::api::sync::ApiRepo> {
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true);
+    if let Some(dir) = &hub.cache_dir {
+        builder = builder.with_cache_dir(dir.clone());
+    }
+    if let Some(endpoint) = hub.endpoint.clone().or_else(|| std::env::var("HF_ENDPOINT").ok()) {
+        builder = builder.with_endpoint(endpoint);
+    }
+    Ok(builder.build().context("cannot set up the Hugging Face hub client")?.model(spec.to_string()))
+}
+
+/// One file of a hub repository: downloaded once, then read from the cache.
+pub fn hub_file(repo: &str, file: &str, hub: &HubOptions) -> Result<PathBuf> {
+    hub_repo(repo, hub)?
+        .get(file)
+        .map_err(|e| anyhow!("cannot download {file} of {repo} from the hub ({e}); offline, pass a local directory"))
+}
+
+/// Where the official tokenizer and VQGAN live (RUDOLPH repositories hold only the transformer).
+pub const OFFICIAL_BPE: (&str, &str) = ("shonenkov/rudalle-utils", "bpe.model");
+pub const OFFICIAL_VQGAN: (&str, &str) = ("sberbank-ai/rudalle-utils", "vqgan.gumbelf8-sber.model.ckpt");
 
 /// Every tensor the model reads, with its shape (mask buffers are rebuilt, not read).
 pub fn expected_tensors(cfg: &RudolphConfig) -> Vec<(String, Vec<usize>)> {

@@ -12,8 +12,10 @@ use std::path::Path;
 use crate::imaging;
 use crate::model::tokenizer::TextTokenizer;
 use crate::model::transformer::Rudolph;
-use crate::model::vqgan::{load_vqgan, Vqgan};
-use crate::model::weights::{load_model, local_model};
+use crate::model::vqgan::{load_vqgan, load_vqgan_file, Vqgan, VqganConfig};
+use crate::model::weights::{
+    hub_file, load_model, local_model, resolve_model, HubOptions, OFFICIAL_BPE, OFFICIAL_VQGAN,
+};
 
 pub const BPE_FILE: &str = "bpe.model";
 pub const VQGAN_DIR: &str = "vqgan";
@@ -33,6 +35,23 @@ impl Engine {
             .with_context(|| format!("model directory {} needs its tokenizer", dir.display()))?;
         let vqgan = load_vqgan(&dir.join(VQGAN_DIR), device, dtype)
             .with_context(|| format!("model directory {} needs its VQGAN in {VQGAN_DIR}/", dir.display()))?;
+        Self::from_parts(model, tokenizer, vqgan)
+    }
+
+    /// A model directory, or a hub id such as `sberbank-ai/RuDOLPH-350M`: the transformer
+    /// from that repository, the tokenizer from its repository or the official one, and
+    /// the official Sber VQGAN. Downloads happen once; the hub cache serves them offline.
+    pub fn resolve(spec: &str, hub: &HubOptions, device: &Device, dtype: DType) -> Result<Self> {
+        let path = Path::new(spec);
+        if path.is_dir() {
+            return Self::load(path, device, dtype);
+        }
+        let files = resolve_model(spec, hub)?;
+        let model = load_model(&files, device, dtype)?;
+        let bpe = hub_file(spec, BPE_FILE, hub).or_else(|_| hub_file(OFFICIAL_BPE.0, OFFICIAL_BPE.1, hub))?;
+        let tokenizer = TextTokenizer::load(&bpe).with_context(|| format!("cannot read {}", bpe.display()))?;
+        let ckpt = hub_file(OFFICIAL_VQGAN.0, OFFICIAL_VQGAN.1, hub)?;
+        let vqgan = load_vqgan_file(&ckpt, &VqganConfig::sber(), device, dtype)?;
         Self::from_parts(model, tokenizer, vqgan)
     }
 

@@ -87,7 +87,9 @@ async fn run(state: &AppState, task: Task) -> Result<ServerMessage, ApiError> {
                 retry_after_s: Some(retry),
             });
         }
-        Err(SubmitError::Closed(_)) => return Err(ApiError::new(ErrorCode::Unavailable, "the server is shutting down")),
+        Err(SubmitError::Closed(_)) => {
+            return Err(ApiError::new(ErrorCode::Unavailable, "the server is shutting down"))
+        }
     }
     while let Some(message) = events.recv().await {
         if message.is_final() {
@@ -226,8 +228,9 @@ pub struct GenerateBody {
 /// `POST /api/v1/generate` with `{"text": "борщ", "n": 1}`: one picture comes back as
 /// `image/png`; several as JSON `{"images": [base64 PNG, ...]}`.
 pub async fn generate(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let request: GenerateBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidMessage, format!("expected {{\"text\": ..., \"n\": ...}}: {e}")))?;
+    let request: GenerateBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(ErrorCode::InvalidMessage, format!("expected {{\"text\": ..., \"n\": ...}}: {e}"))
+    })?;
     let task = generate_image_task(&request.text, request.n, &state.limits)?;
     match run(&state, task).await? {
         ServerMessage::Images { images, .. } if images.len() == 1 => {

@@ -158,8 +158,7 @@ pub fn classify_task(
     template: Option<&str>,
     limits: &Limits,
 ) -> Result<Task, Rejection> {
-    let classes: Vec<String> =
-        classes.iter().map(|c| c.trim()).filter(|c| !c.is_empty()).map(str::to_string).collect();
+    let classes: Vec<String> = classes.iter().map(|c| c.trim()).filter(|c| !c.is_empty()).map(str::to_string).collect();
     if classes.len() < 2 {
         return Err(Rejection::new(ErrorCode::InvalidRequest, "give at least two dishes to choose from"));
     }

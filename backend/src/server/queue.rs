@@ -32,10 +32,7 @@ impl Queue {
     pub fn new(capacity: usize, metrics: Metrics) -> (Queue, QueueReceiver) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         let depth = Arc::new(AtomicUsize::new(0));
-        (
-            Queue { sender, depth: depth.clone(), metrics: metrics.clone() },
-            QueueReceiver { receiver, depth, metrics },
-        )
+        (Queue { sender, depth: depth.clone(), metrics: metrics.clone() }, QueueReceiver { receiver, depth, metrics })
     }
 
     /// Queues `job`; returns how many requests wait ahead of it.

@@ -19,8 +19,7 @@ use super::metrics::Metrics;
 use super::queue::QueueReceiver;
 use crate::nutrition::parse_caption;
 use crate::pipelines::generation::{
-    caption_batch, generate_image, generate_texts, CaptionJob, CaptionOptions, Cancelled, GenerationEvent,
-    ImageOptions,
+    caption_batch, generate_image, generate_texts, Cancelled, CaptionJob, CaptionOptions, GenerationEvent, ImageOptions,
 };
 use crate::pipelines::recognize::answer;
 use crate::pipelines::sampling::SamplingParams;
@@ -165,12 +164,15 @@ impl Worker {
                 self.finish(&job, Outcome::Cancelled);
                 continue;
             }
-            let Task::Recognize { image, template, n, portion_g } = &job.task else { unreachable!("batch of recognise") };
+            let Task::Recognize { image, template, n, portion_g } = &job.task else {
+                unreachable!("batch of recognise")
+            };
             let codes = engine.image_codes(image).and_then(|c| Ok(c.squeeze(0)?.to_vec1::<u32>()?));
             match codes {
                 Ok(codes) => {
                     // A fixed seed: the same photo gets the same answer.
-                    let options = CaptionOptions { template: template.clone(), count: *n, seed: 42, ..Default::default() };
+                    let options =
+                        CaptionOptions { template: template.clone(), count: *n, seed: 42, ..Default::default() };
                     let portion = *portion_g;
                     live.push((job, codes, options, portion));
                 }
@@ -302,7 +304,11 @@ pub fn recognition_message(result: crate::pipelines::recognize::Recognition, por
     let mut candidates: Vec<RankedCaption> = result
         .candidates
         .iter()
-        .map(|c| RankedCaption { text: c.caption.clone(), nutrition: parse_caption(&c.caption), perplexity: c.ppl_image })
+        .map(|c| RankedCaption {
+            text: c.caption.clone(),
+            nutrition: parse_caption(&c.caption),
+            perplexity: c.ppl_image,
+        })
         .collect();
     candidates.sort_by(|a, b| a.perplexity.total_cmp(&b.perplexity));
     let (best, alternatives) = match result.answer {

@@ -105,10 +105,7 @@ pub fn evaluate(
     }
     let count = items.len().max(1) as f64;
     let right = items.iter().filter(|i| i.predicted_dish.as_deref().is_some_and(|p| same_dish(p, &i.dish))).count();
-    let kcal_errors: Vec<f64> = items
-        .iter()
-        .filter_map(|i| Some((i.predicted_kcal? - i.kcal?).abs() as f64))
-        .collect();
+    let kcal_errors: Vec<f64> = items.iter().filter_map(|i| Some((i.predicted_kcal? - i.kcal?).abs() as f64)).collect();
     let zero_shot_right =
         items.iter().filter(|i| i.zero_shot_choice.as_deref().is_some_and(|c| same_dish(c, &i.dish))).count();
     Ok(EvalReport {

@@ -268,7 +268,11 @@ async fn draw_file(file: &web_sys::File, canvas: &HtmlCanvasElement, lang: Lang)
         return Err(format!(
             "“{}” {}",
             file.name(),
-            tr(lang, "— не картинка; выберите фото (JPEG, PNG, WebP…).", "is not an image; choose a photo (JPEG, PNG, WebP…).")
+            tr(
+                lang,
+                "— не картинка; выберите фото (JPEG, PNG, WebP…).",
+                "is not an image; choose a photo (JPEG, PNG, WebP…)."
+            )
         ));
     }
     let url = web_sys::Url::create_object_url_with_blob(file).map_err(|e| js_error(&e))?;

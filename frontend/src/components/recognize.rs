@@ -38,9 +38,17 @@ impl Phase {
 /// A server error in the person's words.
 pub fn error_text(lang: Lang, code: ErrorCode, message: &str) -> String {
     match code {
-        ErrorCode::Busy => tr(lang, "Сервер занят — попробуйте через пару секунд.", "The server is busy; try again in a few seconds.").into(),
+        ErrorCode::Busy => {
+            tr(lang, "Сервер занят — попробуйте через пару секунд.", "The server is busy; try again in a few seconds.")
+                .into()
+        }
         ErrorCode::Unavailable => format!("{} ({message})", tr(lang, "Сервер недоступен", "The server is unavailable")),
-        ErrorCode::InvalidImage => tr(lang, "Не удалось прочитать снимок — попробуйте другой.", "The photo could not be read; try another one.").into(),
+        ErrorCode::InvalidImage => tr(
+            lang,
+            "Не удалось прочитать снимок — попробуйте другой.",
+            "The photo could not be read; try another one.",
+        )
+        .into(),
         ErrorCode::ImageTooLarge => tr(lang, "Снимок слишком большой.", "The photo is too large.").into(),
         _ => message.to_string(),
     }
@@ -78,7 +86,10 @@ pub fn start_recognition(
     match sent {
         Ok(id) => Some(id),
         Err(e) => {
-            phase.set(Phase::Failed(format!("{}: {e}", tr(lang, "Нет связи с сервером", "Not connected to the server"))));
+            phase.set(Phase::Failed(format!(
+                "{}: {e}",
+                tr(lang, "Нет связи с сервером", "Not connected to the server")
+            )));
             None
         }
     }

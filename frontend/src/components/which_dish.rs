@@ -16,7 +16,8 @@ pub fn WhichDish(connection: Connection, photo: RwSignal<Option<String>>) -> imp
     let ask = move |_| {
         let lang = lang.get_untracked();
         let Some(image) = photo.get_untracked() else {
-            status.set(tr(lang, "Сначала сфотографируйте или загрузите блюдо.", "Take or upload a photo first.").into());
+            status
+                .set(tr(lang, "Сначала сфотографируйте или загрузите блюдо.", "Take or upload a photo first.").into());
             return;
         };
         let classes: Vec<String> =

@@ -1,0 +1,53 @@
+//! The bundled demo model (models/demo): it loads by default, recognises a committed
+//! icon through the CLI with the dish and values of the data table, and stays small.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The icon and its row in data/demo/food.csv: (dish, protein, fat, carbs, kcal).
+fn table_row(image: &str) -> (String, [f64; 4]) {
+    let table = std::fs::read_to_string(repo().join("data/demo/food.csv")).unwrap();
+    let row: Vec<&str> =
+        table.lines().find(|l| l.ends_with(image)).expect("the icon is in the table").split(',').collect();
+    let number = |i: usize| row[i].parse::<f64>().unwrap();
+    (row[5].to_string(), [number(1), number(2), number(3), number(4)])
+}
+
+#[test]
+fn the_default_model_captions_a_committed_icon_with_the_tables_values() {
+    let image = "images/twemoji/1f355-0.png";
+    let (dish, values) = table_row(image);
+    // No --model: the bundled demo model is the default, from any working directory.
+    let output = Command::new(env!("CARGO_BIN_EXE_borscht"))
+        .args(["caption", "--json", "--n", "12", "--image"])
+        .arg(repo().join("data/demo").join(image))
+        .current_dir(std::env::temp_dir())
+        .env_remove("BORSCHT_MODEL")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let best = &json["answer"]["best"];
+    assert_eq!(best["dish"], dish.as_str(), "{json:#}");
+    for (key, expected) in ["protein_g", "fat_g", "carbs_g", "kcal"].iter().zip(values) {
+        let got = best["nutrition"][key].as_f64().unwrap_or(f64::NAN);
+        assert!((got - expected).abs() <= 0.05 * expected.max(1.0), "{key}: {got} vs the table's {expected}\n{json:#}");
+    }
+}
+
+#[test]
+fn the_shipped_files_are_complete_and_small() {
+    let dir = repo().join("models/demo");
+    let mut total = 0;
+    for file in
+        ["config.json", "model.safetensors", "bpe.model", "vqgan/config.json", "vqgan/model.safetensors", "README.md"]
+    {
+        let path = dir.join(file);
+        total += std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).len();
+    }
+    assert!(total < 40 << 20, "the demo model takes {total} bytes; keep it under 40 MB");
+}
