@@ -58,6 +58,7 @@ if has_step rudolph; then
   cp "$RUNS/full-model/"{config.json,model.safetensors,bpe.model} models/demo.new/
   cp "$RUNS/full-model/vqgan/"{config.json,model.safetensors} models/demo.new/vqgan/
   cp "$RUNS/held-out-metrics.json" "$RUNS/full-metrics.json" models/demo.new/
+  [ -f models/demo/README.md ] && cp models/demo/README.md models/demo.new/
   rm -rf models/demo && mv models/demo.new models/demo
   echo "models/demo updated; refresh the numbers in models/demo/README.md"
 fi

@@ -130,6 +130,7 @@ fn training_lowers_the_loss_writes_checkpoints_and_resumes() {
         temperature: (1.0, 0.2),
         kl_weight: 1e-3,
         usage_weight: 0.1,
+        straight_through: false,
         resume: false,
         show_progress: false,
     };

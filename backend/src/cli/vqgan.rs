@@ -178,6 +178,9 @@ pub struct TrainVqganArgs {
     /// Weight of the codebook-usage term (KL of the batch's mean code distribution to uniform).
     #[arg(long, default_value_t = 0.1)]
     pub usage_weight: f64,
+    /// Decode hard codes, with gradients through the soft ones (what inference decodes).
+    #[arg(long)]
+    pub straight_through: bool,
     /// Continue from the checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
@@ -206,6 +209,7 @@ pub fn train(args: TrainVqganArgs) -> Result<()> {
         temperature: (args.temperature_start, args.temperature_end),
         kl_weight: args.kl_weight,
         usage_weight: args.usage_weight,
+        straight_through: args.straight_through,
         resume: args.resume,
         show_progress: true,
     };

@@ -461,12 +461,30 @@ impl Vqgan {
 
     /// One training pass: gumbel-softmax relaxation at `temperature` (soft codes, so
     /// gradients reach the encoder), decode, and the KL term of the reference.
-    pub fn reconstruct(&self, images: &Tensor, temperature: f64, seed: u64) -> Result<Reconstruction> {
+    ///
+    /// `straight_through` decodes the hard one-hot choice while the gradient flows
+    /// through the soft one (taming's `straight_through`): the decoder then trains on
+    /// what inference gives it, which a short training needs.
+    pub fn reconstruct(
+        &self,
+        images: &Tensor,
+        temperature: f64,
+        seed: u64,
+        straight_through: bool,
+    ) -> Result<Reconstruction> {
         let logits = self.code_logits(images)?; // b, n, h, w
         let (b, n, h, w) = logits.dims4()?;
         let noise = gumbel_noise(logits.shape(), seed, logits.device())?;
         let soft = candle_nn::ops::softmax(&((&logits + noise)? / temperature)?, 1)?;
-        let codes = soft.argmax(1)?.reshape((b, h * w))?;
+        let picked = soft.argmax(1)?; // b, h, w
+        let codes = picked.reshape((b, h * w))?;
+        let soft = if straight_through {
+            let hard =
+                candle_nn::encoding::one_hot(picked, n, 1f32, 0f32)?.permute((0, 3, 1, 2))?.to_dtype(soft.dtype())?;
+            ((hard - soft.detach())? + &soft)?
+        } else {
+            soft
+        };
         // z_q = sum_n soft[b, n, h, w] * embed[n, d]
         let flat = soft.permute((0, 2, 3, 1))?.reshape((b * h * w, n))?;
         let z = flat.matmul(self.embed.embeddings())?.reshape((b, h, w, self.cfg.embed_dim))?.permute((0, 3, 1, 2))?;

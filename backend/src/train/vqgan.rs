@@ -35,6 +35,8 @@ pub struct VqganTraining {
     /// Gumbel-softmax temperature at the first and the last step (annealed geometrically).
     pub temperature: (f64, f64),
     pub kl_weight: f64,
+    /// Decode hard codes with straight-through gradients (see [`Vqgan::reconstruct`]).
+    pub straight_through: bool,
     /// Weight of the codebook-usage term ([`crate::model::vqgan::Reconstruction::usage_kl`]).
     pub usage_weight: f64,
     /// Continue from `out/` (weights and epoch counter) instead of starting afresh.
@@ -127,7 +129,12 @@ pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<Epoc
             temperature = t_start * (t_end / t_start).powf(progress.min(1.0));
             let index = Tensor::new(batch, device)?;
             let target = images.index_select(&index, 0)?;
-            let rec = model.reconstruct(&target, temperature, training.seed ^ (state.steps_done as u64 + 1))?;
+            let rec = model.reconstruct(
+                &target,
+                temperature,
+                training.seed ^ (state.steps_done as u64 + 1),
+                training.straight_through,
+            )?;
             let l1 = (&rec.images - ((&target * 2.0)? - 1.0)?)?.abs()?.mean_all()?;
             let loss = ((l1 + (&rec.kl * training.kl_weight)?)? + (&rec.usage_kl * training.usage_weight)?)?;
             optimizer.backward_step(&loss)?;

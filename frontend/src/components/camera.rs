@@ -43,6 +43,7 @@ pub fn Camera(#[prop(into)] on_photo: Callback<String>) -> impl IntoView {
     let take_photo = move |_| {
         let (Some(video), Some(canvas)) = (video_ref.get(), canvas_ref.get()) else { return };
         set_state.set(CaptureState::StartingCamera);
+        set_camera_on.set(true);
         let lang = lang.get_untracked();
         spawn_local(async move {
             match capture_from_camera(&video, &canvas, rear.get_untracked(), lang).await {
@@ -108,7 +109,7 @@ pub fn Camera(#[prop(into)] on_photo: Callback<String>) -> impl IntoView {
                     muted=true
                     playsinline=true
                     aria-label=move || tr(lang.get(), "Видоискатель камеры", "Camera preview")
-                    class:hidden=move || !camera_on.get()
+                    class:hidden=move || !camera_on.get() || matches!(state.get(), CaptureState::Captured { .. })
                 ></video>
                 <canvas
                     id="photo-canvas"
