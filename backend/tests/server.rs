@@ -440,3 +440,55 @@ async fn the_load_test_reports_every_request() {
     assert!(report.latency_p50_s > 0.0 && report.latency_p50_s <= report.latency_p95_s);
     assert!(report.latency_p95_s <= report.latency_max_s && report.throughput_rps > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_new_work_and_finishes_what_is_in_flight() {
+    let (gate, wait) = mpsc::channel::<()>();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ServerConfig::new(addr, std::env::temp_dir().join("borscht-no-web-app"));
+    let server = Server::start(
+        &config,
+        Box::new(move || {
+            let _ = wait.recv();
+            Ok((borscht::bench::random_engine("tiny", &candle_core::Device::Cpu)?, "tiny-random".into()))
+        }),
+    );
+    let state = server.state.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let drain_state = state.clone();
+    let serving = tokio::spawn(serve_on(listener, server.router, async move {
+        let _ = stopped.await;
+        drain_state.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
+        drain_state.drained(Duration::from_secs(60)).await;
+    }));
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
+    next(&mut ws).await; // hello
+    send(&mut ws, &recognize(1, &icon_png(), 4)).await;
+    assert!(matches!(next(&mut ws).await, ServerMessage::Accepted { id: 1, .. }));
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    send(&mut ws, &recognize(2, &icon_png(), 4)).await;
+    assert!(matches!(next(&mut ws).await, ServerMessage::Error { id: Some(2), code: ErrorCode::Unavailable, .. }));
+    gate.send(()).unwrap();
+    let frames = until_final(&mut ws, 1).await;
+    assert!(matches!(frames.last(), Some(ServerMessage::Result { .. })), "in-flight work finishes");
+    tokio::time::timeout(Duration::from_secs(30), serving).await.expect("the server stops once drained").unwrap().unwrap();
+    assert_eq!(state.worker.in_flight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_cors_preflights_for_allowed_origins() {
+    let server = TestServer::start(Limits { ..Limits::default() }).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = "OPTIONS /api/v1/recognize HTTP/1.1\r\nHost: x\r\nOrigin: https://recipes.example\r\n\
+                   Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let lower = response.to_lowercase();
+    assert!(lower.starts_with("http/1.1 200"), "{response}");
+    assert!(lower.contains("access-control-allow-origin: *"), "{response}");
+    assert!(lower.contains("access-control-allow-methods"), "{response}");
+}
