@@ -43,7 +43,8 @@ impl Engine {
     /// the official Sber VQGAN. Downloads happen once; the hub cache serves them offline.
     pub fn resolve(spec: &str, hub: &HubOptions, device: &Device, dtype: DType) -> Result<Self> {
         let path = Path::new(spec);
-        if path.is_dir() {
+        let hub_id = spec.split('/').count() == 2 && !spec.starts_with(['.', '/', '~']);
+        if path.exists() || !hub_id {
             return Self::load(path, device, dtype);
         }
         let files = resolve_model(spec, hub)?;
