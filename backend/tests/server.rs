@@ -310,6 +310,7 @@ async fn each_bad_input_gets_its_error_and_the_server_keeps_serving() {
                 image: b64(&icon_png()),
                 classes: vec!["борщ".into()],
                 template: None,
+                method: None,
             }),
             ErrorCode::InvalidRequest,
         ),
@@ -473,7 +474,11 @@ async fn shutdown_refuses_new_work_and_finishes_what_is_in_flight() {
     gate.send(()).unwrap();
     let frames = until_final(&mut ws, 1).await;
     assert!(matches!(frames.last(), Some(ServerMessage::Result { .. })), "in-flight work finishes");
-    tokio::time::timeout(Duration::from_secs(30), serving).await.expect("the server stops once drained").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), serving)
+        .await
+        .expect("the server stops once drained")
+        .unwrap()
+        .unwrap();
     assert_eq!(state.worker.in_flight(), 0);
 }
 

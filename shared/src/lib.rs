@@ -57,6 +57,9 @@ pub enum ClientMessage {
         /// How a class is written, `{}` standing for it (default `блюдо: {}`).
         #[serde(default)]
         template: Option<String>,
+        /// How to choose (default `image_fit`).
+        #[serde(default)]
+        method: Option<ClassifyMethod>,
     },
     /// Draw the dish: previews while sampling, then `images`.
     GenerateImage {
@@ -92,6 +95,17 @@ impl ClientMessage {
             | ClientMessage::Cancel { id } => Some(*id),
         }
     }
+}
+
+/// How "which of these dishes?" is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassifyMethod {
+    /// The class under which the photo's image codes are most likely (re-ranking by image).
+    #[default]
+    ImageFit,
+    /// The reference's `zs_clf`: perplexity of each class text after the photo.
+    ZeroShot,
 }
 
 /// A caption with its fit to the photo (lower perplexity fits better).

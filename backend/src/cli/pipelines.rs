@@ -10,7 +10,7 @@ use crate::nutrition::parse_caption;
 use crate::pipelines::generation::{generate_image, generate_texts, CaptionOptions, GenerationEvent, ImageOptions};
 use crate::pipelines::recognize::{recognize, Recognition};
 use crate::pipelines::sampling::SamplingParams;
-use crate::pipelines::scoring::{classify, DEFAULT_BATCH};
+use crate::pipelines::scoring::{classify, classify_by_image, DEFAULT_BATCH};
 use crate::pipelines::Engine;
 
 #[derive(Debug, clap::Args)]
@@ -151,6 +151,9 @@ pub struct ClassifyArgs {
     /// How each class is written; `{}` stands for it.
     #[arg(long, default_value = "блюдо: {}")]
     pub template: String,
+    /// `zero-shot` (the reference's zs_clf) or `image-fit` (the class the photo fits best).
+    #[arg(long, default_value = "zero-shot")]
+    pub method: String,
 }
 
 pub fn run_classify(args: ClassifyArgs) -> Result<()> {
@@ -158,7 +161,11 @@ pub fn run_classify(args: ClassifyArgs) -> Result<()> {
     let classes: Vec<String> = args.classes.iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
     let photo = open_image(&args.image, ImageLimits::default()).with_context(|| args.image.display().to_string())?;
     let codes: Vec<u32> = engine.image_codes(&photo)?.squeeze(0)?.to_vec1()?;
-    let result = classify(&engine, &codes, &classes, &args.template, DEFAULT_BATCH)?;
+    let result = match args.method.as_str() {
+        "zero-shot" => classify(&engine, &codes, &classes, &args.template, DEFAULT_BATCH)?,
+        "image-fit" => classify_by_image(&engine, &codes, &classes, &args.template, DEFAULT_BATCH)?,
+        other => anyhow::bail!("unknown --method {other:?}: zero-shot or image-fit"),
+    };
     if args.engine.json {
         println!(
             "{}",

@@ -253,6 +253,7 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
         "kcal_mae": report.kcal_mae,
         "kcal_answers": report.kcal_answers,
         "zero_shot_accuracy": report.zero_shot_accuracy,
+        "image_fit_accuracy": report.image_fit_accuracy,
         "zero_shot_classes": report.zero_shot_classes,
     });
     println!("{summary}");

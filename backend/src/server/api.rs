@@ -192,6 +192,8 @@ pub struct ClassifyQuery {
     /// Comma-separated dishes.
     pub classes: Option<String>,
     pub template: Option<String>,
+    /// `image_fit` (default) or `zero_shot`.
+    pub method: Option<borscht_protocol::ClassifyMethod>,
 }
 
 /// `POST /api/v1/classify?classes=борщ,шаурма`: the photo as the body or a form field
@@ -211,7 +213,7 @@ pub async fn classify(
         .collect();
     let template = field("template").or(query.template);
     let image = decode(&state, upload.image).await?;
-    let task = classify_task(image, &classes, template.as_deref(), &state.limits)?;
+    let task = classify_task(image, &classes, template.as_deref(), query.method.unwrap_or_default(), &state.limits)?;
     match run(&state, task).await? {
         ServerMessage::Classification { classification, .. } => Ok(Json(classification).into_response()),
         other => Err(ApiError::new(ErrorCode::Internal, format!("unexpected answer {other:?}"))),

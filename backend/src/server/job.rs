@@ -2,7 +2,7 @@
 //! is cancelled. The WebSocket and the HTTP API both turn requests into [`Job`]s.
 
 use base64::Engine as _;
-use borscht_protocol::{ClientMessage, ErrorCode, RequestId, ServerMessage};
+use borscht_protocol::{ClassifyMethod, ClientMessage, ErrorCode, RequestId, ServerMessage};
 use image::DynamicImage;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,7 +21,7 @@ pub const DEFAULT_TEXTS: u32 = 8;
 #[derive(Debug)]
 pub enum Task {
     Recognize { image: DynamicImage, template: String, n: usize, portion_g: Option<f32> },
-    Classify { image: DynamicImage, classes: Vec<String>, template: String },
+    Classify { image: DynamicImage, classes: Vec<String>, template: String, method: ClassifyMethod },
     GenerateImage { text: String, n: usize },
     GenerateText { prompt: String, n: usize },
 }
@@ -156,6 +156,7 @@ pub fn classify_task(
     image: DynamicImage,
     classes: &[String],
     template: Option<&str>,
+    method: ClassifyMethod,
     limits: &Limits,
 ) -> Result<Task, Rejection> {
     let classes: Vec<String> = classes.iter().map(|c| c.trim()).filter(|c| !c.is_empty()).map(str::to_string).collect();
@@ -170,7 +171,7 @@ pub fn classify_task(
     }
     let classes = classes.iter().map(|c| check_text("dish name", c, limits)).collect::<Result<Vec<_>, _>>()?;
     let template = check_text("template", template.unwrap_or(DEFAULT_CLASS_TEMPLATE), limits)?;
-    Ok(Task::Classify { image, classes, template })
+    Ok(Task::Classify { image, classes, template, method })
 }
 
 pub fn generate_image_task(text: &str, n: Option<u32>, limits: &Limits) -> Result<Task, Rejection> {
@@ -193,8 +194,8 @@ pub fn task_of(message: &ClientMessage, limits: &Limits) -> Option<Result<Task, 
     Some(match message {
         ClientMessage::Recognize { image, template, n, portion_g, .. } => decode_base64_image(image, limits)
             .and_then(|image| recognize_task(image, template.as_deref(), *n, *portion_g, limits)),
-        ClientMessage::Classify { image, classes, template, .. } => decode_base64_image(image, limits)
-            .and_then(|image| classify_task(image, classes, template.as_deref(), limits)),
+        ClientMessage::Classify { image, classes, template, method, .. } => decode_base64_image(image, limits)
+            .and_then(|image| classify_task(image, classes, template.as_deref(), method.unwrap_or_default(), limits)),
         ClientMessage::GenerateImage { text, n, .. } => generate_image_task(text, *n, limits),
         ClientMessage::GenerateText { prompt, n, .. } => generate_text_task(prompt, *n, limits),
         _ => return None,

@@ -9,7 +9,9 @@
 use anyhow::Result;
 use base64::Engine as _;
 use borscht_protocol::nutrition::Nutrition;
-use borscht_protocol::{Classification, ErrorCode, RankedCaption, RankedText, Recognition, ServerMessage};
+use borscht_protocol::{
+    Classification, ClassifyMethod, ErrorCode, RankedCaption, RankedText, Recognition, ServerMessage,
+};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -23,7 +25,7 @@ use crate::pipelines::generation::{
 };
 use crate::pipelines::recognize::answer;
 use crate::pipelines::sampling::SamplingParams;
-use crate::pipelines::scoring::{classify, DEFAULT_BATCH};
+use crate::pipelines::scoring::{classify, classify_by_image, DEFAULT_BATCH};
 use crate::pipelines::Engine;
 
 /// Whether the model can serve (`/readyz`).
@@ -250,9 +252,12 @@ impl Worker {
         };
         Ok(match &job.task {
             Task::Recognize { .. } => unreachable!("recognise requests run in batches"),
-            Task::Classify { image, classes, template } => {
+            Task::Classify { image, classes, template, method } => {
                 let codes: Vec<u32> = engine.image_codes(image)?.squeeze(0)?.to_vec1()?;
-                let result = classify(engine, &codes, classes, template, DEFAULT_BATCH)?;
+                let result = match method {
+                    ClassifyMethod::ZeroShot => classify(engine, &codes, classes, template, DEFAULT_BATCH)?,
+                    ClassifyMethod::ImageFit => classify_by_image(engine, &codes, classes, template, DEFAULT_BATCH)?,
+                };
                 ServerMessage::Classification {
                     id,
                     classification: Classification {

@@ -12,7 +12,7 @@ use crate::imaging::{open_image, ImageLimits};
 use crate::nutrition::parse_caption;
 use crate::pipelines::generation::CaptionOptions;
 use crate::pipelines::recognize::recognize;
-use crate::pipelines::scoring::{classify, DEFAULT_BATCH};
+use crate::pipelines::scoring::{classify, classify_by_image, DEFAULT_BATCH};
 use crate::pipelines::Engine;
 
 #[derive(Debug, Clone)]
@@ -33,6 +33,8 @@ pub struct EvalItem {
     pub predicted_dish: Option<String>,
     pub predicted_kcal: Option<f32>,
     pub zero_shot_choice: Option<String>,
+    /// The choice among the same dishes by image fit ([`classify_by_image`]).
+    pub image_fit_choice: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,8 +45,10 @@ pub struct EvalReport {
     /// Mean absolute kcal error of the best answer, over the answers that give kcal.
     pub kcal_mae: Option<f64>,
     pub kcal_answers: usize,
-    /// Share of zero-shot questions answered with the right dish.
+    /// Share of zero-shot questions (`zs_clf`) answered with the right dish.
     pub zero_shot_accuracy: Option<f64>,
+    /// The same questions answered by image fit.
+    pub image_fit_accuracy: Option<f64>,
     pub zero_shot_classes: usize,
     pub items: Vec<EvalItem>,
 }
@@ -79,7 +83,7 @@ pub fn evaluate(
         let codes: Vec<u32> = engine.image_codes(&photo)?.squeeze(0)?.to_vec1()?;
         let recognition = recognize(engine, &codes, &options.captions, |_| {})?;
         let best = recognition.answer.map(|a| a.best);
-        let zero_shot_choice = if options.zero_shot_classes > 0 {
+        let (zero_shot_choice, image_fit_choice) = if options.zero_shot_classes > 0 {
             let others: Vec<&String> = dishes.iter().filter(|d| !same_dish(d, &dish)).collect();
             let mut classes: Vec<String> = others
                 .choose_multiple(&mut rng, options.zero_shot_classes.saturating_sub(1))
@@ -88,9 +92,10 @@ pub fn evaluate(
             classes.push(dish.clone());
             classes.shuffle(&mut rng);
             let result = classify(engine, &codes, &classes, &options.zero_shot_template, DEFAULT_BATCH)?;
-            Some(classes[result.label].clone())
+            let by_image = classify_by_image(engine, &codes, &classes, &options.zero_shot_template, DEFAULT_BATCH)?;
+            (Some(classes[result.label].clone()), Some(classes[by_image.label].clone()))
         } else {
-            None
+            (None, None)
         };
         let item = EvalItem {
             image: sample.image.display().to_string(),
@@ -99,6 +104,7 @@ pub fn evaluate(
             predicted_dish: best.as_ref().map(|b| b.dish.clone()),
             predicted_kcal: best.as_ref().and_then(|b| b.nutrition.kcal),
             zero_shot_choice,
+            image_fit_choice,
         };
         on_item(&item);
         items.push(item);
@@ -108,12 +114,15 @@ pub fn evaluate(
     let kcal_errors: Vec<f64> = items.iter().filter_map(|i| Some((i.predicted_kcal? - i.kcal?).abs() as f64)).collect();
     let zero_shot_right =
         items.iter().filter(|i| i.zero_shot_choice.as_deref().is_some_and(|c| same_dish(c, &i.dish))).count();
+    let image_fit_right =
+        items.iter().filter(|i| i.image_fit_choice.as_deref().is_some_and(|c| same_dish(c, &i.dish))).count();
     Ok(EvalReport {
         samples: items.len(),
         dish_top1: right as f64 / count,
         kcal_mae: (!kcal_errors.is_empty()).then(|| kcal_errors.iter().sum::<f64>() / kcal_errors.len() as f64),
         kcal_answers: kcal_errors.len(),
         zero_shot_accuracy: (options.zero_shot_classes > 0).then(|| zero_shot_right as f64 / count),
+        image_fit_accuracy: (options.zero_shot_classes > 0).then(|| image_fit_right as f64 / count),
         zero_shot_classes: options.zero_shot_classes,
         items,
     })

@@ -25,7 +25,7 @@ pub fn WhichDish(connection: Connection, photo: RwSignal<Option<String>>) -> imp
         answer.set(None);
         status.set(tr(lang, "Сравниваем…", "Comparing…").into());
         let sent = connection.request(
-            |id| ClientMessage::Classify { id, image, classes, template: None },
+            |id| ClientMessage::Classify { id, image, classes, template: None, method: None },
             move |message| match message {
                 ServerMessage::Classification { classification, .. } => {
                     status.set(String::new());
