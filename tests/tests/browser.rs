@@ -170,6 +170,11 @@ async fn result_dish(client: &Client) -> Result<String> {
     .await
 }
 
+/// Waits until `script` returns a number (as text) and gives it.
+async fn wait_for_number(client: &Client, what: &str, script: &str) -> Result<f64> {
+    wait_for(client, what, Duration::from_secs(10), script, |v| v.as_str().and_then(|s| s.parse::<f64>().ok())).await
+}
+
 async fn upload(client: &Client, path: &std::path::Path) -> Result<()> {
     client.find(Locator::Css("#upload-photo")).await?.send_keys(&path.display().to_string()).await?;
     Ok(())
@@ -209,26 +214,19 @@ async fn snap_a_food_icon_then_scale_the_portion_and_save() {
 
         // Portion: the 250 g preset scales the numbers shown.
         client.find(Locator::XPath("//div[@class='presets']/button[3]")).await?.click().await?;
-        let shown = wait_for(
-            &client,
-            "the 250 g portion",
-            Duration::from_secs(10),
-            "return document.getElementById('portion-values').dataset.kcal;",
-            |v| v.as_str().and_then(|s| s.parse::<f64>().ok()),
-        )
-        .await?;
+        let shown =
+            wait_for_number(&client, "the 250 g portion", "return document.getElementById('portion-values').dataset.kcal;")
+                .await?;
         ensure!((shown - kcal * 2.5).abs() < 0.6, "250 g shows {shown} kcal for {kcal} per 100 g");
         screenshot(&client, "result-portion").await?;
 
         // Save, and the history shows today's total.
         client.find(Locator::Css("#save-meal")).await?.click().await?;
         client.find(Locator::Css("#tab-history")).await?.click().await?;
-        let total = wait_for(
+        let total = wait_for_number(
             &client,
             "the daily total",
-            Duration::from_secs(10),
             "const t = document.querySelector('.day-total'); return t ? t.dataset.kcal : null;",
-            |v| v.as_str().and_then(|s| s.parse::<f64>().ok()),
         )
         .await?;
         ensure!((total - shown).abs() < 1.0, "today's total {total} vs the saved {shown}");

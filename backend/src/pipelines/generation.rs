@@ -257,10 +257,10 @@ fn caption_group(
                 keep.push(k);
             }
         }
-        for m in 0..members.len() {
+        for (m, &job) in members.iter().enumerate() {
             if !stopped(m) {
                 let active = keep.iter().filter(|&&k| rows[k].0 == m).count();
-                on_event(members[m], GenerationEvent::Progress { step: step + 1, total: total_steps, active });
+                on_event(job, GenerationEvent::Progress { step: step + 1, total: total_steps, active });
             }
         }
         if keep.is_empty() || last_step {

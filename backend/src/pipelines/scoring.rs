@@ -127,20 +127,17 @@ pub fn classify(
     template: &str,
     batch: usize,
 ) -> Result<Classification> {
-    if classes.is_empty() {
-        bail!("no classes to choose from");
-    }
+    let texts = class_texts(classes, template)?;
     check_codes(engine, codes)?;
     let cfg = engine.model.config();
     let (l, r) = (cfg.l_text_seq_length, cfg.r_text_seq_length);
-    let template = if template.contains("{}") { template.to_string() } else { "{}".to_string() };
     let prefix: Vec<u32> = [vec![0; l], codes.to_vec()].concat();
     let mut prefix_cache = engine.model.new_cache();
     let causal = attention_mask(cfg, &[vec![1.0; r]], &engine.device)?;
     engine.model.forward(&ids_tensor(engine, &[prefix])?, &causal, Some(&mut prefix_cache))?;
     let mut ppl = Vec::with_capacity(classes.len());
-    for chunk in classes.chunks(batch.max(1)) {
-        let encoded: Vec<Vec<u32>> = chunk.iter().map(|c| engine.encode_text(&template.replace("{}", c), r)).collect();
+    for chunk in texts.chunks(batch.max(1)) {
+        let encoded: Vec<Vec<u32>> = chunk.iter().map(|text| engine.encode_text(text, r)).collect();
         let masks: Vec<Vec<f32>> = encoded.iter().map(|e| r_text_mask(e)).collect();
         let mut cache = prefix_cache.clone();
         cache.repeat_batch(encoded.len())?;
@@ -150,6 +147,15 @@ pub fn classify(
         ppl.extend(ce_to_ppl(&token_ce(&r_logits, &ids.narrow(1, 1, r - 1)?, Some(0))?));
     }
     Ok(classification_of(&ppl))
+}
+
+/// Each class written with `template` (`{}` stands for the class; without it, the class alone).
+fn class_texts(classes: &[String], template: &str) -> Result<Vec<String>> {
+    if classes.is_empty() {
+        bail!("no classes to choose from");
+    }
+    let template = if template.contains("{}") { template } else { "{}" };
+    Ok(classes.iter().map(|c| template.replace("{}", c)).collect())
 }
 
 /// `zs_clf`'s scoring of perplexities: divided by their L2 norm, softmaxed; the
@@ -176,11 +182,7 @@ pub fn classify_by_image(
     template: &str,
     batch: usize,
 ) -> Result<Classification> {
-    if classes.is_empty() {
-        bail!("no classes to choose from");
-    }
-    let template = if template.contains("{}") { template.to_string() } else { "{}".to_string() };
-    let texts: Vec<String> = classes.iter().map(|c| template.replace("{}", c)).collect();
+    let texts = class_texts(classes, template)?;
     let ppl: Vec<f32> = rerank_by_image(engine, &texts, codes, batch)?.iter().map(|s| s.ppl_image).collect();
     Ok(classification_of(&ppl))
 }

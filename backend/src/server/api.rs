@@ -109,6 +109,25 @@ struct Upload {
     fields: Vec<(String, String)>,
 }
 
+impl Upload {
+    /// A text field of the form.
+    fn field(&self, name: &str) -> Option<String> {
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+    }
+
+    /// A number from the form, else from the query.
+    fn number<T: std::str::FromStr>(&self, name: &str, query: Option<T>) -> Result<Option<T>, ApiError> {
+        match self.field(name) {
+            Some(text) => text
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, format!("{name} must be a number"))),
+            None => Ok(query),
+        }
+    }
+}
+
 async fn read_upload(state: &AppState, request: Request) -> Result<Upload, ApiError> {
     let is_multipart = request
         .headers()
@@ -166,18 +185,9 @@ pub async fn recognize(
     request: Request,
 ) -> Result<Response, ApiError> {
     let upload = read_upload(&state, request).await?;
-    let field = |name: &str| upload.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-    let n = match field("n") {
-        Some(n) => Some(n.trim().parse().map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "n must be a number"))?),
-        None => query.n,
-    };
-    let portion_g = match field("portion_g") {
-        Some(g) => {
-            Some(g.trim().parse().map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "portion_g must be a number"))?)
-        }
-        None => query.portion_g,
-    };
-    let template = field("template").or(query.template);
+    let n = upload.number("n", query.n)?;
+    let portion_g = upload.number("portion_g", query.portion_g)?;
+    let template = upload.field("template").or(query.template);
     let image = decode(&state, upload.image).await?;
     let task = recognize_task(image, template.as_deref(), n, portion_g, &state.limits)?;
     match run(&state, task).await? {
@@ -204,14 +214,14 @@ pub async fn classify(
     request: Request,
 ) -> Result<Response, ApiError> {
     let upload = read_upload(&state, request).await?;
-    let field = |name: &str| upload.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-    let classes: Vec<String> = field("classes")
+    let classes: Vec<String> = upload
+        .field("classes")
         .or(query.classes)
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "give the dishes as `classes` (comma-separated)"))?
         .split(',')
         .map(str::to_string)
         .collect();
-    let template = field("template").or(query.template);
+    let template = upload.field("template").or(query.template);
     let image = decode(&state, upload.image).await?;
     let task = classify_task(image, &classes, template.as_deref(), query.method.unwrap_or_default(), &state.limits)?;
     match run(&state, task).await? {

@@ -140,7 +140,7 @@ impl Worker {
     fn finish(&self, job: &Job, outcome: Outcome) {
         let kind = job.task.kind();
         let (label, message) = match outcome {
-            Outcome::Done(message) => ("ok", message),
+            Outcome::Done(message) => ("ok", *message),
             Outcome::Cancelled => ("cancelled", ServerMessage::Cancelled { id: job.id }),
             Outcome::Error(code, text) => ("error", ServerMessage::request_error(job.id, code, text)),
         };
@@ -210,10 +210,10 @@ impl Worker {
                 Err(e) if e.is::<Cancelled>() => Outcome::Cancelled,
                 Err(e) => Outcome::Error(ErrorCode::Internal, format!("{e:#}")),
                 Ok(captions) => match answer(engine, codes, captions) {
-                    Ok(result) => Outcome::Done(ServerMessage::Result {
+                    Ok(result) => Outcome::Done(Box::new(ServerMessage::Result {
                         id: job.id,
                         recognition: recognition_message(result, *portion_g),
-                    }),
+                    })),
                     Err(e) => Outcome::Error(ErrorCode::Internal, format!("{e:#}")),
                 },
             };
@@ -229,7 +229,7 @@ impl Worker {
         }
         self.metrics.batch_requests.observe(1.0);
         let outcome = match self.serve(engine, &job) {
-            Ok(message) => Outcome::Done(message),
+            Ok(message) => Outcome::Done(Box::new(message)),
             Err(e) if e.is::<Cancelled>() => Outcome::Cancelled,
             Err(e) => Outcome::Error(ErrorCode::Internal, format!("{e:#}")),
         };
@@ -295,7 +295,7 @@ impl Worker {
 }
 
 enum Outcome {
-    Done(ServerMessage),
+    Done(Box<ServerMessage>),
     Cancelled,
     Error(ErrorCode, String),
 }
