@@ -226,7 +226,16 @@ async fn cancel_and_a_closed_socket_stop_work() {
     assert!(matches!(next(&mut leaving).await, ServerMessage::Accepted { id: 7, .. }));
     leaving.close(None).await.unwrap();
     drop(leaving);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The server has let go of that connection (and cancelled its work) once the gauge drops.
+    let mut closed = false;
+    for _ in 0..500 {
+        if metric(&server.metrics().await, "borscht_websocket_connections") == 1.0 {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed, "the server noticed the closed socket");
     server.open();
     let cancelled = until_final(&mut ws, 1).await;
     assert_eq!(cancelled.last(), Some(&ServerMessage::Cancelled { id: 1 }));
@@ -290,8 +299,8 @@ async fn a_flood_beyond_the_queue_is_told_busy_and_every_request_is_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_bad_input_gets_its_error_and_the_server_keeps_serving() {
     let limits = Limits { max_upload_bytes: 64 * 1024, max_pixels: 80 * 80, ..Limits::default() };
+    // The model stays gated until the end: every refusal below happens before any work.
     let mut server = TestServer::start(limits.clone()).await;
-    server.open();
     let mut ws = server.connect().await;
     let big_picture = {
         let image = image::RgbImage::from_pixel(100, 100, image::Rgb([200, 40, 40]));
@@ -340,18 +349,13 @@ async fn each_bad_input_gets_its_error_and_the_server_keeps_serving() {
     ws.send(WsMessage::Binary(vec![1, 2, 3].into())).await.unwrap();
     assert!(matches!(next(&mut ws).await, ServerMessage::Error { code: ErrorCode::MalformedJson, .. }));
 
-    // A duplicate id while the first is in flight.
+    // A duplicate id while the first is in flight (queued behind the gate).
     send(&mut ws, &recognize(20, &icon_png(), 2)).await;
+    assert!(matches!(next(&mut ws).await, ServerMessage::Accepted { id: 20, .. }));
     send(&mut ws, &recognize(20, &icon_png(), 2)).await;
-    let mut duplicate = false;
-    let mut finished = false;
-    while !(duplicate && finished) {
-        match next(&mut ws).await {
-            ServerMessage::Error { id: Some(20), code: ErrorCode::DuplicateId, .. } => duplicate = true,
-            ServerMessage::Result { id: 20, .. } => finished = true,
-            _ => {}
-        }
-    }
+    assert!(matches!(next(&mut ws).await, ServerMessage::Error { id: Some(20), code: ErrorCode::DuplicateId, .. }));
+    server.open();
+    assert!(matches!(until_final(&mut ws, 20).await.last(), Some(ServerMessage::Result { id: 20, .. })));
     // Still serving, on this connection and others.
     send(&mut ws, &ClientMessage::Ping { nonce: 42 }).await;
     assert_eq!(next(&mut ws).await, ServerMessage::Pong { nonce: 42 });

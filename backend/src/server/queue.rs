@@ -19,7 +19,6 @@ pub struct Queue {
 pub struct QueueReceiver {
     receiver: mpsc::Receiver<Job>,
     depth: Arc<AtomicUsize>,
-    metrics: Metrics,
 }
 
 /// Why a job was not queued; the job comes back so its sender can answer it.
@@ -32,17 +31,14 @@ impl Queue {
     pub fn new(capacity: usize, metrics: Metrics) -> (Queue, QueueReceiver) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         let depth = Arc::new(AtomicUsize::new(0));
-        (Queue { sender, depth: depth.clone(), metrics: metrics.clone() }, QueueReceiver { receiver, depth, metrics })
+        (Queue { sender, depth: depth.clone(), metrics }, QueueReceiver { receiver, depth })
     }
 
     /// Queues `job`; returns how many requests wait ahead of it.
     pub fn submit(&self, job: Job) -> Result<usize, SubmitError> {
         let ahead = self.depth.fetch_add(1, Ordering::SeqCst);
         match self.sender.try_send(job) {
-            Ok(()) => {
-                self.metrics.queue_depth.set((ahead + 1) as i64);
-                Ok(ahead)
-            }
+            Ok(()) => Ok(ahead),
             Err(e) => {
                 self.depth.fetch_sub(1, Ordering::SeqCst);
                 match e {
@@ -56,6 +52,7 @@ impl Queue {
         }
     }
 
+    /// Requests waiting now (exact: the gauge in `/metrics` is read from it).
     pub fn depth(&self) -> usize {
         self.depth.load(Ordering::SeqCst)
     }
@@ -64,8 +61,7 @@ impl Queue {
 impl QueueReceiver {
     fn taken(&self, job: Option<Job>) -> Option<Job> {
         if job.is_some() {
-            let left = self.depth.fetch_sub(1, Ordering::SeqCst) - 1;
-            self.metrics.queue_depth.set(left as i64);
+            self.depth.fetch_sub(1, Ordering::SeqCst);
         }
         job
     }

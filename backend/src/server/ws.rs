@@ -104,13 +104,15 @@ async fn handle_connection(socket: WebSocket, state: AppState) {
             _ = connection.outbox.closed() => break,
         }
     }
-    // The client is gone: stop its work.
+    // The client is gone (or we closed on it): stop its work.
     for flag in connection.in_flight.lock().expect("in-flight lock").values() {
         flag.store(true, Ordering::SeqCst);
     }
-    drop(connection);
-    let _ = writer.await;
     state.metrics.connections.dec();
+    drop(connection);
+    // Flush what is queued for the socket (an idle notice), but never wait on a dead peer;
+    // forwarders of cancelled requests end as soon as the worker drops them.
+    let _ = tokio::time::timeout(send_timeout, writer).await;
 }
 
 impl Connection {
