@@ -6,8 +6,8 @@
 //! - [`model`]: RUDOLPH itself: tokenizer, transformer, VQGAN, checkpoints.
 //! - [`nutrition`]: reading captions, the Atwater check, the final answer.
 //! - [`pipelines`]: captioning, re-ranking, zero-shot, text and image generation.
-//! - [`train`]: training our VQGAN (and, to come, RUDOLPH fine-tuning).
-//! - [`server`]: the axum HTTP/WebSocket service that hosts the model.
+//! - [`train`]: training our VQGAN and RUDOLPH, the demo data set, evaluation.
+//! - [`server`]: the axum HTTP/WebSocket service: bounded queue, batching model worker, API.
 
 pub mod bench;
 pub mod cli;

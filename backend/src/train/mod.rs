@@ -1,4 +1,5 @@
-//! Training: our own VQGAN ([`vqgan`]) and, to come, RUDOLPH fine-tuning.
+//! Training: our own VQGAN ([`vqgan`]), RUDOLPH ([`rudolph`]: the article's fine-tuning, or from
+//! scratch), the demo data ([`demo_data`]) and measuring a model ([`evaluate`]).
 //! Shared helpers live here: image folders, progress bars, atomic checkpoint writes.
 
 pub mod data;
