@@ -360,7 +360,8 @@ async fn each_bad_input_gets_its_error_and_the_server_keeps_serving() {
     send(&mut ws, &ClientMessage::Ping { nonce: 42 }).await;
     assert_eq!(next(&mut ws).await, ServerMessage::Pong { nonce: 42 });
     send(&mut ws, &ClientMessage::GenerateText { id: 21, prompt: "блюдо:".into(), n: Some(2) }).await;
-    assert!(matches!(until_final(&mut ws, 21).await.last(), Some(ServerMessage::Texts { .. })));
+    let last = until_final(&mut ws, 21).await.pop();
+    assert!(matches!(last, Some(ServerMessage::Texts { .. })), "{last:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

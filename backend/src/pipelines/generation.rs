@@ -94,7 +94,10 @@ fn record_text(
     seen: &mut Vec<String>,
     on_event: &mut impl FnMut(GenerationEvent),
 ) -> Result<()> {
-    let end = tokens.iter().position(|&t| t == TextTokenizer::EOS).unwrap_or(tokens.len());
+    // A text ends at EOS, or at an id the tokenizer lacks: `generate_texts` keeps the first
+    // l_text pad id (the reference's `>` threshold), which decodes to nothing.
+    let vocab = engine.tokenizer.vocab_size() as u32;
+    let end = tokens.iter().position(|&t| t == TextTokenizer::EOS || t >= vocab).unwrap_or(tokens.len());
     let text = engine.tokenizer.decode_text(&tokens[..end])?.trim().to_string();
     if !text.is_empty() && !seen.contains(&text) {
         seen.push(text.clone());
@@ -426,4 +429,24 @@ fn decode_pngs(engine: &Engine, codes: &[Vec<u32>]) -> Result<Vec<Vec<u8>>> {
     let tensor = Tensor::from_vec(codes.concat(), (codes.len(), n), &engine.device)?;
     let images = engine.vqgan.decode(&tensor)?;
     (0..codes.len()).map(|k| Ok(crate::imaging::encode_png(&crate::imaging::to_rgb_image(&images.get(k)?)?))).collect()
+}
+
+#[cfg(test)]
+mod text_end_tests {
+    use super::*;
+
+    #[test]
+    fn a_text_ends_at_eos_or_at_an_id_outside_the_tokenizer() {
+        let engine = crate::bench::random_engine("tiny", &candle_core::Device::Cpu).unwrap();
+        let vocab = engine.tokenizer.vocab_size() as u32;
+        let body = engine.encode_text("борщ", 8);
+        let ids: Vec<u32> = body.iter().copied().filter(|&t| t > TextTokenizer::EOS).collect();
+        let expected = engine.tokenizer.decode_text(&ids).unwrap().trim().to_string();
+        for stop in [TextTokenizer::EOS, vocab, vocab + 3] {
+            let tokens = [ids.clone(), vec![stop, ids[0]]].concat();
+            let (mut seen, mut events) = (Vec::new(), Vec::new());
+            record_text(&engine, &tokens, &mut seen, &mut |e| events.push(e)).unwrap();
+            assert_eq!(seen, vec![expected.clone()], "stop id {stop}");
+        }
+    }
 }
