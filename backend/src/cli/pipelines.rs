@@ -7,11 +7,13 @@ use std::path::PathBuf;
 use crate::imaging::{open_image, ImageLimits};
 use crate::model::device::{parse_device, parse_dtype};
 use crate::nutrition::parse_caption;
+use crate::pipelines::generation::CAPTION_TEMPLATE;
 use crate::pipelines::generation::{generate_image, generate_texts, CaptionOptions, GenerationEvent, ImageOptions};
 use crate::pipelines::recognize::{recognize, Recognition};
 use crate::pipelines::sampling::SamplingParams;
-use crate::pipelines::scoring::{classify, classify_by_image, DEFAULT_BATCH};
+use crate::pipelines::scoring::{classify_with, CLASS_TEMPLATE, DEFAULT_BATCH};
 use crate::pipelines::Engine;
+use borscht_protocol::ClassifyMethod;
 
 #[derive(Debug, clap::Args)]
 pub struct EngineArgs {
@@ -59,7 +61,7 @@ pub struct CaptionArgs {
     /// The photo of the meal.
     #[arg(long)]
     pub image: PathBuf,
-    #[arg(long, default_value = "блюдо:")]
+    #[arg(long, default_value = CAPTION_TEMPLATE)]
     pub template: String,
     /// How many captions to sample.
     #[arg(long, default_value_t = 16)]
@@ -74,7 +76,7 @@ pub struct CaptionArgs {
 pub fn run_caption(args: CaptionArgs) -> Result<()> {
     let engine = args.engine.load()?;
     let photo = open_image(&args.image, ImageLimits::default()).with_context(|| args.image.display().to_string())?;
-    let codes: Vec<u32> = engine.image_codes(&photo)?.squeeze(0)?.to_vec1()?;
+    let codes = engine.photo_codes(&photo)?;
     let options = CaptionOptions {
         template: args.template.clone(),
         count: args.n,
@@ -149,23 +151,27 @@ pub struct ClassifyArgs {
     #[arg(long, value_delimiter = ',', required = true)]
     pub classes: Vec<String>,
     /// How each class is written; `{}` stands for it.
-    #[arg(long, default_value = "блюдо: {}")]
+    #[arg(long, default_value = CLASS_TEMPLATE)]
     pub template: String,
     /// `zero-shot` (the reference's zs_clf) or `image-fit` (the class the photo fits best).
-    #[arg(long, default_value = "zero-shot")]
-    pub method: String,
+    #[arg(long, default_value = "zero-shot", value_parser = parse_method)]
+    pub method: ClassifyMethod,
+}
+
+fn parse_method(text: &str) -> std::result::Result<ClassifyMethod, String> {
+    match text {
+        "zero-shot" => Ok(ClassifyMethod::ZeroShot),
+        "image-fit" => Ok(ClassifyMethod::ImageFit),
+        other => Err(format!("unknown method {other:?}: zero-shot or image-fit")),
+    }
 }
 
 pub fn run_classify(args: ClassifyArgs) -> Result<()> {
     let engine = args.engine.load()?;
     let classes: Vec<String> = args.classes.iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
     let photo = open_image(&args.image, ImageLimits::default()).with_context(|| args.image.display().to_string())?;
-    let codes: Vec<u32> = engine.image_codes(&photo)?.squeeze(0)?.to_vec1()?;
-    let result = match args.method.as_str() {
-        "zero-shot" => classify(&engine, &codes, &classes, &args.template, DEFAULT_BATCH)?,
-        "image-fit" => classify_by_image(&engine, &codes, &classes, &args.template, DEFAULT_BATCH)?,
-        other => anyhow::bail!("unknown --method {other:?}: zero-shot or image-fit"),
-    };
+    let codes = engine.photo_codes(&photo)?;
+    let result = classify_with(args.method, &engine, &codes, &classes, &args.template, DEFAULT_BATCH)?;
     if args.engine.json {
         println!(
             "{}",

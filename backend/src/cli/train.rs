@@ -238,7 +238,7 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
     let options = EvalOptions {
         captions: CaptionOptions { count: args.n, seed: args.seed, ..Default::default() },
         zero_shot_classes: args.zero_shot_classes,
-        zero_shot_template: "блюдо: {}".into(),
+        zero_shot_template: crate::pipelines::scoring::CLASS_TEMPLATE.into(),
         seed: args.seed,
     };
     let bar = crate::train::progress_bar(dataset.samples.len() as u64, "evaluate");

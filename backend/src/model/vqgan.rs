@@ -556,6 +556,11 @@ pub fn load_vqgan(dir: &std::path::Path, device: &Device, dtype: DType) -> anyho
     load_vqgan_file(&find_vqgan_weights(dir)?, &read_vqgan_config(dir)?, device, dtype)
 }
 
+/// Where the weights sit in the file: under `state_dict` in a Lightning `.ckpt`.
+fn state_key(weights: &std::path::Path) -> Option<&'static str> {
+    weights.extension().is_some_and(|e| e == "ckpt").then_some("state_dict")
+}
+
 /// Loads VQGAN weights (safetensors or a Lightning `.ckpt`) of a known shape.
 pub fn load_vqgan_file(
     weights: &std::path::Path,
@@ -563,8 +568,7 @@ pub fn load_vqgan_file(
     device: &Device,
     dtype: DType,
 ) -> anyhow::Result<Vqgan> {
-    let state_key = weights.extension().is_some_and(|e| e == "ckpt").then_some("state_dict");
-    let vb = crate::model::checkpoint::var_builder(weights, state_key, dtype, device)?;
+    let vb = crate::model::checkpoint::var_builder(weights, state_key(weights), dtype, device)?;
     Ok(Vqgan::new(cfg, vb)?)
 }
 
@@ -572,17 +576,17 @@ pub fn load_vqgan_file(
 pub fn convert_vqgan(dir: &std::path::Path, out_dir: &std::path::Path, dtype: DType) -> anyhow::Result<()> {
     let cfg = read_vqgan_config(dir)?;
     let weights = find_vqgan_weights(dir)?;
-    let state_key = weights.extension().is_some_and(|e| e == "ckpt").then_some("state_dict");
     // The tensors the model reads, with their shapes; everything else (loss.*) is dropped.
     let varmap = candle_nn::VarMap::new();
     Vqgan::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
     let wanted: std::collections::HashMap<String, Vec<usize>> =
         varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.dims().to_vec())).collect();
-    let tensors: std::collections::HashMap<String, Tensor> = crate::model::checkpoint::read_all(&weights, state_key)?
-        .into_iter()
-        .filter(|(name, _)| wanted.contains_key(name))
-        .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))
-        .collect::<anyhow::Result<_>>()?;
+    let tensors: std::collections::HashMap<String, Tensor> =
+        crate::model::checkpoint::read_all(&weights, state_key(&weights))?
+            .into_iter()
+            .filter(|(name, _)| wanted.contains_key(name))
+            .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))
+            .collect::<anyhow::Result<_>>()?;
     let mut names: Vec<&String> = wanted.keys().collect();
     names.sort();
     for name in names {

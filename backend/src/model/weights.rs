@@ -68,7 +68,7 @@ pub fn resolve_model(spec: &str, hub: &HubOptions) -> Result<ModelFiles> {
     if path.exists() {
         return local_model(path);
     }
-    if spec.split('/').count() != 2 || spec.starts_with('.') || spec.starts_with('/') {
+    if !is_hub_id(spec) {
         bail!("model {spec:?} is neither a directory nor a hub id of the form owner/name");
     }
     let repo = hub_repo(spec, hub)?;
@@ -81,6 +81,11 @@ pub fn resolve_model(spec: &str, hub: &HubOptions) -> Result<ModelFiles> {
             .ok_or_else(|| anyhow!("{spec} has no {CONFIG_FILE} and is not an official RUDOLPH repository"))?,
     };
     Ok(ModelFiles { config, weights })
+}
+
+/// `owner/name`, not a path (`./x/y`, `/x`, `~/x`).
+pub fn is_hub_id(spec: &str) -> bool {
+    spec.split('/').count() == 2 && !spec.starts_with(['.', '/', '~'])
 }
 
 fn hub_repo(spec: &str, hub: &HubOptions) -> Result<hf_hub::api::sync::ApiRepo> {

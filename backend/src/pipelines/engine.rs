@@ -14,7 +14,7 @@ use crate::model::tokenizer::TextTokenizer;
 use crate::model::transformer::Rudolph;
 use crate::model::vqgan::{load_vqgan, load_vqgan_file, Vqgan, VqganConfig};
 use crate::model::weights::{
-    hub_file, load_model, local_model, resolve_model, HubOptions, OFFICIAL_BPE, OFFICIAL_VQGAN,
+    hub_file, is_hub_id, load_model, local_model, resolve_model, HubOptions, OFFICIAL_BPE, OFFICIAL_VQGAN,
 };
 
 pub const BPE_FILE: &str = "bpe.model";
@@ -43,8 +43,7 @@ impl Engine {
     /// the official Sber VQGAN. Downloads happen once; the hub cache serves them offline.
     pub fn resolve(spec: &str, hub: &HubOptions, device: &Device, dtype: DType) -> Result<Self> {
         let path = Path::new(spec);
-        let hub_id = spec.split('/').count() == 2 && !spec.starts_with(['.', '/', '~']);
-        if path.exists() || !hub_id {
+        if path.exists() || !is_hub_id(spec) {
             return Self::load(path, device, dtype);
         }
         let files = resolve_model(spec, hub)?;
@@ -85,6 +84,11 @@ impl Engine {
         let prepared = imaging::prepare(image, self.image_size(), &self.device)?.unsqueeze(0)?;
         let dtype = self.model_dtype();
         Ok(self.vqgan.encode(&prepared.to_dtype(dtype)?)?)
+    }
+
+    /// The photo's codes as the pipelines take them (one photo, `I` codes).
+    pub fn photo_codes(&self, image: &DynamicImage) -> Result<Vec<u32>> {
+        Ok(self.image_codes(image)?.squeeze(0)?.to_vec1()?)
     }
 
     /// The dtype the weights were loaded in.

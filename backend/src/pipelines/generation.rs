@@ -31,6 +31,9 @@ pub enum GenerationEvent {
     ImagePreview { rows_done: usize, rows_total: usize, pngs: Vec<Vec<u8>> },
 }
 
+/// The article's caption template: every caption continues it.
+pub const CAPTION_TEMPLATE: &str = "блюдо:";
+
 /// Captioning options (the article: template `блюдо:`, 4 captions, top-k 16, top-p 0.6, T 0.8).
 #[derive(Debug, Clone)]
 pub struct CaptionOptions {
@@ -46,7 +49,7 @@ pub struct CaptionOptions {
 impl Default for CaptionOptions {
     fn default() -> Self {
         CaptionOptions {
-            template: "блюдо:".into(),
+            template: CAPTION_TEMPLATE.into(),
             count: 16,
             sampling: SamplingParams::ARTICLE,
             seed: 0,
@@ -159,7 +162,9 @@ pub fn caption_batch(
 ) -> Vec<Result<Vec<String>>> {
     let mut results: Vec<Option<Result<Vec<String>>>> = jobs.iter().map(|_| None).collect();
     let r = engine.model.config().r_text_seq_length;
-    // Prompts of one group must have the same length; templates of different length run apart.
+    // Each job's template without its EOS (and padding): BOS + its ids. Prompts of one
+    // group must have the same length; templates of different length run apart.
+    let mut templates: Vec<Vec<u32>> = vec![Vec::new(); jobs.len()];
     let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
     for (index, job) in jobs.iter().enumerate() {
         let checked = job
@@ -173,16 +178,18 @@ pub fn caption_batch(
             results[index] = Some(Err(e));
             continue;
         }
-        let template = engine.encode_text(&job.options.template, r);
+        let mut template = engine.encode_text(&job.options.template, r);
         let template_len = template.iter().filter(|&&t| t != 0).count().saturating_sub(1).max(1);
+        template.truncate(template_len);
+        templates[index] = template;
         match groups.iter_mut().find(|(len, _)| *len == template_len) {
             Some((_, members)) => members.push(index),
             None => groups.push((template_len, vec![index])),
         }
     }
-    for (template_len, members) in groups {
+    for (_, members) in groups {
         let mut texts: Vec<Vec<String>> = vec![Vec::new(); members.len()];
-        let outcome = caption_group(engine, jobs, &members, template_len, &mut texts, &mut on_event);
+        let outcome = caption_group(engine, jobs, &members, &templates, &mut texts, &mut on_event);
         for (k, &index) in members.iter().enumerate() {
             let stopped = jobs[index].stop.is_some_and(|s| s.load(Ordering::Relaxed));
             results[index] = Some(match &outcome {
@@ -200,21 +207,16 @@ fn caption_group(
     engine: &Engine,
     jobs: &[CaptionJob],
     members: &[usize],
-    template_len: usize,
+    templates: &[Vec<u32>],
     texts: &mut [Vec<String>],
     on_event: &mut impl FnMut(usize, GenerationEvent),
 ) -> Result<()> {
     let cfg = engine.model.config();
     let (l, r) = (cfg.l_text_seq_length, cfg.r_text_seq_length);
-    let total_steps = r - template_len;
+    let total_steps = r - templates[members[0]].len();
     let mask = causal_mask(cfg, 1, &engine.device)?;
-    let templates: Vec<Vec<u32>> =
-        members.iter().map(|&j| engine.encode_text(&jobs[j].options.template, r)[..template_len].to_vec()).collect();
-    let prompts: Vec<u32> = members
-        .iter()
-        .zip(&templates)
-        .flat_map(|(&j, template)| [vec![0; l], jobs[j].codes.to_vec(), template.clone()].concat())
-        .collect();
+    let prompts: Vec<u32> =
+        members.iter().flat_map(|&j| [vec![0; l], jobs[j].codes.to_vec(), templates[j].clone()].concat()).collect();
     let prompt_len = prompts.len() / members.len();
     let mut cache = engine.model.new_cache();
     let ids = Tensor::from_vec(prompts, (members.len(), prompt_len), &engine.device)?;
@@ -225,7 +227,7 @@ fn caption_group(
     let mut last_rows: Vec<Vec<f32>> = Vec::new();
     for (m, &j) in members.iter().enumerate() {
         for _ in 0..jobs[j].options.count {
-            rows.push((m, templates[m].clone()));
+            rows.push((m, templates[j].clone()));
             last_rows.push(prompt_rows[m].clone());
         }
     }

@@ -1,6 +1,7 @@
 //! Scoring texts against images and images against texts by perplexity.
 
 use anyhow::{bail, Result};
+use borscht_protocol::ClassifyMethod;
 use candle_core::{Tensor, D};
 
 use super::perplexity::{ce_to_ppl, token_ce};
@@ -149,6 +150,9 @@ pub fn classify(
     Ok(classification_of(&ppl))
 }
 
+/// How a dish is written for zero-shot choices: the start of the article's caption.
+pub const CLASS_TEMPLATE: &str = "блюдо: {}";
+
 /// Each class written with `template` (`{}` stands for the class; without it, the class alone).
 fn class_texts(classes: &[String], template: &str) -> Result<Vec<String>> {
     if classes.is_empty() {
@@ -185,6 +189,21 @@ pub fn classify_by_image(
     let texts = class_texts(classes, template)?;
     let ppl: Vec<f32> = rerank_by_image(engine, &texts, codes, batch)?.iter().map(|s| s.ppl_image).collect();
     Ok(classification_of(&ppl))
+}
+
+/// "Which of these dishes?" by either method.
+pub fn classify_with(
+    method: ClassifyMethod,
+    engine: &Engine,
+    codes: &[u32],
+    classes: &[String],
+    template: &str,
+    batch: usize,
+) -> Result<Classification> {
+    match method {
+        ClassifyMethod::ZeroShot => classify(engine, codes, classes, template, batch),
+        ClassifyMethod::ImageFit => classify_by_image(engine, codes, classes, template, batch),
+    }
 }
 
 /// `generate_texts`' ranking: l_text perplexity of each text alone (text-to-text mask).

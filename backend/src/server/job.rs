@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 
 use super::limits::Limits;
 use crate::imaging::{decode_image, ImageInputError};
+use crate::pipelines::generation::CAPTION_TEMPLATE;
+use crate::pipelines::scoring::CLASS_TEMPLATE;
 
-pub const DEFAULT_TEMPLATE: &str = "блюдо:";
-pub const DEFAULT_CLASS_TEMPLATE: &str = "блюдо: {}";
 pub const DEFAULT_CAPTIONS: u32 = 16;
 pub const DEFAULT_IMAGES: u32 = 1;
 pub const DEFAULT_TEXTS: u32 = 8;
@@ -142,7 +142,7 @@ pub fn recognize_task(
     portion_g: Option<f32>,
     limits: &Limits,
 ) -> Result<Task, Rejection> {
-    let template = check_text("template", template.unwrap_or(DEFAULT_TEMPLATE), limits)?;
+    let template = check_text("template", template.unwrap_or(CAPTION_TEMPLATE), limits)?;
     let n = check_count("caption", n, DEFAULT_CAPTIONS, limits.max_captions)?;
     if let Some(g) = portion_g {
         if !(g.is_finite() && g > 0.0 && g <= 10_000.0) {
@@ -170,7 +170,7 @@ pub fn classify_task(
         ));
     }
     let classes = classes.iter().map(|c| check_text("dish name", c, limits)).collect::<Result<Vec<_>, _>>()?;
-    let template = check_text("template", template.unwrap_or(DEFAULT_CLASS_TEMPLATE), limits)?;
+    let template = check_text("template", template.unwrap_or(CLASS_TEMPLATE), limits)?;
     Ok(Task::Classify { image, classes, template, method })
 }
 

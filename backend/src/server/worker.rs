@@ -9,9 +9,7 @@
 use anyhow::Result;
 use base64::Engine as _;
 use borscht_protocol::nutrition::Nutrition;
-use borscht_protocol::{
-    Classification, ClassifyMethod, ErrorCode, RankedCaption, RankedText, Recognition, ServerMessage,
-};
+use borscht_protocol::{Classification, ErrorCode, RankedCaption, RankedText, Recognition, ServerMessage};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -25,7 +23,7 @@ use crate::pipelines::generation::{
 };
 use crate::pipelines::recognize::answer;
 use crate::pipelines::sampling::SamplingParams;
-use crate::pipelines::scoring::{classify, classify_by_image, DEFAULT_BATCH};
+use crate::pipelines::scoring::{classify_with, DEFAULT_BATCH};
 use crate::pipelines::Engine;
 
 /// Whether the model can serve (`/readyz`).
@@ -169,7 +167,7 @@ impl Worker {
             let Task::Recognize { image, template, n, portion_g } = &job.task else {
                 unreachable!("batch of recognise")
             };
-            let codes = engine.image_codes(image).and_then(|c| Ok(c.squeeze(0)?.to_vec1::<u32>()?));
+            let codes = engine.photo_codes(image);
             match codes {
                 Ok(codes) => {
                     // A fixed seed: the same photo gets the same answer.
@@ -206,18 +204,10 @@ impl Worker {
             }
         });
         for ((job, codes, _, portion_g), captions) in live.iter().zip(results) {
-            let outcome = match captions {
-                Err(e) if e.is::<Cancelled>() => Outcome::Cancelled,
-                Err(e) => Outcome::Error(ErrorCode::Internal, format!("{e:#}")),
-                Ok(captions) => match answer(engine, codes, captions) {
-                    Ok(result) => Outcome::Done(Box::new(ServerMessage::Result {
-                        id: job.id,
-                        recognition: recognition_message(result, *portion_g),
-                    })),
-                    Err(e) => Outcome::Error(ErrorCode::Internal, format!("{e:#}")),
-                },
-            };
-            self.finish(job, outcome);
+            let result = captions.and_then(|captions| answer(engine, codes, captions)).map(|result| {
+                ServerMessage::Result { id: job.id, recognition: recognition_message(result, *portion_g) }
+            });
+            self.finish(job, Outcome::of(result));
         }
     }
 
@@ -228,12 +218,7 @@ impl Worker {
             return;
         }
         self.metrics.batch_requests.observe(1.0);
-        let outcome = match self.serve(engine, &job) {
-            Ok(message) => Outcome::Done(Box::new(message)),
-            Err(e) if e.is::<Cancelled>() => Outcome::Cancelled,
-            Err(e) => Outcome::Error(ErrorCode::Internal, format!("{e:#}")),
-        };
-        self.finish(&job, outcome);
+        self.finish(&job, Outcome::of(self.serve(engine, &job)));
     }
 
     fn serve(&self, engine: &Engine, job: &Job) -> Result<ServerMessage> {
@@ -253,11 +238,8 @@ impl Worker {
         Ok(match &job.task {
             Task::Recognize { .. } => unreachable!("recognise requests run in batches"),
             Task::Classify { image, classes, template, method } => {
-                let codes: Vec<u32> = engine.image_codes(image)?.squeeze(0)?.to_vec1()?;
-                let result = match method {
-                    ClassifyMethod::ZeroShot => classify(engine, &codes, classes, template, DEFAULT_BATCH)?,
-                    ClassifyMethod::ImageFit => classify_by_image(engine, &codes, classes, template, DEFAULT_BATCH)?,
-                };
+                let codes = engine.photo_codes(image)?;
+                let result = classify_with(*method, engine, &codes, classes, template, DEFAULT_BATCH)?;
                 ServerMessage::Classification {
                     id,
                     classification: Classification {
@@ -298,6 +280,17 @@ enum Outcome {
     Done(Box<ServerMessage>),
     Cancelled,
     Error(ErrorCode, String),
+}
+
+impl Outcome {
+    /// A pipeline's result: its final frame, a cancellation, or a model failure.
+    fn of(result: Result<ServerMessage>) -> Outcome {
+        match result {
+            Ok(message) => Outcome::Done(Box::new(message)),
+            Err(e) if e.is::<Cancelled>() => Outcome::Cancelled,
+            Err(e) => Outcome::Error(ErrorCode::Internal, format!("{e:#}")),
+        }
+    }
 }
 
 fn base64_png(png: &[u8]) -> String {

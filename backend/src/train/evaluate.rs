@@ -80,7 +80,7 @@ pub fn evaluate(
     let mut items = Vec::with_capacity(samples.len());
     for (sample, (dish, kcal)) in samples.iter().zip(truths) {
         let photo = open_image(&sample.image, ImageLimits::default())?;
-        let codes: Vec<u32> = engine.image_codes(&photo)?.squeeze(0)?.to_vec1()?;
+        let codes = engine.photo_codes(&photo)?;
         let recognition = recognize(engine, &codes, &options.captions, |_| {})?;
         let best = recognition.answer.map(|a| a.best);
         let (zero_shot_choice, image_fit_choice) = if options.zero_shot_classes > 0 {
