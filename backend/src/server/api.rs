@@ -13,10 +13,11 @@ use borscht_protocol::{ErrorCode, ServerMessage};
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
 
-use super::job::{classify_task, generate_image_task, recognize_task, CancelFlag, Job, Rejection, Task};
+use super::job::{
+    classify_task, decode_picture, generate_image_task, recognize_task, CancelFlag, Job, Rejection, Task,
+};
 use super::queue::SubmitError;
 use super::AppState;
-use crate::imaging::decode_image;
 
 /// An API failure: status, code and message, as JSON.
 #[derive(Debug)]
@@ -160,14 +161,10 @@ async fn read_upload(state: &AppState, request: Request) -> Result<Upload, ApiEr
 }
 
 async fn decode(state: &AppState, bytes: Bytes) -> Result<image::DynamicImage, ApiError> {
-    if bytes.is_empty() {
-        return Err(ApiError::new(ErrorCode::InvalidImage, "the image is empty"));
-    }
-    let limits = state.limits.image_limits();
-    tokio::task::spawn_blocking(move || decode_image(&bytes, limits))
+    let limits = state.limits.clone();
+    Ok(tokio::task::spawn_blocking(move || decode_picture(&bytes, &limits))
         .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
-        .map_err(|e| Rejection::from(e).into())
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??)
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -95,9 +95,6 @@ pub fn decode_base64_image(data: &str, limits: &Limits) -> Result<DynamicImage, 
         _ => data,
     };
     let payload = payload.trim();
-    if payload.is_empty() {
-        return Err(Rejection::new(ErrorCode::InvalidImage, "the image is empty"));
-    }
     // Checked before decoding: base64 is 4/3 of the bytes.
     if payload.len() / 4 * 3 > limits.max_upload_bytes + 3 {
         return Err(Rejection::new(
@@ -108,7 +105,15 @@ pub fn decode_base64_image(data: &str, limits: &Limits) -> Result<DynamicImage, 
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(payload)
         .map_err(|e| Rejection::new(ErrorCode::InvalidImage, format!("the image is not valid base64: {e}")))?;
-    Ok(decode_image(&bytes, limits.image_limits())?)
+    decode_picture(&bytes, limits)
+}
+
+/// Decodes an uploaded picture within the limits (bytes, then header pixels).
+pub fn decode_picture(bytes: &[u8], limits: &Limits) -> Result<DynamicImage, Rejection> {
+    if bytes.is_empty() {
+        return Err(Rejection::new(ErrorCode::InvalidImage, "the image is empty"));
+    }
+    Ok(decode_image(bytes, limits.image_limits())?)
 }
 
 fn check_text(what: &str, text: &str, limits: &Limits) -> Result<String, Rejection> {
