@@ -51,3 +51,40 @@ fn the_shipped_files_are_complete_and_small() {
     }
     assert!(total < 40 << 20, "the demo model takes {total} bytes; keep it under 40 MB");
 }
+
+#[test]
+fn evaluate_reports_the_answers_and_metrics_that_agree_with_them() {
+    let table = std::fs::read_to_string(repo().join("data/demo/food.csv")).unwrap();
+    let mut lines = table.lines();
+    let header = lines.next().unwrap();
+    let rows: Vec<&str> =
+        lines.filter(|l| l.ends_with("twemoji/1f355-0.png") || l.ends_with("twemoji/1f34c-0.png")).collect();
+    assert_eq!(rows.len(), 2);
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("two.csv");
+    std::fs::write(&csv, format!("{header}\n{}\n", rows.join("\n"))).unwrap();
+    let report_path = dir.path().join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_borscht"))
+        .args(["evaluate", "--n", "6", "--zero-shot-classes", "3", "--csv"])
+        .arg(&csv)
+        .arg("--images")
+        .arg(repo().join("data/demo"))
+        .arg("--report")
+        .arg(&report_path)
+        .env_remove("BORSCHT_MODEL")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    let items = report["items"].as_array().unwrap();
+    assert_eq!((summary["samples"].as_u64(), items.len()), (Some(2), 2));
+    let right = items.iter().filter(|i| i["predicted_dish"] == i["dish"]).count() as f64;
+    assert_eq!(summary["dish_top1"].as_f64().unwrap(), right / 2.0, "{report:#}");
+    let pizza = items.iter().find(|i| i["image"].as_str().unwrap().ends_with("1f355-0.png")).unwrap();
+    assert_eq!(pizza["predicted_dish"], pizza["dish"], "{pizza:#}");
+    for key in ["zero_shot_accuracy", "image_fit_accuracy"] {
+        let value = summary[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&value), "{key}: {value}");
+    }
+}

@@ -167,3 +167,26 @@ fn training_refuses_a_folder_without_images() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("no usable images"));
 }
+
+#[test]
+fn straight_through_decodes_exactly_the_hard_codes() {
+    let vqgan = load_vqgan(&fixtures(), &Device::Cpu, DType::F32).unwrap();
+    let images = Tensor::read_npy(fixtures().join("images.npy")).unwrap().to_dtype(DType::F32).unwrap(); // [0, 1]
+    let hard = vqgan.reconstruct(&images, 1.0, 3, true).unwrap();
+    let decoded = vqgan.decode(&hard.codes).unwrap();
+    // reconstruct returns [-1, 1]; decode maps to [0, 1].
+    let rebuilt = ((&hard.images + 1.0).unwrap() / 2.0).unwrap().clamp(0f32, 1f32).unwrap();
+    let diff: f32 = (rebuilt - decoded).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    assert!(diff < 1e-4, "straight-through decodes what inference decodes: {diff}");
+    let soft = vqgan.reconstruct(&images, 1.0, 3, false).unwrap();
+    let soft_diff: f32 = (((&soft.images + 1.0).unwrap() / 2.0).unwrap().clamp(0f32, 1f32).unwrap()
+        - vqgan.decode(&soft.codes).unwrap())
+    .unwrap()
+    .abs()
+    .unwrap()
+    .max_all()
+    .unwrap()
+    .to_scalar()
+    .unwrap();
+    assert!(soft_diff > 1e-3, "the relaxed decode differs from the hard one ({soft_diff})");
+}
