@@ -171,6 +171,24 @@ fn batched_captions_equal_each_photo_captioned_alone() {
 }
 
 #[test]
+fn reranking_several_photos_at_once_equals_each_alone() {
+    let engine = engine();
+    let codes = photo_codes(&engine);
+    let other: Vec<u32> = codes.iter().rev().copied().collect();
+    let texts: Vec<String> = ["блюдо: борщ", "блюдо: пицца; ккал: 266", "суп"].iter().map(|t| t.to_string()).collect();
+    let pairs: Vec<(&str, &[u32])> =
+        texts.iter().map(|t| (t.as_str(), codes.as_slice())).chain([(texts[0].as_str(), other.as_slice())]).collect();
+    let together = borscht::pipelines::scoring::rerank_pairs(&engine, &pairs, 2).unwrap();
+    let alone = [
+        rerank_by_image(&engine, &texts, &codes, 8).unwrap(),
+        rerank_by_image(&engine, &texts[..1], &other, 8).unwrap(),
+    ]
+    .concat();
+    let image = |s: &[borscht::pipelines::scoring::TextImageScore]| s.iter().map(|x| x.ppl_image).collect::<Vec<_>>();
+    assert_close(&image(&together), &image(&alone), "image perplexities, batched across photos");
+}
+
+#[test]
 fn a_stopped_job_leaves_the_batch_and_the_others_finish() {
     let engine = engine();
     let codes = photo_codes(&engine);

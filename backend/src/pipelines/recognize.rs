@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use super::generation::{caption, CaptionOptions, GenerationEvent};
-use super::scoring::{rerank_by_image, DEFAULT_BATCH};
+use super::scoring::{rerank_pairs, DEFAULT_BATCH};
 use super::Engine;
 use crate::nutrition::{final_answer, Answer, ScoredCaption};
 
@@ -30,12 +30,24 @@ pub fn recognize(
 
 /// Re-ranks captions already sampled for the photo's `codes` and groups them by dish.
 pub fn answer(engine: &Engine, codes: &[u32], captions: Vec<String>) -> Result<Recognition> {
-    let scores = rerank_by_image(engine, &captions, codes, DEFAULT_BATCH)?;
-    let candidates: Vec<ScoredCaption> = captions
+    Ok(answers(engine, vec![(codes, captions)])?.remove(0))
+}
+
+/// [`answer`] for several photos: all their captions are re-ranked in shared batches.
+pub fn answers(engine: &Engine, photos: Vec<(&[u32], Vec<String>)>) -> Result<Vec<Recognition>> {
+    let pairs: Vec<(&str, &[u32])> =
+        photos.iter().flat_map(|(codes, captions)| captions.iter().map(move |c| (c.as_str(), *codes))).collect();
+    let mut scores = rerank_pairs(engine, &pairs, DEFAULT_BATCH)?.into_iter();
+    Ok(photos
         .into_iter()
-        .zip(scores)
-        .map(|(caption, score)| ScoredCaption { caption, ppl_image: score.ppl_image })
-        .collect();
-    let answer = final_answer(&candidates);
-    Ok(Recognition { candidates, answer })
+        .map(|(_, captions)| {
+            let candidates: Vec<ScoredCaption> = captions
+                .into_iter()
+                .zip(scores.by_ref())
+                .map(|(caption, score)| ScoredCaption { caption, ppl_image: score.ppl_image })
+                .collect();
+            let answer = final_answer(&candidates);
+            Recognition { candidates, answer }
+        })
+        .collect())
 }

@@ -55,14 +55,23 @@ fn image_ppl(engine: &Engine, logits: &Tensor, ids: &Tensor) -> Result<Vec<f32>>
 /// `self_reranking_by_image`: each text on both sides of the photo's codes.
 /// Returns the scores in the order of `texts`; rank by `ppl_image` ascending.
 pub fn rerank_by_image(engine: &Engine, texts: &[String], codes: &[u32], batch: usize) -> Result<Vec<TextImageScore>> {
+    let pairs: Vec<(&str, &[u32])> = texts.iter().map(|text| (text.as_str(), codes)).collect();
+    rerank_pairs(engine, &pairs, batch)
+}
+
+/// [`rerank_by_image`] for texts of several photos at once: each `(text, codes)` pair is
+/// one row, so the candidates of many requests share each forward (the server's batches).
+pub fn rerank_pairs(engine: &Engine, pairs: &[(&str, &[u32])], batch: usize) -> Result<Vec<TextImageScore>> {
     let cfg = engine.model.config();
     let (l, r) = (cfg.l_text_seq_length, cfg.r_text_seq_length);
-    check_codes(engine, codes)?;
-    let mut scores = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(batch.max(1)) {
+    for (_, codes) in pairs {
+        check_codes(engine, codes)?;
+    }
+    let mut scores = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(batch.max(1)) {
         let mut rows = Vec::with_capacity(chunk.len());
         let mut masks = Vec::with_capacity(chunk.len());
-        for text in chunk {
+        for (text, codes) in chunk {
             let right = engine.encode_text(text, r);
             rows.push([engine.encode_text(text, l), codes.to_vec(), right.clone()].concat());
             masks.push(r_text_mask(&right));

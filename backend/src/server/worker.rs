@@ -21,7 +21,7 @@ use crate::nutrition::parse_caption;
 use crate::pipelines::generation::{
     caption_batch, generate_image, generate_texts, Cancelled, CaptionJob, CaptionOptions, GenerationEvent, ImageOptions,
 };
-use crate::pipelines::recognize::answer;
+use crate::pipelines::recognize::answers;
 use crate::pipelines::sampling::SamplingParams;
 use crate::pipelines::scoring::{classify_with, DEFAULT_BATCH};
 use crate::pipelines::Engine;
@@ -203,11 +203,32 @@ impl Worker {
                 job.cancel.store(true, Ordering::Relaxed);
             }
         });
+        // The captions of every request that got them are re-ranked in shared batches too.
+        let (mut sampled, mut photos) = (Vec::new(), Vec::new());
         for ((job, codes, _, portion_g), captions) in live.iter().zip(results) {
-            let result = captions.and_then(|captions| answer(engine, codes, captions)).map(|result| {
-                ServerMessage::Result { id: job.id, recognition: recognition_message(result, *portion_g) }
-            });
-            self.finish(job, Outcome::of(result));
+            match captions {
+                Ok(captions) => {
+                    sampled.push((job, *portion_g));
+                    photos.push((codes.as_slice(), captions));
+                }
+                Err(e) => self.finish(job, Outcome::of(Err(e))),
+            }
+        }
+        if sampled.is_empty() {
+            return;
+        }
+        match answers(engine, photos) {
+            Ok(recognitions) => {
+                for ((job, portion_g), result) in sampled.into_iter().zip(recognitions) {
+                    let recognition = recognition_message(result, portion_g);
+                    self.finish(job, Outcome::Done(Box::new(ServerMessage::Result { id: job.id, recognition })));
+                }
+            }
+            Err(e) => {
+                for (job, _) in sampled {
+                    self.finish(job, Outcome::Error(ErrorCode::Internal, format!("{e:#}")));
+                }
+            }
         }
     }
 
