@@ -10,6 +10,7 @@ use crate::model::config::RudolphConfig;
 use crate::model::tokenizer::{Bpe, TextTokenizer};
 use crate::model::transformer::Rudolph;
 use crate::model::vqgan::{DdConfig, Vqgan, VqganConfig};
+use crate::pipelines::engine::VQGAN_DTYPE;
 use crate::pipelines::generation::{caption, generate_codes, CaptionOptions, ImageOptions};
 use crate::pipelines::sampling::SamplingParams;
 use crate::pipelines::scoring::{classify, rerank_by_image, DEFAULT_BATCH};
@@ -68,30 +69,47 @@ fn bench_tokenizer(size: usize) -> Result<TextTokenizer> {
     Ok(TextTokenizer::new(Bpe::train(&corpus, size)?))
 }
 
+/// Randomly initialised weights for whatever `build` creates, as plain tensors: weights
+/// that are variables make every op record its inputs for a backward pass, which kept
+/// all of a forward's activations (and a KV cache's history) alive.
+fn random_weights(
+    dtype: DType,
+    device: &Device,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
+) -> Result<VarBuilder<'static>> {
+    let varmap = VarMap::new();
+    build(VarBuilder::from_varmap(&varmap, dtype, device))?;
+    let tensors: std::collections::HashMap<String, Tensor> =
+        varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
+    Ok(VarBuilder::from_tensors(tensors, dtype, device))
+}
+
 /// Builds a random engine for a preset: `tiny` or `350M` (with the Sber VQGAN).
-pub fn random_engine(preset: &str, device: &Device) -> Result<Engine> {
+pub fn random_engine(preset: &str, device: &Device, dtype: DType) -> Result<Engine> {
     let (model_cfg, vqgan_cfg) = match preset {
         "tiny" => tiny_configs(),
         "350M" => (RudolphConfig::rudolph_350m(), VqganConfig::sber()),
         other => bail!("unknown bench preset {other:?}: use tiny or 350M"),
     };
-    let varmap = VarMap::new();
-    let model = Rudolph::new(&model_cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-    let vqgan = Vqgan::new(&vqgan_cfg, VarBuilder::from_varmap(&VarMap::new(), DType::F32, device))?;
+    let model =
+        Rudolph::new(&model_cfg, random_weights(dtype, device, |vb| Rudolph::new(&model_cfg, vb).map(|_| ()))?)?;
+    let vqgan =
+        Vqgan::new(&vqgan_cfg, random_weights(VQGAN_DTYPE, device, |vb| Vqgan::new(&vqgan_cfg, vb).map(|_| ()))?)?;
     let tokenizer = bench_tokenizer(model_cfg.vocab_size - model_cfg.l_text_seq_length)?;
     Engine::from_parts(model, tokenizer, vqgan)
 }
 
 /// One fine-tuning step as the article takes it: batch 10, attention and MLP frozen,
 /// weighted loss, backward, clipping, AdamW.
-fn training_step(cfg: &RudolphConfig, device: &Device) -> Result<impl FnMut() -> Result<()>> {
+fn training_step(cfg: &RudolphConfig, device: &Device, dtype: DType) -> Result<impl FnMut() -> Result<()>> {
     use crate::model::masks::causal_mask;
     use crate::model::transformer::LossWeights;
     use crate::train::optim::{clip_grad_norm, AdamW};
     use crate::train::rudolph::Freeze;
     let varmap = VarMap::new();
-    let mut model = Rudolph::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    let mut model = Rudolph::new(cfg, VarBuilder::from_varmap(&varmap, dtype, device))?;
     model.set_differentiable(true);
+    model.freeze_blocks(Freeze::ARTICLE.attention, Freeze::ARTICLE.mlp);
     let mut named: Vec<(String, candle_core::Var)> =
         varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
@@ -104,7 +122,7 @@ fn training_step(cfg: &RudolphConfig, device: &Device) -> Result<impl FnMut() ->
         .chain((0..r).map(|k| (4 + k * 13 % 900) as u32))
         .collect();
     let ids = Tensor::from_vec(row.repeat(10), (10, l + i + r), device)?;
-    let mask = causal_mask(cfg, 1, device)?;
+    let mask = causal_mask(cfg, 1, device)?.to_dtype(dtype)?;
     let weights = LossWeights { l_text: 0.01, image: 1.0, r_text: 7.0 };
     Ok(move || {
         let losses = model.loss(&ids, &mask, weights)?;
@@ -116,7 +134,7 @@ fn training_step(cfg: &RudolphConfig, device: &Device) -> Result<impl FnMut() ->
 }
 
 /// Median and minimum seconds of `runs` timed calls after one warm-up.
-fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<[f64; 2]> {
+fn time(runs: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<[f64; 2]> {
     f()?;
     let mut seconds = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
@@ -129,8 +147,10 @@ fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<[f64; 2]> {
 }
 
 /// Runs every benchmark; the JSON maps each key to `[median_s, min_s]`.
-pub fn run(preset: &str, device: &Device, runs: usize) -> Result<serde_json::Value> {
-    let engine = random_engine(preset, device)?;
+/// `only` names the keys to run (all when empty).
+pub fn run(preset: &str, device: &Device, dtype: DType, runs: usize, only: &[String]) -> Result<serde_json::Value> {
+    let wanted = |key: &str| only.is_empty() || only.iter().any(|k| k == key);
+    let engine = random_engine(preset, device, dtype)?;
     let cfg = engine.model.config().clone();
     let size = engine.image_size() as usize;
     let photo = Tensor::rand(0f32, 1f32, (1, 3, size, size), device)?;
@@ -150,14 +170,19 @@ pub fn run(preset: &str, device: &Device, runs: usize) -> Result<serde_json::Val
     let codes_4 = Tensor::from_vec(codes.repeat(4), (4, cfg.image_seq_length()), device)?;
 
     let mut report = serde_json::Map::new();
-    let mut record = |key: &str, value: [f64; 2]| {
+    let mut record = |key: &str, bench: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        if !wanted(key) {
+            return Ok(());
+        }
+        let value = time(runs, bench)?;
         eprintln!("{key:<26} median {:>9.4} s   min {:>9.4} s", value[0], value[1]);
         report.insert(key.to_string(), serde_json::json!(value));
+        Ok(())
     };
-    record("captions_16", time(runs, || caption(&engine, &codes, &captions(16, 1), |_| {}).map(|_| ()))?);
-    record("captions_4_seed_settings", time(runs, || caption(&engine, &codes, &captions(4, 42), |_| {}).map(|_| ()))?);
-    record("rerank_by_image_16", time(runs, || rerank_by_image(&engine, &texts, &codes, DEFAULT_BATCH).map(|_| ()))?);
-    record("zs_clf_20", time(runs, || classify(&engine, &codes, &classes, "{}", DEFAULT_BATCH).map(|_| ()))?);
+    record("captions_16", &mut || caption(&engine, &codes, &captions(16, 1), |_| {}).map(|_| ()))?;
+    record("captions_4_seed_settings", &mut || caption(&engine, &codes, &captions(4, 42), |_| {}).map(|_| ()))?;
+    record("rerank_by_image_16", &mut || rerank_by_image(&engine, &texts, &codes, DEFAULT_BATCH).map(|_| ()))?;
+    record("zs_clf_20", &mut || classify(&engine, &codes, &classes, "{}", DEFAULT_BATCH).map(|_| ()))?;
     let image_options = ImageOptions {
         count: 4,
         sampling: SamplingParams { top_k: 512, top_p: 0.99, temperature: 1.0 },
@@ -165,10 +190,12 @@ pub fn run(preset: &str, device: &Device, runs: usize) -> Result<serde_json::Val
         preview_every_rows: 0,
         stop: None,
     };
-    record("codebooks_4", time(runs, || generate_codes(&engine, "борщ", &image_options, |_| {}).map(|_| ()))?);
-    record("vae_decode_4", time(runs, || Ok(engine.vqgan.decode(&codes_4).map(|_| ())?))?);
-    record("vae_encode_16", time(runs, || Ok(engine.vqgan.encode(&images_16).map(|_| ())?))?);
-    let step = training_step(&cfg, device)?;
-    record("train_step_bs10", time(runs, step)?);
+    record("codebooks_4", &mut || generate_codes(&engine, "борщ", &image_options, |_| {}).map(|_| ()))?;
+    record("vae_decode_4", &mut || Ok(engine.vqgan.decode(&codes_4).map(|_| ())?))?;
+    record("vae_encode_16", &mut || Ok(engine.vqgan.encode(&images_16).map(|_| ())?))?;
+    if wanted("train_step_bs10") {
+        let mut step = training_step(&cfg, device, dtype)?;
+        record("train_step_bs10", &mut step)?;
+    }
     Ok(serde_json::Value::Object(report))
 }

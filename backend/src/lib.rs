@@ -1,7 +1,8 @@
 //! Borscht: recognise a dish and its nutrition from a photo with RUDOLPH.
 //!
 //! Module map (one room per part of the architecture):
-//! - [`cli`]: the `borscht` command and its subcommands; [`bench`]: `borscht bench`.
+//! - [`cli`]: the `borscht` command and its subcommands; [`bench`]: `borscht bench`;
+//!   [`device_check`]: `borscht device-check` (a GPU against the reference fixtures).
 //! - [`imaging`]: decoding photos safely, preparing them for the VQGAN, PNG output.
 //! - [`model`]: RUDOLPH itself: tokenizer, transformer, VQGAN, checkpoints.
 //! - [`nutrition`]: reading captions, the Atwater check, the final answer.
@@ -11,6 +12,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod device_check;
 pub mod imaging;
 pub mod model;
 pub mod nutrition;

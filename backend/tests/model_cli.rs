@@ -230,3 +230,43 @@ fn half_precision_runs_and_stays_close_to_f32() {
         assert!(diff > 0.0 && diff < 0.15, "{dtype}: max abs diff {diff}");
     }
 }
+
+fn device_check(fixtures: &Path, dtype: &str) -> (bool, serde_json::Value) {
+    let output = borscht(&["device-check", "--device", "cpu", "--dtype", dtype, "--fixtures", path(fixtures)], &[]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&output.stderr)));
+    (output.status.success(), report)
+}
+
+#[test]
+fn device_check_passes_on_the_reference_fixtures_and_fails_when_they_disagree() {
+    let all = fixtures().parent().unwrap().to_path_buf();
+    for dtype in ["f32", "f16"] {
+        let (success, report) = device_check(&all, dtype);
+        assert!(success && report["ok"] == true, "{dtype}: {report}");
+        assert_eq!(report["checks"].as_array().unwrap().len(), 2);
+        assert_eq!(report["vqgan_code_agreement"], 1.0);
+        let logits = &report["checks"][0];
+        let relative = logits["relative_to_reference"].as_f64().unwrap();
+        assert!(relative <= logits["tolerance"].as_f64().unwrap(), "{dtype}: {logits}");
+        // Half precision really ran: it rounds, f32 does not (beyond 1e-6).
+        assert_eq!(dtype == "f16", relative > 1e-4, "{dtype}: {logits}");
+    }
+
+    // The same weights against reference logits nudged by 1 %: the check must fail.
+    let tampered = tempfile::tempdir().unwrap();
+    for part in ["transformer", "vqgan"] {
+        let to = tampered.path().join(part);
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(all.join(part)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+    let logits = tampered.path().join("transformer/logits.npy");
+    (Tensor::read_npy(&logits).unwrap() * 1.01).unwrap().write_npy(&logits).unwrap();
+    let (success, report) = device_check(tampered.path(), "f32");
+    assert!(!success && report["ok"] == false, "{report}");
+    assert_eq!(report["checks"][0]["ok"], false);
+    assert_eq!(report["checks"][1]["ok"], true);
+}

@@ -32,7 +32,10 @@ impl TestServer {
             &config,
             Box::new(move || {
                 let _ = wait.recv();
-                Ok((borscht::bench::random_engine("tiny", &candle_core::Device::Cpu)?, "tiny-random".into()))
+                Ok((
+                    borscht::bench::random_engine("tiny", &candle_core::Device::Cpu, candle_core::DType::F32)?,
+                    "tiny-random".into(),
+                ))
             }),
         );
         tokio::spawn(serve_on(listener, server.router, std::future::pending()));
@@ -457,7 +460,10 @@ async fn shutdown_refuses_new_work_and_finishes_what_is_in_flight() {
         &config,
         Box::new(move || {
             let _ = wait.recv();
-            Ok((borscht::bench::random_engine("tiny", &candle_core::Device::Cpu)?, "tiny-random".into()))
+            Ok((
+                borscht::bench::random_engine("tiny", &candle_core::Device::Cpu, candle_core::DType::F32)?,
+                "tiny-random".into(),
+            ))
         }),
     );
     let state = server.state.clone();

@@ -128,19 +128,27 @@ fn losses_match_the_reference() {
 
 #[test]
 fn gradients_of_embeddings_and_layernorms_match_torch() {
-    let (varmap, mut model) = load_trainable(&files(), &Device::Cpu).unwrap();
-    model.set_differentiable(true);
-    let weights = LossWeights { l_text: 0.01, image: 1.0, r_text: 7.0 };
-    let losses = model.loss(&input_ids(), &sample_masks(), weights).unwrap();
-    let grads = losses.loss.backward().unwrap();
-    let reference = Tensor::read_npz(fixtures().join("grads.npz")).unwrap();
-    assert!(reference.len() >= 6 + 4 * 5 * 2, "fixture holds embeddings and every LayerNorm");
-    let vars = varmap.data().lock().unwrap();
-    for (name, want) in reference {
-        let var = vars.get(&name).unwrap_or_else(|| panic!("no variable {name}"));
-        let got = grads.get(var).unwrap_or_else(|| panic!("no gradient for {name}"));
-        let diff = max_abs_diff(got, &want);
-        let scale: f32 = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
-        assert!(diff <= 1e-5, "{name}: max abs diff {diff} (gradient scale {scale})");
+    // Also with attention and MLP frozen (the article's fine-tuning): their weights then
+    // get no gradient, and everything upstream of them still gets the same one.
+    for frozen in [false, true] {
+        let (varmap, mut model) = load_trainable(&files(), &Device::Cpu).unwrap();
+        model.set_differentiable(true);
+        model.freeze_blocks(frozen, frozen);
+        let weights = LossWeights { l_text: 0.01, image: 1.0, r_text: 7.0 };
+        let losses = model.loss(&input_ids(), &sample_masks(), weights).unwrap();
+        let grads = losses.loss.backward().unwrap();
+        let reference = Tensor::read_npz(fixtures().join("grads.npz")).unwrap();
+        assert!(reference.len() >= 6 + 4 * 5 * 2, "fixture holds embeddings and every LayerNorm");
+        let vars = varmap.data().lock().unwrap();
+        for (name, want) in reference {
+            let var = vars.get(&name).unwrap_or_else(|| panic!("no variable {name}"));
+            let got = grads.get(var).unwrap_or_else(|| panic!("no gradient for {name}"));
+            let diff = max_abs_diff(got, &want);
+            let scale: f32 = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+            assert!(diff <= 1e-5, "frozen {frozen}, {name}: max abs diff {diff} (gradient scale {scale})");
+        }
+        for (name, var) in vars.iter().filter(|(name, _)| name.contains(".mlp.") || name.contains(".attention.")) {
+            assert_eq!(grads.get(var).is_none(), frozen, "{name}: gradient present with frozen = {frozen}");
+        }
     }
 }

@@ -57,6 +57,8 @@ pub enum Command {
     Texts(pipelines::TextsArgs),
     /// Time the pipelines on a randomly initialised model; prints JSON of [median_s, min_s].
     Bench(BenchArgs),
+    /// Check a device and dtype against the reference fixtures; prints JSON, fails when off.
+    DeviceCheck(DeviceCheckArgs),
     /// Fine-tune RUDOLPH on a food CSV (the article's recipe), or train one from scratch.
     Train(train::TrainArgs),
     /// Load-test a running server: N WebSocket clients; prints throughput and p50/p95 latency.
@@ -74,9 +76,26 @@ pub struct BenchArgs {
     pub preset: String,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Weights and activations: f32 (best on the CPU), bf16 or f16 (GPU).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
     /// Timed runs per benchmark (after one warm-up).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// Run only these keys (comma-separated), e.g. `--only vae_decode_4,train_step_bs10`.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeviceCheckArgs {
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// The reference fixtures (`transformer/` and `vqgan/` inside).
+    #[arg(long, default_value = "backend/tests/fixtures")]
+    pub fixtures: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -153,9 +172,18 @@ impl Cli {
             Command::PrepareDemoData(args) => train::prepare_demo_data(args),
             Command::Evaluate(args) => train::evaluate(args),
             Command::Loadtest(args) => loadtest::main(args),
+            Command::DeviceCheck(args) => {
+                let device = crate::model::device::parse_device(&args.device)?;
+                let dtype = crate::model::device::parse_dtype(&args.dtype)?;
+                let report = crate::device_check::run(&args.fixtures, &device, dtype)?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                anyhow::ensure!(report.ok, "{} {} is off the reference beyond tolerance", report.device, report.dtype);
+                Ok(())
+            }
             Command::Bench(args) => {
                 let device = crate::model::device::parse_device(&args.device)?;
-                println!("{}", crate::bench::run(&args.preset, &device, args.runs)?);
+                let dtype = crate::model::device::parse_dtype(&args.dtype)?;
+                println!("{}", crate::bench::run(&args.preset, &device, dtype, args.runs, &args.only)?);
                 Ok(())
             }
         }

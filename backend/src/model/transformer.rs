@@ -5,16 +5,16 @@
 //! state-dict keys, so official checkpoints load as they are.
 //!
 //! Two modes share the code: inference uses candle's fused LayerNorm and
-//! softmax; training ([`Rudolph::set_differentiable`]) swaps in the composite
-//! ops that have a backward pass.
+//! softmax; training ([`Rudolph::set_differentiable`]) needs ops with a backward
+//! pass: our fused kernels ([`crate::model::fused`]) on the CPU in f32, candle's
+//! composite ops elsewhere. The masked softmax and GELU kernels serve both modes.
 
 use crate::model::config::RudolphConfig;
+use crate::model::fused;
 use crate::model::masks::{layer_mask_kind, layer_masks, LayerMaskKind};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
 
-/// Masked attention scores are pushed to this (not -inf), as the reference does.
-const MASK_VALUE: f64 = 10000.0;
 /// PB-relax divides scores by this before subtracting the per-head maximum.
 const PB_RELAX_ALPHA: f64 = 32.0;
 /// Embedding gradients are scaled by this (CogView's `x * a + x.detach() * (1 - a)`).
@@ -25,10 +25,51 @@ fn embedding(n: usize, hidden: usize, vb: VarBuilder) -> Result<Embedding> {
     Ok(Embedding::new(weight, hidden))
 }
 
-fn linear(input: usize, output: usize, vb: VarBuilder) -> Result<Linear> {
+fn linear(input: usize, output: usize, vb: VarBuilder) -> Result<RowLinear> {
     let weight = vb.get_with_hints((output, input), "weight", Init::Randn { mean: 0.0, stdev: 0.02 })?;
     let bias = vb.get_with_hints(output, "bias", Init::Const(0.0))?;
-    Ok(Linear::new(weight, Some(bias)))
+    Ok(RowLinear { linear: Linear::new(weight, Some(bias)), frozen: false })
+}
+
+/// A Linear applied to `[b, n, in]` as one `[b*n, in]` product. candle's Linear
+/// broadcasts the weight over the batch instead, so its weight gradient is a batch of
+/// products summed afterwards, a single-threaded reduction that dominated training.
+///
+/// A frozen one (fine-tuning keeps attention and MLP fixed) gives gradients to its input
+/// only: candle would compute the weight's gradient anyway, a third of the step's work.
+#[derive(Debug, Clone)]
+struct RowLinear {
+    linear: Linear,
+    frozen: bool,
+}
+
+impl RowLinear {
+    fn rows(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.frozen {
+            return self.linear.forward(x);
+        }
+        let bias = self.linear.bias().expect("RUDOLPH's linears have biases").detach();
+        let product = if fused::applies(x) && fused::applies(self.linear.weight()) {
+            fused::frozen_product(x, self.linear.weight())?
+        } else {
+            x.matmul(&self.linear.weight().detach().t()?)?
+        };
+        product.broadcast_add(&bias)
+    }
+}
+
+impl Module for RowLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        if dims.len() <= 2 {
+            return self.rows(x);
+        }
+        let (rows, features) = (x.elem_count() / dims[dims.len() - 1], dims[dims.len() - 1]);
+        let y = self.rows(&x.reshape((rows, features))?)?;
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank > 2") = y.dim(1)?;
+        y.reshape(shape)
+    }
 }
 
 /// LayerNorm with torch's semantics (biased variance, eps inside the square root).
@@ -49,7 +90,9 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
-        if differentiable {
+        if differentiable && fused::applies(x) && fused::applies(&self.weight) {
+            fused::layer_norm(x, &self.weight, &self.bias, self.eps)
+        } else if differentiable {
             candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
         } else {
             candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
@@ -106,8 +149,8 @@ impl KvCache {
 
 #[derive(Debug, Clone)]
 struct SelfAttention {
-    query_key_value: Linear,
-    dense: Linear,
+    query_key_value: RowLinear,
+    dense: RowLinear,
     heads: usize,
     head_dim: usize,
     pb_relax: bool,
@@ -149,8 +192,14 @@ impl SelfAttention {
         let scale = (self.head_dim as f64).sqrt();
         let k_t = k.transpose(2, 3)?;
         let scores = if self.pb_relax { (q / scale)?.matmul(&k_t)? } else { (q.matmul(&k_t)? / scale)? };
+        if fused::applies(&scores) && fused::applies(mask) {
+            // Masking and softmax in one pass (PB-relax's shift leaves a softmax as it is).
+            let probs = fused::masked_softmax(&scores, mask, differentiable)?;
+            let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h))?;
+            return self.dense.forward(&context);
+        }
         // scores * m - 10000 * (1 - m)
-        let penalty = ((mask.ones_like()? - mask)? * MASK_VALUE)?;
+        let penalty = ((mask.ones_like()? - mask)? * fused::MASK_VALUE as f64)?;
         let scores = scores.broadcast_mul(mask)?.broadcast_sub(&penalty)?;
         let scores = if self.pb_relax {
             // Subtract the maximum over each (sample, head) matrix, not per row.
@@ -168,8 +217,8 @@ impl SelfAttention {
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    dense_h_to_4h: Linear,
-    dense_4h_to_h: Linear,
+    dense_h_to_4h: RowLinear,
+    dense_4h_to_h: RowLinear,
 }
 
 impl Mlp {
@@ -182,8 +231,10 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // Tensor::gelu is the tanh approximation, as the reference's gelu_jit.
-        self.dense_4h_to_h.forward(&self.dense_h_to_4h.forward(x)?.gelu()?)
+        // The tanh approximation, as the reference's gelu_jit (and Tensor::gelu).
+        let up = self.dense_h_to_4h.forward(x)?;
+        let activated = if fused::applies(&up) { fused::gelu(&up)? } else { up.gelu()? };
+        self.dense_4h_to_h.forward(&activated)
     }
 }
 
@@ -293,7 +344,7 @@ pub struct Rudolph {
     final_layernorm: LayerNorm,
     /// `to_logits.0` (LayerNorm) and `to_logits.1` (Linear).
     logits_layernorm: LayerNorm,
-    logits_linear: Linear,
+    logits_linear: RowLinear,
     /// Row, column, conv, last-conv masks, `[S', S']`.
     layer_masks: [Tensor; 4],
     differentiable: bool,
@@ -342,6 +393,17 @@ impl Rudolph {
     }
 
     /// Training mode: composite ops with gradients instead of the fused inference kernels.
+    /// Keeps the attention and/or MLP weights fixed in training: no gradient is computed
+    /// for them (the article fine-tunes with both frozen).
+    pub fn freeze_blocks(&mut self, attention: bool, mlp: bool) {
+        for layer in &mut self.layers {
+            layer.attention.query_key_value.frozen = attention;
+            layer.attention.dense.frozen = attention;
+            layer.mlp.dense_h_to_4h.frozen = mlp;
+            layer.mlp.dense_4h_to_h.frozen = mlp;
+        }
+    }
+
     pub fn set_differentiable(&mut self, on: bool) {
         self.differentiable = on;
     }

@@ -439,7 +439,7 @@ mod text_end_tests {
 
     #[test]
     fn a_text_ends_at_eos_or_at_an_id_outside_the_tokenizer() {
-        let engine = crate::bench::random_engine("tiny", &candle_core::Device::Cpu).unwrap();
+        let engine = crate::bench::random_engine("tiny", &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
         let vocab = engine.tokenizer.vocab_size() as u32;
         let body = engine.encode_text("борщ", 8);
         let ids: Vec<u32> = body.iter().copied().filter(|&t| t > TextTokenizer::EOS).collect();

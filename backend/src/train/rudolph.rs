@@ -273,6 +273,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
         varmap.load(&resume_from).with_context(|| format!("cannot resume from {}", resume_from.display()))?;
     }
     model.set_differentiable(true);
+    model.freeze_blocks(options.freeze.attention, options.freeze.mlp);
     let mut named: Vec<(String, Var)> =
         varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));

@@ -1,0 +1,459 @@
+//! Fused CPU kernels for the transformer, each with its own backward pass.
+//!
+//! Training through candle's composite ops spent four fifths of a step in the backward
+//! pass, one single-threaded element-wise op after another: the attention mask's
+//! multiply/subtract (and the mask's own, unused, gradient), softmax, LayerNorm and the
+//! tanh GELU. Each kernel below does its forward in one parallel pass over rows and
+//! gives candle a backward that is also one pass. They run on contiguous f32 CPU
+//! tensors; callers fall back to the composite ops elsewhere.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Masked attention scores are pushed to this (not -inf), as the reference does.
+pub const MASK_VALUE: f32 = 10000.0;
+
+/// Whether the fused kernels apply to this tensor.
+pub fn applies(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else { candle_core::bail!("{what} expects f32") };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what} expects a contiguous input"),
+    }
+}
+
+/// Rows per parallel task: enough work to amortise the scheduling.
+fn rows_per_task(row_len: usize) -> usize {
+    (16 * 1024 / row_len.max(1)).max(1)
+}
+
+// ---------------------------------------------------------------------------------------
+// Masked softmax
+
+/// `softmax(scores * m - 10000 * (1 - m))` over the last dim. `scores`: `[b, h, n, t]`;
+/// `mask`: `[1 or b, 1, n, t]` of 0/1. Equal to the reference's masking followed by
+/// softmax (the PB-relax shift by a per-matrix constant leaves a softmax unchanged).
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor, differentiable: bool) -> Result<Tensor> {
+    let (scores, mask) = (scores.contiguous()?, mask.contiguous()?);
+    if differentiable {
+        scores.apply_op2(&mask, MaskedSoftmax)
+    } else {
+        scores.apply_op2_no_bwd(&mask, &MaskedSoftmax)
+    }
+}
+
+struct MaskedSoftmax;
+
+/// `(b, h, n, t, mask batch)` of a scores/mask pair, checked.
+fn attention_dims(scores: &Layout, mask: &Layout) -> Result<(usize, usize, usize, usize, usize)> {
+    let (b, h, n, t) = scores.shape().dims4()?;
+    let (mb, one, mn, mt) = mask.shape().dims4()?;
+    if !(mb == 1 || mb == b) || one != 1 || mn != n || mt != t {
+        candle_core::bail!("masked softmax: mask {:?} does not fit scores {:?}", mask.shape(), scores.shape());
+    }
+    Ok((b, h, n, t, mb))
+}
+
+/// The mask row for row `row` of the flattened `[b*h*n, t]` scores.
+fn mask_row(mask: &[f32], row: usize, (h, n, t, mb): (usize, usize, usize, usize)) -> &[f32] {
+    let (sample, position) = (row / (h * n), row % n);
+    let sample = if mb == 1 { 0 } else { sample };
+    &mask[(sample * n + position) * t..(sample * n + position + 1) * t]
+}
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "masked-softmax"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let scores = contiguous_f32(s1, l1, "masked softmax")?;
+        let mask = contiguous_f32(s2, l2, "masked softmax")?;
+        let (_, h, n, t, mb) = attention_dims(l1, l2)?;
+        let mut out = vec![0f32; scores.len()];
+        let chunk = rows_per_task(t) * t;
+        out.par_chunks_mut(chunk).zip(scores.par_chunks(chunk)).enumerate().for_each(|(task, (dst, src))| {
+            let first_row = task * chunk / t;
+            for (i, (d, s)) in dst.chunks_mut(t).zip(src.chunks(t)).enumerate() {
+                let m = mask_row(mask, first_row + i, (h, n, t, mb));
+                let mut max = f32::NEG_INFINITY;
+                for ((d, &s), &m) in d.iter_mut().zip(s).zip(m) {
+                    *d = s * m - MASK_VALUE * (1.0 - m);
+                    max = max.max(*d);
+                }
+                let mut sum = 0f32;
+                for d in d.iter_mut() {
+                    *d = (*d - max).exp();
+                    sum += *d;
+                }
+                let inv = 1.0 / sum;
+                d.iter_mut().for_each(|d| *d *= inv);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _scores: &Tensor,
+        mask: &Tensor,
+        probs: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = probs.apply_op3_no_bwd(&grad.contiguous()?, mask, &MaskedSoftmaxBackward)?;
+        Ok((Some(grad), None))
+    }
+}
+
+/// `d scores = m * p * (g - sum(p * g))` per row.
+struct MaskedSoftmaxBackward;
+
+impl CustomOp3 for MaskedSoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "masked-softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let probs = contiguous_f32(s1, l1, "masked softmax backward")?;
+        let grad = contiguous_f32(s2, l2, "masked softmax backward")?;
+        let mask = contiguous_f32(s3, l3, "masked softmax backward")?;
+        let (_, h, n, t, mb) = attention_dims(l1, l3)?;
+        let mut out = vec![0f32; probs.len()];
+        let chunk = rows_per_task(t) * t;
+        out.par_chunks_mut(chunk).enumerate().for_each(|(task, dst)| {
+            let first = task * chunk;
+            for (i, d) in dst.chunks_mut(t).enumerate() {
+                let row = first / t + i;
+                let (p, g) = (&probs[row * t..(row + 1) * t], &grad[row * t..(row + 1) * t]);
+                let m = mask_row(mask, row, (h, n, t, mb));
+                let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
+                for (((d, &p), &g), &m) in d.iter_mut().zip(p).zip(g).zip(m) {
+                    *d = m * p * (g - dot);
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// LayerNorm
+
+/// LayerNorm over the last dim with torch's semantics, differentiable in all three inputs.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNorm { eps: eps as f32 })
+}
+
+struct LayerNorm {
+    eps: f32,
+}
+
+/// Mean and 1/std of one row (biased variance, eps inside the root).
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let len = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / len;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / len;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "layer norm")?;
+        let (w, b) = (contiguous_f32(s2, l2, "layer norm")?, contiguous_f32(s3, l3, "layer norm")?);
+        let h = w.len();
+        if h == 0 || l1.shape().dims().last() != Some(&h) || b.len() != h {
+            candle_core::bail!("layer norm: weight {:?} does not fit input {:?}", l2.shape(), l1.shape());
+        }
+        let mut out = vec![0f32; x.len()];
+        let chunk = rows_per_task(h) * h;
+        out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(dst, src)| {
+            for (d, s) in dst.chunks_mut(h).zip(src.chunks(h)) {
+                let (mean, rstd) = row_stats(s, self.eps);
+                for (((d, &s), &w), &b) in d.iter_mut().zip(s).zip(w).zip(b) {
+                    *d = (s - mean) * rstd * w + b;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let h = weight.elem_count();
+        let rows = x.elem_count() / h;
+        let packed = x.apply_op3_no_bwd(weight, &grad.contiguous()?, &LayerNormBackward { eps: self.eps })?;
+        let dx = packed.narrow(0, 0, rows * h)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, rows * h, h)?;
+        let db = packed.narrow(0, rows * h + h, h)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// Packs `[dx (rows*h), dw (h), db (h)]` into one vector.
+struct LayerNormBackward {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormBackward {
+    fn name(&self) -> &'static str {
+        "layer-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "layer norm backward")?;
+        let w = contiguous_f32(s2, l2, "layer norm backward")?;
+        let grad = contiguous_f32(s3, l3, "layer norm backward")?;
+        let h = w.len();
+        let mut out = vec![0f32; x.len() + 2 * h];
+        let (dx, _) = out.split_at_mut(x.len());
+        let chunk = rows_per_task(h) * h;
+        // Each task returns its partial dw, db; they are summed after.
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk).zip(grad.par_chunks(chunk)))
+            .map(|(dst, (src, g))| {
+                let mut acc = vec![0f32; 2 * h];
+                let (dw, db) = acc.split_at_mut(h);
+                for ((d, s), g) in dst.chunks_mut(h).zip(src.chunks(h)).zip(g.chunks(h)) {
+                    let (mean, rstd) = row_stats(s, self.eps);
+                    let (mut mean_gw, mut mean_gw_xhat) = (0f32, 0f32);
+                    for (k, (&s, &g)) in s.iter().zip(g).enumerate() {
+                        let xhat = (s - mean) * rstd;
+                        let gw = g * w[k];
+                        mean_gw += gw;
+                        mean_gw_xhat += gw * xhat;
+                        dw[k] += g * xhat;
+                        db[k] += g;
+                    }
+                    mean_gw /= h as f32;
+                    mean_gw_xhat /= h as f32;
+                    for (k, (d, (&s, &g))) in d.iter_mut().zip(s.iter().zip(g)).enumerate() {
+                        let xhat = (s - mean) * rstd;
+                        *d = rstd * (g * w[k] - mean_gw - xhat * mean_gw_xhat);
+                    }
+                }
+                acc
+            })
+            .collect();
+        let tail = &mut out[x.len()..];
+        for partial in partials {
+            tail.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
+        }
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Product with a frozen weight
+
+/// `x · weightᵀ` for `x` `[rows, in]` and `weight` `[out, in]`, whose backward gives the
+/// input's gradient only (candle's matmul would compute the weight's as well).
+pub fn frozen_product(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(FrozenProduct { weight: weight.detach() })
+}
+
+struct FrozenProduct {
+    weight: Tensor,
+}
+
+impl CustomOp1 for FrozenProduct {
+    fn name(&self) -> &'static str {
+        "frozen-product"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = Tensor::from_slice(contiguous_f32(storage, layout, "frozen product")?, layout.shape(), &Device::Cpu)?;
+        let y = x.matmul(&self.weight.t()?)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1()?), shape))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight)?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// GELU (tanh approximation, the reference's gelu_jit)
+
+const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
+const GELU_CUBIC: f32 = 0.044715;
+
+/// tanh through one `exp` (glibc's tanhf goes through the slower expm1f). Its absolute
+/// error stays near 1e-7, which is what GELU's `1 + tanh` needs.
+fn tanh(u: f32) -> f32 {
+    let e = (2.0 * u.clamp(-10.0, 10.0)).exp();
+    (e - 1.0) / (e + 1.0)
+}
+
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Gelu)
+}
+
+struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "gelu-tanh"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, "gelu")?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024)).for_each(|(d, s)| {
+            for (d, &v) in d.iter_mut().zip(s) {
+                *d = 0.5 * v * (1.0 + tanh(SQRT_TWO_OVER_PI * v * (1.0 + GELU_CUBIC * v * v)));
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluBackward)?))
+    }
+}
+
+struct GeluBackward;
+
+impl CustomOp2 for GeluBackward {
+    fn name(&self) -> &'static str {
+        "gelu-tanh-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "gelu backward")?;
+        let grad = contiguous_f32(s2, l2, "gelu backward")?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024).zip(grad.par_chunks(16 * 1024))).for_each(
+            |(d, (s, g))| {
+                for ((d, &v), &g) in d.iter_mut().zip(s).zip(g) {
+                    let tanh = tanh(SQRT_TWO_OVER_PI * v * (1.0 + GELU_CUBIC * v * v));
+                    let inner = SQRT_TWO_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * v * v);
+                    *d = g * (0.5 * (1.0 + tanh) + 0.5 * v * (1.0 - tanh * tanh) * inner);
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// Forward values and gradients (of every var) of `fused` and `composite` agree, under
+    /// a loss weighing every output differently, so a misplaced gradient shows.
+    fn same_values_and_gradients(vars: &[&Var], fused: impl Fn() -> Tensor, composite: impl Fn() -> Tensor, tol: f32) {
+        let (a, b) = (fused(), composite());
+        assert!(max_diff(&a, &b) < tol, "forward differs by {}", max_diff(&a, &b));
+        let weights = Tensor::randn(0f32, 1.0, a.shape(), a.device()).unwrap();
+        let ga = (a * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (b * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        for (i, var) in vars.iter().enumerate() {
+            let diff = max_diff(ga.get(var.as_tensor()).unwrap(), gb.get(var.as_tensor()).unwrap());
+            assert!(diff < tol, "gradient of input {i} differs by {diff}");
+        }
+    }
+
+    #[test]
+    fn masked_softmax_equals_mask_then_softmax() {
+        let dev = Device::Cpu;
+        for mask_batch in [1, 2] {
+            let scores = Var::randn(0f32, 3.0, (2, 3, 5, 7), &dev).unwrap();
+            let mask = Tensor::rand(0f32, 1.0, (mask_batch, 1, 5, 7), &dev).unwrap().ge(0.3).unwrap();
+            let mask = mask.to_dtype(DType::F32).unwrap();
+            same_values_and_gradients(
+                &[&scores],
+                || masked_softmax(scores.as_tensor(), &mask, true).unwrap(),
+                || {
+                    let penalty = ((mask.ones_like().unwrap() - &mask).unwrap() * MASK_VALUE as f64).unwrap();
+                    let masked = scores.broadcast_mul(&mask).unwrap().broadcast_sub(&penalty).unwrap();
+                    candle_nn::ops::softmax(&masked, D::Minus1).unwrap()
+                },
+                1e-5,
+            );
+        }
+    }
+
+    #[test]
+    fn layer_norm_equals_the_composite() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0.3f32, 2.0, (3, 4, 16), &dev).unwrap();
+        let w = Var::randn(1f32, 0.5, 16, &dev).unwrap();
+        let b = Var::randn(0f32, 0.5, 16, &dev).unwrap();
+        same_values_and_gradients(
+            &[&x, &w, &b],
+            || layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap(),
+            || candle_nn::ops::layer_norm_slow(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap(),
+            1e-4,
+        );
+    }
+
+    #[test]
+    fn frozen_product_gives_the_input_gradient_only() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, (6, 5), &dev).unwrap();
+        let w = Var::randn(0f32, 1.0, (3, 5), &dev).unwrap();
+        same_values_and_gradients(
+            &[&x],
+            || frozen_product(x.as_tensor(), w.as_tensor()).unwrap(),
+            || x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap(),
+            1e-5,
+        );
+        let grads = frozen_product(x.as_tensor(), w.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(x.as_tensor()).is_some());
+        assert!(grads.get(w.as_tensor()).is_none(), "no gradient for the frozen weight");
+    }
+
+    #[test]
+    fn gelu_equals_candles() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 3.0, (4, 300), &dev).unwrap();
+        same_values_and_gradients(&[&x], || gelu(x.as_tensor()).unwrap(), || x.as_tensor().gelu().unwrap(), 1e-5);
+    }
+}
