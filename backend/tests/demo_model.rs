@@ -88,3 +88,39 @@ fn evaluate_reports_the_answers_and_metrics_that_agree_with_them() {
         assert!((0.0..=1.0).contains(&value), "{key}: {value}");
     }
 }
+
+/// "Which of these dishes?" as the app asks it (image fit, default template): the demo
+/// model was trained with bare dish names as left text, and the default reads them so.
+#[test]
+fn the_default_model_tells_which_of_ten_dishes_an_icon_shows() {
+    let table = std::fs::read_to_string(repo().join("data/demo/food.csv")).unwrap();
+    let rows: Vec<(String, String)> = table
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains("images/twemoji/") && l.ends_with("-0.png"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            (cells[5].to_string(), cells[6].to_string())
+        })
+        .fold(Vec::<(String, String)>::new(), |mut rows, row| {
+            if rows.len() < 10 && !rows.iter().any(|(dish, _)| *dish == row.0) {
+                rows.push(row);
+            }
+            rows
+        });
+    assert_eq!(rows.len(), 10);
+    let classes = rows.iter().map(|(dish, _)| dish.as_str()).collect::<Vec<_>>().join(",");
+    let mut right = 0;
+    for (dish, image) in &rows {
+        let output = Command::new(env!("CARGO_BIN_EXE_borscht"))
+            .args(["classify", "--json", "--method", "image-fit", "--classes", &classes, "--image"])
+            .arg(repo().join("data/demo").join(image))
+            .env_remove("BORSCHT_MODEL")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        right += (json["class"] == dish.as_str()) as usize;
+    }
+    assert!(right >= 8, "{right} of 10 icons told right");
+}

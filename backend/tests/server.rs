@@ -508,3 +508,30 @@ async fn the_api_answers_cors_preflights_for_allowed_origins() {
     assert!(lower.contains("access-control-allow-origin: *"), "{response}");
     assert!(lower.contains("access-control-allow-methods"), "{response}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_told_and_closed_after_the_idle_timeout() {
+    let mut server = TestServer::start(Limits { idle_timeout_s: 1, ..Limits::default() }).await;
+    server.open();
+    let mut ws = server.connect().await;
+    let started = std::time::Instant::now();
+    // Reading answers the server's pings with pongs, as a browser does; they must not
+    // count as activity.
+    match tokio::time::timeout(Duration::from_secs(10), next(&mut ws)).await {
+        Ok(ServerMessage::Error { code: ErrorCode::Unavailable, message, .. }) => assert!(message.contains("idle")),
+        other => panic!("expected the idle notice, got {other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(900), "closed after {waited:?}, before the timeout");
+    // Then the server ends the connection.
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => break,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the connection stayed open");
+}

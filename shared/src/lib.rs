@@ -54,7 +54,8 @@ pub enum ClientMessage {
         id: RequestId,
         image: String,
         classes: Vec<String>,
-        /// How a class is written, `{}` standing for it (default `блюдо: {}`).
+        /// How a class is written, `{}` standing for it (default: the dish alone for
+        /// `image_fit`, `блюдо: {}` for `zero_shot`).
         #[serde(default)]
         template: Option<String>,
         /// How to choose (default `image_fit`).

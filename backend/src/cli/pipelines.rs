@@ -11,7 +11,7 @@ use crate::pipelines::generation::CAPTION_TEMPLATE;
 use crate::pipelines::generation::{generate_image, generate_texts, CaptionOptions, GenerationEvent, ImageOptions};
 use crate::pipelines::recognize::{recognize, Recognition};
 use crate::pipelines::sampling::SamplingParams;
-use crate::pipelines::scoring::{classify_with, CLASS_TEMPLATE, DEFAULT_BATCH};
+use crate::pipelines::scoring::{classify_with, default_class_template, DEFAULT_BATCH};
 use crate::pipelines::Engine;
 use borscht_protocol::ClassifyMethod;
 
@@ -150,9 +150,10 @@ pub struct ClassifyArgs {
     /// Comma-separated dishes to choose from.
     #[arg(long, value_delimiter = ',', required = true)]
     pub classes: Vec<String>,
-    /// How each class is written; `{}` stands for it.
-    #[arg(long, default_value = CLASS_TEMPLATE)]
-    pub template: String,
+    /// How each class is written; `{}` stands for it (default: `блюдо: {}` for zero-shot,
+    /// the dish alone for image-fit, as training writes left texts).
+    #[arg(long)]
+    pub template: Option<String>,
     /// `zero-shot` (the reference's zs_clf) or `image-fit` (the class the photo fits best).
     #[arg(long, default_value = "zero-shot", value_parser = parse_method)]
     pub method: ClassifyMethod,
@@ -171,7 +172,8 @@ pub fn run_classify(args: ClassifyArgs) -> Result<()> {
     let classes: Vec<String> = args.classes.iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
     let photo = open_image(&args.image, ImageLimits::default()).with_context(|| args.image.display().to_string())?;
     let codes = engine.photo_codes(&photo)?;
-    let result = classify_with(args.method, &engine, &codes, &classes, &args.template, DEFAULT_BATCH)?;
+    let template = args.template.as_deref().unwrap_or(default_class_template(args.method));
+    let result = classify_with(args.method, &engine, &codes, &classes, template, DEFAULT_BATCH)?;
     if args.engine.json {
         println!(
             "{}",

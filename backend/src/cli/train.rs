@@ -221,6 +221,10 @@ pub struct EvaluateArgs {
     /// Dishes offered per zero-shot question (0 skips zero-shot).
     #[arg(long, default_value_t = 10)]
     pub zero_shot_classes: usize,
+    /// How a dish is written for the zero-shot questions (`{}` stands for the dish;
+    /// default: each method's own, as `borscht classify`).
+    #[arg(long)]
+    pub class_template: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Also write the full report (every picture's outcome) here as JSON.
@@ -238,7 +242,7 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
     let options = EvalOptions {
         captions: CaptionOptions { count: args.n, seed: args.seed, ..Default::default() },
         zero_shot_classes: args.zero_shot_classes,
-        zero_shot_template: crate::pipelines::scoring::CLASS_TEMPLATE.into(),
+        class_template: args.class_template.clone(),
         seed: args.seed,
     };
     let bar = crate::train::progress_bar(dataset.samples.len() as u64, "evaluate");

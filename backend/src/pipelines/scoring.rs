@@ -159,8 +159,20 @@ pub fn classify(
     Ok(classification_of(&ppl))
 }
 
-/// How a dish is written for zero-shot choices: the start of the article's caption.
+/// How a dish is written for `zs_clf`, which scores it as right text (a caption): the
+/// start of the article's caption.
 pub const CLASS_TEMPLATE: &str = "блюдо: {}";
+/// How a dish is written for the image-fit choice, which puts it in the left text: as
+/// `borscht train --left-text-share` writes left texts, the dish name alone.
+pub const LEFT_CLASS_TEMPLATE: &str = "{}";
+
+/// The template a method reads a dish in when the caller names none.
+pub fn default_class_template(method: ClassifyMethod) -> &'static str {
+    match method {
+        ClassifyMethod::ZeroShot => CLASS_TEMPLATE,
+        ClassifyMethod::ImageFit => LEFT_CLASS_TEMPLATE,
+    }
+}
 
 /// Each class written with `template` (`{}` stands for the class; without it, the class alone).
 fn class_texts(classes: &[String], template: &str) -> Result<Vec<String>> {

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::limits::Limits;
 use crate::imaging::{decode_image, ImageInputError};
 use crate::pipelines::generation::CAPTION_TEMPLATE;
-use crate::pipelines::scoring::CLASS_TEMPLATE;
+use crate::pipelines::scoring::default_class_template;
 
 pub const DEFAULT_CAPTIONS: u32 = 16;
 pub const DEFAULT_IMAGES: u32 = 1;
@@ -175,7 +175,7 @@ pub fn classify_task(
         ));
     }
     let classes = classes.iter().map(|c| check_text("dish name", c, limits)).collect::<Result<Vec<_>, _>>()?;
-    let template = check_text("template", template.unwrap_or(CLASS_TEMPLATE), limits)?;
+    let template = check_text("template", template.unwrap_or(default_class_template(method)), limits)?;
     Ok(Task::Classify { image, classes, template, method })
 }
 

@@ -67,13 +67,19 @@ async fn handle_connection(socket: WebSocket, state: AppState) {
     };
     connection.send(ServerMessage::Hello { protocol_version: PROTOCOL_VERSION, server: server_name(), model }).await;
 
-    let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+    // Ticks often enough to notice a short idle timeout too.
+    let tick = KEEP_ALIVE.min(state.limits.idle_timeout() / 2).max(Duration::from_millis(100));
+    let mut keep_alive = tokio::time::interval(tick);
     keep_alive.tick().await; // the first tick fires at once
     let mut last_activity = Instant::now();
     loop {
         tokio::select! {
             frame = stream.next() => {
-                last_activity = Instant::now();
+                // Only the client's own messages count as activity: a browser answers our
+                // pings by itself, so pongs would keep an abandoned tab open for ever.
+                if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &frame {
+                    last_activity = Instant::now();
+                }
                 match frame {
                     Some(Ok(Message::Text(text))) => connection.on_text(text.as_str()).await,
                     Some(Ok(Message::Binary(_))) => {

@@ -12,15 +12,18 @@ use crate::imaging::{open_image, ImageLimits};
 use crate::nutrition::parse_caption;
 use crate::pipelines::generation::CaptionOptions;
 use crate::pipelines::recognize::recognize;
-use crate::pipelines::scoring::{classify, classify_by_image, DEFAULT_BATCH};
+use crate::pipelines::scoring::{classify, classify_by_image, default_class_template, DEFAULT_BATCH};
 use crate::pipelines::Engine;
+use borscht_protocol::ClassifyMethod;
 
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
     pub captions: CaptionOptions,
     /// Dishes offered per zero-shot question (the true one included); 0 skips zero-shot.
     pub zero_shot_classes: usize,
-    pub zero_shot_template: String,
+    /// How the dishes are written; None: each method's default
+    /// ([`crate::pipelines::scoring::default_class_template`]).
+    pub class_template: Option<String>,
     pub seed: u64,
 }
 
@@ -91,8 +94,10 @@ pub fn evaluate(
                 .collect();
             classes.push(dish.clone());
             classes.shuffle(&mut rng);
-            let result = classify(engine, &codes, &classes, &options.zero_shot_template, DEFAULT_BATCH)?;
-            let by_image = classify_by_image(engine, &codes, &classes, &options.zero_shot_template, DEFAULT_BATCH)?;
+            let template = |method| options.class_template.as_deref().unwrap_or(default_class_template(method));
+            let result = classify(engine, &codes, &classes, template(ClassifyMethod::ZeroShot), DEFAULT_BATCH)?;
+            let by_image =
+                classify_by_image(engine, &codes, &classes, template(ClassifyMethod::ImageFit), DEFAULT_BATCH)?;
             (Some(classes[result.label].clone()), Some(classes[by_image.label].clone()))
         } else {
             (None, None)
