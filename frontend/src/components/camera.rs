@@ -1,7 +1,8 @@
 //! The capture screen: a live camera preview (rear camera preferred), "Take photo"
 //! drawing the current frame into a canvas, and an upload button as the fallback
 //! for browsers without a camera or when permission is denied (also drag and drop).
-//! Every photo is drawn downscaled into the canvas and handed on as a JPEG data URL.
+//! Every photo is drawn downscaled into the canvas and handed on as a data URL (JPEG,
+//! or PNG for small pictures).
 
 use leptos::html;
 use leptos::prelude::*;
@@ -26,9 +27,14 @@ enum CaptureState {
     Failed(String),
 }
 
-/// The canvas as a JPEG data URL, for sending.
+/// Pictures up to this side go as PNG: JPEG's 8x8 blocks blur a small picture (an icon)
+/// enough to change what the model sees, and PNG costs little at that size.
+const LOSSLESS_MAX_SIDE: u32 = 256;
+
+/// The canvas as a data URL for sending: PNG for small pictures, JPEG for photos.
 fn photo_data_url(canvas: &HtmlCanvasElement) -> Option<String> {
-    canvas.to_data_url_with_type("image/jpeg").ok()
+    let small = canvas.width().max(canvas.height()) <= LOSSLESS_MAX_SIDE;
+    canvas.to_data_url_with_type(if small { "image/png" } else { "image/jpeg" }).ok()
 }
 
 #[component]
