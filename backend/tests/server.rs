@@ -21,6 +21,17 @@ struct TestServer {
     gate: Option<mpsc::Sender<()>>,
 }
 
+/// A tiny random model that finishes loading when `wait` receives (or its sender drops).
+fn gated_tiny_model(wait: mpsc::Receiver<()>) -> borscht::server::worker::EngineLoader {
+    Box::new(move || {
+        let _ = wait.recv();
+        Ok((
+            borscht::bench::random_engine("tiny", &candle_core::Device::Cpu, candle_core::DType::F32)?,
+            "tiny-random".into(),
+        ))
+    })
+}
+
 impl TestServer {
     async fn start(limits: Limits) -> TestServer {
         let (gate, wait) = mpsc::channel::<()>();
@@ -28,16 +39,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let mut config = ServerConfig::new(addr, std::env::temp_dir().join("borscht-no-web-app"));
         config.limits = limits;
-        let server = Server::start(
-            &config,
-            Box::new(move || {
-                let _ = wait.recv();
-                Ok((
-                    borscht::bench::random_engine("tiny", &candle_core::Device::Cpu, candle_core::DType::F32)?,
-                    "tiny-random".into(),
-                ))
-            }),
-        );
+        let server = Server::start(&config, gated_tiny_model(wait));
         tokio::spawn(serve_on(listener, server.router, std::future::pending()));
         TestServer { addr, gate: Some(gate) }
     }
@@ -456,16 +458,7 @@ async fn shutdown_refuses_new_work_and_finishes_what_is_in_flight() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = ServerConfig::new(addr, std::env::temp_dir().join("borscht-no-web-app"));
-    let server = Server::start(
-        &config,
-        Box::new(move || {
-            let _ = wait.recv();
-            Ok((
-                borscht::bench::random_engine("tiny", &candle_core::Device::Cpu, candle_core::DType::F32)?,
-                "tiny-random".into(),
-            ))
-        }),
-    );
+    let server = Server::start(&config, gated_tiny_model(wait));
     let state = server.state.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let drain_state = state.clone();

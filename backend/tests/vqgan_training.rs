@@ -15,6 +15,10 @@ fn run(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_borscht")).args(args).output().unwrap()
 }
 
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+}
+
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -52,14 +56,8 @@ fn cli_encode_and_decode_match_the_reference() {
         p(&png),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let diff: f32 = (Tensor::read_npy(&images).unwrap() - Tensor::read_npy(fixtures().join("decoded.npy")).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let diff =
+        max_abs_diff(&Tensor::read_npy(&images).unwrap(), &Tensor::read_npy(fixtures().join("decoded.npy")).unwrap());
     assert!(diff <= 1e-4, "{diff}");
     let grid = image::open(&png).unwrap();
     assert_eq!((grid.width(), grid.height()), (3 * 32 + 2 * 2, 32));
@@ -176,17 +174,10 @@ fn straight_through_decodes_exactly_the_hard_codes() {
     let decoded = vqgan.decode(&hard.codes).unwrap();
     // reconstruct returns [-1, 1]; decode maps to [0, 1].
     let rebuilt = ((&hard.images + 1.0).unwrap() / 2.0).unwrap().clamp(0f32, 1f32).unwrap();
-    let diff: f32 = (rebuilt - decoded).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    let diff = max_abs_diff(&rebuilt, &decoded);
     assert!(diff < 1e-4, "straight-through decodes what inference decodes: {diff}");
     let soft = vqgan.reconstruct(&images, 1.0, 3, false).unwrap();
-    let soft_diff: f32 = (((&soft.images + 1.0).unwrap() / 2.0).unwrap().clamp(0f32, 1f32).unwrap()
-        - vqgan.decode(&soft.codes).unwrap())
-    .unwrap()
-    .abs()
-    .unwrap()
-    .max_all()
-    .unwrap()
-    .to_scalar()
-    .unwrap();
+    let soft_rebuilt = ((&soft.images + 1.0).unwrap() / 2.0).unwrap().clamp(0f32, 1f32).unwrap();
+    let soft_diff = max_abs_diff(&soft_rebuilt, &vqgan.decode(&soft.codes).unwrap());
     assert!(soft_diff > 1e-3, "the relaxed decode differs from the hard one ({soft_diff})");
 }

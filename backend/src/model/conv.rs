@@ -8,7 +8,8 @@
 //! takes the same path: candle's own conv2d backward goes through a slow
 //! conv_transpose2d. Other devices and dtypes use candle's conv2d.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
+use crate::model::fused::{self, contiguous_f32};
+use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
@@ -43,7 +44,7 @@ impl Conv2d {
     pub fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
         let (out_c, in_c, k, _) = self.weight.dims4()?;
         let (b, _, h, w) = x.dims4()?;
-        if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+        if !fused::applies(x) {
             return x
                 .conv2d(&self.weight, self.padding, self.stride, 1, 1)?
                 .broadcast_add(&self.bias.reshape((1, out_c, 1, 1))?);
@@ -108,11 +109,7 @@ impl CustomOp1 for Im2Col {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else { candle_core::bail!("im2col expects f32") };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("im2col expects a contiguous input")
-        };
-        let x = &data[start..end];
+        let x = contiguous_f32(storage, layout, "im2col")?;
         let (b, c, h, w) = layout.shape().dims4()?;
         let k = self.kernel;
         let (out_h, out_w) = self.output_size(h, w);
@@ -175,11 +172,7 @@ impl CustomOp1 for Col2Im {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else { candle_core::bail!("col2im expects f32") };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("col2im expects a contiguous input")
-        };
-        let cols = &data[start..end];
+        let cols = contiguous_f32(storage, layout, "col2im")?;
         let (rows, columns) = layout.shape().dims2()?;
         let Im2Col { kernel: k, stride, padding } = self.forward;
         let (b, c, h, w) = (self.images, self.channels, self.height, self.width);

@@ -18,7 +18,9 @@ pub fn applies(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+/// The f32 data of a contiguous CPU tensor (what the CPU kernels here and in
+/// [`crate::model::conv`] and [`crate::model::group_norm`] take).
+pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else { candle_core::bail!("{what} expects f32") };
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),

@@ -7,6 +7,7 @@
 //! statistics and the affine + swish in parallel over (sample, group) in a single
 //! custom op. Training and other devices use the composite ops, which have gradients.
 
+use crate::model::fused::{self, contiguous_f32};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
@@ -34,8 +35,7 @@ impl GroupNorm {
 
     /// `x`: `[b, c, ...]`. `swish` applies `x * sigmoid(x)` after the affine step.
     pub fn forward(&self, x: &Tensor, swish: bool, differentiable: bool) -> Result<Tensor> {
-        let fused =
-            !differentiable && x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32;
+        let fused = !differentiable && fused::applies(x) && fused::applies(&self.weight);
         if fused {
             return x.contiguous()?.apply_op3_no_bwd(
                 &self.weight,
@@ -106,12 +106,9 @@ impl CustomOp3 for FusedGroupNorm {
         bias: &CpuStorage,
         bias_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(bias)) = (x, weight, bias) else {
+        let x = contiguous_f32(x, x_layout, "fused group norm")?;
+        let (CpuStorage::F32(w), CpuStorage::F32(bias)) = (weight, bias) else {
             candle_core::bail!("fused group norm expects f32 tensors");
-        };
-        let x = match x_layout.contiguous_offsets() {
-            Some((start, end)) => &x[start..end],
-            None => candle_core::bail!("fused group norm expects a contiguous input"),
         };
         let w = &w[weight_layout.start_offset()..];
         let bias = &bias[bias_layout.start_offset()..];

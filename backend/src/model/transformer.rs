@@ -192,12 +192,18 @@ impl SelfAttention {
         let scale = (self.head_dim as f64).sqrt();
         let k_t = k.transpose(2, 3)?;
         let scores = if self.pb_relax { (q / scale)?.matmul(&k_t)? } else { (q.matmul(&k_t)? / scale)? };
-        if fused::applies(&scores) && fused::applies(mask) {
+        let probs = if fused::applies(&scores) && fused::applies(mask) {
             // Masking and softmax in one pass (PB-relax's shift leaves a softmax as it is).
-            let probs = fused::masked_softmax(&scores, mask, differentiable)?;
-            let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h))?;
-            return self.dense.forward(&context);
-        }
+            fused::masked_softmax(&scores, mask, differentiable)?
+        } else {
+            self.masked_softmax_composite(&scores, mask, differentiable)?
+        };
+        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h))?;
+        self.dense.forward(&context)
+    }
+
+    /// The reference's masking, PB-relax and softmax, op by op (other devices and dtypes).
+    fn masked_softmax_composite(&self, scores: &Tensor, mask: &Tensor, differentiable: bool) -> Result<Tensor> {
         // scores * m - 10000 * (1 - m)
         let penalty = ((mask.ones_like()? - mask)? * fused::MASK_VALUE as f64)?;
         let scores = scores.broadcast_mul(mask)?.broadcast_sub(&penalty)?;
@@ -209,9 +215,7 @@ impl SelfAttention {
         } else {
             scores
         };
-        let probs = softmax_last_dim(&scores, differentiable)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h))?;
-        self.dense.forward(&context)
+        softmax_last_dim(&scores, differentiable)
     }
 }
 

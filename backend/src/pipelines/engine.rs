@@ -95,11 +95,6 @@ impl Engine {
         Ok(self.image_codes(image)?.squeeze(0)?.to_vec1()?)
     }
 
-    /// The dtype the weights were loaded in.
-    pub fn model_dtype(&self) -> DType {
-        self.model.dtype()
-    }
-
     /// `text` as the reference feeds it: lower-cased, trimmed, `[BOS] ids [EOS]` padded to `len`.
     pub fn encode_text(&self, text: &str, len: usize) -> Vec<u32> {
         self.tokenizer.encode_text(text.to_lowercase().trim(), len)

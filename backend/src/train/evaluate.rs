@@ -12,7 +12,7 @@ use crate::imaging::{open_image, ImageLimits};
 use crate::nutrition::parse_caption;
 use crate::pipelines::generation::CaptionOptions;
 use crate::pipelines::recognize::recognize;
-use crate::pipelines::scoring::{classify, classify_by_image, default_class_template, DEFAULT_BATCH};
+use crate::pipelines::scoring::{classify_with, default_class_template, DEFAULT_BATCH};
 use crate::pipelines::Engine;
 use borscht_protocol::ClassifyMethod;
 
@@ -94,11 +94,12 @@ pub fn evaluate(
                 .collect();
             classes.push(dish.clone());
             classes.shuffle(&mut rng);
-            let template = |method| options.class_template.as_deref().unwrap_or(default_class_template(method));
-            let result = classify(engine, &codes, &classes, template(ClassifyMethod::ZeroShot), DEFAULT_BATCH)?;
-            let by_image =
-                classify_by_image(engine, &codes, &classes, template(ClassifyMethod::ImageFit), DEFAULT_BATCH)?;
-            (Some(classes[result.label].clone()), Some(classes[by_image.label].clone()))
+            let choose = |method| -> Result<Option<String>> {
+                let template = options.class_template.as_deref().unwrap_or(default_class_template(method));
+                let choice = classify_with(method, engine, &codes, &classes, template, DEFAULT_BATCH)?;
+                Ok(Some(classes[choice.label].clone()))
+            };
+            (choose(ClassifyMethod::ZeroShot)?, choose(ClassifyMethod::ImageFit)?)
         } else {
             (None, None)
         };
