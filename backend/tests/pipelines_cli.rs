@@ -108,4 +108,11 @@ fn bench_reports_every_key_as_median_and_min() {
         assert!(median > 0.0 && min > 0.0 && min <= median, "{key}: {pair:?}");
     }
     assert!(!run(&["bench", "--preset", "huge"]).status.success());
+
+    // --only runs just the keys named.
+    let only = json(run(&["bench", "--preset", "tiny", "--runs", "1", "--only", "zs_clf_20,vae_decode_4"]));
+    let mut keys: Vec<&String> = only.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["vae_decode_4", "zs_clf_20"]);
+    assert!(!run(&["bench", "--dtype", "f8"]).status.success());
 }
