@@ -9,6 +9,7 @@
 //! conv_transpose2d. Other devices and dtypes use candle's conv2d.
 
 use crate::model::fused::{self, contiguous_f32};
+use crate::model::vector_math::vectorized;
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
@@ -114,37 +115,50 @@ impl CustomOp1 for Im2Col {
         let k = self.kernel;
         let (out_h, out_w) = self.output_size(h, w);
         let positions = out_h * out_w;
-        let mut cols = vec![0f32; c * k * k * b * positions];
+        let len = c * k * k * b * positions;
+        // Every element is written below (zeros where a tap falls in the padding), so the
+        // matrix is not cleared first: that pass cost as much as the copies.
+        let mut cols: Vec<f32> = Vec::with_capacity(len);
         let (pad, stride) = (self.padding as isize, self.stride);
-        cols.par_chunks_mut(b * positions).enumerate().for_each(|(row, dst)| {
-            let (channel, tap) = (row / (k * k), row % (k * k));
-            let (ky, kx) = ((tap / k) as isize, (tap % k) as isize);
-            for (image, dst) in dst.chunks_mut(positions).enumerate() {
-                let plane = &x[(image * c + channel) * h * w..(image * c + channel + 1) * h * w];
-                for oy in 0..out_h {
-                    let iy = (oy * stride) as isize + ky - pad;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    let src_row = &plane[iy as usize * w..(iy as usize + 1) * w];
-                    let dst_row = &mut dst[oy * out_w..(oy + 1) * out_w];
-                    if stride == 1 {
-                        // The taps inside the image are one contiguous run: ix = ox + kx - pad.
-                        let first = (pad - kx).max(0) as usize;
-                        let last = (w as isize + pad - kx).min(out_w as isize).max(first as isize) as usize;
-                        let from = (first as isize + kx - pad) as usize;
-                        dst_row[first..last].copy_from_slice(&src_row[from..from + last - first]);
-                        continue;
-                    }
-                    for (ox, d) in dst_row.iter_mut().enumerate() {
-                        let ix = (ox * stride) as isize + kx - pad;
-                        if ix >= 0 && ix < w as isize {
-                            *d = src_row[ix as usize];
+        cols.spare_capacity_mut()[..len].par_chunks_mut(b * positions).enumerate().for_each(|(row, dst)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (channel, tap) = (row / (k * k), row % (k * k));
+                    let (ky, kx) = ((tap / k) as isize, (tap % k) as isize);
+                    for (image, dst) in dst.chunks_mut(positions).enumerate() {
+                        let plane = &x[(image * c + channel) * h * w..(image * c + channel + 1) * h * w];
+                        for oy in 0..out_h {
+                            let dst_row = &mut dst[oy * out_w..(oy + 1) * out_w];
+                            let iy = (oy * stride) as isize + ky - pad;
+                            if iy < 0 || iy >= h as isize {
+                                dst_row.iter_mut().for_each(|d| _ = d.write(0.0));
+                                continue;
+                            }
+                            let src_row = &plane[iy as usize * w..(iy as usize + 1) * w];
+                            if stride == 1 {
+                                // The taps inside the image are one contiguous run: ix = ox + kx - pad.
+                                let first = (pad - kx).max(0) as usize;
+                                let last = (w as isize + pad - kx).min(out_w as isize).max(first as isize) as usize;
+                                let from = (first as isize + kx - pad) as usize;
+                                let (before, rest) = dst_row.split_at_mut(first);
+                                let (run, after) = rest.split_at_mut(last - first);
+                                before.iter_mut().chain(after).for_each(|d| _ = d.write(0.0));
+                                run.iter_mut().zip(&src_row[from..]).for_each(|(d, &v)| _ = d.write(v));
+                                continue;
+                            }
+                            for (ox, d) in dst_row.iter_mut().enumerate() {
+                                let ix = (ox * stride) as isize + kx - pad;
+                                d.write(if ix >= 0 && ix < w as isize { src_row[ix as usize] } else { 0.0 });
+                            }
                         }
                     }
-                }
-            }
+                },
+            )
         });
+        // SAFETY: the loop above wrote all `len` elements (rows are c*k*k chunks of
+        // b*positions, each split into out_h rows of out_w, every one written).
+        unsafe { cols.set_len(len) };
         Ok((CpuStorage::F32(cols), Shape::from((c * k * k, b * positions))))
     }
 

@@ -1,4 +1,5 @@
-//! Fused CPU kernels for the transformer, each with its own backward pass.
+//! Fused CPU kernels for the transformer (and the VQGAN's softmax), each with its own
+//! backward pass.
 //!
 //! Training through candle's composite ops spent four fifths of a step in the backward
 //! pass, one single-threaded element-wise op after another: the attention mask's
@@ -7,6 +8,7 @@
 //! gives candle a backward that is also one pass. They run on contiguous f32 CPU
 //! tensors; callers fall back to the composite ops elsewhere.
 
+use crate::model::vector_math::{exp, tanh, vectorized};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -80,21 +82,18 @@ impl CustomOp2 for MaskedSoftmax {
         let chunk = rows_per_task(t) * t;
         out.par_chunks_mut(chunk).zip(scores.par_chunks(chunk)).enumerate().for_each(|(task, (dst, src))| {
             let first_row = task * chunk / t;
-            for (i, (d, s)) in dst.chunks_mut(t).zip(src.chunks(t)).enumerate() {
-                let m = mask_row(mask, first_row + i, (h, n, t, mb));
-                let mut max = f32::NEG_INFINITY;
-                for ((d, &s), &m) in d.iter_mut().zip(s).zip(m) {
-                    *d = s * m - MASK_VALUE * (1.0 - m);
-                    max = max.max(*d);
-                }
-                let mut sum = 0f32;
-                for d in d.iter_mut() {
-                    *d = (*d - max).exp();
-                    sum += *d;
-                }
-                let inv = 1.0 / sum;
-                d.iter_mut().for_each(|d| *d *= inv);
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (i, (d, s)) in dst.chunks_mut(t).zip(src.chunks(t)).enumerate() {
+                        let m = mask_row(mask, first_row + i, (h, n, t, mb));
+                        for ((d, &s), &m) in d.iter_mut().zip(s).zip(m) {
+                            *d = s * m - MASK_VALUE * (1.0 - m);
+                        }
+                        normalise_exp(d);
+                    }
+                },
+            )
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -140,10 +139,130 @@ impl CustomOp3 for MaskedSoftmaxBackward {
                 let row = first / t + i;
                 let (p, g) = (&probs[row * t..(row + 1) * t], &grad[row * t..(row + 1) * t]);
                 let m = mask_row(mask, row, (h, n, t, mb));
-                let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
+                let dot = lane_dot(p, g);
                 for (((d, &p), &g), &m) in d.iter_mut().zip(p).zip(g).zip(m) {
                     *d = m * p * (g - dot);
                 }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `row = exp(row - max(row)) / sum`, in place.
+#[inline(always)]
+pub(crate) fn normalise_exp(row: &mut [f32]) {
+    let max = lane_max(row);
+    for d in row.iter_mut() {
+        *d = exp(*d - max);
+    }
+    let inv = 1.0 / lane_sum(row);
+    for d in row.iter_mut() {
+        *d *= inv;
+    }
+}
+
+/// A sum in 16 lanes (a plain `.sum()` is one serial chain the compiler must keep in order).
+#[inline(always)]
+fn lane_sum(values: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let chunks = values.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// The largest value, in 16 lanes (NaNs are skipped as `f32::max` skips them).
+#[inline(always)]
+fn lane_max(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = values.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for chunk in chunks {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l = if v > *l { v } else { *l };
+        }
+    }
+    lanes.iter().fold(tail, |a, &b| a.max(b))
+}
+
+/// `Σ a·b` in 16 lanes, as [`lane_sum`].
+#[inline(always)]
+fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let (a_chunks, b_chunks) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(a, b)| a * b).sum();
+    for (a, b) in a_chunks.zip(b_chunks) {
+        for (l, (&a, &b)) in lanes.iter_mut().zip(a.iter().zip(b)) {
+            *l += a * b;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+// ---------------------------------------------------------------------------------------
+// Softmax
+
+/// Softmax over the last dim (the VQGAN's attention), with a one-pass backward.
+pub fn softmax_last_dim(x: &Tensor, differentiable: bool) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    if differentiable {
+        x.apply_op1(Softmax)
+    } else {
+        x.apply_op1_no_bwd(&Softmax)
+    }
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let mut out = contiguous_f32(storage, layout, "softmax")?.to_vec();
+        let t = layout.shape().dims().last().copied().unwrap_or(1).max(1);
+        out.par_chunks_mut(rows_per_task(t) * t).for_each(|rows| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for row in rows.chunks_mut(t) {
+                        normalise_exp(row);
+                    }
+                },
+            )
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, probs: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(probs.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward)?))
+    }
+}
+
+/// `d x = p * (g - sum(p * g))` per row.
+struct SoftmaxBackward;
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let probs = contiguous_f32(s1, l1, "softmax backward")?;
+        let grad = contiguous_f32(s2, l2, "softmax backward")?;
+        let t = l1.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; probs.len()];
+        let chunk = rows_per_task(t) * t;
+        out.par_chunks_mut(chunk).zip(probs.par_chunks(chunk).zip(grad.par_chunks(chunk))).for_each(|(dst, (p, g))| {
+            for ((d, p), g) in dst.chunks_mut(t).zip(p.chunks(t)).zip(g.chunks(t)) {
+                let dot = lane_dot(p, g);
+                d.iter_mut().zip(p.iter().zip(g)).for_each(|(d, (&p, &g))| *d = p * (g - dot));
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -320,13 +439,6 @@ impl CustomOp1 for FrozenProduct {
 const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
 const GELU_CUBIC: f32 = 0.044715;
 
-/// tanh through one `exp` (glibc's tanhf goes through the slower expm1f). Its absolute
-/// error stays near 1e-7, which is what GELU's `1 + tanh` needs.
-fn tanh(u: f32) -> f32 {
-    let e = (2.0 * u.clamp(-10.0, 10.0)).exp();
-    (e - 1.0) / (e + 1.0)
-}
-
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Gelu)
 }
@@ -342,9 +454,14 @@ impl CustomOp1 for Gelu {
         let x = contiguous_f32(storage, layout, "gelu")?;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024)).for_each(|(d, s)| {
-            for (d, &v) in d.iter_mut().zip(s) {
-                *d = 0.5 * v * (1.0 + tanh(SQRT_TWO_OVER_PI * v * (1.0 + GELU_CUBIC * v * v)));
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (d, &v) in d.iter_mut().zip(s) {
+                        *d = 0.5 * v * (1.0 + tanh(SQRT_TWO_OVER_PI * v * (1.0 + GELU_CUBIC * v * v)));
+                    }
+                },
+            )
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
@@ -367,11 +484,16 @@ impl CustomOp2 for GeluBackward {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024).zip(grad.par_chunks(16 * 1024))).for_each(
             |(d, (s, g))| {
-                for ((d, &v), &g) in d.iter_mut().zip(s).zip(g) {
-                    let tanh = tanh(SQRT_TWO_OVER_PI * v * (1.0 + GELU_CUBIC * v * v));
-                    let inner = SQRT_TWO_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * v * v);
-                    *d = g * (0.5 * (1.0 + tanh) + 0.5 * v * (1.0 - tanh * tanh) * inner);
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((d, &v), &g) in d.iter_mut().zip(s).zip(g) {
+                            let tanh = tanh(SQRT_TWO_OVER_PI * v * (1.0 + GELU_CUBIC * v * v));
+                            let inner = SQRT_TWO_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * v * v);
+                            *d = g * (0.5 * (1.0 + tanh) + 0.5 * v * (1.0 - tanh * tanh) * inner);
+                        }
+                    },
+                )
             },
         );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -450,6 +572,19 @@ mod tests {
         let grads = frozen_product(x.as_tensor(), w.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
         assert!(grads.get(x.as_tensor()).is_some());
         assert!(grads.get(w.as_tensor()).is_none(), "no gradient for the frozen weight");
+    }
+
+    #[test]
+    fn softmax_equals_candles() {
+        let dev = Device::Cpu;
+        // 37 columns: lane loops with a remainder; large values: the max shift matters.
+        let x = Var::randn(0f32, 30.0, (3, 5, 37), &dev).unwrap();
+        same_values_and_gradients(
+            &[&x],
+            || softmax_last_dim(x.as_tensor(), true).unwrap(),
+            || candle_nn::ops::softmax(x.as_tensor(), D::Minus1).unwrap(),
+            1e-6,
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! custom op. Training and other devices use the composite ops, which have gradients.
 
 use crate::model::fused::{self, contiguous_f32};
+use crate::model::vector_math::{swish, vectorized};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
@@ -70,6 +71,7 @@ impl GroupNorm {
 
 /// `Σ f(v)` with 16 f32 lanes (which the compiler vectorises), folded in f64: as
 /// accurate as an f64 sum for groups of up to a few hundred thousand values.
+#[inline(always)]
 fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     let body = values.len() - values.len() % 16;
     let mut total: f64 = values[body..].iter().map(|&v| f(v) as f64).sum();
@@ -118,22 +120,34 @@ impl CustomOp3 for FusedGroupNorm {
         let per_group = c / self.groups;
         let group_len = per_group * spatial;
         let mut out = vec![0f32; x.len()];
+        let swish_after = self.swish;
         out.par_chunks_mut(group_len).zip(x.par_chunks(group_len)).enumerate().for_each(|(index, (dst, src))| {
-            let group = index % self.groups;
-            // Two passes: the mean, then the (biased) variance, as torch computes them.
-            let mean = lane_sum(src, |v| v) / group_len as f64;
-            let var = lane_sum(src, |v| (v - mean as f32) * (v - mean as f32)) / group_len as f64;
-            let inv_std = 1.0 / (var + self.eps).sqrt();
-            for k in 0..per_group {
-                let channel = group * per_group + k;
-                let scale = (w[channel] as f64 * inv_std) as f32;
-                let shift = (bias[channel] as f64 - mean * w[channel] as f64 * inv_std) as f32;
-                let range = k * spatial..(k + 1) * spatial;
-                for (d, &s) in dst[range.clone()].iter_mut().zip(&src[range]) {
-                    let y = s * scale + shift;
-                    *d = if self.swish { y / (1.0 + (-y).exp()) } else { y };
-                }
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    let group = index % self.groups;
+                    // Two passes: the mean, then the (biased) variance, as torch computes them.
+                    let mean = lane_sum(src, |v| v) / group_len as f64;
+                    let var = lane_sum(src, |v| (v - mean as f32) * (v - mean as f32)) / group_len as f64;
+                    let inv_std = 1.0 / (var + self.eps).sqrt();
+                    for k in 0..per_group {
+                        let channel = group * per_group + k;
+                        let scale = (w[channel] as f64 * inv_std) as f32;
+                        let shift = (bias[channel] as f64 - mean * w[channel] as f64 * inv_std) as f32;
+                        let range = k * spatial..(k + 1) * spatial;
+                        let (dst, src) = (&mut dst[range.clone()], &src[range]);
+                        if swish_after {
+                            for (d, &s) in dst.iter_mut().zip(src) {
+                                *d = swish(s * scale + shift);
+                            }
+                        } else {
+                            for (d, &s) in dst.iter_mut().zip(src) {
+                                *d = s * scale + shift;
+                            }
+                        }
+                    }
+                },
+            )
         });
         debug_assert_eq!(out.len(), b * c * spatial);
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))

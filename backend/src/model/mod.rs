@@ -6,6 +6,8 @@
 //! - [`masks`]: the sparse layer masks and the per-sample attention masks.
 //! - [`transformer`]: the decoder itself, its KV cache and its training loss;
 //!   [`fused`]: its CPU kernels (masked softmax, LayerNorm, GELU) with backward passes.
+//! - [`conv`], [`group_norm`], [`spatial_attention`]: the VQGAN's CPU kernels.
+//! - [`vector_math`]: a vectorisable `exp` and run-time SIMD dispatch for those kernels.
 //! - [`weights`]: finding, checking, loading and converting checkpoints.
 
 pub mod checkpoint;
@@ -15,7 +17,9 @@ pub mod device;
 pub mod fused;
 pub mod group_norm;
 pub mod masks;
+pub mod spatial_attention;
 pub mod tokenizer;
 pub mod transformer;
+pub mod vector_math;
 pub mod vqgan;
 pub mod weights;

@@ -10,7 +10,9 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 
 use crate::model::conv::Conv2d;
+use crate::model::fused;
 use crate::model::group_norm::GroupNorm;
+use crate::model::spatial_attention::spatial_attention;
 use serde::{Deserialize, Serialize};
 
 /// taming's `ddconfig`.
@@ -189,17 +191,26 @@ impl AttnBlock {
     fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let normed = self.norm.forward(x, false, differentiable)?;
-        let q = self.q.forward(&normed, differentiable)?.reshape((b, c, h * w))?.transpose(1, 2)?; // b, hw, c
-        let k = self.k.forward(&normed, differentiable)?.reshape((b, c, h * w))?; // b, c, hw
+        let q = self.q.forward(&normed, differentiable)?.reshape((b, c, h * w))?; // b, c, hw
+        let k = self.k.forward(&normed, differentiable)?.reshape((b, c, h * w))?;
         let v = self.v.forward(&normed, differentiable)?.reshape((b, c, h * w))?;
-        let weights = (q.matmul(&k)? * (c as f64).powf(-0.5))?;
-        let weights = if differentiable {
+        if !differentiable && fused::applies(&q) {
+            let attended = spatial_attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, c, h, w))?;
+            return x + self.proj_out.forward(&attended, false)?;
+        }
+        let q = q.transpose(1, 2)?; // b, hw, c
+                                    // Scaling q rather than the scores: hw*c multiplies instead of hw*hw.
+        let weights = (q * (c as f64).powf(-0.5))?.matmul(&k)?;
+        let weights = if fused::applies(&weights) {
+            fused::softmax_last_dim(&weights, differentiable)?
+        } else if differentiable {
             candle_nn::ops::softmax(&weights, D::Minus1)?
         } else {
             candle_nn::ops::softmax_last_dim(&weights)?
         };
-        // h[b, c, j] = sum_i v[b, c, i] * w[b, j, i]
-        let attended = v.matmul(&weights.transpose(1, 2)?)?.reshape((b, c, h, w))?;
+        // h[b, c, j] = sum_i v[b, c, i] * w[b, j, i], computed as (w · vᵀ)ᵀ: the product
+        // then reads the big weights matrix in its own layout (no packing of a transpose).
+        let attended = weights.matmul(&v.transpose(1, 2)?)?.transpose(1, 2)?.reshape((b, c, h, w))?;
         x + self.proj_out.forward(&attended, differentiable)?
     }
 }
