@@ -1,11 +1,11 @@
 //! One full forward and one cached decode step of a small RUDOLPH (random weights, CPU f32).
 //! The PyTorch reference on the same config: scripts/fixtures/bench_reference.py.
 
+use borscht::bench::random_weights;
 use borscht::model::config::RudolphConfig;
 use borscht::model::masks::causal_mask;
 use borscht::model::transformer::Rudolph;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 /// The demo-model scale: 8 layers, hidden 256, 64x64 images (8x8 codes), 32 + 32 text.
@@ -24,10 +24,11 @@ pub fn small_config() -> RudolphConfig {
 }
 
 fn bench(c: &mut Criterion) {
+    borscht::process::configure();
     let cfg = small_config();
     let device = Device::Cpu;
-    let varmap = VarMap::new();
-    let model = Rudolph::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device)).unwrap();
+    let weights = random_weights(DType::F32, &device, |vb| Rudolph::new(&cfg, vb).map(|_| ())).unwrap();
+    let model = Rudolph::new(&cfg, weights).unwrap();
     let s = cfg.total_seq_length();
     let ids: Vec<u32> = (0..s as u32).map(|i| if (32..96).contains(&i) { i % 1024 } else { 4 + i % 2000 }).collect();
     let ids = Tensor::from_vec(ids, (1, s), &device).unwrap();

@@ -1,18 +1,19 @@
 //! VQGAN encode/decode on CPU (random weights). The PyTorch reference on the same
 //! configs: scripts/fixtures/bench_reference.py.
 
+use borscht::bench::random_weights;
 use borscht::model::vqgan::{Vqgan, VqganConfig};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn bench(c: &mut Criterion) {
+    borscht::process::configure();
     let device = Device::Cpu;
     for (name, cfg, size, encode_batch, decode_batch) in
         [("small (demo), 64px", VqganConfig::small(), 64, 16, 4), ("sber f8, 128px", VqganConfig::sber(), 128, 1, 1)]
     {
-        let varmap = VarMap::new();
-        let vqgan = Vqgan::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device)).unwrap();
+        let weights = random_weights(DType::F32, &device, |vb| Vqgan::new(&cfg, vb).map(|_| ())).unwrap();
+        let vqgan = Vqgan::new(&cfg, weights).unwrap();
         let images = Tensor::rand(0f32, 1f32, (encode_batch, 3, size, size), &device).unwrap();
         let codes = vqgan.encode(&images.narrow(0, 0, decode_batch).unwrap()).unwrap();
         let mut group = c.benchmark_group(format!("vqgan {name}"));

@@ -72,7 +72,10 @@ fn bench_tokenizer(size: usize) -> Result<TextTokenizer> {
 /// Randomly initialised weights for whatever `build` creates, as plain tensors: weights
 /// that are variables make every op record its inputs for a backward pass, which kept
 /// all of a forward's activations (and a KV cache's history) alive.
-fn random_weights(
+/// Random weights as plain tensors, as a loaded checkpoint has them (built with
+/// `build`'s initialisers). Variables would make every op keep its inputs for a backward
+/// pass and take the training paths.
+pub fn random_weights(
     dtype: DType,
     device: &Device,
     build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,

@@ -8,6 +8,7 @@
 //! - [`nutrition`]: reading captions, the Atwater check, the final answer.
 //! - [`pipelines`]: captioning, re-ranking, zero-shot, text and image generation.
 //! - [`train`]: training our VQGAN and RUDOLPH, the demo data set, evaluation.
+//! - [`process`]: allocator and thread-pool settings made at start-up.
 //! - [`server`]: the axum HTTP/WebSocket service: bounded queue, batching model worker, API.
 
 pub mod bench;
@@ -17,5 +18,6 @@ pub mod imaging;
 pub mod model;
 pub mod nutrition;
 pub mod pipelines;
+pub mod process;
 pub mod server;
 pub mod train;

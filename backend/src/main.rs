@@ -1,33 +1,6 @@
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    keep_freed_memory();
-    no_spinning_pool_on_two_cores();
+    borscht::process::configure();
     borscht::cli::Cli::parse().run()
-}
-
-/// candle runs element-wise ops on its own thread pool, whose workers spin between ops;
-/// our convolutions, kernels and matrix products run on rayon's. With two cores the
-/// spinning worker takes a core from rayon's threads (a VQGAN decode and a training step
-/// ran 5-10 % slower), so there candle's ops stay on the calling thread.
-fn no_spinning_pool_on_two_cores() {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores <= 2 && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // SAFETY: no other thread exists yet.
-        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
-    }
-}
-
-/// candle allocates a fresh buffer for every tensor op. glibc serves large buffers
-/// with mmap and unmaps them on free, so each op paid page faults for memory it had
-/// just released (a third of a VQGAN training step went to the kernel). Keeping
-/// freed memory in the heap lets the next op reuse it.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only tunes glibc's allocator; it runs before any other thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20); // glibc's largest allowed value on 64-bit
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-        libc::mallopt(libc::M_TOP_PAD, 512 << 20);
-    }
 }
