@@ -125,20 +125,29 @@ async fn next(ws: &mut Socket) -> ServerMessage {
     }
 }
 
-/// Every frame of request `id` up to and including its final one.
+/// Every frame of request `id` up to and including its final one (frames of other
+/// requests are skipped: use [`until_finals`] when several are in flight).
 async fn until_final(ws: &mut Socket, id: u64) -> Vec<ServerMessage> {
-    let mut frames = Vec::new();
-    loop {
+    until_finals(ws, &[id]).await.pop().expect("one id, one list")
+}
+
+/// The frames of each of `ids` up to its final one, in the order of `ids`, whatever
+/// order the requests finish in (one batch may finish them in any order).
+async fn until_finals(ws: &mut Socket, ids: &[u64]) -> Vec<Vec<ServerMessage>> {
+    let mut frames: Vec<Vec<ServerMessage>> = vec![Vec::new(); ids.len()];
+    let mut open = ids.len();
+    while open > 0 {
         let message = next(ws).await;
-        if message.request_id() != Some(id) {
-            continue;
+        let Some(slot) = ids.iter().position(|&id| message.request_id() == Some(id)) else { continue };
+        if frames[slot].last().is_some_and(ServerMessage::is_final) {
+            panic!("a frame after the final one: {message:?}");
         }
-        let last = message.is_final();
-        frames.push(message);
-        if last {
-            return frames;
+        if message.is_final() {
+            open -= 1;
         }
+        frames[slot].push(message);
     }
+    frames
 }
 
 async fn send(ws: &mut Socket, message: &ClientMessage) {
@@ -242,10 +251,10 @@ async fn cancel_and_a_closed_socket_stop_work() {
     }
     assert!(closed, "the server noticed the closed socket");
     server.open();
-    let cancelled = until_final(&mut ws, 1).await;
+    let [cancelled, finished]: [Vec<ServerMessage>; 2] =
+        until_finals(&mut ws, &[1, 2]).await.try_into().expect("two ids");
     assert_eq!(cancelled.last(), Some(&ServerMessage::Cancelled { id: 1 }));
     assert!(!cancelled.iter().any(|f| matches!(f, ServerMessage::Candidate { .. })), "no work for it");
-    let finished = until_final(&mut ws, 2).await;
     assert!(matches!(finished.last(), Some(ServerMessage::Result { .. })));
     // Cancelling what is not in flight is an error, not silence.
     send(&mut ws, &ClientMessage::Cancel { id: 99 }).await;
@@ -293,9 +302,11 @@ async fn a_flood_beyond_the_queue_is_told_busy_and_every_request_is_answered() {
     assert!(head.to_lowercase().contains("retry-after: 2"), "{head}");
     assert!(String::from_utf8_lossy(&body).contains("\"busy\""));
     server.open();
-    for (c, id) in pending {
-        let frames = until_final(&mut clients[c], id).await;
-        assert!(matches!(frames.last(), Some(ServerMessage::Result { .. })), "{:?}", frames.last());
+    for (c, ws) in clients.iter_mut().enumerate() {
+        let ids: Vec<u64> = pending.iter().filter(|(client, _)| *client == c).map(|(_, id)| *id).collect();
+        for frames in until_finals(ws, &ids).await {
+            assert!(matches!(frames.last(), Some(ServerMessage::Result { .. })), "{:?}", frames.last());
+        }
     }
     let metrics = server.metrics().await;
     assert_eq!(metric(&metrics, "borscht_rejected_busy_total"), 4.0, "{metrics}");

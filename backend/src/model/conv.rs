@@ -10,7 +10,7 @@
 
 use crate::model::fused::{self, contiguous_f32};
 use crate::model::vector_math::vectorized;
-use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
@@ -50,6 +50,10 @@ impl Conv2d {
                 .conv2d(&self.weight, self.padding, self.stride, 1, 1)?
                 .broadcast_add(&self.bias.reshape((1, out_c, 1, 1))?);
         }
+        if !differentiable && fused::applies(&self.weight) && fused::applies(&self.bias) {
+            let op = TiledConv { stride: self.stride, padding: self.padding };
+            return x.contiguous()?.apply_op3_no_bwd(&self.weight, &self.bias, &op);
+        }
         let op = Im2Col { kernel: k, stride: self.stride, padding: self.padding };
         let (out_h, out_w) = op.output_size(h, w);
         // The im2col matrix is k*k times the input: for a big batch of large pictures
@@ -86,6 +90,170 @@ impl Conv2d {
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Conv2d::forward(self, x, false)
+    }
+}
+
+/// Inference: the convolution one tile of output positions at a time. Each task lays
+/// out its tile's im2col columns (`[c*k*k, tile]`, sized to stay in L2) and multiplies
+/// them straight into the output, which starts as the bias. The whole-batch im2col
+/// matrix, nine times the input, never goes to memory and back, and the output needs
+/// no transposing or separate bias pass.
+#[derive(Debug, Clone, Copy)]
+struct TiledConv {
+    stride: usize,
+    padding: usize,
+}
+
+/// Bytes of im2col columns per tile: what L2 holds beside the weights. Tiles have at
+/// least 256 positions, so that wide convolutions (Sber's 128 to 512 channels) still
+/// multiply enough columns per repacking of their weight.
+const TILE_BYTES: usize = 256 << 10;
+
+/// A pointer into the output that tasks share; each writes its own tile's columns.
+#[derive(Clone, Copy)]
+struct OutputPtr(*mut f32);
+// SAFETY: tasks write disjoint (image, position range) blocks of the output.
+unsafe impl Send for OutputPtr {}
+unsafe impl Sync for OutputPtr {}
+
+impl CustomOp3 for TiledConv {
+    fn name(&self) -> &'static str {
+        "tiled-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "conv2d")?;
+        let weight = contiguous_f32(s2, l2, "conv2d")?;
+        let bias = contiguous_f32(s3, l3, "conv2d")?;
+        let (b, c, h, w) = l1.shape().dims4()?;
+        let (out_c, in_c, k, k2) = l2.shape().dims4()?;
+        if in_c != c || k2 != k || bias.len() != out_c {
+            candle_core::bail!(
+                "conv2d: weight {:?} / bias {:?} do not fit input {:?}",
+                l2.shape(),
+                l3.shape(),
+                l1.shape()
+            );
+        }
+        let geometry = Im2Col { kernel: k, stride: self.stride, padding: self.padding };
+        let (out_h, out_w) = geometry.output_size(h, w);
+        let positions = out_h * out_w;
+        let depth = c * k * k;
+        let tile = (TILE_BYTES / (depth * 4)).clamp(256, 1024).min(positions.next_multiple_of(16));
+        let mut out = vec![0f32; b * out_c * positions];
+        let out_ptr = OutputPtr(out.as_mut_ptr());
+        // A 1x1 convolution with stride 1 reads the input in place: its im2col is the input.
+        let direct = k == 1 && self.stride == 1 && self.padding == 0;
+        let tasks: Vec<(usize, usize)> =
+            (0..b).flat_map(|image| (0..positions).step_by(tile).map(move |first| (image, first))).collect();
+        tasks.into_par_iter().for_each_init(
+            || vec![0f32; if direct { 0 } else { depth * tile }],
+            |cols, (image, first)| {
+                let n = tile.min(positions - first);
+                let plane = &x[image * c * h * w..(image + 1) * c * h * w];
+                let (rhs, rhs_rs) = if direct {
+                    (plane[first..].as_ptr(), positions as isize)
+                } else {
+                    let cols = &mut cols[..depth * n];
+                    vectorized(
+                        #[inline(always)]
+                        || fill_tile(cols, plane, (c, h, w), out_w, geometry, first, n),
+                    );
+                    (cols.as_ptr(), n as isize)
+                };
+                let out_ptr = out_ptr;
+                // SAFETY: this task alone writes columns first..first+n of image `image`'s
+                // `[out_c, positions]` block; the reads stay inside `weight` ([out_c,
+                // depth]) and `rhs` ([depth, n] with row stride rhs_rs, in `plane` or
+                // `cols`).
+                unsafe {
+                    let dst = out_ptr.0.add(image * out_c * positions + first);
+                    for (o, &bias) in bias.iter().enumerate() {
+                        std::slice::from_raw_parts_mut(dst.add(o * positions), n).fill(bias);
+                    }
+                    gemm::gemm(
+                        out_c,
+                        n,
+                        depth,
+                        dst,
+                        1,
+                        positions as isize,
+                        true,
+                        weight.as_ptr(),
+                        1,
+                        depth as isize,
+                        rhs,
+                        1,
+                        rhs_rs,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((b, out_c, out_h, out_w))))
+    }
+}
+
+/// The im2col columns of output positions `first..first + n` of one image: row
+/// `(channel, ky, kx)` holds that tap for each position, zero in the padding.
+#[inline(always)]
+fn fill_tile(
+    cols: &mut [f32],
+    plane: &[f32],
+    (c, h, w): (usize, usize, usize),
+    out_w: usize,
+    geometry: Im2Col,
+    first: usize,
+    n: usize,
+) {
+    let Im2Col { kernel: k, stride, padding } = geometry;
+    let pad = padding as isize;
+    for (row, dst) in cols.chunks_mut(n).enumerate().take(c * k * k) {
+        let (channel, tap) = (row / (k * k), row % (k * k));
+        let (ky, kx) = ((tap / k) as isize, (tap % k) as isize);
+        let channel_plane = &plane[channel * h * w..(channel + 1) * h * w];
+        // Walk the tile one output row (a run of ox) at a time.
+        let mut position = first;
+        while position < first + n {
+            let (oy, ox0) = (position / out_w, position % out_w);
+            let run = (out_w - ox0).min(first + n - position);
+            let dst = &mut dst[position - first..position - first + run];
+            let iy = (oy * stride) as isize + ky - pad;
+            if iy < 0 || iy >= h as isize {
+                dst.fill(0.0);
+            } else {
+                let src_row = &channel_plane[iy as usize * w..(iy as usize + 1) * w];
+                if stride == 1 {
+                    // ix = ox + kx - pad: the taps inside the image are one contiguous run.
+                    let offset = ox0 as isize + kx - pad;
+                    let start = (-offset).clamp(0, run as isize) as usize;
+                    let end = (w as isize - offset).clamp(start as isize, run as isize) as usize;
+                    dst[..start].fill(0.0);
+                    let from = (offset + start as isize) as usize;
+                    dst[start..end].copy_from_slice(&src_row[from..from + end - start]);
+                    dst[end..].fill(0.0);
+                } else {
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        let ix = ((ox0 + i) * stride) as isize + kx - pad;
+                        *d = if ix >= 0 && ix < w as isize { src_row[ix as usize] } else { 0.0 };
+                    }
+                }
+            }
+            position += run;
+        }
     }
 }
 
@@ -246,7 +414,11 @@ mod tests {
 
     #[test]
     fn fast_paths_equal_candle_conv2d() {
-        for (k, stride, padding, h, w) in [(3, 1, 1, 9, 7), (3, 2, 0, 9, 9), (3, 1, 0, 5, 6), (1, 1, 0, 4, 5)] {
+        // The last two span several output tiles, the last one short and runs of
+        // positions crossing output rows.
+        let shapes =
+            [(3, 1, 1, 9, 7), (3, 2, 0, 9, 9), (3, 1, 0, 5, 6), (1, 1, 0, 4, 5), (3, 1, 1, 40, 30), (3, 2, 1, 81, 67)];
+        for (k, stride, padding, h, w) in shapes {
             let (conv, dev) = random_conv(5, 3, k, stride, padding);
             let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev).unwrap();
             let reference = conv.forward_with_candle(&x).unwrap();
@@ -259,13 +431,17 @@ mod tests {
 
     #[test]
     fn a_batch_too_big_for_one_im2col_goes_in_parts() {
-        // 3 images of 64 channels at 512x512: 576 x 262144 floats (600 MB) each.
+        // 3 images of 64 channels at 512x512: 576 x 262144 floats (600 MB) each, in the
+        // training path's whole-batch im2col (inference goes tile by tile).
         let (conv, dev) = random_conv(2, 64, 3, 1, 1);
         let x = Tensor::randn(0f32, 1.0, (3, 64, 512, 512), &dev).unwrap();
-        let ours = conv.forward(&x, false).unwrap();
-        assert_eq!(ours.dims(), &[3, 2, 512, 512]);
-        let diff = max_diff(&ours, &conv.forward_with_candle(&x).unwrap());
-        assert!(diff < 1e-3, "differs by {diff}");
+        let reference = conv.forward_with_candle(&x).unwrap();
+        for differentiable in [true, false] {
+            let ours = conv.forward(&x, differentiable).unwrap();
+            assert_eq!(ours.dims(), &[3, 2, 512, 512]);
+            let diff = max_diff(&ours, &reference);
+            assert!(diff < 1e-3, "differentiable {differentiable}: differs by {diff}");
+        }
     }
 
     #[test]
