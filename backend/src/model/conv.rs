@@ -1,12 +1,12 @@
-//! 2-D convolution for the VQGAN, with a faster CPU inference path.
+//! 2-D convolution for the VQGAN, with faster CPU paths.
 //!
 //! candle's CPU conv2d cuts the image into small tiles and runs a small matrix
 //! product per tile, where packing the operands costs more than the arithmetic.
-//! For inference on contiguous f32 CPU tensors we lay out the whole input as one
-//! im2col matrix per image (built in parallel) and run one large product per
-//! image. The im2col op has its adjoint (col2im) as backward, so training on the CPU
-//! takes the same path: candle's own conv2d backward goes through a slow
-//! conv_transpose2d. Other devices and dtypes use candle's conv2d.
+//! On contiguous f32 CPU tensors, inference goes one tile of output positions at a
+//! time ([`TiledConv`]: im2col columns kept in L2, multiplied straight into the
+//! output); training lays out the whole batch as one im2col matrix and runs one large
+//! product, with the adjoint (col2im) as backward, since candle's own conv2d backward
+//! goes through a slow conv_transpose2d. Other devices and dtypes use candle's conv2d.
 
 use crate::model::fused::{self, contiguous_f32};
 use crate::model::vector_math::vectorized;
@@ -50,7 +50,7 @@ impl Conv2d {
                 .conv2d(&self.weight, self.padding, self.stride, 1, 1)?
                 .broadcast_add(&self.bias.reshape((1, out_c, 1, 1))?);
         }
-        if !differentiable && fused::applies(&self.weight) && fused::applies(&self.bias) {
+        if !differentiable {
             let op = TiledConv { stride: self.stride, padding: self.padding };
             return x.contiguous()?.apply_op3_no_bwd(&self.weight, &self.bias, &op);
         }
@@ -70,7 +70,7 @@ impl Conv2d {
         let x = x.contiguous()?;
         // [in*k*k, b*out_h*out_w]: one product for the whole batch, and the bias added
         // along rows, so neither gradient needs a strided reduction.
-        let cols = if differentiable { x.apply_op1(op)? } else { x.apply_op1_no_bwd(&op)? };
+        let cols = x.apply_op1(op)?;
         let y = self
             .weight
             .reshape((out_c, in_c * k * k))?
@@ -219,40 +219,55 @@ fn fill_tile(
     first: usize,
     n: usize,
 ) {
-    let Im2Col { kernel: k, stride, padding } = geometry;
-    let pad = padding as isize;
+    let k = geometry.kernel;
     for (row, dst) in cols.chunks_mut(n).enumerate().take(c * k * k) {
-        let (channel, tap) = (row / (k * k), row % (k * k));
-        let (ky, kx) = ((tap / k) as isize, (tap % k) as isize);
+        let channel = row / (k * k);
         let channel_plane = &plane[channel * h * w..(channel + 1) * h * w];
-        // Walk the tile one output row (a run of ox) at a time.
-        let mut position = first;
-        while position < first + n {
-            let (oy, ox0) = (position / out_w, position % out_w);
-            let run = (out_w - ox0).min(first + n - position);
-            let dst = &mut dst[position - first..position - first + run];
-            let iy = (oy * stride) as isize + ky - pad;
-            if iy < 0 || iy >= h as isize {
-                dst.fill(0.0);
-            } else {
-                let src_row = &channel_plane[iy as usize * w..(iy as usize + 1) * w];
-                if stride == 1 {
-                    // ix = ox + kx - pad: the taps inside the image are one contiguous run.
-                    let offset = ox0 as isize + kx - pad;
-                    let start = (-offset).clamp(0, run as isize) as usize;
-                    let end = (w as isize - offset).clamp(start as isize, run as isize) as usize;
-                    dst[..start].fill(0.0);
-                    let from = (offset + start as isize) as usize;
-                    dst[start..end].copy_from_slice(&src_row[from..from + end - start]);
-                    dst[end..].fill(0.0);
-                } else {
-                    for (i, d) in dst.iter_mut().enumerate() {
-                        let ix = ((ox0 + i) * stride) as isize + kx - pad;
-                        *d = if ix >= 0 && ix < w as isize { src_row[ix as usize] } else { 0.0 };
-                    }
-                }
+        fill_tap(dst, channel_plane, (h, w), out_w, geometry, row % (k * k), first);
+    }
+}
+
+/// One channel's `tap` (`ky * k + kx`) for the `dst.len()` output positions from
+/// `first` on (row-major over the output), zero where it falls in the padding.
+#[inline(always)]
+fn fill_tap(
+    dst: &mut [f32],
+    channel_plane: &[f32],
+    (h, w): (usize, usize),
+    out_w: usize,
+    geometry: Im2Col,
+    tap: usize,
+    first: usize,
+) {
+    let Im2Col { kernel: k, stride, padding } = geometry;
+    let (ky, kx, pad) = ((tap / k) as isize, (tap % k) as isize, padding as isize);
+    // One output row (a run of ox) at a time.
+    let mut done = 0;
+    while done < dst.len() {
+        let (oy, ox0) = ((first + done) / out_w, (first + done) % out_w);
+        let run = (out_w - ox0).min(dst.len() - done);
+        let dst = &mut dst[done..done + run];
+        done += run;
+        let iy = (oy * stride) as isize + ky - pad;
+        if iy < 0 || iy >= h as isize {
+            dst.fill(0.0);
+            continue;
+        }
+        let src_row = &channel_plane[iy as usize * w..(iy as usize + 1) * w];
+        if stride == 1 {
+            // ix = ox + kx - pad: the taps inside the image are one contiguous run.
+            let offset = ox0 as isize + kx - pad;
+            let start = (-offset).clamp(0, run as isize) as usize;
+            let end = (w as isize - offset).clamp(start as isize, run as isize) as usize;
+            dst[..start].fill(0.0);
+            let from = (offset + start as isize) as usize;
+            dst[start..end].copy_from_slice(&src_row[from..from + end - start]);
+            dst[end..].fill(0.0);
+        } else {
+            for (i, d) in dst.iter_mut().enumerate() {
+                let ix = ((ox0 + i) * stride) as isize + kx - pad;
+                *d = if ix >= 0 && ix < w as isize { src_row[ix as usize] } else { 0.0 };
             }
-            position += run;
         }
     }
 }
@@ -283,50 +298,19 @@ impl CustomOp1 for Im2Col {
         let k = self.kernel;
         let (out_h, out_w) = self.output_size(h, w);
         let positions = out_h * out_w;
-        let len = c * k * k * b * positions;
-        // Every element is written below (zeros where a tap falls in the padding), so the
-        // matrix is not cleared first: that pass cost as much as the copies.
-        let mut cols: Vec<f32> = Vec::with_capacity(len);
-        let (pad, stride) = (self.padding as isize, self.stride);
-        cols.spare_capacity_mut()[..len].par_chunks_mut(b * positions).enumerate().for_each(|(row, dst)| {
+        let mut cols = vec![0f32; c * k * k * b * positions];
+        cols.par_chunks_mut(b * positions).enumerate().for_each(|(row, dst)| {
+            let (channel, tap) = (row / (k * k), row % (k * k));
             vectorized(
                 #[inline(always)]
                 || {
-                    let (channel, tap) = (row / (k * k), row % (k * k));
-                    let (ky, kx) = ((tap / k) as isize, (tap % k) as isize);
                     for (image, dst) in dst.chunks_mut(positions).enumerate() {
                         let plane = &x[(image * c + channel) * h * w..(image * c + channel + 1) * h * w];
-                        for oy in 0..out_h {
-                            let dst_row = &mut dst[oy * out_w..(oy + 1) * out_w];
-                            let iy = (oy * stride) as isize + ky - pad;
-                            if iy < 0 || iy >= h as isize {
-                                dst_row.iter_mut().for_each(|d| _ = d.write(0.0));
-                                continue;
-                            }
-                            let src_row = &plane[iy as usize * w..(iy as usize + 1) * w];
-                            if stride == 1 {
-                                // The taps inside the image are one contiguous run: ix = ox + kx - pad.
-                                let first = (pad - kx).max(0) as usize;
-                                let last = (w as isize + pad - kx).min(out_w as isize).max(first as isize) as usize;
-                                let from = (first as isize + kx - pad) as usize;
-                                let (before, rest) = dst_row.split_at_mut(first);
-                                let (run, after) = rest.split_at_mut(last - first);
-                                before.iter_mut().chain(after).for_each(|d| _ = d.write(0.0));
-                                run.iter_mut().zip(&src_row[from..]).for_each(|(d, &v)| _ = d.write(v));
-                                continue;
-                            }
-                            for (ox, d) in dst_row.iter_mut().enumerate() {
-                                let ix = (ox * stride) as isize + kx - pad;
-                                d.write(if ix >= 0 && ix < w as isize { src_row[ix as usize] } else { 0.0 });
-                            }
-                        }
+                        fill_tap(dst, plane, (h, w), out_w, *self, tap, 0);
                     }
                 },
             )
         });
-        // SAFETY: the loop above wrote all `len` elements (rows are c*k*k chunks of
-        // b*positions, each split into out_h rows of out_w, every one written).
-        unsafe { cols.set_len(len) };
         Ok((CpuStorage::F32(cols), Shape::from((c * k * k, b * positions))))
     }
 

@@ -8,7 +8,7 @@
 //! gives candle a backward that is also one pass. They run on contiguous f32 CPU
 //! tensors; callers fall back to the composite ops elsewhere.
 
-use crate::model::vector_math::{exp, tanh, vectorized};
+use crate::model::vector_math::{exp, lane_dot, lane_max, lane_sum, tanh, vectorized};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -160,48 +160,6 @@ pub(crate) fn normalise_exp(row: &mut [f32]) {
     for d in row.iter_mut() {
         *d *= inv;
     }
-}
-
-/// A sum in 16 lanes (a plain `.sum()` is one serial chain the compiler must keep in order).
-#[inline(always)]
-fn lane_sum(values: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let chunks = values.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for chunk in chunks {
-        for (l, &v) in lanes.iter_mut().zip(chunk) {
-            *l += v;
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// The largest value, in 16 lanes (NaNs are skipped as `f32::max` skips them).
-#[inline(always)]
-fn lane_max(values: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; 16];
-    let chunks = values.chunks_exact(16);
-    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    for chunk in chunks {
-        for (l, &v) in lanes.iter_mut().zip(chunk) {
-            *l = if v > *l { v } else { *l };
-        }
-    }
-    lanes.iter().fold(tail, |a, &b| a.max(b))
-}
-
-/// `Σ a·b` in 16 lanes, as [`lane_sum`].
-#[inline(always)]
-fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let (a_chunks, b_chunks) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(a, b)| a * b).sum();
-    for (a, b) in a_chunks.zip(b_chunks) {
-        for (l, (&a, &b)) in lanes.iter_mut().zip(a.iter().zip(b)) {
-            *l += a * b;
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 // ---------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@
 //! custom op. Training and other devices use the composite ops, which have gradients.
 
 use crate::model::fused::{self, contiguous_f32};
-use crate::model::vector_math::{swish, vectorized};
+use crate::model::vector_math::{lane_sum_f64, swish, vectorized};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
@@ -69,25 +69,6 @@ impl GroupNorm {
     }
 }
 
-/// `Σ f(v)` with 16 f32 lanes (which the compiler vectorises), folded in f64: as
-/// accurate as an f64 sum for groups of up to a few hundred thousand values.
-#[inline(always)]
-fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    let body = values.len() - values.len() % 16;
-    let mut total: f64 = values[body..].iter().map(|&v| f(v) as f64).sum();
-    // 1024 values per lane at most before folding, so each f32 partial sum stays short.
-    for block in values[..body].chunks(16 * 1024) {
-        let mut lanes = [0f32; 16];
-        for chunk in block.chunks_exact(16) {
-            for (lane, &v) in lanes.iter_mut().zip(chunk) {
-                *lane += f(v);
-            }
-        }
-        total += lanes.iter().map(|&l| l as f64).sum::<f64>();
-    }
-    total
-}
-
 struct FusedGroupNorm {
     groups: usize,
     eps: f64,
@@ -120,15 +101,14 @@ impl CustomOp3 for FusedGroupNorm {
         let per_group = c / self.groups;
         let group_len = per_group * spatial;
         let mut out = vec![0f32; x.len()];
-        let swish_after = self.swish;
         out.par_chunks_mut(group_len).zip(x.par_chunks(group_len)).enumerate().for_each(|(index, (dst, src))| {
             vectorized(
                 #[inline(always)]
                 || {
                     let group = index % self.groups;
                     // Two passes: the mean, then the (biased) variance, as torch computes them.
-                    let mean = lane_sum(src, |v| v) / group_len as f64;
-                    let var = lane_sum(src, |v| (v - mean as f32) * (v - mean as f32)) / group_len as f64;
+                    let mean = lane_sum_f64(src, |v| v) / group_len as f64;
+                    let var = lane_sum_f64(src, |v| (v - mean as f32) * (v - mean as f32)) / group_len as f64;
                     let inv_std = 1.0 / (var + self.eps).sqrt();
                     for k in 0..per_group {
                         let channel = group * per_group + k;
@@ -136,7 +116,7 @@ impl CustomOp3 for FusedGroupNorm {
                         let shift = (bias[channel] as f64 - mean * w[channel] as f64 * inv_std) as f32;
                         let range = k * spatial..(k + 1) * spatial;
                         let (dst, src) = (&mut dst[range.clone()], &src[range]);
-                        if swish_after {
+                        if self.swish {
                             for (d, &s) in dst.iter_mut().zip(src) {
                                 *d = swish(s * scale + shift);
                             }

@@ -412,7 +412,6 @@ impl Rudolph {
         self.layer_masks[0].dtype()
     }
 
-    /// Training mode: composite ops with gradients instead of the fused inference kernels.
     /// Keeps the attention and/or MLP weights fixed in training: no gradient is computed
     /// for them (the article fine-tunes with both frozen).
     pub fn freeze_blocks(&mut self, attention: bool, mlp: bool) {
@@ -424,6 +423,7 @@ impl Rudolph {
         }
     }
 
+    /// Training mode: ops with gradients instead of the inference-only kernels.
     pub fn set_differentiable(&mut self, on: bool) {
         self.differentiable = on;
     }

@@ -198,9 +198,8 @@ impl AttnBlock {
             let attended = spatial_attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, c, h, w))?;
             return x + self.proj_out.forward(&attended, false)?;
         }
-        let q = q.transpose(1, 2)?; // b, hw, c
-                                    // Scaling q rather than the scores: hw*c multiplies instead of hw*hw.
-        let weights = (q * (c as f64).powf(-0.5))?.matmul(&k)?;
+        // q as [b, hw, c], scaled rather than the scores: hw*c multiplies instead of hw*hw.
+        let weights = (q.transpose(1, 2)? * (c as f64).powf(-0.5))?.matmul(&k)?;
         let weights = if fused::applies(&weights) {
             fused::softmax_last_dim(&weights, differentiable)?
         } else if differentiable {
