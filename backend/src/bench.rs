@@ -41,6 +41,7 @@ pub fn tiny_configs() -> (RudolphConfig, VqganConfig) {
             in_channels: 3,
             double_z: false,
             dropout: 0.0,
+            norm_groups: 32,
         },
         n_embed: 512,
         embed_dim: 256,

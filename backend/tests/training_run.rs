@@ -114,6 +114,7 @@ fn options(dir: &Path, csv: &Path, out: &Path) -> TrainOptions {
         stop: Arc::new(AtomicBool::new(false)),
         max_steps: None,
         left_text_share: 0.0,
+        augment: 0,
     }
 }
 
@@ -187,6 +188,7 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
         opts.freeze = Freeze::ARTICLE;
         opts.max_steps = max_steps;
         opts.resume = resume;
+        opts.augment = 2;
         train(&opts, &Device::Cpu).unwrap()
     };
     let straight = run("straight", None, false);
@@ -207,6 +209,13 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     let name = "transformer.layers.0.mlp.dense_h_to_4h.weight";
     let moved: f32 = (&a[name] - &start[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
     assert_eq!(moved, 0.0, "frozen weights must not move");
+    // Each picture was encoded as itself and as two augmented renderings, which differ.
+    let cache =
+        candle_core::safetensors::load(dir.path().join("straight/image_codes.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(cache.len(), 30, "10 pictures x (1 + 2 renderings)");
+    let codes = |key: &str| cache[key].to_vec1::<u32>().unwrap();
+    let original = cache.keys().find(|k| !k.contains("|augment-")).unwrap().clone();
+    assert_ne!(codes(&original), codes(&format!("{original}|augment-7-1")));
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `borscht vqgan encode|decode` through the binary, and VQGAN training on a tiny synthetic set.
 
 use borscht::model::vqgan::{load_vqgan, DdConfig, VqganConfig};
-use borscht::train::vqgan::{train_vqgan, VqganTraining};
+use borscht::train::vqgan::{train_vqgan, Quantizer, VqganTraining};
 use candle_core::{DType, Device, Tensor};
 use image::{Rgb, RgbImage};
 use std::path::{Path, PathBuf};
@@ -105,20 +105,18 @@ fn tiny_config() -> VqganConfig {
             in_channels: 3,
             double_z: false,
             dropout: 0.0,
+            norm_groups: 32,
         },
         n_embed: 16,
         embed_dim: 32,
     }
 }
 
-#[test]
-fn training_lowers_the_loss_writes_checkpoints_and_resumes() {
-    let data = tempfile::tempdir().unwrap();
-    synthetic_images(data.path(), 12);
-    let out = tempfile::tempdir().unwrap();
-    let mut training = VqganTraining {
-        data: data.path().to_path_buf(),
-        out: out.path().to_path_buf(),
+/// 8 epochs of batch 4 on the tiny config; the gumbel settings are ignored by `Nearest`.
+fn training_options(data: &Path, out: &Path, quantizer: Quantizer) -> VqganTraining {
+    VqganTraining {
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
         model: tiny_config(),
         image_size: 16,
         epochs: 8,
@@ -129,9 +127,19 @@ fn training_lowers_the_loss_writes_checkpoints_and_resumes() {
         kl_weight: 1e-3,
         usage_weight: 0.1,
         straight_through: false,
+        quantizer,
+        commitment_weight: 0.25,
         resume: false,
         show_progress: false,
-    };
+    }
+}
+
+#[test]
+fn training_lowers_the_loss_writes_checkpoints_and_resumes() {
+    let data = tempfile::tempdir().unwrap();
+    synthetic_images(data.path(), 12);
+    let out = tempfile::tempdir().unwrap();
+    let mut training = training_options(data.path(), out.path(), Quantizer::Gumbel);
     let history = train_vqgan(&training, &Device::Cpu).unwrap();
     assert_eq!(history.len(), 8);
     let (first, last) = (&history[0], &history[7]);
@@ -154,6 +162,25 @@ fn training_lowers_the_loss_writes_checkpoints_and_resumes() {
     assert_eq!(resumed.len(), 10, "resume continues the epoch count");
     assert!((resumed[7].loss - last.loss).abs() < 1e-9, "history is kept");
     assert!(resumed[9].loss < first.loss);
+}
+
+#[test]
+fn nearest_code_training_learns_and_inference_picks_the_nearest_codes() {
+    let data = tempfile::tempdir().unwrap();
+    synthetic_images(data.path(), 12);
+    let out = tempfile::tempdir().unwrap();
+    let training = training_options(data.path(), out.path(), Quantizer::Nearest);
+    let history = train_vqgan(&training, &Device::Cpu).unwrap();
+    let (first, last) = (&history[0], &history[7]);
+    assert!(last.loss < first.loss * 0.7, "loss {} -> {}", first.loss, last.loss);
+    assert!(last.hard_l1 < first.hard_l1, "hard-code L1 {} -> {}", first.hard_l1, last.hard_l1);
+    assert!(last.codes_used > 1, "restarts keep several codes in use");
+    // Inference's argmax of quantize.proj picks the same codes as training's nearest search.
+    let vqgan = load_vqgan(out.path(), &Device::Cpu, DType::F32).unwrap();
+    let images = Tensor::rand(0f32, 1f32, (3, 3, 16, 16), &Device::Cpu).unwrap();
+    let inferred: Vec<Vec<u32>> = vqgan.encode(&images).unwrap().to_vec2().unwrap();
+    let nearest: Vec<Vec<u32>> = vqgan.reconstruct_nearest(&images).unwrap().codes.to_vec2().unwrap();
+    assert_eq!(inferred, nearest);
 }
 
 #[test]
@@ -180,4 +207,61 @@ fn straight_through_decodes_exactly_the_hard_codes() {
     let soft_rebuilt = ((&soft.images + 1.0).unwrap() / 2.0).unwrap().clamp(0f32, 1f32).unwrap();
     let soft_diff = max_abs_diff(&soft_rebuilt, &vqgan.decode(&soft.codes).unwrap());
     assert!(soft_diff > 1e-3, "the relaxed decode differs from the hard one ({soft_diff})");
+}
+
+/// The training graph's gradients (custom convolution, GroupNorm and attention ops
+/// included) agree with finite differences of the loss, for weights at each end.
+#[test]
+fn training_gradients_match_finite_differences() {
+    use candle_nn::{VarBuilder, VarMap};
+    let mut cfg = tiny_config();
+    cfg.ddconfig.attn_resolutions = vec![8];
+    let varmap = VarMap::new();
+    let mut vqgan =
+        borscht::model::vqgan::Vqgan::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
+    vqgan.set_differentiable(true);
+    let images = Tensor::rand(0f32, 1f32, (2, 3, 16, 16), &Device::Cpu).unwrap();
+    let loss = |v: &borscht::model::vqgan::Vqgan| -> Tensor {
+        // Soft codes at a fixed seed: a smooth function of every weight.
+        let rec = v.reconstruct(&images, 1.0, 5, false).unwrap();
+        rec.images.sqr().unwrap().mean_all().unwrap()
+    };
+    let grads = loss(&vqgan).backward().unwrap();
+    let vars = varmap.data().lock().unwrap().clone();
+    let mut checked = 0;
+    for name in [
+        "encoder.conv_in.weight",
+        "encoder.down.0.block.0.norm1.weight",
+        "encoder.mid.attn_1.q.weight",
+        "quantize.proj.weight",
+        "decoder.up.1.block.0.conv1.weight",
+        "decoder.mid.block_1.norm2.bias",
+        "decoder.conv_out.weight",
+        "encoder.down.0.downsample.conv.weight",
+        "encoder.conv_out.weight",
+        "quant_conv.weight",
+        "quantize.embed.weight",
+        "post_quant_conv.weight",
+        "decoder.conv_in.weight",
+        "decoder.up.1.upsample.conv.weight",
+    ] {
+        let var = vars.get(name).unwrap_or_else(|| panic!("no {name}"));
+        let analytic: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let original: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        // The element with the largest gradient, where the relative check is meaningful.
+        let i = (0..analytic.len()).max_by(|&a, &b| analytic[a].abs().total_cmp(&analytic[b].abs())).unwrap();
+        let at = |delta: f32| -> f32 {
+            let mut values = original.clone();
+            values[i] += delta;
+            var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap()).unwrap();
+            loss(&vqgan).to_scalar::<f32>().unwrap()
+        };
+        let eps = 1e-2;
+        let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+        var.set(&Tensor::from_vec(original, var.shape(), &Device::Cpu).unwrap()).unwrap();
+        let error = (numeric - analytic[i]).abs() / analytic[i].abs().max(1e-6);
+        assert!(error < 0.05, "{name}[{i}]: analytic {} numeric {numeric}", analytic[i]);
+        checked += 1;
+    }
+    assert_eq!(checked, 14);
 }

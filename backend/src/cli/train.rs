@@ -73,6 +73,10 @@ pub struct TrainArgs {
     /// Share of rows that also get their dish name as left text (teaches text-to-image).
     #[arg(long, default_value_t = 0.0)]
     pub left_text_share: f64,
+    /// Augmented renderings per picture (zoom, shift, rotation, mirror, colour), encoded
+    /// once; each epoch shows every picture as itself or one of them. 0 = none.
+    #[arg(long, default_value_t = 0)]
+    pub augment: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -147,6 +151,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         stop,
         max_steps: None,
         left_text_share: args.left_text_share,
+        augment: args.augment,
     };
     let outcome = train(&options, &parse_device(&args.device)?)?;
     if outcome.interrupted {

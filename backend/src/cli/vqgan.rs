@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use crate::imaging::{self, ImageLimits};
 use crate::model::device::{parse_device, parse_dtype};
-use crate::model::vqgan::{load_vqgan, read_vqgan_config, VqganConfig};
-use crate::train::vqgan::{train_vqgan, VqganTraining};
+use crate::model::vqgan::{load_vqgan, read_vqgan_config, read_vqgan_config_file, VqganConfig};
+use crate::train::vqgan::{train_vqgan, Quantizer, VqganTraining};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum VqganCommand {
@@ -155,7 +155,7 @@ pub struct TrainVqganArgs {
     /// Output directory: config.json, model.safetensors, training_state.json, reconstructions/.
     #[arg(long)]
     pub out: PathBuf,
-    /// `sber` (the full f8 model), `small` (the demo: ch 64, f8, 1024 codes), or a config.json.
+    /// `sber` (the full f8 model), `small` (ch 64, f8, 1024 codes), a VQGAN config file or a folder holding config.json.
     #[arg(long, default_value = "small")]
     pub config: String,
     #[arg(long, default_value_t = 64)]
@@ -178,6 +178,13 @@ pub struct TrainVqganArgs {
     /// Weight of the codebook-usage term (KL of the batch's mean code distribution to uniform).
     #[arg(long, default_value_t = 0.1)]
     pub usage_weight: f64,
+    /// How codes are learnt: `nearest` (VQ-VAE, sharp codes in a short training) or
+    /// `gumbel` (the reference's relaxation; the options below apply to it).
+    #[arg(long, value_enum, default_value_t = Quantizer::Nearest)]
+    pub quantizer: Quantizer,
+    /// Weight of the nearest-code commitment term.
+    #[arg(long, default_value_t = 0.25)]
+    pub commitment: f64,
     /// Decode hard codes, with gradients through the soft ones (what inference decodes).
     #[arg(long)]
     pub straight_through: bool,
@@ -194,7 +201,11 @@ pub fn train(args: TrainVqganArgs) -> Result<()> {
         "small" => VqganConfig::small(),
         path => {
             let path = PathBuf::from(path);
-            read_vqgan_config(if path.is_dir() { &path } else { path.parent().unwrap_or(&path) })?
+            if path.is_dir() {
+                read_vqgan_config(&path)?
+            } else {
+                read_vqgan_config_file(&path)?
+            }
         }
     };
     let training = VqganTraining {
@@ -210,6 +221,8 @@ pub fn train(args: TrainVqganArgs) -> Result<()> {
         kl_weight: args.kl_weight,
         usage_weight: args.usage_weight,
         straight_through: args.straight_through,
+        quantizer: args.quantizer,
+        commitment_weight: args.commitment,
         resume: args.resume,
         show_progress: true,
     };

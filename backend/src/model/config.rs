@@ -38,7 +38,8 @@ pub struct RudolphConfig {
     pub mlp_activation: String,
     #[serde(default = "yes")]
     pub is_bool_mask: bool,
-    /// Dropout is only used in training.
+    /// The reference trains with these dropouts; they never apply at inference, and
+    /// `borscht train` does not apply them either (kept so configs round-trip).
     #[serde(default = "default_dropout")]
     pub embedding_dropout_prob: f64,
     #[serde(default = "default_dropout")]

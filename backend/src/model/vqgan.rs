@@ -34,10 +34,19 @@ pub struct DdConfig {
     pub double_z: bool,
     #[serde(default)]
     pub dropout: f64,
+    /// GroupNorm groups (taming's `Normalize` always uses 32). A narrow network needs
+    /// fewer: with one channel a group, the decoder's last norm erases each channel's
+    /// mean over the picture, and with it the picture's overall colour.
+    #[serde(default = "taming_norm_groups")]
+    pub norm_groups: usize,
 }
 
 fn three() -> usize {
     3
+}
+
+fn taming_norm_groups() -> usize {
+    32
 }
 
 /// What `borscht vqgan --vqgan DIR` reads from `DIR/config.json`.
@@ -63,6 +72,7 @@ impl VqganConfig {
                 in_channels: 3,
                 double_z: false,
                 dropout: 0.0,
+                norm_groups: 32,
             },
             n_embed: 8192,
             embed_dim: 256,
@@ -83,6 +93,7 @@ impl VqganConfig {
                 in_channels: 3,
                 double_z: false,
                 dropout: 0.0,
+                norm_groups: 32,
             },
             n_embed: 1024,
             embed_dim: 64,
@@ -101,9 +112,12 @@ impl VqganConfig {
             problems.push("ch_mult must not be empty and num_res_blocks must be positive".to_string());
         }
         for mult in d.ch_mult.iter().chain([&1]) {
-            if !(d.ch * mult).is_multiple_of(GROUPS) {
-                problems
-                    .push(format!("channel width {} is not a multiple of {GROUPS} (GroupNorm groups)", d.ch * mult));
+            if d.norm_groups == 0 || !(d.ch * mult).is_multiple_of(d.norm_groups) {
+                problems.push(format!(
+                    "channel width {} is not a multiple of {} (GroupNorm groups)",
+                    d.ch * mult,
+                    d.norm_groups
+                ));
             }
         }
         if d.double_z {
@@ -125,11 +139,10 @@ impl VqganConfig {
 }
 
 /// taming's `Normalize`: GroupNorm with 32 groups, eps 1e-6.
-const GROUPS: usize = 32;
 const GROUP_NORM_EPS: f64 = 1e-6;
 
-fn group_norm(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
-    GroupNorm::new(channels, GROUPS, GROUP_NORM_EPS, vb)
+fn group_norm(channels: usize, groups: usize, vb: VarBuilder) -> Result<GroupNorm> {
+    GroupNorm::new(channels, groups, GROUP_NORM_EPS, vb)
 }
 
 fn conv(input: usize, output: usize, kernel: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Conv2d> {
@@ -146,11 +159,11 @@ struct ResnetBlock {
 }
 
 impl ResnetBlock {
-    fn new(input: usize, output: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(input: usize, output: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
         Ok(ResnetBlock {
-            norm1: group_norm(input, vb.pp("norm1"))?,
+            norm1: group_norm(input, groups, vb.pp("norm1"))?,
             conv1: conv(input, output, 3, 1, 1, vb.pp("conv1"))?,
-            norm2: group_norm(output, vb.pp("norm2"))?,
+            norm2: group_norm(output, groups, vb.pp("norm2"))?,
             conv2: conv(output, output, 3, 1, 1, vb.pp("conv2"))?,
             nin_shortcut: (input != output).then(|| conv(input, output, 1, 1, 0, vb.pp("nin_shortcut"))).transpose()?,
         })
@@ -178,9 +191,9 @@ struct AttnBlock {
 }
 
 impl AttnBlock {
-    fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(channels: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
         Ok(AttnBlock {
-            norm: group_norm(channels, vb.pp("norm"))?,
+            norm: group_norm(channels, groups, vb.pp("norm"))?,
             q: conv(channels, channels, 1, 1, 0, vb.pp("q"))?,
             k: conv(channels, channels, 1, 1, 0, vb.pp("k"))?,
             v: conv(channels, channels, 1, 1, 0, vb.pp("v"))?,
@@ -243,11 +256,11 @@ struct Middle {
 }
 
 impl Middle {
-    fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(channels: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Middle {
-            block_1: ResnetBlock::new(channels, channels, vb.pp("block_1"))?,
-            attn_1: AttnBlock::new(channels, vb.pp("attn_1"))?,
-            block_2: ResnetBlock::new(channels, channels, vb.pp("block_2"))?,
+            block_1: ResnetBlock::new(channels, channels, groups, vb.pp("block_1"))?,
+            attn_1: AttnBlock::new(channels, groups, vb.pp("attn_1"))?,
+            block_2: ResnetBlock::new(channels, channels, groups, vb.pp("block_2"))?,
         })
     }
 
@@ -276,10 +289,10 @@ impl Encoder {
             let block_out = cfg.ch * mult;
             let (mut blocks, mut attns) = (Vec::new(), Vec::new());
             for i in 0..cfg.num_res_blocks {
-                blocks.push(ResnetBlock::new(block_in, block_out, vb.pp("block").pp(i))?);
+                blocks.push(ResnetBlock::new(block_in, block_out, cfg.norm_groups, vb.pp("block").pp(i))?);
                 block_in = block_out;
                 if cfg.attn_resolutions.contains(&curr_res) {
-                    attns.push(AttnBlock::new(block_in, vb.pp("attn").pp(i))?);
+                    attns.push(AttnBlock::new(block_in, cfg.norm_groups, vb.pp("attn").pp(i))?);
                 }
             }
             let resample = (level != levels - 1)
@@ -292,8 +305,8 @@ impl Encoder {
         }
         Ok(Encoder {
             conv_in: conv(cfg.in_channels, cfg.ch, 3, 1, 1, vb.pp("conv_in"))?,
-            mid: Middle::new(block_in, vb.pp("mid"))?,
-            norm_out: group_norm(block_in, vb.pp("norm_out"))?,
+            mid: Middle::new(block_in, cfg.norm_groups, vb.pp("mid"))?,
+            norm_out: group_norm(block_in, cfg.norm_groups, vb.pp("norm_out"))?,
             conv_out: conv(block_in, cfg.z_channels, 3, 1, 1, vb.pp("conv_out"))?,
             down,
         })
@@ -329,17 +342,17 @@ impl Decoder {
         let mut block_in = cfg.ch * cfg.ch_mult[levels - 1];
         let mut curr_res = cfg.resolution >> (levels - 1);
         let conv_in = conv(cfg.z_channels, block_in, 3, 1, 1, vb.pp("conv_in"))?;
-        let mid = Middle::new(block_in, vb.pp("mid"))?;
+        let mid = Middle::new(block_in, cfg.norm_groups, vb.pp("mid"))?;
         let mut up: Vec<Option<Level>> = vec![None; levels];
         for level in (0..levels).rev() {
             let vb = vb.pp("up").pp(level);
             let block_out = cfg.ch * cfg.ch_mult[level];
             let (mut blocks, mut attns) = (Vec::new(), Vec::new());
             for i in 0..=cfg.num_res_blocks {
-                blocks.push(ResnetBlock::new(block_in, block_out, vb.pp("block").pp(i))?);
+                blocks.push(ResnetBlock::new(block_in, block_out, cfg.norm_groups, vb.pp("block").pp(i))?);
                 block_in = block_out;
                 if cfg.attn_resolutions.contains(&curr_res) {
-                    attns.push(AttnBlock::new(block_in, vb.pp("attn").pp(i))?);
+                    attns.push(AttnBlock::new(block_in, cfg.norm_groups, vb.pp("attn").pp(i))?);
                 }
             }
             let resample =
@@ -353,7 +366,7 @@ impl Decoder {
             conv_in,
             mid,
             up: up.into_iter().map(|l| l.expect("every level built")).collect(),
-            norm_out: group_norm(block_in, vb.pp("norm_out"))?,
+            norm_out: group_norm(block_in, cfg.norm_groups, vb.pp("norm_out"))?,
             conv_out: conv(block_in, cfg.out_ch, 3, 1, 1, vb.pp("conv_out"))?,
         })
     }
@@ -433,9 +446,7 @@ impl Vqgan {
 
     /// Code logits `[b, n_embed, h, w]` of images `[b, 3, H, W]` in [0, 1].
     pub fn code_logits(&self, images: &Tensor) -> Result<Tensor> {
-        let x = ((images * 2.0)? - 1.0)?;
-        let diff = self.differentiable;
-        self.proj.forward(&self.quant_conv.forward(&self.encoder.forward(&x, diff)?, diff)?, diff)
+        self.proj.forward(&self.features(images)?, self.differentiable)
     }
 
     /// Images `[b, 3, H, W]` in [0, 1] -> codes `[b, (H/f) * (W/f)]` (u32), by argmax
@@ -510,6 +521,81 @@ impl Vqgan {
     }
 }
 
+/// One nearest-code training step's outputs ([`Vqgan::reconstruct_nearest`]).
+#[derive(Debug, Clone)]
+pub struct NearestReconstruction {
+    /// Decoded images in [-1, 1] (unclamped, for the loss).
+    pub images: Tensor,
+    /// Mean squared distance of the picked codebook vectors to the (fixed) features:
+    /// moves the codebook.
+    pub codebook_loss: Tensor,
+    /// The same distance seen from the encoder (codebook fixed): keeps the features
+    /// near their codes.
+    pub commitment: Tensor,
+    /// The codes picked, `[b, h*w]`.
+    pub codes: Tensor,
+    /// The encoder features `[b*h*w, embed_dim]` (no gradient), to restart unused codes.
+    pub features: Tensor,
+}
+
+impl Vqgan {
+    /// Encoder features `[b, embed_dim, h, w]`: what `quantize.proj` reads.
+    fn features(&self, images: &Tensor) -> Result<Tensor> {
+        let x = ((images * 2.0)? - 1.0)?;
+        let diff = self.differentiable;
+        self.quant_conv.forward(&self.encoder.forward(&x, diff)?, diff)
+    }
+
+    /// One training pass of the nearest-code quantiser (VQ-VAE): each position takes
+    /// the codebook vector nearest its features; the decoder reads that vector, with
+    /// the gradient passed straight through to the encoder. No relaxation, so the
+    /// decoder trains on exactly what inference gives it, and a short CPU training
+    /// learns sharp codes where the gumbel relaxation blurs them.
+    ///
+    /// Inference still takes `argmax(quantize.proj(features))`: after training,
+    /// [`Vqgan::nearest_code_projection`] makes that argmax the nearest code.
+    pub fn reconstruct_nearest(&self, images: &Tensor) -> Result<NearestReconstruction> {
+        let h = self.features(images)?;
+        let (b, d, height, width) = h.dims4()?;
+        let flat = h.permute((0, 2, 3, 1))?.reshape((b * height * width, d))?;
+        let codebook = self.embed.embeddings();
+        let codes = nearest_codes(&flat.detach(), &codebook.detach())?;
+        let picked = codebook.index_select(&codes, 0)?;
+        let codebook_loss = (&picked - flat.detach())?.sqr()?.mean_all()?;
+        let commitment = (&flat - picked.detach())?.sqr()?.mean_all()?;
+        let straight_through = (&flat + (&picked - &flat)?.detach())?;
+        let z = straight_through.reshape((b, height, width, d))?.permute((0, 3, 1, 2))?.contiguous()?;
+        let decoded =
+            self.decoder.forward(&self.post_quant_conv.forward(&z, self.differentiable)?, self.differentiable)?;
+        Ok(NearestReconstruction {
+            images: decoded,
+            codebook_loss,
+            commitment,
+            codes: codes.reshape((b, height * width))?,
+            features: flat.detach(),
+        })
+    }
+
+    /// `quantize.proj`'s weight `[n_embed, embed_dim, 1, 1]` and bias `[n_embed]` that
+    /// make its argmax the nearest code: `|h - e_k|^2 = |h|^2 - (2 e_k . h - |e_k|^2)`,
+    /// so the logits `2 e_k . h - |e_k|^2` rank the codes by distance.
+    pub fn nearest_code_projection(&self) -> Result<(Tensor, Tensor)> {
+        let codebook = self.embed.embeddings().detach();
+        let (n, d) = codebook.dims2()?;
+        let weight = (&codebook * 2.0)?.reshape((n, d, 1, 1))?;
+        let bias = codebook.sqr()?.sum(1)?.neg()?;
+        Ok((weight, bias))
+    }
+}
+
+/// The index of the nearest row of `codebook` `[n, d]` for each row of `features` `[m, d]`.
+fn nearest_codes(features: &Tensor, codebook: &Tensor) -> Result<Tensor> {
+    // |f|^2 is the same for every code: rank by |e|^2 - 2 f.e alone.
+    let scores =
+        features.matmul(&codebook.t()?)?.affine(-2.0, 0.0)?.broadcast_add(&codebook.sqr()?.sum(1)?.unsqueeze(0)?)?;
+    scores.argmin(1)
+}
+
 /// Standard Gumbel noise `-log(-log(u))`, reproducible from `seed` on any device.
 fn gumbel_noise(shape: &candle_core::Shape, seed: u64, device: &Device) -> Result<Tensor> {
     use rand::{Rng, SeedableRng};
@@ -530,9 +616,13 @@ pub const VQGAN_WEIGHTS_FILE: &str = "model.safetensors";
 
 /// Reads `DIR/config.json` (`{"ddconfig": {...}, "n_embed", "embed_dim"}`).
 pub fn read_vqgan_config(dir: &std::path::Path) -> anyhow::Result<VqganConfig> {
+    read_vqgan_config_file(&dir.join(VQGAN_CONFIG_FILE))
+}
+
+/// A VQGAN config file by its own name (e.g. `scripts/demo-model/vqgan.json`).
+pub fn read_vqgan_config_file(path: &std::path::Path) -> anyhow::Result<VqganConfig> {
     use anyhow::Context;
-    let path = dir.join(VQGAN_CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let cfg: VqganConfig =
         serde_json::from_str(&text).with_context(|| format!("{} is not a VQGAN config", path.display()))?;
     cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -615,4 +705,27 @@ pub fn convert_vqgan(dir: &std::path::Path, out_dir: &std::path::Path, dtype: DT
     })?;
     std::fs::write(out_dir.join(VQGAN_CONFIG_FILE), serde_json::to_string_pretty(&cfg)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json_groups: &str) -> std::result::Result<VqganConfig, String> {
+        let json = format!(
+            r#"{{"ddconfig": {{"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
+                "z_channels": 16, "resolution": 16{json_groups}}}, "n_embed": 8, "embed_dim": 16}}"#
+        );
+        let cfg: VqganConfig = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+        cfg.validate().map(|()| cfg)
+    }
+
+    #[test]
+    fn group_norm_groups_default_to_tamings_and_must_divide_every_width() {
+        assert_eq!(config("").unwrap().ddconfig.norm_groups, 32, "taming's Normalize");
+        assert_eq!(config(r#", "norm_groups": 8"#).unwrap().ddconfig.norm_groups, 8);
+        let err = config(r#", "norm_groups": 24"#).unwrap_err();
+        assert!(err.contains("channel width 32 is not a multiple of 24"), "{err}");
+        assert!(config(r#", "norm_groups": 0"#).is_err());
+    }
 }

@@ -2,6 +2,7 @@
 //! scratch), the demo data ([`demo_data`]) and measuring a model ([`evaluate`]).
 //! Shared helpers live here: image folders, progress bars, atomic checkpoint writes.
 
+pub mod augment;
 pub mod data;
 pub mod demo_data;
 pub mod evaluate;

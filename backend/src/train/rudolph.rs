@@ -31,6 +31,7 @@ use crate::pipelines::engine::{BPE_FILE, VQGAN_DIR};
 use crate::pipelines::generation::{caption, CaptionOptions};
 use crate::pipelines::sampling::SamplingParams;
 use crate::pipelines::Engine;
+use crate::train::augment::Augmentation;
 use crate::train::data::{read_csv, Sample};
 use crate::train::optim::{clip_grad_norm, AdamW, OneCycle};
 use crate::train::{progress_bar, write_atomically};
@@ -108,6 +109,9 @@ pub struct TrainOptions {
     /// model learns text-to-image (the rest keep an empty left text, as captioning
     /// sees it). 0 trains exactly as the article does.
     pub left_text_share: f64,
+    /// Augmented renderings per training picture (0: the pictures as they are); each
+    /// epoch shows every picture as itself or one of them.
+    pub augment: usize,
 }
 
 /// One line of the training log.
@@ -174,16 +178,17 @@ fn parts(options: &TrainOptions, device: &Device) -> Result<Parts> {
     Ok(Parts { cfg, tokenizer, vqgan, vqgan_dir, tokenizer_file })
 }
 
-/// Each readable sample with its image codes, computed once per VQGAN and cached in the
-/// output folder. A sample whose image cannot be decoded is reported and dropped.
+/// Each readable sample with the image codes of the picture and of its `augment`
+/// renderings (index 0 is the picture itself), computed once per VQGAN and cached in
+/// the output folder. A sample whose image cannot be decoded is reported and dropped.
 fn encode_samples(
     samples: Vec<Sample>,
     parts: &Parts,
     cfg: &RudolphConfig,
-    out: &Path,
+    options: &TrainOptions,
     device: &Device,
-) -> Result<Vec<(Sample, Vec<u32>)>> {
-    let cache_path = out.join("image_codes.safetensors");
+) -> Result<Vec<(Sample, Vec<Vec<u32>>)>> {
+    let cache_path = options.out.join("image_codes.safetensors");
     let mut cache: HashMap<String, Tensor> = if cache_path.is_file() {
         candle_core::safetensors::load(&cache_path, &Device::Cpu).unwrap_or_default()
     } else {
@@ -194,29 +199,58 @@ fn encode_samples(
         .or_else(|_| std::fs::metadata(&parts.vqgan_dir))
         .map(|m| format!("{}-{:?}", m.len(), m.modified().ok()))
         .unwrap_or_default();
+    let augmentation = Augmentation::default();
+    let bar = progress_bar(samples.len() as u64, "image codes");
+    if !options.show_progress {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     let mut changed = false;
     let mut encoded = Vec::with_capacity(samples.len());
     for sample in samples {
-        let key = format!("{}|{size}|{vqgan_stamp}", sample.image.display());
-        let codes = match cache.get(&key) {
-            Some(t) => t.to_vec1::<u32>()?,
-            None => {
-                let image = match imaging::open_image(&sample.image, ImageLimits::default()) {
-                    Ok(image) => image,
-                    Err(e) => {
-                        eprintln!("skipping line {}: {}: {e}", sample.line, sample.image.display());
-                        continue;
-                    }
+        bar.inc(1);
+        // Augmented renderings depend on the seed and the picture, not on the CSV order.
+        let keys: Vec<String> = (0..=options.augment)
+            .map(|v| match v {
+                0 => format!("{}|{size}|{vqgan_stamp}", sample.image.display()),
+                v => format!("{}|{size}|{vqgan_stamp}|augment-{}-{v}", sample.image.display(), options.seed),
+            })
+            .collect();
+        if keys.iter().any(|k| !cache.contains_key(k)) {
+            let image = match imaging::open_image(&sample.image, ImageLimits::default()) {
+                Ok(image) => image.to_rgb8(),
+                Err(e) => {
+                    bar.suspend(|| eprintln!("skipping line {}: {}: {e}", sample.line, sample.image.display()));
+                    continue;
+                }
+            };
+            let path_hash = sample.image.to_string_lossy().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x0100_0000_01b3) // FNV-1a
+            });
+            let mut pictures = Vec::with_capacity(keys.len());
+            for v in 0..keys.len() {
+                let rendering = match v {
+                    0 => image.clone(),
+                    v => augmentation.apply(
+                        &image,
+                        &mut rand::rngs::StdRng::seed_from_u64(options.seed ^ path_hash ^ ((v as u64) << 48)),
+                    ),
                 };
-                let prepared = imaging::prepare(&image, size, device)?.unsqueeze(0)?;
-                let c: Vec<u32> = parts.vqgan.encode(&prepared)?.squeeze(0)?.to_vec1()?;
-                cache.insert(key, Tensor::new(c.as_slice(), &Device::Cpu)?);
-                changed = true;
-                c
+                pictures.push(imaging::prepare(&image::DynamicImage::ImageRgb8(rendering), size, device)?);
             }
-        };
+            // A few at a time: the VQGAN's activations grow with the batch.
+            let mut codes = Vec::with_capacity(keys.len());
+            for chunk in pictures.chunks(8) {
+                codes.extend(parts.vqgan.encode(&Tensor::stack(chunk, 0)?)?.to_vec2::<u32>()?);
+            }
+            for (key, c) in keys.iter().zip(&codes) {
+                cache.insert(key.clone(), Tensor::new(c.as_slice(), &Device::Cpu)?);
+            }
+            changed = true;
+        }
+        let codes = keys.iter().map(|k| cache[k].to_vec1::<u32>()).collect::<candle_core::Result<Vec<_>>>()?;
         encoded.push((sample, codes));
     }
+    bar.finish_and_clear();
     if changed {
         write_atomically(&cache_path, |p| Ok(candle_core::safetensors::save(&cache, p)?))?;
     }
@@ -233,7 +267,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
     let parts = parts(options, device)?;
     let cfg = parts.cfg.clone();
     std::fs::create_dir_all(&options.out).with_context(|| format!("cannot create {}", options.out.display()))?;
-    let mut encoded = encode_samples(dataset.samples, &parts, &cfg, &options.out, device)?;
+    let mut encoded = encode_samples(dataset.samples, &parts, &cfg, options, device)?;
     if encoded.is_empty() {
         bail!("no readable images among the rows of {}", options.csv.display());
     }
@@ -242,9 +276,10 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
     encoded.shuffle(&mut rand::rngs::StdRng::seed_from_u64(options.seed));
     let val_count =
         ((encoded.len() as f64 * options.val_fraction).round() as usize).min(encoded.len().saturating_sub(1));
+    // Validation reads the pictures as they are.
     let (validation, val_codes): (Vec<Sample>, Vec<Vec<u32>>) =
-        encoded.split_off(encoded.len() - val_count).into_iter().unzip();
-    let (samples, codes): (Vec<Sample>, Vec<Vec<u32>>) = encoded.into_iter().unzip();
+        encoded.split_off(encoded.len() - val_count).into_iter().map(|(s, mut c)| (s, c.swap_remove(0))).unzip();
+    let (samples, codes): (Vec<Sample>, Vec<Vec<Vec<u32>>>) = encoded.into_iter().unzip();
     let captions: Vec<Vec<u32>> =
         samples.iter().map(|s| parts.tokenizer.encode_text(&s.caption, cfg.r_text_seq_length)).collect();
     let l = cfg.l_text_seq_length;
@@ -327,7 +362,8 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
                         Some(text) if left_rng.random_bool(options.left_text_share) => text.clone(),
                         _ => vec![0u32; l],
                     };
-                    [left, codes[k].clone(), captions[k].clone()].concat()
+                    let variant = if codes[k].len() > 1 { left_rng.random_range(0..codes[k].len()) } else { 0 };
+                    [left, codes[k][variant].clone(), captions[k].clone()].concat()
                 })
                 .collect();
             let ids = Tensor::from_vec(rows, (batch.len(), cfg.total_seq_length()), device)?;
