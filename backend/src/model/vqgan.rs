@@ -559,7 +559,7 @@ impl Vqgan {
         let (b, d, height, width) = h.dims4()?;
         let flat = h.permute((0, 2, 3, 1))?.reshape((b * height * width, d))?;
         let codebook = self.embed.embeddings();
-        let codes = nearest_codes(&flat.detach(), &codebook.detach())?;
+        let codes = self.nearest_codes(&flat.detach())?;
         let picked = codebook.index_select(&codes, 0)?;
         let codebook_loss = (&picked - flat.detach())?.sqr()?.mean_all()?;
         let commitment = (&flat - picked.detach())?.sqr()?.mean_all()?;
@@ -586,14 +586,14 @@ impl Vqgan {
         let bias = codebook.sqr()?.sum(1)?.neg()?;
         Ok((weight, bias))
     }
-}
 
-/// The index of the nearest row of `codebook` `[n, d]` for each row of `features` `[m, d]`.
-fn nearest_codes(features: &Tensor, codebook: &Tensor) -> Result<Tensor> {
-    // |f|^2 is the same for every code: rank by |e|^2 - 2 f.e alone.
-    let scores =
-        features.matmul(&codebook.t()?)?.affine(-2.0, 0.0)?.broadcast_add(&codebook.sqr()?.sum(1)?.unsqueeze(0)?)?;
-    scores.argmin(1)
+    /// The nearest code of each row of `features` `[m, embed_dim]`, ranked by the same
+    /// logits [`Vqgan::nearest_code_projection`] gives inference.
+    fn nearest_codes(&self, features: &Tensor) -> Result<Tensor> {
+        let (weight, bias) = self.nearest_code_projection()?;
+        let (n, d, _, _) = weight.dims4()?;
+        features.matmul(&weight.reshape((n, d))?.t()?)?.broadcast_add(&bias.unsqueeze(0)?)?.argmax(1)
+    }
 }
 
 /// Standard Gumbel noise `-log(-log(u))`, reproducible from `seed` on any device.

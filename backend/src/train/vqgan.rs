@@ -154,8 +154,8 @@ pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<Epoc
             temperature = t_start * (t_end / t_start).powf(progress.min(1.0));
             let index = Tensor::new(batch, device)?;
             let target = images.index_select(&index, 0)?;
-            let target_pm = ((&target * 2.0)? - 1.0)?;
-            let loss = match training.quantizer {
+            // Decoded pictures in [-1, 1] and the quantiser's own loss terms.
+            let (decoded, quantizer_loss) = match training.quantizer {
                 Quantizer::Gumbel => {
                     let rec = model.reconstruct(
                         &target,
@@ -163,8 +163,7 @@ pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<Epoc
                         training.seed ^ (state.steps_done as u64 + 1),
                         training.straight_through,
                     )?;
-                    let l1 = (&rec.images - &target_pm)?.abs()?.mean_all()?;
-                    ((l1 + (&rec.kl * training.kl_weight)?)? + (&rec.usage_kl * training.usage_weight)?)?
+                    (rec.images, ((&rec.kl * training.kl_weight)? + (&rec.usage_kl * training.usage_weight)?)?)
                 }
                 Quantizer::Nearest => {
                     let rec = model.reconstruct_nearest(&target)?;
@@ -177,10 +176,11 @@ pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<Epoc
                     {
                         restart_unused_codes(&varmap, &mut usage, &rec.features, training.seed ^ step as u64)?;
                     }
-                    let l1 = (&rec.images - &target_pm)?.abs()?.mean_all()?;
-                    ((l1 + rec.codebook_loss)? + (rec.commitment * training.commitment_weight)?)?
+                    (rec.images, (rec.codebook_loss + (rec.commitment * training.commitment_weight)?)?)
                 }
             };
+            let l1 = (decoded - ((&target * 2.0)? - 1.0)?)?.abs()?.mean_all()?;
+            let loss = (l1 + quantizer_loss)?;
             optimizer.backward_step(&loss)?;
             let value: f32 = loss.to_scalar()?;
             if !value.is_finite() {
@@ -189,7 +189,10 @@ pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<Epoc
             loss_sum += value as f64;
             state.steps_done += 1;
             bar.inc(1);
-            bar.set_message(format!("loss {value:.4} T {temperature:.3}"));
+            bar.set_message(match training.quantizer {
+                Quantizer::Gumbel => format!("loss {value:.4} T {temperature:.3}"),
+                Quantizer::Nearest => format!("loss {value:.4}"),
+            });
         }
         bar.finish_and_clear();
         if training.quantizer == Quantizer::Nearest {
