@@ -265,3 +265,34 @@ fn training_gradients_match_finite_differences() {
     }
     assert_eq!(checked, 14);
 }
+
+#[test]
+fn the_cli_reads_a_config_file_by_its_own_name() {
+    let data = tempfile::tempdir().unwrap();
+    synthetic_images(data.path(), 4);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config();
+    cfg.ddconfig.norm_groups = 8;
+    let config = dir.path().join("tiny-vqgan.json"); // no config.json beside it
+    std::fs::write(&config, serde_json::to_string(&cfg).unwrap()).unwrap();
+    let out = dir.path().join("out");
+    let output = run(&[
+        "train-vqgan",
+        "--data",
+        p(data.path()),
+        "--out",
+        p(&out),
+        "--config",
+        p(&config),
+        "--image-size",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let written: VqganConfig =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(written, cfg);
+}
