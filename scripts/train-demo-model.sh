@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains the bundled demo model from data/demo with our own commands, end to end:
 # BPE vocabulary -> VQGAN -> RUDOLPH on three icon styles, evaluated on the fourth ->
-# RUDOLPH on all four styles, evaluated -> models/demo. About 75 minutes on a 2-core CPU.
+# RUDOLPH on all four styles, evaluated -> models/demo. About 80 minutes on a 2-core CPU.
 #
 #   scripts/train-demo-model.sh                 # everything
 #   HELD_OUT=twemoji scripts/train-demo-model.sh
@@ -13,9 +13,9 @@ source scripts/env.sh
 BIN=${BORSCHT_BIN:-target/release/borscht}
 RUNS=${RUNS:-runs/demo}
 HELD_OUT=${HELD_OUT:-noto}
-EPOCHS=${EPOCHS:-40}
-# Augmented renderings per picture (`train --augment`); 16 did not help the held-out
-# style and halved the accuracy on the training pictures (models/demo/README.md).
+EPOCHS=${EPOCHS:-30}
+# Augmented renderings per picture (`train --augment`); the extra renderings in
+# data/demo/extra do this job better (models/demo/README.md, "What was tried").
 AUGMENT=${AUGMENT:-0}
 STEPS=${STEPS:-"tokenizer vqgan rudolph"}
 CONFIGS=scripts/demo-model
@@ -33,7 +33,8 @@ if has_step tokenizer; then
 fi
 
 if has_step vqgan; then
-  # Unsupervised: it sees every picture (no labels), the held-out style included.
+  # Unsupervised: it sees every picture of data/demo/images (no labels), the held-out
+  # style included; not data/demo/extra, which only RUDOLPH reads.
   # Nearest-code quantiser: sharp codes in a CPU-sized training (see train/vqgan.rs).
   # candle's matrix products may use both cores here (the default on 2 cores is one).
   CANDLE_NUM_THREADS=2 "$BIN" train-vqgan --data data/demo/images --out "$RUNS/vqgan" --config "$CONFIGS/vqgan.json" \
@@ -43,17 +44,21 @@ fi
 train_rudolph() { # csv out
   "$BIN" train --csv "$1" --images data/demo --out "$2" --config "$CONFIGS/rudolph.json" \
     --tokenizer "$RUNS/bpe.model" --vqgan "$RUNS/vqgan" --epochs "$EPOCHS" --batch-size 10 --lr 1e-3 \
-    --freeze none --weights 0.1,1,4 --left-text-share 0.5 --val-fraction 0.05 --seed 42 --augment "$AUGMENT"
+    --freeze image-embeddings --image-embeddings codebook --codebook-std 0.1 --dropout 0.1 \
+    --weights 0.1,1,4 --left-text-share 0.5 --val-fraction 0.05 --seed 42 --augment "$AUGMENT"
 }
 
 if has_step rudolph; then
+  # The pictures and their six extra renderings per style (paths made relative to data/demo).
+  { cat data/demo/food.csv; tail -n +2 data/demo/extra/food.csv | sed 's|,images/|,extra/images/|'; } > "$RUNS/all.csv"
+  # Held out: the style's pictures (not their extra renderings, to compare with earlier runs).
   head -1 data/demo/food.csv > "$RUNS/held-out.csv"
-  grep "images/$HELD_OUT/" data/demo/food.csv >> "$RUNS/held-out.csv"
-  grep -v "images/$HELD_OUT/" data/demo/food.csv > "$RUNS/three-styles.csv"
+  grep ",images/$HELD_OUT/" data/demo/food.csv >> "$RUNS/held-out.csv"
+  grep -v "images/$HELD_OUT/" "$RUNS/all.csv" > "$RUNS/three-styles.csv"
   # Both runs at once, one core each (2-core machines): same total work, less waiting.
   RAYON_NUM_THREADS=1 train_rudolph "$RUNS/three-styles.csv" "$RUNS/held-out-model" > "$RUNS/held-out-train.log" 2>&1 &
   held_out=$!
-  RAYON_NUM_THREADS=1 train_rudolph data/demo/food.csv "$RUNS/full-model" > "$RUNS/full-train.log" 2>&1
+  RAYON_NUM_THREADS=1 train_rudolph "$RUNS/all.csv" "$RUNS/full-model" > "$RUNS/full-train.log" 2>&1
   wait "$held_out"
   "$BIN" evaluate --model "$RUNS/held-out-model" --csv "$RUNS/held-out.csv" --images data/demo \
     --report "$RUNS/held-out-report.json" | tee "$RUNS/held-out-metrics.json"

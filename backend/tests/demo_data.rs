@@ -21,3 +21,20 @@ fn the_demo_data_set_is_complete_and_trainable() {
     assert!(formatted, "every caption has the article's format");
     assert!(root.join("CREDITS.md").is_file());
 }
+
+#[test]
+fn the_extra_renderings_cover_the_same_dishes_with_new_pictures() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/demo");
+    let main = read_csv(&root.join("food.csv"), &root).unwrap();
+    let extra_root = root.join("extra");
+    let extra = read_csv(&extra_root.join("food.csv"), &extra_root).unwrap();
+    assert!(extra.skipped.is_empty(), "{}", extra.summary());
+    assert_eq!(extra.samples.len(), 3 * main.samples.len(), "six renderings per style against two");
+    let captions = |d: &borscht::train::data::Dataset| -> HashSet<String> {
+        d.samples.iter().map(|s| s.caption.clone()).collect()
+    };
+    assert_eq!(captions(&extra), captions(&main), "the same dishes with the same values");
+    // Another seed: the first extra rendering of an icon is not a copy of its picture.
+    let first = |r: &Path| std::fs::read(r.join("images/twemoji/1f355-0.png")).unwrap();
+    assert_ne!(first(&root), first(&extra_root));
+}

@@ -83,14 +83,14 @@ fn evaluate_reports_the_answers_and_metrics_that_agree_with_them() {
     assert_eq!(summary["dish_top1"].as_f64().unwrap(), right / 2.0, "{report:#}");
     let pizza = items.iter().find(|i| i["image"].as_str().unwrap().ends_with("1f355-0.png")).unwrap();
     assert_eq!(pizza["predicted_dish"], pizza["dish"], "{pizza:#}");
-    for key in ["zero_shot_accuracy", "image_fit_accuracy"] {
+    for key in ["zero_shot_accuracy", "image_fit_accuracy", "caption_fit_accuracy"] {
         let value = summary[key].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&value), "{key}: {value}");
     }
 }
 
-/// "Which of these dishes?" as the app asks it (image fit, default template): the demo
-/// model was trained with bare dish names as left text, and the default reads them so.
+/// "Which of these dishes?" as the app asks it (the default method, caption fit, with its
+/// default template `блюдо: {};`).
 #[test]
 fn the_default_model_tells_which_of_ten_dishes_an_icon_shows() {
     let table = std::fs::read_to_string(repo().join("data/demo/food.csv")).unwrap();
@@ -113,7 +113,7 @@ fn the_default_model_tells_which_of_ten_dishes_an_icon_shows() {
     let mut right = 0;
     for (dish, image) in &rows {
         let output = Command::new(env!("CARGO_BIN_EXE_borscht"))
-            .args(["classify", "--json", "--method", "image-fit", "--classes", &classes, "--image"])
+            .args(["classify", "--json", "--classes", &classes, "--image"])
             .arg(repo().join("data/demo").join(image))
             .env_remove("BORSCHT_MODEL")
             .output()

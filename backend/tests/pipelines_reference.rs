@@ -7,7 +7,7 @@ use borscht::pipelines::generation::{
 };
 use borscht::pipelines::perplexity::ce_to_ppl;
 use borscht::pipelines::sampling::{filter_top_k_top_p, SamplingParams};
-use borscht::pipelines::scoring::{classify, rerank_by_image, rerank_by_text, text_perplexities};
+use borscht::pipelines::scoring::{classify, classify_by_caption, rerank_by_image, rerank_by_text, text_perplexities};
 use borscht::pipelines::Engine;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
@@ -81,6 +81,28 @@ fn zero_shot_equals_the_reference() {
         classify(&engine, &photo_codes(&engine), &strings(&e["classes"]), e["template"].as_str().unwrap(), 2).unwrap();
     assert_close(&result.scores, &floats(&e["scores"]), "scores");
     assert_eq!(result.label as u64, e["label"].as_u64().unwrap());
+}
+
+/// Caption fit is `zs_clf` without the end of text: the two agree exactly on texts too
+/// long to keep their EOS, and differ on short ones, whose EOS `zs_clf` scores.
+#[test]
+fn caption_fit_is_zero_shot_without_the_end_of_text() {
+    let engine = engine();
+    let codes = photo_codes(&engine);
+    let r = engine.model.config().r_text_seq_length;
+    let long: Vec<String> = ["борщ", "пицца", "шаурма"].iter().map(|d| format!("{d} ").repeat(r)).collect();
+    let (zs, cf) = (
+        classify(&engine, &codes, &long, "{}", 2).unwrap(),
+        classify_by_caption(&engine, &codes, &long, "{}", 2).unwrap(),
+    );
+    assert!(long.iter().all(|t| !engine.encode_text(t, r).contains(&3)), "cut before their EOS");
+    assert_eq!(zs.scores, cf.scores);
+    let short: Vec<String> = ["борщ", "пицца", "шаурма"].map(String::from).to_vec();
+    let (zs, cf) = (
+        classify(&engine, &codes, &short, "{}", 2).unwrap(),
+        classify_by_caption(&engine, &codes, &short, "{}", 2).unwrap(),
+    );
+    assert_ne!(zs.scores, cf.scores);
 }
 
 #[test]

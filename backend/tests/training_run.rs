@@ -7,7 +7,7 @@ use borscht::model::transformer::{LossWeights, Rudolph};
 use borscht::pipelines::generation::{caption, CaptionOptions};
 use borscht::pipelines::sampling::SamplingParams;
 use borscht::pipelines::Engine;
-use borscht::train::rudolph::{train, Freeze, TrainOptions};
+use borscht::train::rudolph::{train, Freeze, ImageEmbeddingInit, TrainOptions};
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use image::{Rgb, RgbImage};
@@ -115,6 +115,8 @@ fn options(dir: &Path, csv: &Path, out: &Path) -> TrainOptions {
         max_steps: None,
         left_text_share: 0.0,
         augment: 0,
+        image_embeddings: ImageEmbeddingInit::Random,
+        dropout: Some(0.0),
     }
 }
 
@@ -189,6 +191,8 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
         opts.max_steps = max_steps;
         opts.resume = resume;
         opts.augment = 2;
+        // The config's dropout (0.1): its masks, seeded by step, must come back on resume.
+        opts.dropout = None;
         train(&opts, &Device::Cpu).unwrap()
     };
     let straight = run("straight", None, false);
@@ -218,6 +222,62 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     assert_ne!(codes(&original), codes(&format!("{original}|augment-7-1")));
 }
 
+/// Pearson correlation of two equally long series.
+fn correlation(a: &[f32], b: &[f32]) -> f32 {
+    let mean = |x: &[f32]| x.iter().sum::<f32>() / x.len() as f32;
+    let (ma, mb) = (mean(a), mean(b));
+    let cov: f32 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let var = |x: &[f32], m: f32| x.iter().map(|v| (v - m) * (v - m)).sum::<f32>();
+    cov / (var(a, ma) * var(b, mb)).sqrt()
+}
+
+/// Squared distances between all pairs of rows of `[n, d]`.
+fn pairwise_distances(rows: &candle_core::Tensor) -> Vec<f32> {
+    let rows = rows.to_vec2::<f32>().unwrap();
+    let mut out = Vec::new();
+    for i in 0..rows.len() {
+        for j in i + 1..rows.len() {
+            out.push(rows[i].iter().zip(&rows[j]).map(|(a, b)| (a - b) * (a - b)).sum());
+        }
+    }
+    out
+}
+
+#[test]
+fn codebook_initialised_image_embeddings_mirror_the_vqgan_and_can_stay_frozen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, bpe) = dataset(dir.path());
+    let run = |name: &str, steps: usize| {
+        let mut opts = options(dir.path(), &csv, &dir.path().join(name));
+        opts.config = Some(tiny_config(&bpe));
+        opts.tokenizer = Some(bpe.clone());
+        opts.vqgan = Some(vqgan_fixture());
+        opts.image_embeddings = ImageEmbeddingInit::Codebook { std: 0.1 };
+        opts.freeze = Freeze { image_embeddings: true, ..Freeze::NOTHING };
+        opts.max_steps = Some(steps);
+        train(&opts, &Device::Cpu).unwrap();
+        candle_core::safetensors::load(dir.path().join(name).join("model.safetensors"), &Device::Cpu).unwrap()
+    };
+    let (early, late) = (run("early", 1), run("late", 6));
+    let key = "image_embeddings.weight";
+    let codebook =
+        borscht::model::vqgan::load_vqgan(&vqgan_fixture(), &Device::Cpu, DType::F32).unwrap().codebook().clone();
+    let n_embed = codebook.dim(0).unwrap();
+    let embeddings = late[key].narrow(0, 0, n_embed).unwrap();
+    // Codes close in the codebook are close as embeddings (a random init gives about 0;
+    // per-dimension standardising and the projection keep it below 1).
+    let r = correlation(&pairwise_distances(&codebook), &pairwise_distances(&embeddings));
+    assert!(r > 0.6, "distance correlation {r}");
+    let std: f32 = embeddings.sqr().unwrap().mean_all().unwrap().sqrt().unwrap().to_scalar().unwrap();
+    assert!((0.07..0.13).contains(&std), "embedding scale {std}");
+    // Frozen: five more steps left them exactly as they started, while the rest trained.
+    let moved = |name: &str| -> f32 {
+        (&late[name] - &early[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    };
+    assert_eq!(moved(key), 0.0);
+    assert!(moved("text_embeddings.weight") > 0.0);
+}
+
 #[test]
 fn the_cli_reports_bad_rows_and_writes_a_model() {
     let dir = tempfile::tempdir().unwrap();
@@ -242,6 +302,14 @@ fn the_cli_reports_bad_rows_and_writes_a_model() {
         .output()
         .unwrap();
     assert!(!output.status.success());
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_borscht"))
+        .args(scratch_cli_args(dir.path(), &csv, &bpe, &out))
+        .args(["--dropout", "1.5"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("dropout must be at least 0 and below 1, not 1.5"));
 }
 
 #[cfg(unix)]

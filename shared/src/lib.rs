@@ -102,8 +102,11 @@ impl ClientMessage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ClassifyMethod {
-    /// The class under which the photo's image codes are most likely (re-ranking by image).
+    /// The class whose caption start (`блюдо: …;`) is most likely after the photo; unlike
+    /// `zs_clf`, the text's ending is not scored (captions go on after the dish).
     #[default]
+    CaptionFit,
+    /// The class under which the photo's image codes are most likely (re-ranking by image).
     ImageFit,
     /// The reference's `zs_clf`: perplexity of each class text after the photo.
     ZeroShot,

@@ -150,20 +150,24 @@ pub struct ClassifyArgs {
     /// Comma-separated dishes to choose from.
     #[arg(long, value_delimiter = ',', required = true)]
     pub classes: Vec<String>,
-    /// How each class is written; `{}` stands for it (default: `блюдо: {}` for zero-shot,
-    /// the dish alone for image-fit, as training writes left texts).
+    /// How each class is written; `{}` stands for it (default: `блюдо: {};` for
+    /// caption-fit, `блюдо: {}` for zero-shot, the dish alone for image-fit, as training
+    /// writes left texts).
     #[arg(long)]
     pub template: Option<String>,
-    /// `zero-shot` (the reference's zs_clf) or `image-fit` (the class the photo fits best).
-    #[arg(long, default_value = "zero-shot", value_parser = parse_method)]
+    /// `caption-fit` (the class whose caption start fits the photo best, its end not
+    /// scored), `zero-shot` (the reference's zs_clf) or `image-fit` (the class under
+    /// which the photo's codes are most likely).
+    #[arg(long, default_value = "caption-fit", value_parser = parse_method)]
     pub method: ClassifyMethod,
 }
 
 fn parse_method(text: &str) -> std::result::Result<ClassifyMethod, String> {
     match text {
+        "caption-fit" => Ok(ClassifyMethod::CaptionFit),
         "zero-shot" => Ok(ClassifyMethod::ZeroShot),
         "image-fit" => Ok(ClassifyMethod::ImageFit),
-        other => Err(format!("unknown method {other:?}: zero-shot or image-fit")),
+        other => Err(format!("unknown method {other:?}: caption-fit, zero-shot or image-fit")),
     }
 }
 

@@ -9,7 +9,7 @@ use crate::model::config::RudolphConfig;
 use crate::model::device::parse_device;
 use crate::model::transformer::LossWeights;
 use crate::model::weights::read_config;
-use crate::train::rudolph::{train, Freeze, TrainOptions};
+use crate::train::rudolph::{train, Freeze, ImageEmbeddingInit, TrainOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
@@ -55,7 +55,8 @@ pub struct TrainArgs {
     /// Loss weights l_text,image,r_text.
     #[arg(long, default_value = "0.01,1,7")]
     pub weights: String,
-    /// Comma-separated groups to freeze: embeddings, layernorms, attention, mlp, other
+    /// Comma-separated groups to freeze: embeddings, image-embeddings, layernorms,
+    /// attention, mlp, other
     /// (`article` = attention,mlp; `none`).
     #[arg(long, default_value = "article")]
     pub freeze: String,
@@ -77,6 +78,17 @@ pub struct TrainArgs {
     /// once; each epoch shows every picture as itself or one of them. 0 = none.
     #[arg(long, default_value_t = 0)]
     pub augment: usize,
+    /// From scratch: how image-code embeddings start: `random`, or `codebook` (the
+    /// VQGAN's codebook projected to the hidden size, so look-alike codes start alike).
+    #[arg(long, default_value = "random", value_parser = ["random", "codebook"])]
+    pub image_embeddings: String,
+    /// Standard deviation of the codebook-initialised image embeddings.
+    #[arg(long, default_value_t = 0.1)]
+    pub codebook_std: f64,
+    /// Dropout probability for embeddings, attention and outputs (default: the model
+    /// config's, 0.1 in the reference).
+    #[arg(long)]
+    pub dropout: Option<f64>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -91,12 +103,13 @@ fn parse_freeze(spec: &str) -> Result<Freeze> {
     for group in spec.split(',').map(str::trim) {
         match group {
             "embeddings" => freeze.embeddings = true,
+            "image-embeddings" => freeze.image_embeddings = true,
             "layernorms" => freeze.layernorms = true,
             "attention" => freeze.attention = true,
             "mlp" => freeze.mlp = true,
             "other" => freeze.other = true,
             other => {
-                bail!("unknown weight group {other:?} in --freeze (embeddings, layernorms, attention, mlp, other)")
+                bail!("unknown weight group {other:?} in --freeze (embeddings, image-embeddings, layernorms, attention, mlp, other)")
             }
         }
     }
@@ -152,6 +165,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         max_steps: None,
         left_text_share: args.left_text_share,
         augment: args.augment,
+        image_embeddings: match args.image_embeddings.as_str() {
+            "codebook" => ImageEmbeddingInit::Codebook { std: args.codebook_std },
+            _ => ImageEmbeddingInit::Random,
+        },
+        dropout: args.dropout,
     };
     let outcome = train(&options, &parse_device(&args.device)?)?;
     if outcome.interrupted {
@@ -263,6 +281,7 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
         "kcal_answers": report.kcal_answers,
         "zero_shot_accuracy": report.zero_shot_accuracy,
         "image_fit_accuracy": report.image_fit_accuracy,
+        "caption_fit_accuracy": report.caption_fit_accuracy,
         "zero_shot_classes": report.zero_shot_classes,
     });
     println!("{summary}");

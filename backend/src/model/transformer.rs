@@ -191,6 +191,7 @@ impl SelfAttention {
         mask: &Tensor,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         differentiable: bool,
+        dropout: Option<LayerDropout>,
     ) -> Result<Tensor> {
         let (b, n, h) = x.dims3()?;
         let qkv = self.query_key_value.forward(x)?;
@@ -214,8 +215,16 @@ impl SelfAttention {
         } else {
             self.masked_softmax_composite(&scores, mask, differentiable)?
         };
+        let probs = match dropout {
+            Some(d) => d.draw.apply(&probs, d.draw.attention, d.site(0))?,
+            None => probs,
+        };
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h))?;
-        self.dense.forward(&context)
+        let output = self.dense.forward(&context)?;
+        match dropout {
+            Some(d) => d.draw.apply(&output, d.draw.output, d.site(1)),
+            None => Ok(output),
+        }
     }
 
     /// The reference's masking, PB-relax and softmax, op by op (other devices and dtypes).
@@ -232,6 +241,60 @@ impl SelfAttention {
             scores
         };
         softmax_last_dim(&scores, differentiable)
+    }
+}
+
+/// One training step's dropout, as the reference trains (embeddings, attention
+/// probabilities, attention and MLP outputs). Every mask is drawn from `seed` and its
+/// place in the network, so a resumed run draws exactly the masks it would have.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropoutDraw {
+    pub seed: u64,
+    pub embedding: f64,
+    pub attention: f64,
+    pub output: f64,
+}
+
+impl DropoutDraw {
+    /// The config's probabilities with this step's seed.
+    pub fn from_config(cfg: &RudolphConfig, seed: u64) -> Self {
+        DropoutDraw {
+            seed,
+            embedding: cfg.embedding_dropout_prob,
+            attention: cfg.attention_dropout_prob,
+            output: cfg.output_dropout_prob,
+        }
+    }
+
+    /// Zeroes each element of `x` with probability `p` and scales the rest by 1/(1-p).
+    fn apply(&self, x: &Tensor, p: f64, site: u64) -> Result<Tensor> {
+        if p <= 0.0 {
+            return Ok(x.clone());
+        }
+        if p >= 1.0 {
+            return x.zeros_like();
+        }
+        use rand::{RngCore, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ (site + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let threshold = (p * 4_294_967_296.0) as u64;
+        let keep = (1.0 / (1.0 - p)) as f32;
+        let mask: Vec<f32> =
+            (0..x.elem_count()).map(|_| if (rng.next_u32() as u64) < threshold { 0.0 } else { keep }).collect();
+        let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?.to_device(x.device())?.to_dtype(x.dtype())?;
+        x * mask
+    }
+}
+
+/// A step's dropout inside one layer (three mask sites per layer after the embeddings').
+#[derive(Debug, Clone, Copy)]
+struct LayerDropout {
+    draw: DropoutDraw,
+    layer: usize,
+}
+
+impl LayerDropout {
+    fn site(&self, k: u64) -> u64 {
+        1 + 3 * self.layer as u64 + k
     }
 }
 
@@ -291,13 +354,18 @@ impl TransformerLayer {
         mask: &Tensor,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         diff: bool,
+        dropout: Option<LayerDropout>,
     ) -> Result<Tensor> {
-        let mut attention = self.attention.forward(&self.input_layernorm.forward(x, diff)?, mask, cache, diff)?;
+        let mut attention =
+            self.attention.forward(&self.input_layernorm.forward(x, diff)?, mask, cache, diff, dropout)?;
         if let Some(ln) = &self.before_first_addition_layernorm {
             attention = ln.forward(&attention, diff)?;
         }
         let residual = (x + attention)?;
         let mut mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&residual, diff)?)?;
+        if let Some(d) = dropout {
+            mlp = d.draw.apply(&mlp, d.draw.output, d.site(2))?;
+        }
         if let Some(ln) = &self.before_second_addition_layernorm {
             mlp = ln.forward(&mlp, diff)?;
         }
@@ -368,6 +436,8 @@ pub struct Rudolph {
     /// Row, column, conv, last-conv masks, `[S', S']`.
     layer_masks: [Tensor; 4],
     differentiable: bool,
+    /// Training only: this step's dropout (None: no dropout, as at inference).
+    dropout: Option<DropoutDraw>,
     device: Device,
 }
 
@@ -394,6 +464,7 @@ impl Rudolph {
             logits_linear: linear(h, cfg.total_vocab(), vb.pp("to_logits").pp(1))?,
             layer_masks: [mask(0)?, mask(1)?, mask(2)?, mask(3)?],
             differentiable: false,
+            dropout: None,
             cfg: cfg.clone(),
             device,
         })
@@ -426,6 +497,12 @@ impl Rudolph {
     /// Training mode: ops with gradients instead of the inference-only kernels.
     pub fn set_differentiable(&mut self, on: bool) {
         self.differentiable = on;
+    }
+
+    /// Dropout for the next forward passes (training sets a fresh draw every step);
+    /// None turns it off.
+    pub fn set_dropout(&mut self, dropout: Option<DropoutDraw>) {
+        self.dropout = dropout;
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -501,13 +578,17 @@ impl Rudolph {
         }
         let input_ids = input_ids.to_dtype(DType::U32)?;
         let mut hidden = self.embed(&input_ids, past)?;
+        if let Some(d) = &self.dropout {
+            hidden = d.apply(&hidden, d.embedding, 0)?;
+        }
         let dtype = self.layer_masks[0].dtype();
         let sample_mask = attention_mask.narrow(2, past, n)?.narrow(3, 0, total)?.to_dtype(dtype)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_mask = self.layer_mask(i).narrow(0, past, n)?.narrow(1, 0, total)?;
             let mask = sample_mask.broadcast_mul(&layer_mask)?;
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
-            hidden = layer.forward(&hidden, &mask, layer_cache, self.differentiable)?;
+            let dropout = self.dropout.map(|draw| LayerDropout { draw, layer: i });
+            hidden = layer.forward(&hidden, &mask, layer_cache, self.differentiable, dropout)?;
         }
         self.final_layernorm.forward(&hidden, self.differentiable)
     }
@@ -579,4 +660,57 @@ pub fn token_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     let picked = log_probs.gather(&labels.to_dtype(DType::U32)?.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?;
     picked.squeeze(D::Minus1)?.neg()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draw(seed: u64, p: f64) -> DropoutDraw {
+        DropoutDraw { seed, embedding: p, attention: p, output: p }
+    }
+
+    #[test]
+    fn dropout_zeroes_about_p_and_rescales_the_rest() {
+        let x = Tensor::ones((64, 1024), DType::F32, &Device::Cpu).unwrap();
+        let values = draw(1, 0.3).apply(&x, 0.3, 5).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let dropped = values.iter().filter(|v| **v == 0.0).count() as f64 / values.len() as f64;
+        assert!((0.28..0.32).contains(&dropped), "dropped {dropped}");
+        assert!(values.iter().all(|v| *v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6));
+        assert_eq!(draw(1, 0.3).apply(&x, 0.0, 5).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 65536.0);
+    }
+
+    #[test]
+    fn dropout_masks_follow_the_seed_and_leave_inference_alone() {
+        let cfg = RudolphConfig {
+            num_layers: 2,
+            hidden_size: 32,
+            num_attention_heads: 2,
+            l_text_seq_length: 4,
+            image_tokens_per_dim: 4,
+            r_text_seq_length: 4,
+            vocab_size: 40,
+            image_vocab_size: 16,
+            ..RudolphConfig::rudolph_350m()
+        };
+        let vb = VarBuilder::from_varmap(&candle_nn::VarMap::new(), DType::F32, &Device::Cpu);
+        let mut model = Rudolph::new(&cfg, vb).unwrap();
+        let n = cfg.total_seq_length();
+        let ids: Vec<u32> = (0..n as u32).map(|i| i % 16).collect();
+        let ids = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap();
+        let mask = Tensor::tril2(n, DType::F32, &Device::Cpu).unwrap().reshape((1, 1, n, n)).unwrap();
+        let run = |model: &Rudolph| {
+            model.forward(&ids, &mask, None).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let plain = run(&model);
+        model.set_dropout(Some(draw(9, 0.2)));
+        let (a, again) = (run(&model), run(&model));
+        model.set_dropout(Some(draw(10, 0.2)));
+        let other = run(&model);
+        model.set_dropout(None);
+        assert_eq!(a, again, "the same seed draws the same masks");
+        assert_ne!(a, plain, "dropout changes the output");
+        assert_ne!(a, other, "another seed draws other masks");
+        assert_eq!(run(&model), plain, "no dropout once it is switched off");
+    }
 }

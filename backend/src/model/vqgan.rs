@@ -439,6 +439,11 @@ impl Vqgan {
         &self.cfg
     }
 
+    /// The codebook `[n_embed, embed_dim]`.
+    pub fn codebook(&self) -> &Tensor {
+        self.embed.embeddings()
+    }
+
     /// Training mode: differentiable softmax in the attention blocks.
     pub fn set_differentiable(&mut self, on: bool) {
         self.differentiable = on;

@@ -7,6 +7,7 @@ use candle_core::{Tensor, D};
 use super::perplexity::{ce_to_ppl, token_ce};
 use super::Engine;
 use crate::model::masks::{attention_mask, t2t_attention_mask};
+use crate::model::tokenizer::TextTokenizer;
 
 /// Forward passes run at most this many sequences at once.
 pub const DEFAULT_BATCH: usize = 64;
@@ -127,9 +128,6 @@ fn r_text_ppl(engine: &Engine, logits: &Tensor, ids: &Tensor) -> Result<Vec<f32>
 }
 
 /// `zs_clf`: which class text fits the photo best. `template` holds `{}` for the class.
-///
-/// Every class shares `[l_text | image]`, and the per-sample masks only differ in the
-/// r_text rows, so that prefix runs once and its KV cache serves all classes.
 pub fn classify(
     engine: &Engine,
     codes: &[u32],
@@ -138,6 +136,34 @@ pub fn classify(
     batch: usize,
 ) -> Result<Classification> {
     let texts = class_texts(classes, template)?;
+    Ok(classification_of(&class_text_perplexities(engine, codes, &texts, batch, true)?))
+}
+
+/// Caption fit: like `zs_clf`, but the class text's end of text is not scored. A caption
+/// goes on after its dish (`блюдо: пицца; белков: …`), so a model trained on captions
+/// finds any early end unlikely, and that penalty, not the dish, would decide.
+pub fn classify_by_caption(
+    engine: &Engine,
+    codes: &[u32],
+    classes: &[String],
+    template: &str,
+    batch: usize,
+) -> Result<Classification> {
+    let texts = class_texts(classes, template)?;
+    Ok(classification_of(&class_text_perplexities(engine, codes, &texts, batch, false)?))
+}
+
+/// Perplexity of each text as right text after the photo (with or without its EOS).
+///
+/// Every text shares `[l_text | image]`, and the per-sample masks only differ in the
+/// r_text rows, so that prefix runs once and its KV cache serves all of them.
+fn class_text_perplexities(
+    engine: &Engine,
+    codes: &[u32],
+    texts: &[String],
+    batch: usize,
+    score_end: bool,
+) -> Result<Vec<f32>> {
     check_codes(engine, codes)?;
     let cfg = engine.model.config();
     let (l, r) = (cfg.l_text_seq_length, cfg.r_text_seq_length);
@@ -145,7 +171,7 @@ pub fn classify(
     let mut prefix_cache = engine.model.new_cache();
     let causal = attention_mask(cfg, &[vec![1.0; r]], &engine.device)?;
     engine.model.forward(&ids_tensor(engine, &[prefix])?, &causal, Some(&mut prefix_cache))?;
-    let mut ppl = Vec::with_capacity(classes.len());
+    let mut ppl = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(batch.max(1)) {
         let encoded: Vec<Vec<u32>> = chunk.iter().map(|text| engine.encode_text(text, r)).collect();
         let masks: Vec<Vec<f32>> = encoded.iter().map(|e| r_text_mask(e)).collect();
@@ -154,14 +180,22 @@ pub fn classify(
         let ids = ids_tensor(engine, &encoded)?;
         let logits = engine.model.forward(&ids, &attention_mask(cfg, &masks, &engine.device)?, Some(&mut cache))?;
         let r_logits = logits.narrow(1, 0, r - 1)?.narrow(D::Minus1, 0, cfg.text_vocab())?;
-        ppl.extend(ce_to_ppl(&token_ce(&r_logits, &ids.narrow(1, 1, r - 1)?, Some(0))?));
+        let mut labels = ids.narrow(1, 1, r - 1)?;
+        if !score_end {
+            // EOS becomes padding, which the cross-entropy skips.
+            labels = labels.eq(TextTokenizer::EOS)?.where_cond(&labels.zeros_like()?, &labels)?;
+        }
+        ppl.extend(ce_to_ppl(&token_ce(&r_logits, &labels, Some(0))?));
     }
-    Ok(classification_of(&ppl))
+    Ok(ppl)
 }
 
 /// How a dish is written for `zs_clf`, which scores it as right text (a caption): the
 /// start of the article's caption.
 pub const CLASS_TEMPLATE: &str = "блюдо: {}";
+/// How a dish is written for caption fit: the caption's start up to the `;` that ends
+/// the dish, so a dish that begins another (`мороженое`, `мороженое в рожке`) is told apart.
+pub const CAPTION_CLASS_TEMPLATE: &str = "блюдо: {};";
 /// How a dish is written for the image-fit choice, which puts it in the left text: as
 /// `borscht train --left-text-share` writes left texts, the dish name alone.
 pub const LEFT_CLASS_TEMPLATE: &str = "{}";
@@ -169,6 +203,7 @@ pub const LEFT_CLASS_TEMPLATE: &str = "{}";
 /// The template a method reads a dish in when the caller names none.
 pub fn default_class_template(method: ClassifyMethod) -> &'static str {
     match method {
+        ClassifyMethod::CaptionFit => CAPTION_CLASS_TEMPLATE,
         ClassifyMethod::ZeroShot => CLASS_TEMPLATE,
         ClassifyMethod::ImageFit => LEFT_CLASS_TEMPLATE,
     }
@@ -222,6 +257,7 @@ pub fn classify_with(
     batch: usize,
 ) -> Result<Classification> {
     match method {
+        ClassifyMethod::CaptionFit => classify_by_caption(engine, codes, classes, template, batch),
         ClassifyMethod::ZeroShot => classify(engine, codes, classes, template, batch),
         ClassifyMethod::ImageFit => classify_by_image(engine, codes, classes, template, batch),
     }

@@ -199,7 +199,7 @@ pub struct ClassifyQuery {
     /// Comma-separated dishes.
     pub classes: Option<String>,
     pub template: Option<String>,
-    /// `image_fit` (default) or `zero_shot`.
+    /// `caption_fit` (default), `image_fit` or `zero_shot`.
     pub method: Option<borscht_protocol::ClassifyMethod>,
 }
 

@@ -38,6 +38,8 @@ pub struct EvalItem {
     pub zero_shot_choice: Option<String>,
     /// The choice among the same dishes by image fit ([`classify_by_image`]).
     pub image_fit_choice: Option<String>,
+    /// The choice among the same dishes by caption fit (the app's default).
+    pub caption_fit_choice: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +54,8 @@ pub struct EvalReport {
     pub zero_shot_accuracy: Option<f64>,
     /// The same questions answered by image fit.
     pub image_fit_accuracy: Option<f64>,
+    /// The same questions answered by caption fit.
+    pub caption_fit_accuracy: Option<f64>,
     pub zero_shot_classes: usize,
     pub items: Vec<EvalItem>,
 }
@@ -86,7 +90,7 @@ pub fn evaluate(
         let codes = engine.photo_codes(&photo)?;
         let recognition = recognize(engine, &codes, &options.captions, |_| {})?;
         let best = recognition.answer.map(|a| a.best);
-        let (zero_shot_choice, image_fit_choice) = if options.zero_shot_classes > 0 {
+        let (zero_shot_choice, image_fit_choice, caption_fit_choice) = if options.zero_shot_classes > 0 {
             let others: Vec<&String> = dishes.iter().filter(|d| !same_dish(d, &dish)).collect();
             let mut classes: Vec<String> = others
                 .choose_multiple(&mut rng, options.zero_shot_classes.saturating_sub(1))
@@ -99,9 +103,9 @@ pub fn evaluate(
                 let choice = classify_with(method, engine, &codes, &classes, template, DEFAULT_BATCH)?;
                 Ok(Some(classes[choice.label].clone()))
             };
-            (choose(ClassifyMethod::ZeroShot)?, choose(ClassifyMethod::ImageFit)?)
+            (choose(ClassifyMethod::ZeroShot)?, choose(ClassifyMethod::ImageFit)?, choose(ClassifyMethod::CaptionFit)?)
         } else {
-            (None, None)
+            (None, None, None)
         };
         let item = EvalItem {
             image: sample.image.display().to_string(),
@@ -111,6 +115,7 @@ pub fn evaluate(
             predicted_kcal: best.as_ref().and_then(|b| b.nutrition.kcal),
             zero_shot_choice,
             image_fit_choice,
+            caption_fit_choice,
         };
         on_item(&item);
         items.push(item);
@@ -118,17 +123,18 @@ pub fn evaluate(
     let count = items.len().max(1) as f64;
     let right = items.iter().filter(|i| i.predicted_dish.as_deref().is_some_and(|p| same_dish(p, &i.dish))).count();
     let kcal_errors: Vec<f64> = items.iter().filter_map(|i| Some((i.predicted_kcal? - i.kcal?).abs() as f64)).collect();
-    let zero_shot_right =
-        items.iter().filter(|i| i.zero_shot_choice.as_deref().is_some_and(|c| same_dish(c, &i.dish))).count();
-    let image_fit_right =
-        items.iter().filter(|i| i.image_fit_choice.as_deref().is_some_and(|c| same_dish(c, &i.dish))).count();
+    let share_right = |choice: fn(&EvalItem) -> &Option<String>| {
+        let right = items.iter().filter(|i| choice(i).as_deref().is_some_and(|c| same_dish(c, &i.dish))).count();
+        (options.zero_shot_classes > 0).then(|| right as f64 / count)
+    };
     Ok(EvalReport {
         samples: items.len(),
         dish_top1: right as f64 / count,
         kcal_mae: (!kcal_errors.is_empty()).then(|| kcal_errors.iter().sum::<f64>() / kcal_errors.len() as f64),
         kcal_answers: kcal_errors.len(),
-        zero_shot_accuracy: (options.zero_shot_classes > 0).then(|| zero_shot_right as f64 / count),
-        image_fit_accuracy: (options.zero_shot_classes > 0).then(|| image_fit_right as f64 / count),
+        zero_shot_accuracy: share_right(|i| &i.zero_shot_choice),
+        image_fit_accuracy: share_right(|i| &i.image_fit_choice),
+        caption_fit_accuracy: share_right(|i| &i.caption_fit_choice),
         zero_shot_classes: options.zero_shot_classes,
         items,
     })

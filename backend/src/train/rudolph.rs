@@ -23,7 +23,7 @@ use crate::imaging::{self, ImageLimits};
 use crate::model::config::RudolphConfig;
 use crate::model::masks::causal_mask;
 use crate::model::tokenizer::TextTokenizer;
-use crate::model::transformer::{LossWeights, Rudolph};
+use crate::model::transformer::{DropoutDraw, LossWeights, Rudolph};
 use crate::model::vqgan::{load_vqgan, Vqgan};
 use crate::model::weights::{self, CONFIG_FILE, SAFETENSORS_FILE};
 use crate::nutrition::{atwater, parse_caption};
@@ -45,6 +45,8 @@ const CURVE_FILE: &str = "loss_curve.png";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Freeze {
     pub embeddings: bool,
+    /// Only the image-code embeddings (`image_embeddings.weight`).
+    pub image_embeddings: bool,
     pub layernorms: bool,
     pub attention: bool,
     pub mlp: bool,
@@ -52,15 +54,29 @@ pub struct Freeze {
 }
 
 impl Freeze {
-    pub const NOTHING: Freeze =
-        Freeze { embeddings: false, layernorms: false, attention: false, mlp: false, other: false };
+    pub const NOTHING: Freeze = Freeze {
+        embeddings: false,
+        image_embeddings: false,
+        layernorms: false,
+        attention: false,
+        mlp: false,
+        other: false,
+    };
     /// The article's `freeze(...)` call. (Its name test `'attn' in name` never matches
     /// `attention.*`, so attention actually trained there; here it is frozen as intended.)
-    pub const ARTICLE: Freeze =
-        Freeze { embeddings: false, layernorms: false, attention: true, mlp: true, other: false };
+    pub const ARTICLE: Freeze = Freeze {
+        embeddings: false,
+        image_embeddings: false,
+        layernorms: false,
+        attention: true,
+        mlp: true,
+        other: false,
+    };
 
     pub fn is_frozen(&self, name: &str) -> bool {
-        if name.contains("layernorm") || name.starts_with("to_logits.0") {
+        if name.starts_with("image_embeddings.") {
+            self.embeddings || self.image_embeddings
+        } else if name.contains("layernorm") || name.starts_with("to_logits.0") {
             self.layernorms
         } else if name.contains("embeddings") {
             self.embeddings
@@ -112,6 +128,23 @@ pub struct TrainOptions {
     /// Augmented renderings per training picture (0: the pictures as they are); each
     /// epoch shows every picture as itself or one of them.
     pub augment: usize,
+    /// From scratch: how the image-code embeddings start.
+    pub image_embeddings: ImageEmbeddingInit,
+    /// Dropout probability for embeddings, attention and outputs alike; None uses the
+    /// model config's three probabilities (the reference trains with 0.1).
+    pub dropout: Option<f64>,
+}
+
+/// How a model trained from scratch initialises its image-code embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum ImageEmbeddingInit {
+    /// normal(0, 0.02), like every other weight.
+    Random,
+    /// The VQGAN's codebook, standardised and carried to the hidden size by a seeded
+    /// random projection (which keeps distances), with this standard deviation: codes
+    /// that look alike start alike, so what the model learns of one code carries over
+    /// to its neighbours, e.g. to the same food drawn in another style.
+    Codebook { std: f64 },
 }
 
 /// One line of the training log.
@@ -262,6 +295,12 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
     if options.batch_size == 0 || options.epochs == 0 {
         bail!("batch size and epochs must be positive");
     }
+    if options.init.is_some() && options.image_embeddings != ImageEmbeddingInit::Random {
+        bail!("--image-embeddings codebook is for training from scratch; a fine-tuned model keeps its own");
+    }
+    if let Some(p) = options.dropout.filter(|p| !(0.0..1.0).contains(p)) {
+        bail!("dropout must be at least 0 and below 1, not {p}");
+    }
     let dataset = read_csv(&options.csv, &options.images)?;
     eprintln!("data: {}", dataset.summary());
     let parts = parts(options, device)?;
@@ -301,6 +340,9 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
             let varmap = VarMap::new();
             let model = Rudolph::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
             seeded_init(&varmap, options.seed)?;
+            if let ImageEmbeddingInit::Codebook { std } = options.image_embeddings {
+                init_image_embeddings_from_codebook(&varmap, &parts.vqgan, std, options.seed)?;
+            }
             (varmap, model)
         }
     };
@@ -334,6 +376,13 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
         final_div_factor: options.final_div_factor,
     };
     let mask = causal_mask(&cfg, 1, device)?;
+    let dropout_at = |step: usize| {
+        let mut draw = DropoutDraw::from_config(&cfg, options.seed ^ (0xd409_0000 + step as u64));
+        if let Some(p) = options.dropout {
+            (draw.embedding, draw.attention, draw.output) = (p, p, p);
+        }
+        draw
+    };
     let mut logs = read_log(&options.out.join(LOG_FILE)).unwrap_or_default();
     if !resuming {
         logs.clear();
@@ -367,6 +416,8 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
                 })
                 .collect();
             let ids = Tensor::from_vec(rows, (batch.len(), cfg.total_seq_length()), device)?;
+            // Seeded by step like the left texts: a resumed run drops the same units.
+            model.set_dropout(Some(dropout_at(state.step)).filter(|d| d.embedding + d.attention + d.output > 0.0));
             let losses = model.loss(&ids, &mask, options.loss_weights)?;
             let loss_value: f32 = losses.loss.to_scalar()?;
             if !loss_value.is_finite() {
@@ -446,6 +497,33 @@ fn seeded_init(varmap: &VarMap, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// Sets the first `n_embed` rows of `image_embeddings.weight` (the codes; the rest are
+/// special tokens) to the VQGAN codebook, standardised per dimension and projected by a
+/// seeded Gaussian matrix, scaled to standard deviation `std`.
+fn init_image_embeddings_from_codebook(varmap: &VarMap, vqgan: &Vqgan, std: f64, seed: u64) -> Result<()> {
+    use rand_distr::{Distribution, Normal};
+    let data = varmap.data().lock().expect("varmap lock");
+    let var = data.get("image_embeddings.weight").context("the model has no image_embeddings.weight")?;
+    let (rows, hidden) = var.dims2()?;
+    let codebook = vqgan.codebook().to_dtype(DType::F32)?.to_device(var.device())?;
+    let (codes, dim) = codebook.dims2()?;
+    if codes > rows {
+        bail!("the VQGAN has {codes} codes but the model only {rows} image tokens");
+    }
+    let centred = codebook.broadcast_sub(&codebook.mean_keepdim(0)?)?;
+    let spread = centred.sqr()?.mean_keepdim(0)?.sqrt()?.clamp(1e-6f32, f32::MAX)?;
+    let standardised = centred.broadcast_div(&spread)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xc0de_b00c);
+    // Entries N(0, 1/dim): each projected value has unit variance.
+    let normal = Normal::new(0.0f32, (1.0 / dim as f64).sqrt() as f32).expect("valid normal");
+    let projection: Vec<f32> = (0..dim * hidden).map(|_| normal.sample(&mut rng)).collect();
+    let projection = Tensor::from_vec(projection, (dim, hidden), var.device())?;
+    let projected = (standardised.matmul(&projection)? * std)?;
+    let rest = var.as_tensor().narrow(0, codes, rows - codes)?;
+    var.set(&Tensor::cat(&[&projected, &rest], 0)?)?;
+    Ok(())
+}
+
 /// Greedy captions of the validation images, scored against their true captions.
 fn validate(
     model: &Rudolph,
@@ -456,6 +534,7 @@ fn validate(
 ) -> Result<Validation> {
     let mut inference = model.clone();
     inference.set_differentiable(false);
+    inference.set_dropout(None);
     let engine = Engine::from_parts(inference, parts.tokenizer.clone(), parts.vqgan.clone())?;
     let greedy = CaptionOptions {
         count: 1,
