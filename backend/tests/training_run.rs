@@ -296,20 +296,18 @@ fn the_cli_reports_bad_rows_and_writes_a_model() {
     assert!(stderr.contains("dish accuracy"), "validation is reported: {stderr}");
     assert!(out.join("model.safetensors").is_file());
 
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_borscht"))
-        .args(scratch_cli_args(dir.path(), &csv, &bpe, &out))
-        .args(["--freeze", "wings"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_borscht"))
-        .args(scratch_cli_args(dir.path(), &csv, &bpe, &out))
-        .args(["--dropout", "1.5"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("dropout must be at least 0 and below 1, not 1.5"));
+    let refused = |extra: [&str; 2]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_borscht"))
+            .args(scratch_cli_args(dir.path(), &csv, &bpe, &out))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{extra:?} was accepted");
+        String::from_utf8_lossy(&output.stderr).to_string()
+    };
+    refused(["--freeze", "wings"]);
+    let stderr = refused(["--dropout", "1.5"]);
+    assert!(stderr.contains("dropout must be at least 0 and below 1, not 1.5"), "{stderr}");
 }
 
 #[cfg(unix)]

@@ -38,8 +38,9 @@ pub struct RudolphConfig {
     pub mlp_activation: String,
     #[serde(default = "yes")]
     pub is_bool_mask: bool,
-    /// The reference trains with these dropouts; they never apply at inference, and
-    /// `borscht train` does not apply them either (kept so configs round-trip).
+    /// Dropout while training (embeddings, attention probabilities, attention and MLP
+    /// outputs), as the reference trains; `borscht train` applies them unless `--dropout`
+    /// overrides, and inference never does.
     #[serde(default = "default_dropout")]
     pub embedding_dropout_prob: f64,
     #[serde(default = "default_dropout")]
