@@ -7,7 +7,7 @@ use borscht::pipelines::generation::{
 };
 use borscht::pipelines::perplexity::ce_to_ppl;
 use borscht::pipelines::sampling::{filter_top_k_top_p, SamplingParams};
-use borscht::pipelines::scoring::{classify, classify_by_caption, rerank_by_image, rerank_by_text, text_perplexities};
+use borscht::pipelines::scoring::{classify, classify_with, rerank_by_image, rerank_by_text, text_perplexities};
 use borscht::pipelines::Engine;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
@@ -90,18 +90,15 @@ fn caption_fit_is_zero_shot_without_the_end_of_text() {
     let engine = engine();
     let codes = photo_codes(&engine);
     let r = engine.model.config().r_text_seq_length;
+    let caption_fit = |texts: &[String]| {
+        classify_with(borscht_protocol::ClassifyMethod::CaptionFit, &engine, &codes, texts, "{}", 2).unwrap()
+    };
     let long: Vec<String> = ["борщ", "пицца", "шаурма"].iter().map(|d| format!("{d} ").repeat(r)).collect();
-    let (zs, cf) = (
-        classify(&engine, &codes, &long, "{}", 2).unwrap(),
-        classify_by_caption(&engine, &codes, &long, "{}", 2).unwrap(),
-    );
+    let (zs, cf) = (classify(&engine, &codes, &long, "{}", 2).unwrap(), caption_fit(&long));
     assert!(long.iter().all(|t| !engine.encode_text(t, r).contains(&3)), "cut before their EOS");
     assert_eq!(zs.scores, cf.scores);
     let short: Vec<String> = ["борщ", "пицца", "шаурма"].map(String::from).to_vec();
-    let (zs, cf) = (
-        classify(&engine, &codes, &short, "{}", 2).unwrap(),
-        classify_by_caption(&engine, &codes, &short, "{}", 2).unwrap(),
-    );
+    let (zs, cf) = (classify(&engine, &codes, &short, "{}", 2).unwrap(), caption_fit(&short));
     assert_ne!(zs.scores, cf.scores);
 }
 

@@ -80,8 +80,8 @@ pub struct TrainArgs {
     pub augment: usize,
     /// From scratch: how image-code embeddings start: `random`, or `codebook` (the
     /// VQGAN's codebook projected to the hidden size, so look-alike codes start alike).
-    #[arg(long, default_value = "random", value_parser = ["random", "codebook"])]
-    pub image_embeddings: String,
+    #[arg(long, value_enum, default_value_t = ImageEmbeddingsArg::Random)]
+    pub image_embeddings: ImageEmbeddingsArg,
     /// Standard deviation of the codebook-initialised image embeddings.
     #[arg(long, default_value_t = 0.1)]
     pub codebook_std: f64,
@@ -91,6 +91,13 @@ pub struct TrainArgs {
     pub dropout: Option<f64>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+/// `--image-embeddings`; `codebook` takes its scale from `--codebook-std`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImageEmbeddingsArg {
+    Random,
+    Codebook,
 }
 
 fn parse_freeze(spec: &str) -> Result<Freeze> {
@@ -165,9 +172,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         max_steps: None,
         left_text_share: args.left_text_share,
         augment: args.augment,
-        image_embeddings: match args.image_embeddings.as_str() {
-            "codebook" => ImageEmbeddingInit::Codebook { std: args.codebook_std },
-            _ => ImageEmbeddingInit::Random,
+        image_embeddings: match args.image_embeddings {
+            ImageEmbeddingsArg::Codebook => ImageEmbeddingInit::Codebook { std: args.codebook_std },
+            ImageEmbeddingsArg::Random => ImageEmbeddingInit::Random,
         },
         dropout: args.dropout,
     };

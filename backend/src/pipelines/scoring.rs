@@ -135,22 +135,23 @@ pub fn classify(
     template: &str,
     batch: usize,
 ) -> Result<Classification> {
-    let texts = class_texts(classes, template)?;
-    Ok(classification_of(&class_text_perplexities(engine, codes, &texts, batch, true)?))
+    classify_as_caption(engine, codes, classes, template, batch, true)
 }
 
-/// Caption fit: like `zs_clf`, but the class text's end of text is not scored. A caption
+/// The class texts as right text after the photo, ranked by perplexity: `zs_clf` when
+/// `score_end`, caption fit otherwise. Caption fit leaves the text's end out: a caption
 /// goes on after its dish (`блюдо: пицца; белков: …`), so a model trained on captions
 /// finds any early end unlikely, and that penalty, not the dish, would decide.
-pub fn classify_by_caption(
+fn classify_as_caption(
     engine: &Engine,
     codes: &[u32],
     classes: &[String],
     template: &str,
     batch: usize,
+    score_end: bool,
 ) -> Result<Classification> {
     let texts = class_texts(classes, template)?;
-    Ok(classification_of(&class_text_perplexities(engine, codes, &texts, batch, false)?))
+    Ok(classification_of(&class_text_perplexities(engine, codes, &texts, batch, score_end)?))
 }
 
 /// Perplexity of each text as right text after the photo (with or without its EOS).
@@ -257,7 +258,7 @@ pub fn classify_with(
     batch: usize,
 ) -> Result<Classification> {
     match method {
-        ClassifyMethod::CaptionFit => classify_by_caption(engine, codes, classes, template, batch),
+        ClassifyMethod::CaptionFit => classify_as_caption(engine, codes, classes, template, batch, false),
         ClassifyMethod::ZeroShot => classify(engine, codes, classes, template, batch),
         ClassifyMethod::ImageFit => classify_by_image(engine, codes, classes, template, batch),
     }
