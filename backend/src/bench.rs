@@ -189,6 +189,7 @@ pub fn run(preset: &str, device: &Device, dtype: DType, runs: usize, only: &[Str
     record("zs_clf_20", &mut || classify(&engine, &codes, &classes, "{}", DEFAULT_BATCH).map(|_| ()))?;
     let image_options = ImageOptions {
         count: 4,
+        best_of: 1,
         sampling: SamplingParams { top_k: 512, top_p: 0.99, temperature: 1.0 },
         seed: 1,
         preview_every_rows: 0,

@@ -38,3 +38,27 @@ fn the_extra_renderings_cover_the_same_dishes_with_new_pictures() {
     let first = |r: &Path| std::fs::read(r.join("images/twemoji/1f355-0.png")).unwrap();
     assert_ne!(first(&root), first(&extra_root));
 }
+
+#[test]
+fn the_more_styles_draw_known_dishes_in_other_icon_sets_only() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/demo");
+    let main = read_csv(&root.join("food.csv"), &root).unwrap();
+    let more_root = root.join("more-styles");
+    let more = read_csv(&more_root.join("food.csv"), &more_root).unwrap();
+    assert!(more.skipped.is_empty(), "{}", more.summary());
+    let main_captions: HashSet<&str> = main.samples.iter().map(|s| s.caption.as_str()).collect();
+    for sample in &more.samples {
+        assert!(main_captions.contains(sample.caption.as_str()), "a dish of the main set: {}", sample.caption);
+    }
+    let credits = std::fs::read_to_string(more_root.join("CREDITS.md")).unwrap();
+    for (style, licence) in borscht::train::demo_data::MORE_STYLES {
+        let count = more.samples.iter().filter(|s| s.image.to_string_lossy().contains(&format!("/{style}/"))).count();
+        assert!(count >= 200, "{style}: {count} pictures");
+        assert!(credits.contains(&format!("`{style}`: {licence}")), "{style}'s licence is credited");
+    }
+    // None of the data set's own four styles: holding one out must keep it out of training.
+    for (style, _) in borscht::train::demo_data::STYLES {
+        let path = format!("/{style}/");
+        assert!(!more.samples.iter().any(|s| s.image.to_string_lossy().contains(&path)), "{style} is not here");
+    }
+}

@@ -2,12 +2,14 @@
 
 use borscht::imaging::{decode_image, ImageLimits};
 use borscht::pipelines::generation::{
-    caption, caption_batch, generate_image, generate_texts, Cancelled, CaptionJob, CaptionOptions, GenerationEvent,
-    ImageOptions,
+    caption, caption_batch, generate_codes, generate_image, generate_texts, Cancelled, CaptionJob, CaptionOptions,
+    GenerationEvent, ImageOptions,
 };
 use borscht::pipelines::perplexity::ce_to_ppl;
 use borscht::pipelines::sampling::{filter_top_k_top_p, SamplingParams};
-use borscht::pipelines::scoring::{classify, classify_with, rerank_by_image, rerank_by_text, text_perplexities};
+use borscht::pipelines::scoring::{
+    caption_fit_of_images, classify, classify_with, rerank_by_image, rerank_by_text, text_perplexities,
+};
 use borscht::pipelines::Engine;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
@@ -100,6 +102,15 @@ fn caption_fit_is_zero_shot_without_the_end_of_text() {
     let short: Vec<String> = ["борщ", "пицца", "шаурма"].map(String::from).to_vec();
     let (zs, cf) = (classify(&engine, &codes, &short, "{}", 2).unwrap(), caption_fit(&short));
     assert_ne!(zs.scores, cf.scores);
+    // Pictures against one caption (text-to-image's choice): self_reranking_by_text's
+    // r_text perplexity, likewise without the end of text.
+    let e = &expected()["rerank_by_text"];
+    let codebooks: Vec<Vec<u32>> = serde_json::from_value(e["codebooks"].clone()).unwrap();
+    let by_text = |text: &str| -> Vec<f32> {
+        rerank_by_text(&engine, text, &codebooks, 2).unwrap().into_iter().map(|s| s.ppl_text).collect()
+    };
+    assert_eq!(caption_fit_of_images(&engine, &long[0], &codebooks, 2).unwrap(), by_text(&long[0]));
+    assert_ne!(caption_fit_of_images(&engine, &short[0], &codebooks, 2).unwrap(), by_text(&short[0]));
 }
 
 #[test]
@@ -242,6 +253,7 @@ fn text_to_image_previews_then_decodes() {
     let engine = engine();
     let options = ImageOptions {
         count: 2,
+        best_of: 1,
         sampling: SamplingParams { top_k: 32, top_p: 0.9, temperature: 1.0 },
         seed: 1,
         preview_every_rows: 1,
@@ -261,6 +273,33 @@ fn text_to_image_previews_then_decodes() {
     assert!(result.codes.iter().all(|c| c.len() == 16 && c.iter().all(|&v| v < 64)));
     let image = decode_image(&result.pngs[0], ImageLimits::default()).unwrap();
     assert_eq!((image.width(), image.height()), (32, 32));
+}
+
+#[test]
+fn text_to_image_keeps_the_drawings_that_best_fit_the_text() {
+    let engine = engine();
+    let sampling = SamplingParams { top_k: 32, top_p: 0.9, temperature: 1.0 };
+    let options = ImageOptions { count: 2, best_of: 3, sampling, seed: 5, preview_every_rows: 1, stop: None };
+    let mut preview_sizes = Vec::new();
+    let result = generate_image(&engine, "борщ", &options, |e| {
+        if let GenerationEvent::ImagePreview { pngs, .. } = e {
+            preview_sizes.push(pngs.len());
+        }
+    })
+    .unwrap();
+    assert!(!preview_sizes.is_empty() && preview_sizes.iter().all(|&n| n == 2), "previews show two: {preview_sizes:?}");
+    // The same seed draws the same six; the two kept are the six's best by caption fit.
+    let all =
+        generate_codes(&engine, "борщ", &ImageOptions { count: 6, best_of: 1, ..options.clone() }, |_| {}).unwrap();
+    let fit = caption_fit_of_images(&engine, "блюдо: борщ;", &all, 4).unwrap();
+    let mut order: Vec<usize> = (0..6).collect();
+    order.sort_by(|&a, &b| fit[a].total_cmp(&fit[b]));
+    assert_eq!(result.codes, vec![all[order[0]].clone(), all[order[1]].clone()]);
+    assert_eq!(result.caption_fit, vec![fit[order[0]], fit[order[1]]]);
+    assert!(fit[order[0]] < fit[order[5]], "the drawings differ in fit: {fit:?}");
+    assert_eq!(result.pngs.len(), 2);
+    let refused = generate_image(&engine, "борщ", &ImageOptions { best_of: 0, ..options }, |_| {});
+    assert!(refused.unwrap_err().to_string().contains("best_of"));
 }
 
 #[test]

@@ -203,6 +203,10 @@ pub struct GenerateArgs {
     pub text: String,
     #[arg(long, default_value_t = 4)]
     pub n: usize,
+    /// Each picture is the best of this many drawn, by how well the text fits it as a
+    /// caption (1: keep every drawing).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub best_of: u32,
     /// Folder for image-N.png.
     #[arg(long)]
     pub out: PathBuf,
@@ -220,6 +224,7 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
     let engine = args.engine.load()?;
     let options = ImageOptions {
         count: args.n,
+        best_of: args.best_of as usize,
         sampling: SamplingParams { top_k: args.top_k, top_p: args.top_p, temperature: args.temperature },
         seed: args.seed,
         preview_every_rows: 0,
@@ -234,10 +239,13 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
         paths.push(path.display().to_string());
     }
     if args.engine.json {
-        println!("{}", serde_json::json!({ "images": paths, "codes": result.codes }));
+        println!(
+            "{}",
+            serde_json::json!({ "images": paths, "codes": result.codes, "caption_fit": result.caption_fit })
+        );
     } else {
-        for p in paths {
-            println!("{p}");
+        for (p, fit) in paths.iter().zip(&result.caption_fit) {
+            println!("{p}\tcaption fit {fit:.2}");
         }
     }
     Ok(())

@@ -212,6 +212,10 @@ pub struct PrepareDemoDataArgs {
     pub per_style: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Icon sets to draw, comma-separated: the data set's four by default; more openly
+    /// licensed ones: fluent-emoji, emojione, emojione-monotone, fxemoji.
+    #[arg(long, value_delimiter = ',')]
+    pub styles: Option<Vec<String>>,
 }
 
 pub fn prepare_demo_data(args: PrepareDemoDataArgs) -> Result<()> {
@@ -224,6 +228,7 @@ pub fn prepare_demo_data(args: PrepareDemoDataArgs) -> Result<()> {
         size: args.size,
         per_style: args.per_style,
         seed: args.seed,
+        styles: args.styles.unwrap_or_else(crate::train::demo_data::default_styles),
     })?;
     eprintln!("{} pictures of {} dishes in {}", report.images, report.dishes, args.out.display());
     for missing in &report.missing_icons {

@@ -63,6 +63,9 @@ pub struct DecodeArgs {
     /// The images side by side as a PNG.
     #[arg(long)]
     pub png: Option<PathBuf>,
+    /// Pictures per row of the PNG (all in one row when absent).
+    #[arg(long, requires = "png")]
+    pub columns: Option<usize>,
 }
 
 pub fn run(command: VqganCommand) -> Result<()> {
@@ -141,7 +144,7 @@ fn decode(args: DecodeArgs) -> Result<()> {
         let pictures = (0..images.dim(0)?)
             .map(|i| imaging::to_rgb_image(&images.get(i)?))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        imaging::grid(&pictures, pictures.len()).save(png)?;
+        imaging::grid(&pictures, args.columns.unwrap_or(pictures.len())).save(png)?;
         eprintln!("wrote {}", png.display());
     }
     Ok(())

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::sampling::{sample, SamplingParams};
-use super::scoring::{check_codes, text_perplexities, DEFAULT_BATCH};
+use super::scoring::{caption_fit_of_images, check_codes, text_perplexities, CAPTION_CLASS_TEMPLATE, DEFAULT_BATCH};
 use super::Engine;
 use crate::model::masks::{causal_mask, t2t_attention_mask};
 use crate::model::tokenizer::TextTokenizer;
@@ -343,6 +343,10 @@ pub fn generate_texts(
 #[derive(Debug, Clone)]
 pub struct ImageOptions {
     pub count: usize,
+    /// Each kept picture is the best of this many drawn: `count * best_of` are drawn and
+    /// the `count` that best fit the text as a caption ([`caption_fit_of_images`]) are
+    /// kept. 1 keeps every drawing.
+    pub best_of: usize,
     pub sampling: SamplingParams,
     pub seed: u64,
     /// Emit a preview after every this many rows of codes (0 = none).
@@ -351,37 +355,59 @@ pub struct ImageOptions {
     pub stop: Option<Arc<AtomicBool>>,
 }
 
-/// Images drawn from a text: codes and PNGs.
+/// Images drawn from a text: codes and PNGs, best first.
 #[derive(Debug, Clone)]
 pub struct GeneratedImages {
     pub codes: Vec<Vec<u32>>,
     pub pngs: Vec<Vec<u8>>,
+    /// Caption fit of the text after each picture (r_text perplexity, lower is better).
+    pub caption_fit: Vec<f32>,
 }
 
-/// Text-to-image: [`generate_codes`], then the VQGAN draws them.
+/// Text-to-image: [`generate_codes`] (`count * best_of` drawings), the `count` that best
+/// fit the text as the caption `блюдо: {text};` kept, then the VQGAN draws them.
 pub fn generate_image(
     engine: &Engine,
     text: &str,
     options: &ImageOptions,
     on_event: impl FnMut(GenerationEvent),
 ) -> Result<GeneratedImages> {
-    let codes = generate_codes(engine, text, options, on_event)?;
+    if options.best_of == 0 {
+        bail!("best_of must be at least 1");
+    }
+    let drawn = draw_codes(engine, text, options, options.count * options.best_of, on_event)?;
+    let caption = CAPTION_CLASS_TEMPLATE.replace("{}", text.trim());
+    let fit = caption_fit_of_images(engine, &caption, &drawn, DEFAULT_BATCH)?;
+    let mut order: Vec<usize> = (0..drawn.len()).collect();
+    order.sort_by(|&a, &b| fit[a].total_cmp(&fit[b]));
+    order.truncate(options.count);
+    let codes: Vec<Vec<u32>> = order.iter().map(|&k| drawn[k].clone()).collect();
     let pngs = decode_pngs(engine, &codes)?;
-    Ok(GeneratedImages { codes, pngs })
+    Ok(GeneratedImages { codes, pngs, caption_fit: order.iter().map(|&k| fit[k]).collect() })
 }
 
-/// `generate_codebooks`: the text as l_text, image codes sampled from the image
-/// logits (plain causal mask; the layer masks still apply).
+/// `generate_codebooks`: the text as l_text, `options.count` sets of image codes sampled
+/// from the image logits (plain causal mask; the layer masks still apply).
 pub fn generate_codes(
     engine: &Engine,
     text: &str,
     options: &ImageOptions,
+    on_event: impl FnMut(GenerationEvent),
+) -> Result<Vec<Vec<u32>>> {
+    draw_codes(engine, text, options, options.count, on_event)
+}
+
+/// Samples `n` sets of codes; previews show the first `options.count`.
+fn draw_codes(
+    engine: &Engine,
+    text: &str,
+    options: &ImageOptions,
+    n: usize,
     mut on_event: impl FnMut(GenerationEvent),
 ) -> Result<Vec<Vec<u32>>> {
     options.sampling.validate().map_err(anyhow::Error::msg)?;
     let cfg = engine.model.config();
     let (l, i, t) = (cfg.l_text_seq_length, cfg.image_seq_length(), cfg.image_tokens_per_dim);
-    let n = options.count;
     if n == 0 {
         bail!("ask for at least one image");
     }
@@ -403,7 +429,8 @@ pub fn generate_codes(
         let done = position + 1;
         on_event(GenerationEvent::Progress { step: done, total: i, active: n });
         if options.preview_every_rows > 0 && done % (t * options.preview_every_rows) == 0 && done < i {
-            let pngs = decode_pngs(engine, &codes.iter().map(|c| complete_rows(c, t)).collect::<Vec<_>>())?;
+            let shown = codes.iter().take(options.count.max(1)).map(|c| complete_rows(c, t)).collect::<Vec<_>>();
+            let pngs = decode_pngs(engine, &shown)?;
             on_event(GenerationEvent::ImagePreview { rows_done: done / t, rows_total: t, pngs });
         }
         if done == i {

@@ -96,6 +96,24 @@ pub fn rerank_by_text(
     codebooks: &[Vec<u32>],
     batch: usize,
 ) -> Result<Vec<TextImageScore>> {
+    score_images_by_text(engine, text, codebooks, batch, true)
+}
+
+/// Caption fit of pictures: the r_text perplexity of `caption` after each picture, its
+/// end of text not scored (as [`ClassifyMethod::CaptionFit`] does), lower is better.
+/// Text-to-image keeps the drawings that best fit their dish this way.
+pub fn caption_fit_of_images(engine: &Engine, caption: &str, codebooks: &[Vec<u32>], batch: usize) -> Result<Vec<f32>> {
+    let scores = score_images_by_text(engine, caption, codebooks, batch, false)?;
+    Ok(scores.into_iter().map(|s| s.ppl_text).collect())
+}
+
+fn score_images_by_text(
+    engine: &Engine,
+    text: &str,
+    codebooks: &[Vec<u32>],
+    batch: usize,
+    score_end: bool,
+) -> Result<Vec<TextImageScore>> {
     let cfg = engine.model.config();
     let (l, r) = (cfg.l_text_seq_length, cfg.r_text_seq_length);
     let encoded = engine.encode_text(text, r);
@@ -112,7 +130,7 @@ pub fn rerank_by_text(
         let logits = logits(engine, &rows, &masks)?;
         let ids = ids_tensor(engine, &rows)?;
         let ppl_image = image_ppl(engine, &logits, &ids)?;
-        let ppl_text = r_text_ppl(engine, &logits, &ids)?;
+        let ppl_text = r_text_ppl(engine, &logits, &ids, score_end)?;
         scores.extend(
             ppl_text.into_iter().zip(ppl_image).map(|(ppl_text, ppl_image)| TextImageScore { ppl_text, ppl_image }),
         );
@@ -120,11 +138,20 @@ pub fn rerank_by_text(
     Ok(scores)
 }
 
-fn r_text_ppl(engine: &Engine, logits: &Tensor, ids: &Tensor) -> Result<Vec<f32>> {
+fn r_text_ppl(engine: &Engine, logits: &Tensor, ids: &Tensor, score_end: bool) -> Result<Vec<f32>> {
     let cfg = engine.model.config();
     let (s, r) = (cfg.total_seq_length(), cfg.r_text_seq_length);
     let r_logits = logits.narrow(1, s - r, r - 1)?.narrow(D::Minus1, 0, cfg.text_vocab())?;
-    Ok(ce_to_ppl(&token_ce(&r_logits, &ids.narrow(1, s - r + 1, r - 1)?, Some(0))?))
+    let mut labels = ids.narrow(1, s - r + 1, r - 1)?;
+    if !score_end {
+        labels = without_end(&labels)?;
+    }
+    Ok(ce_to_ppl(&token_ce(&r_logits, &labels, Some(0))?))
+}
+
+/// Labels with EOS turned into padding, which the cross-entropy skips.
+fn without_end(labels: &Tensor) -> Result<Tensor> {
+    Ok(labels.eq(TextTokenizer::EOS)?.where_cond(&labels.zeros_like()?, labels)?)
 }
 
 /// `zs_clf`: which class text fits the photo best. `template` holds `{}` for the class.
@@ -183,8 +210,7 @@ fn class_text_perplexities(
         let r_logits = logits.narrow(1, 0, r - 1)?.narrow(D::Minus1, 0, cfg.text_vocab())?;
         let mut labels = ids.narrow(1, 1, r - 1)?;
         if !score_end {
-            // EOS becomes padding, which the cross-entropy skips.
-            labels = labels.eq(TextTokenizer::EOS)?.where_cond(&labels.zeros_like()?, &labels)?;
+            labels = without_end(&labels)?;
         }
         ppl.extend(ce_to_ppl(&token_ce(&r_logits, &labels, Some(0))?));
     }

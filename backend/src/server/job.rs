@@ -20,10 +20,28 @@ pub const DEFAULT_TEXTS: u32 = 8;
 
 #[derive(Debug)]
 pub enum Task {
-    Recognize { image: DynamicImage, template: String, n: usize, portion_g: Option<f32> },
-    Classify { image: DynamicImage, classes: Vec<String>, template: String, method: ClassifyMethod },
-    GenerateImage { text: String, n: usize },
-    GenerateText { prompt: String, n: usize },
+    Recognize {
+        image: DynamicImage,
+        template: String,
+        n: usize,
+        portion_g: Option<f32>,
+    },
+    Classify {
+        image: DynamicImage,
+        classes: Vec<String>,
+        template: String,
+        method: ClassifyMethod,
+    },
+    /// `n` pictures, each the best of `best_of` drawn (the server's `--image-best-of`).
+    GenerateImage {
+        text: String,
+        n: usize,
+        best_of: usize,
+    },
+    GenerateText {
+        prompt: String,
+        n: usize,
+    },
 }
 
 impl Task {
@@ -183,6 +201,7 @@ pub fn generate_image_task(text: &str, n: Option<u32>, limits: &Limits) -> Resul
     Ok(Task::GenerateImage {
         text: check_text("text", text, limits)?,
         n: check_count("image", n, DEFAULT_IMAGES, limits.max_images)?,
+        best_of: limits.image_best_of as usize,
     })
 }
 
@@ -205,4 +224,18 @@ pub fn task_of(message: &ClientMessage, limits: &Limits) -> Option<Result<Task, 
         ClientMessage::GenerateText { prompt, n, .. } => generate_text_task(prompt, *n, limits),
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drawing_request_takes_the_servers_best_of() {
+        let limits = Limits { image_best_of: 3, ..Limits::default() };
+        match generate_image_task("борщ", Some(2), &limits) {
+            Ok(Task::GenerateImage { text, n, best_of }) => assert_eq!((text.as_str(), n, best_of), ("борщ", 2, 3)),
+            other => panic!("{:?}", other.map(|t| t.kind())),
+        }
+    }
 }

@@ -23,6 +23,10 @@ pub struct Limits {
     pub max_captions: u32,
     #[arg(long, env = "BORSCHT_MAX_IMAGES", default_value_t = 4)]
     pub max_images: u32,
+    /// Text-to-image draws this many pictures for each one it returns and keeps those that
+    /// best fit the dish's name (1: keep every drawing).
+    #[arg(long, env = "BORSCHT_IMAGE_BEST_OF", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub image_best_of: u32,
     #[arg(long, env = "BORSCHT_MAX_TEXTS", default_value_t = 16)]
     pub max_texts: u32,
     /// Requests one WebSocket connection may have in flight.
@@ -54,6 +58,7 @@ impl Default for Limits {
             max_classes: 50,
             max_captions: 32,
             max_images: 4,
+            image_best_of: 8,
             max_texts: 16,
             max_requests_per_connection: 4,
             queue_capacity: 64,

@@ -270,10 +270,11 @@ impl Worker {
                     },
                 }
             }
-            Task::GenerateImage { text, n } => {
+            Task::GenerateImage { text, n, best_of } => {
                 let rows = engine.model.config().image_tokens_per_dim;
                 let options = ImageOptions {
                     count: *n,
+                    best_of: *best_of,
                     sampling: SamplingParams { top_k: 512, top_p: 0.99, temperature: 1.0 },
                     seed: id,
                     preview_every_rows: (rows / 4).max(1),

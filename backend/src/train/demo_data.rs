@@ -15,13 +15,35 @@ use std::path::{Path, PathBuf};
 
 use crate::nutrition::{atwater, Nutrition};
 
-/// The icon sets, their licences and attribution.
+/// The data set's four icon sets (the issue's styles), their licences and attribution.
 pub const STYLES: [(&str, &str); 4] = [
     ("twemoji", "CC-BY-4.0, © Twitter, Inc and other contributors"),
     ("noto", "Apache-2.0, © Google LLC"),
     ("fluent-emoji-flat", "MIT, © Microsoft Corporation"),
     ("fluent-emoji-high-contrast", "MIT, © Microsoft Corporation"),
 ];
+
+/// More openly licensed icon sets, for `--styles`: more drawing styles teach a model what a
+/// dish looks like in a style it has not seen. Their `chars.json` is empty, so icons are
+/// found by the names the four sets above give each emoji. Left out: openmoji and
+/// emojione-v1 (CC-BY-SA: what is derived must stay BY-SA) and noto-v1 (an older noto,
+/// which would leak the held-out style into training).
+pub const MORE_STYLES: [(&str, &str); 4] = [
+    ("fluent-emoji", "MIT, © Microsoft Corporation"),
+    ("emojione", "CC-BY-4.0, © Emoji One"),
+    ("emojione-monotone", "CC-BY-4.0, © Emoji One"),
+    ("fxemoji", "Apache-2.0, © Mozilla"),
+];
+
+/// The licence line of a known style, or why it cannot be used.
+pub fn style_licence(style: &str) -> Result<&'static str> {
+    STYLES.iter().chain(MORE_STYLES.iter()).find(|(name, _)| *name == style).map(|(_, licence)| *licence).with_context(
+        || {
+            let known: Vec<&str> = STYLES.iter().chain(MORE_STYLES.iter()).map(|(name, _)| *name).collect();
+            format!("unknown or unusable icon style {style:?}; the openly licensed ones are {}", known.join(", "))
+        },
+    )
+}
 
 /// One curated food.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,9 +131,14 @@ impl IconSet {
         Ok(IconSet { icons: read("icons.json")?, chars: serde_json::from_value(read("chars.json")?)? })
     }
 
-    /// The icon of an emoji as a standalone SVG document (aliases followed).
-    fn svg(&self, hexcode: &str) -> Option<String> {
-        let mut name = self.chars.get(hexcode)?.clone();
+    /// The icon of an emoji as a standalone SVG document (aliases followed): by the set's
+    /// own `chars.json`, else by the first of `names` (with or without hyphens) it has.
+    fn svg(&self, hexcode: &str, names: &[String]) -> Option<String> {
+        let known = |name: &str| self.icons["icons"].get(name).is_some() || self.icons["aliases"].get(name).is_some();
+        let mut name = match self.chars.get(hexcode) {
+            Some(name) => name.clone(),
+            None => names.iter().flat_map(|n| [n.clone(), n.replace('-', "")]).find(|n| known(n))?,
+        };
         for _ in 0..4 {
             if let Some(icon) = self.icons["icons"].get(&name) {
                 let size =
@@ -187,6 +214,13 @@ pub struct PrepareOptions {
     pub size: u32,
     pub per_style: usize,
     pub seed: u64,
+    /// The icon sets to draw (names from [`STYLES`] or [`MORE_STYLES`]).
+    pub styles: Vec<String>,
+}
+
+/// The four styles of [`STYLES`], the data set's default.
+pub fn default_styles() -> Vec<String> {
+    STYLES.iter().map(|(name, _)| name.to_string()).collect()
 }
 
 /// What was written.
@@ -201,6 +235,20 @@ pub struct PrepareReport {
 pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport> {
     let mapping = read_mapping(&options.mapping)?;
     let foods = read_foods(&options.foods)?;
+    let licences = options.styles.iter().map(|s| style_licence(s)).collect::<Result<Vec<_>>>()?;
+    let set_dir = |style: &str| options.node_modules.join("@iconify-json").join(style);
+    let sets = options.styles.iter().map(|s| IconSet::load(&set_dir(s))).collect::<Result<Vec<_>>>()?;
+    // What the four main sets call each emoji, for the sets that map no code points.
+    let mut main_sets = Vec::new();
+    for (style, _) in STYLES {
+        if set_dir(style).exists() {
+            main_sets.push(IconSet::load(&set_dir(style))?);
+        }
+    }
+    let names_of = |hexcode: &str| -> Vec<String> {
+        let names = main_sets.iter().filter_map(|set| set.chars.get(hexcode));
+        names.flat_map(|n| [n.clone(), n.trim_end_matches("-flat").to_string()]).collect()
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
     let images_dir = options.out.join("images");
     std::fs::create_dir_all(&images_dir)?;
@@ -236,9 +284,8 @@ pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport> {
             if entry.exact { "exact" } else { "approximate" }
         );
         report.dishes += 1;
-        for (style, _) in STYLES {
-            let set = IconSet::load(&options.node_modules.join("@iconify-json").join(style))?;
-            let Some(svg) = set.svg(&entry.hexcode) else {
+        for (style, set) in options.styles.iter().zip(&sets) {
+            let Some(svg) = set.svg(&entry.hexcode, &names_of(&entry.hexcode)) else {
                 report.missing_icons.push(format!("{style}/{}", entry.hexcode));
                 continue;
             };
@@ -267,7 +314,7 @@ pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport> {
     let mut credits = String::from(
         "# Demo data: credits and licences\n\nPictures are rendered from these icon sets (via the `@iconify-json` npm packages):\n\n",
     );
-    for (style, licence) in STYLES {
+    for (style, licence) in options.styles.iter().zip(&licences) {
         let _ = writeln!(credits, "- `{style}`: {licence}");
     }
     credits.push_str(
@@ -321,6 +368,7 @@ mod tests {
             size: 32,
             per_style: 2,
             seed: 3,
+            styles: default_styles(),
         }
     }
 
@@ -345,5 +393,34 @@ mod tests {
         let image = image::load_from_memory(&first).unwrap().to_rgb8();
         assert!(image.pixels().any(|p| p[0] > 150 && p[1] < 90 && p[2] < 90), "the red plate is visible");
         assert!(std::fs::read_to_string(options.out.join("CREDITS.md")).unwrap().contains("(123)"));
+    }
+
+    #[test]
+    fn a_set_without_code_points_finds_icons_by_the_main_sets_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = fake_inputs(dir.path());
+        // fxemoji-like: no chars.json entries, the icon named like noto's without hyphens.
+        let set = dir.path().join("node_modules/@iconify-json/fxemoji");
+        std::fs::create_dir_all(&set).unwrap();
+        std::fs::write(
+            set.join("icons.json"),
+            r##"{"prefix":"fx","width":16,"height":16,"icons":{"platedish":{"body":"<rect width='16' height='16' fill='#3c3'/>"}}}"##,
+        )
+        .unwrap();
+        std::fs::write(set.join("chars.json"), "{}").unwrap();
+        let noto = dir.path().join("node_modules/@iconify-json/noto/chars.json");
+        std::fs::write(noto, r#"{"1f372":"plate-dish"}"#).unwrap();
+        let more = PrepareOptions { styles: vec!["fxemoji".into()], ..options.clone() };
+        let report = prepare(&more).unwrap();
+        assert_eq!(report.images, 2, "one emoji x 1 style x 2");
+        assert_eq!(report.missing_icons, vec!["fxemoji/1f999".to_string()]);
+        let picture = image::open(more.out.join("images/fxemoji/1f372-0.png")).unwrap().to_rgb8();
+        assert!(picture.pixels().any(|p| p[1] > 150 && p[0] < 90), "the green icon is drawn");
+        let credits = std::fs::read_to_string(more.out.join("CREDITS.md")).unwrap();
+        assert!(credits.contains("`fxemoji`: Apache-2.0") && !credits.contains("`twemoji`"), "{credits}");
+
+        let share_alike = PrepareOptions { styles: vec!["openmoji".into()], ..options };
+        let error = prepare(&share_alike).unwrap_err().to_string();
+        assert!(error.contains("\"openmoji\"") && error.contains("fluent-emoji"), "{error}");
     }
 }
