@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Trains the bundled demo model from data/demo with our own commands, end to end:
 # BPE vocabulary -> VQGAN -> RUDOLPH without one of the four icon styles, evaluated on it ->
-# RUDOLPH on all styles, evaluated -> models/demo. About 80 minutes on a 2-core CPU.
+# RUDOLPH on all styles, evaluated -> models/demo, text-to-image samples. About 100 minutes
+# on a 2-core CPU.
 #
 #   scripts/train-demo-model.sh                 # everything
 #   HELD_OUT=twemoji scripts/train-demo-model.sh
@@ -13,7 +14,7 @@ source scripts/env.sh
 BIN=${BORSCHT_BIN:-target/release/borscht}
 RUNS=${RUNS:-runs/demo}
 HELD_OUT=${HELD_OUT:-noto}
-EPOCHS=${EPOCHS:-20}
+EPOCHS=${EPOCHS:-30}
 # Augmented renderings per picture (`train --augment`); the extra renderings in
 # data/demo/extra do this job better (models/demo/README.md, "What was tried").
 AUGMENT=${AUGMENT:-0}

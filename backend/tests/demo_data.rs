@@ -2,14 +2,21 @@
 
 use borscht::nutrition::parse_caption;
 use borscht::train::data::read_csv;
+use borscht::train::data::Dataset;
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A folder of the committed data set (`""`: data/demo itself) and its rows, all readable.
+fn demo_set(folder: &str) -> (PathBuf, Dataset) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/demo").join(folder);
+    let data = read_csv(&root.join("food.csv"), &root).unwrap();
+    assert!(data.skipped.is_empty(), "{}", data.summary());
+    (root, data)
+}
 
 #[test]
 fn the_demo_data_set_is_complete_and_trainable() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/demo");
-    let data = read_csv(&root.join("food.csv"), &root).unwrap();
-    assert!(data.skipped.is_empty(), "{}", data.summary());
+    let (root, data) = demo_set("");
     assert!(data.samples.len() >= 480, "about the article's size: {}", data.samples.len());
     let dishes: HashSet<String> = data.samples.iter().filter_map(|s| parse_caption(&s.caption).dish).collect();
     assert!(dishes.len() >= 60, "{} dishes", dishes.len());
@@ -24,15 +31,9 @@ fn the_demo_data_set_is_complete_and_trainable() {
 
 #[test]
 fn the_extra_renderings_cover_the_same_dishes_with_new_pictures() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/demo");
-    let main = read_csv(&root.join("food.csv"), &root).unwrap();
-    let extra_root = root.join("extra");
-    let extra = read_csv(&extra_root.join("food.csv"), &extra_root).unwrap();
-    assert!(extra.skipped.is_empty(), "{}", extra.summary());
+    let ((root, main), (extra_root, extra)) = (demo_set(""), demo_set("extra"));
     assert_eq!(extra.samples.len(), 3 * main.samples.len(), "six renderings per style against two");
-    let captions = |d: &borscht::train::data::Dataset| -> HashSet<String> {
-        d.samples.iter().map(|s| s.caption.clone()).collect()
-    };
+    let captions = |d: &Dataset| -> HashSet<String> { d.samples.iter().map(|s| s.caption.clone()).collect() };
     assert_eq!(captions(&extra), captions(&main), "the same dishes with the same values");
     // Another seed: the first extra rendering of an icon is not a copy of its picture.
     let first = |r: &Path| std::fs::read(r.join("images/twemoji/1f355-0.png")).unwrap();
@@ -41,11 +42,7 @@ fn the_extra_renderings_cover_the_same_dishes_with_new_pictures() {
 
 #[test]
 fn the_more_styles_draw_known_dishes_in_other_icon_sets_only() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/demo");
-    let main = read_csv(&root.join("food.csv"), &root).unwrap();
-    let more_root = root.join("more-styles");
-    let more = read_csv(&more_root.join("food.csv"), &more_root).unwrap();
-    assert!(more.skipped.is_empty(), "{}", more.summary());
+    let ((_, main), (more_root, more)) = (demo_set(""), demo_set("more-styles"));
     let main_captions: HashSet<&str> = main.samples.iter().map(|s| s.caption.as_str()).collect();
     for sample in &more.samples {
         assert!(main_captions.contains(sample.caption.as_str()), "a dish of the main set: {}", sample.caption);

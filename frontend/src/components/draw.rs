@@ -1,5 +1,6 @@
 //! Text to dish (for desktop users): type a dish, watch the picture appear row by
-//! row, download the PNG.
+//! row, download the PNG. The server draws several and keeps the one that best fits the
+//! name, so the finished picture may differ from the preview.
 
 use borscht_protocol::{ClientMessage, RequestId, ServerMessage};
 use leptos::prelude::*;
@@ -29,7 +30,11 @@ pub fn Draw(connection: Connection) -> impl IntoView {
                     if let Some(png) = images.first() {
                         picture.set(Some(format!("data:image/png;base64,{png}")));
                     }
-                    status.set(format!("{} {rows_done}/{rows_total}", tr(lang, "Строк готово:", "Rows done:")));
+                    status.set(format!(
+                        "{} {rows_done}/{rows_total}; {}",
+                        tr(lang, "Строк готово:", "Rows done:"),
+                        tr(lang, "покажем лучший из нескольких рисунков", "the best of several drawings will be shown")
+                    ));
                 }
                 ServerMessage::Images { images, .. } => {
                     if let Some(png) = images.first() {
