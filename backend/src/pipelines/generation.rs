@@ -429,7 +429,7 @@ fn draw_codes(
         let done = position + 1;
         on_event(GenerationEvent::Progress { step: done, total: i, active: n });
         if options.preview_every_rows > 0 && done % (t * options.preview_every_rows) == 0 && done < i {
-            let shown = codes.iter().take(options.count.max(1)).map(|c| complete_rows(c, t)).collect::<Vec<_>>();
+            let shown = codes.iter().take(options.count).map(|c| complete_rows(c, t)).collect::<Vec<_>>();
             let pngs = decode_pngs(engine, &shown)?;
             on_event(GenerationEvent::ImagePreview { rows_done: done / t, rows_total: t, pngs });
         }

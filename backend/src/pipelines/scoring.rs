@@ -142,16 +142,17 @@ fn r_text_ppl(engine: &Engine, logits: &Tensor, ids: &Tensor, score_end: bool) -
     let cfg = engine.model.config();
     let (s, r) = (cfg.total_seq_length(), cfg.r_text_seq_length);
     let r_logits = logits.narrow(1, s - r, r - 1)?.narrow(D::Minus1, 0, cfg.text_vocab())?;
-    let mut labels = ids.narrow(1, s - r + 1, r - 1)?;
-    if !score_end {
-        labels = without_end(&labels)?;
-    }
+    let labels = scored_labels(ids.narrow(1, s - r + 1, r - 1)?, score_end)?;
     Ok(ce_to_ppl(&token_ce(&r_logits, &labels, Some(0))?))
 }
 
-/// Labels with EOS turned into padding, which the cross-entropy skips.
-fn without_end(labels: &Tensor) -> Result<Tensor> {
-    Ok(labels.eq(TextTokenizer::EOS)?.where_cond(&labels.zeros_like()?, labels)?)
+/// Right-text labels as scored: without `score_end`, EOS becomes padding, which the
+/// cross-entropy skips.
+fn scored_labels(labels: Tensor, score_end: bool) -> Result<Tensor> {
+    if score_end {
+        return Ok(labels);
+    }
+    Ok(labels.eq(TextTokenizer::EOS)?.where_cond(&labels.zeros_like()?, &labels)?)
 }
 
 /// `zs_clf`: which class text fits the photo best. `template` holds `{}` for the class.
@@ -208,10 +209,7 @@ fn class_text_perplexities(
         let ids = ids_tensor(engine, &encoded)?;
         let logits = engine.model.forward(&ids, &attention_mask(cfg, &masks, &engine.device)?, Some(&mut cache))?;
         let r_logits = logits.narrow(1, 0, r - 1)?.narrow(D::Minus1, 0, cfg.text_vocab())?;
-        let mut labels = ids.narrow(1, 1, r - 1)?;
-        if !score_end {
-            labels = without_end(&labels)?;
-        }
+        let labels = scored_labels(ids.narrow(1, 1, r - 1)?, score_end)?;
         ppl.extend(ce_to_ppl(&token_ce(&r_logits, &labels, Some(0))?));
     }
     Ok(ppl)

@@ -121,15 +121,21 @@ struct IconSet {
     chars: HashMap<String, String>,
 }
 
+/// A JSON file of an icon set's folder.
+fn read_set_file(dir: &Path, file: &str) -> Result<serde_json::Value> {
+    let p = dir.join(file);
+    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", p.display()))
+}
+
+/// An icon set's `chars.json`: emoji code points to icon names.
+fn read_chars(dir: &Path) -> Result<HashMap<String, String>> {
+    Ok(serde_json::from_value(read_set_file(dir, "chars.json")?)?)
+}
+
 impl IconSet {
     fn load(dir: &Path) -> Result<Self> {
-        let read = |f: &str| -> Result<serde_json::Value> {
-            let p = dir.join(f);
-            Ok(serde_json::from_str(
-                &std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?,
-            )?)
-        };
-        Ok(IconSet { icons: read("icons.json")?, chars: serde_json::from_value(read("chars.json")?)? })
+        Ok(IconSet { icons: read_set_file(dir, "icons.json")?, chars: read_chars(dir)? })
     }
 
     /// The icon of an emoji as a standalone SVG document (aliases followed): by the set's
@@ -240,14 +246,14 @@ pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport> {
     let set_dir = |style: &str| options.node_modules.join("@iconify-json").join(style);
     let sets = options.styles.iter().map(|s| IconSet::load(&set_dir(s))).collect::<Result<Vec<_>>>()?;
     // What the four main sets call each emoji, for the sets that map no code points.
-    let mut main_sets = Vec::new();
-    for (style, _) in STYLES {
-        if set_dir(style).exists() {
-            main_sets.push(IconSet::load(&set_dir(style))?);
-        }
-    }
+    let main_chars = STYLES
+        .iter()
+        .map(|(style, _)| set_dir(style))
+        .filter(|dir| dir.exists())
+        .map(|dir| read_chars(&dir))
+        .collect::<Result<Vec<_>>>()?;
     let names_of = |hexcode: &str| -> Vec<String> {
-        let names = main_sets.iter().filter_map(|set| set.chars.get(hexcode));
+        let names = main_chars.iter().filter_map(|chars| chars.get(hexcode));
         names.flat_map(|n| [n.clone(), n.trim_end_matches("-flat").to_string()]).collect()
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
@@ -285,8 +291,9 @@ pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport> {
             if entry.exact { "exact" } else { "approximate" }
         );
         report.dishes += 1;
+        let names = names_of(&entry.hexcode);
         for (style, set) in options.styles.iter().zip(&sets) {
-            let Some(svg) = set.svg(&entry.hexcode, &names_of(&entry.hexcode)) else {
+            let Some(svg) = set.svg(&entry.hexcode, &names) else {
                 report.missing_icons.push(format!("{style}/{}", entry.hexcode));
                 continue;
             };
