@@ -61,6 +61,11 @@ fn cli_encode_and_decode_match_the_reference() {
     assert!(diff <= 1e-4, "{diff}");
     let grid = image::open(&png).unwrap();
     assert_eq!((grid.width(), grid.height()), (3 * 32 + 2 * 2, 32));
+    let out =
+        run(&["vqgan", "decode", "--vqgan", p(&fixtures()), "--codes", p(&codes), "--png", p(&png), "--columns", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let grid = image::open(&png).unwrap();
+    assert_eq!((grid.width(), grid.height()), (2 * 32 + 2, 2 * 32 + 2), "three pictures in rows of two");
 
     // A photo file instead of an array; out-of-range codes are refused.
     let photo = dir.path().join("photo.png");
