@@ -105,45 +105,67 @@ pub fn random_engine(preset: &str, device: &Device, dtype: DType) -> Result<Engi
 
 /// One fine-tuning step as the article takes it: batch 10, attention and MLP frozen,
 /// weighted loss, backward, clipping, AdamW.
-fn training_step(cfg: &RudolphConfig, device: &Device, dtype: DType) -> Result<impl FnMut() -> Result<()>> {
-    use crate::model::masks::causal_mask;
-    use crate::model::transformer::LossWeights;
-    use crate::train::optim::{clip_grad_norm, AdamW};
-    use crate::train::rudolph::Freeze;
-    let varmap = VarMap::new();
-    let mut model = Rudolph::new(cfg, VarBuilder::from_varmap(&varmap, dtype, device))?;
-    model.set_differentiable(true);
-    model.freeze_blocks(Freeze::ARTICLE.attention, Freeze::ARTICLE.mlp);
-    let mut named: Vec<(String, candle_core::Var)> =
-        varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    let trainable = named.into_iter().filter(|(n, _)| !Freeze::ARTICLE.is_frozen(n)).collect();
-    let mut optimizer = AdamW::new(trainable, 2e-5, 0.0)?;
-    let (l, i, r) = (cfg.l_text_seq_length, cfg.image_seq_length(), cfg.r_text_seq_length);
-    let row: Vec<u32> = (0..l)
-        .map(|_| 0)
-        .chain((0..i).map(|k| (k * 7 % cfg.image_vocab_size) as u32))
-        .chain((0..r).map(|k| (4 + k * 13 % 900) as u32))
-        .collect();
-    let ids = Tensor::from_vec(row.repeat(10), (10, l + i + r), device)?;
-    let mask = causal_mask(cfg, 1, device)?.to_dtype(dtype)?;
-    let weights = LossWeights { l_text: 0.01, image: 1.0, r_text: 7.0 };
-    Ok(move || {
-        let losses = model.loss(&ids, &mask, weights)?;
-        let mut grads = losses.loss.backward()?;
-        let vars: Vec<&candle_core::Var> = optimizer.params().iter().map(|(_, v)| v).collect();
-        clip_grad_norm(&mut grads, &vars, 1.0)?;
-        optimizer.step(&grads)
-    })
+struct TrainingStep {
+    model: Rudolph,
+    optimizer: crate::train::optim::AdamW,
+    ids: Tensor,
+    mask: Tensor,
+    weights: crate::model::transformer::LossWeights,
 }
 
-/// Median and minimum seconds of `runs` timed calls after one warm-up.
-fn time(runs: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<[f64; 2]> {
+impl TrainingStep {
+    fn new(cfg: &RudolphConfig, device: &Device, dtype: DType) -> Result<Self> {
+        use crate::model::masks::causal_mask;
+        use crate::model::transformer::LossWeights;
+        use crate::train::optim::AdamW;
+        use crate::train::rudolph::Freeze;
+        let varmap = VarMap::new();
+        let mut model = Rudolph::new(cfg, VarBuilder::from_varmap(&varmap, dtype, device))?;
+        model.set_differentiable(true);
+        model.freeze_blocks(Freeze::ARTICLE.attention, Freeze::ARTICLE.mlp);
+        let mut named: Vec<(String, candle_core::Var)> =
+            varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let trainable = named.into_iter().filter(|(n, _)| !Freeze::ARTICLE.is_frozen(n)).collect();
+        let optimizer = AdamW::new(trainable, 2e-5, 0.0)?;
+        let (l, i, r) = (cfg.l_text_seq_length, cfg.image_seq_length(), cfg.r_text_seq_length);
+        let row: Vec<u32> = (0..l)
+            .map(|_| 0)
+            .chain((0..i).map(|k| (k * 7 % cfg.image_vocab_size) as u32))
+            .chain((0..r).map(|k| (4 + k * 13 % 900) as u32))
+            .collect();
+        let ids = Tensor::from_vec(row.repeat(10), (10, l + i + r), device)?;
+        let mask = causal_mask(cfg, 1, device)?.to_dtype(dtype)?;
+        let weights = LossWeights { l_text: 0.01, image: 1.0, r_text: 7.0 };
+        Ok(TrainingStep { model, optimizer, ids, mask, weights })
+    }
+
+    fn loss(&self) -> Result<Tensor> {
+        Ok(self.model.loss(&self.ids, &self.mask, self.weights)?.loss)
+    }
+
+    fn gradients(&self) -> Result<candle_core::backprop::GradStore> {
+        Ok(self.loss()?.backward()?)
+    }
+
+    fn step(&mut self) -> Result<()> {
+        let mut grads = self.gradients()?;
+        let vars: Vec<&candle_core::Var> = self.optimizer.params().iter().map(|(_, v)| v).collect();
+        crate::train::optim::clip_grad_norm(&mut grads, &vars, 1.0)?;
+        self.optimizer.step(&grads)
+    }
+}
+
+/// Median and minimum seconds of `runs` timed calls after one warm-up. GPU work is
+/// asynchronous: each call counts until the device has finished it.
+fn time(device: &Device, runs: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<[f64; 2]> {
     f()?;
+    device.synchronize()?;
     let mut seconds = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
         let start = Instant::now();
         f()?;
+        device.synchronize()?;
         seconds.push(start.elapsed().as_secs_f64());
     }
     seconds.sort_by(|a, b| a.total_cmp(b));
@@ -178,7 +200,7 @@ pub fn run(preset: &str, device: &Device, dtype: DType, runs: usize, only: &[Str
         if !wanted(key) {
             return Ok(());
         }
-        let value = time(runs, bench)?;
+        let value = time(device, runs, bench)?;
         eprintln!("{key:<26} median {:>9.4} s   min {:>9.4} s", value[0], value[1]);
         report.insert(key.to_string(), serde_json::json!(value));
         Ok(())
@@ -199,8 +221,31 @@ pub fn run(preset: &str, device: &Device, dtype: DType, runs: usize, only: &[Str
     record("vae_decode_4", &mut || Ok(engine.vqgan.decode(&codes_4).map(|_| ())?))?;
     record("vae_encode_16", &mut || Ok(engine.vqgan.encode(&images_16).map(|_| ())?))?;
     if wanted("train_step_bs10") {
-        let mut step = training_step(&cfg, device, dtype)?;
-        record("train_step_bs10", &mut step)?;
+        let mut training = TrainingStep::new(&cfg, device, dtype)?;
+        record("train_step_bs10", &mut || training.step())?;
+        // Diagnostics with no reference number: the step's forward, and forward + backward.
+        record("train_loss_bs10", &mut || training.loss().map(|_| ()))?;
+        record("train_loss_backward_bs10", &mut || training.gradients().map(|_| ()))?;
     }
+    // Diagnostics: the transformer alone, to tell its time from the work around it
+    // (sampling, masks, copies to the host).
+    let rows = Tensor::from_vec(
+        (0..16 * cfg.total_seq_length()).map(|k| (k % 500) as u32).collect::<Vec<u32>>(),
+        (16, cfg.total_seq_length()),
+        device,
+    )?;
+    let mask = crate::model::masks::causal_mask(&cfg, 1, device)?;
+    record("forward_16_rows", &mut || Ok(engine.model.forward(&rows, &mask, None).map(|_| ())?))?;
+    let row = rows.narrow(0, 0, 1)?;
+    let mut cache = engine.model.new_cache();
+    engine.model.forward(&row.narrow(1, 0, cfg.total_seq_length() - 1)?, &mask, Some(&mut cache))?;
+    cache.repeat_batch(16)?;
+    let last = rows.narrow(1, cfg.total_seq_length() - 1, 1)?;
+    // One cached step of 16 sequences at the last position (the cache is not extended:
+    // each call reads the same past).
+    record("decode_step_16", &mut || {
+        let mut step_cache = cache.clone();
+        Ok(engine.model.forward(&last, &mask, Some(&mut step_cache)).map(|_| ())?)
+    })?;
     Ok(serde_json::Value::Object(report))
 }

@@ -104,13 +104,13 @@ pub fn conv_mask(l: usize, t: usize, r: usize, kernel: usize) -> Mask {
     mask
 }
 
-/// Which sparse mask a layer uses.
+/// Which sparse mask a layer uses; its value is the mask's index in [`layer_masks`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerMaskKind {
-    Row,
-    Column,
-    Conv,
-    LastConv,
+    Row = 0,
+    Column = 1,
+    Conv = 2,
+    LastConv = 3,
 }
 
 /// `SparseTransformer._get_layer_mask`, with Python's non-negative `%`.

@@ -11,12 +11,10 @@
 
 use crate::model::config::RudolphConfig;
 use crate::model::fused;
-use crate::model::masks::{layer_mask_kind, layer_masks, LayerMaskKind};
+use crate::model::masks::{layer_mask_kind, layer_masks};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Init, VarBuilder};
 
-/// PB-relax divides scores by this before subtracting the per-head maximum.
-const PB_RELAX_ALPHA: f64 = 32.0;
 /// Embedding gradients are scaled by this (CogView's `x * a + x.detach() * (1 - a)`).
 const EMBEDDING_GRAD_SCALE: f64 = 0.1;
 
@@ -163,6 +161,40 @@ impl KvCache {
     }
 }
 
+/// Largest mask (in bytes) that the op-by-op path spreads to the scores' full shape.
+const SPREAD_MASK_BYTES: usize = 256 << 20;
+
+/// One layer's attention mask for the new positions: `keep` is 1 where a position may be
+/// seen; `penalty` is `10000 * (1 - keep)`, made once per forward for the op-by-op path
+/// (other devices and dtypes), `None` for the fused CPU kernel.
+///
+/// For the op-by-op path both are spread from `[b or 1, 1, n, past + n]` to the scores'
+/// `[b, heads, n, past + n]` once per forward (up to [`SPREAD_MASK_BYTES`]): products with
+/// a broadcast operand take candle's strided kernels, which on a GPU ran about ten times
+/// slower than the contiguous ones and were half of a 350M forward.
+#[derive(Debug, Clone)]
+struct AttentionMask {
+    keep: Tensor,
+    penalty: Option<Tensor>,
+}
+
+impl AttentionMask {
+    fn new(keep: Tensor, batch: usize, heads: usize) -> Result<Self> {
+        if fused::applies(&keep) {
+            return Ok(AttentionMask { keep, penalty: None });
+        }
+        let (_, _, n, total) = keep.dims4()?;
+        let spread_bytes = batch * heads * n * total * keep.dtype().size_in_bytes();
+        let keep = if spread_bytes <= SPREAD_MASK_BYTES {
+            keep.broadcast_as((batch, heads, n, total))?.contiguous()?
+        } else {
+            keep
+        };
+        let penalty = ((keep.ones_like()? - &keep)? * fused::MASK_VALUE as f64)?;
+        Ok(AttentionMask { keep, penalty: Some(penalty) })
+    }
+}
+
 #[derive(Debug, Clone)]
 struct SelfAttention {
     query_key_value: RowLinear,
@@ -188,17 +220,16 @@ impl SelfAttention {
     fn forward(
         &self,
         x: &Tensor,
-        mask: &Tensor,
+        mask: &AttentionMask,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         differentiable: bool,
         dropout: Option<LayerDropout>,
     ) -> Result<Tensor> {
         let (b, n, h) = x.dims3()?;
         let qkv = self.query_key_value.forward(x)?;
-        let split = |i: usize| -> Result<Tensor> {
-            qkv.narrow(D::Minus1, i * h, h)?.reshape((b, n, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()
-        };
-        let (q, mut k, mut v) = (split(0)?, split(1)?, split(2)?);
+        // [b, n, (q|k|v, heads, head_dim)] -> [q|k|v, b, heads, n, head_dim] in one copy.
+        let qkv = qkv.reshape((b, n, 3, self.heads, self.head_dim))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+        let (q, mut k, mut v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
         if let Some(cache) = cache {
             if let Some((past_k, past_v)) = cache.as_ref() {
                 k = Tensor::cat(&[past_k, &k], 2)?;
@@ -208,12 +239,18 @@ impl SelfAttention {
         }
         let scale = (self.head_dim as f64).sqrt();
         let k_t = k.transpose(2, 3)?;
+        // PB-relax scales q before the product (what keeps fp16 scores in range). Its
+        // second half, subtracting each head's maximum (over the whole matrix, times 32),
+        // shifts every row by a constant that the softmax's own row maximum removes again:
+        // the same probabilities and gradients, so it is left out.
         let scores = if self.pb_relax { (q / scale)?.matmul(&k_t)? } else { (q.matmul(&k_t)? / scale)? };
-        let probs = if fused::applies(&scores) && fused::applies(mask) {
-            // Masking and softmax in one pass (PB-relax's shift leaves a softmax as it is).
-            fused::masked_softmax(&scores, mask, differentiable)?
-        } else {
-            self.masked_softmax_composite(&scores, mask, differentiable)?
+        let probs = match &mask.penalty {
+            // Masking and softmax in one pass.
+            None => fused::masked_softmax(&scores, &mask.keep, differentiable)?,
+            // scores * m - 10000 * (1 - m), then softmax.
+            Some(penalty) => {
+                softmax_last_dim(&scores.broadcast_mul(&mask.keep)?.broadcast_sub(penalty)?, differentiable)?
+            }
         };
         let probs = match dropout {
             Some(d) => d.draw.apply(&probs, d.draw.attention, d.site(0))?,
@@ -225,22 +262,6 @@ impl SelfAttention {
             Some(d) => d.draw.apply(&output, d.draw.output, d.site(1)),
             None => Ok(output),
         }
-    }
-
-    /// The reference's masking, PB-relax and softmax, op by op (other devices and dtypes).
-    fn masked_softmax_composite(&self, scores: &Tensor, mask: &Tensor, differentiable: bool) -> Result<Tensor> {
-        // scores * m - 10000 * (1 - m)
-        let penalty = ((mask.ones_like()? - mask)? * fused::MASK_VALUE as f64)?;
-        let scores = scores.broadcast_mul(mask)?.broadcast_sub(&penalty)?;
-        let scores = if self.pb_relax {
-            // Subtract the maximum over each (sample, head) matrix, not per row.
-            let scaled = (scores / PB_RELAX_ALPHA)?;
-            let maxes = scaled.detach().flatten_from(2)?.max_keepdim(2)?.unsqueeze(3)?;
-            (scaled.broadcast_sub(&maxes)? * PB_RELAX_ALPHA)?
-        } else {
-            scores
-        };
-        softmax_last_dim(&scores, differentiable)
     }
 }
 
@@ -351,7 +372,7 @@ impl TransformerLayer {
     fn forward(
         &self,
         x: &Tensor,
-        mask: &Tensor,
+        mask: &AttentionMask,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         diff: bool,
         dropout: Option<LayerDropout>,
@@ -550,15 +571,6 @@ impl Rudolph {
         (&embeddings * EMBEDDING_GRAD_SCALE)? + (embeddings.detach() * (1.0 - EMBEDDING_GRAD_SCALE))?
     }
 
-    fn layer_mask(&self, layer: usize) -> &Tensor {
-        match layer_mask_kind(layer, self.cfg.num_layers) {
-            LayerMaskKind::Row => &self.layer_masks[0],
-            LayerMaskKind::Column => &self.layer_masks[1],
-            LayerMaskKind::Conv => &self.layer_masks[2],
-            LayerMaskKind::LastConv => &self.layer_masks[3],
-        }
-    }
-
     /// Hidden states after `final_layernorm` for the positions `past..past + n`, where
     /// `past` is what `cache` holds (0 without a cache).
     ///
@@ -571,7 +583,7 @@ impl Rudolph {
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let (_, n) = input_ids.dims2()?;
+        let (batch, n) = input_ids.dims2()?;
         let total = past + n;
         if total > self.cfg.total_seq_length() {
             candle_core::bail!("sequence of {total} positions exceeds the model's {}", self.cfg.total_seq_length());
@@ -583,12 +595,22 @@ impl Rudolph {
         }
         let dtype = self.layer_masks[0].dtype();
         let sample_mask = attention_mask.narrow(2, past, n)?.narrow(3, 0, total)?.to_dtype(dtype)?;
+        // Layers share four mask kinds: each kind's mask is made once per forward, not
+        // once per layer (on a GPU every op is a kernel launch).
+        let mut masks: [Option<AttentionMask>; 4] = Default::default();
         for (i, layer) in self.layers.iter().enumerate() {
-            let layer_mask = self.layer_mask(i).narrow(0, past, n)?.narrow(1, 0, total)?;
-            let mask = sample_mask.broadcast_mul(&layer_mask)?;
+            let kind = layer_mask_kind(i, self.cfg.num_layers);
+            let mask = match &mut masks[kind as usize] {
+                Some(mask) => mask,
+                slot => {
+                    let layer_mask = self.layer_masks[kind as usize].narrow(0, past, n)?.narrow(1, 0, total)?;
+                    let keep = sample_mask.broadcast_mul(&layer_mask)?;
+                    slot.insert(AttentionMask::new(keep, batch, self.cfg.num_attention_heads)?)
+                }
+            };
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
             let dropout = self.dropout.map(|draw| LayerDropout { draw, layer: i });
-            hidden = layer.forward(&hidden, &mask, layer_cache, self.differentiable, dropout)?;
+            hidden = layer.forward(&hidden, mask, layer_cache, self.differentiable, dropout)?;
         }
         self.final_layernorm.forward(&hidden, self.differentiable)
     }

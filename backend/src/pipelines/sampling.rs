@@ -49,17 +49,23 @@ pub fn filter_top_k_top_p(logits: &mut [f32], top_k: usize, top_p: f32) {
         }
     }
     if top_p < 1.0 {
-        let mut order: Vec<usize> = (0..n).collect();
+        // Ids already at -inf weigh nothing and stay removed, so only the others are
+        // ordered: after a top-k that is a few dozen ids, not the whole vocabulary (the
+        // full sort of 16k logits per row was most of a 350M decoding step on a GPU).
+        let mut order: Vec<usize> = (0..n).filter(|&i| logits[i] != f32::NEG_INFINITY).collect();
+        if order.is_empty() {
+            return;
+        }
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
         let max = logits[order[0]];
         let exps: Vec<f64> = order.iter().map(|&i| ((logits[i] - max) as f64).exp()).collect();
         let total: f64 = exps.iter().sum();
         let mut cumulative = 0.0;
-        let mut remove = vec![false; n];
+        let mut remove = vec![false; order.len()];
         for (rank, &e) in exps.iter().enumerate() {
             cumulative += e / total;
             // Shifted right by one: the token that crosses top_p is kept, and always the first.
-            if rank + 1 < n {
+            if rank + 1 < order.len() {
                 remove[rank + 1] = cumulative > top_p as f64;
             }
         }
@@ -75,11 +81,13 @@ pub fn filter_top_k_top_p(logits: &mut [f32], top_k: usize, top_p: f32) {
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng) -> u32 {
     let mut scaled: Vec<f32> = logits.iter().map(|l| l / params.temperature).collect();
     filter_top_k_top_p(&mut scaled, params.top_k, params.top_p);
-    let max = scaled.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let weights: Vec<f64> = scaled.iter().map(|&l| ((l - max) as f64).exp()).collect();
+    // The ids the filter kept, in id order (the others weigh exactly 0).
+    let kept: Vec<usize> = (0..scaled.len()).filter(|&i| scaled[i] != f32::NEG_INFINITY).collect();
+    let max = kept.iter().map(|&i| scaled[i]).fold(f32::NEG_INFINITY, f32::max);
+    let weights: Vec<f64> = kept.iter().map(|&i| ((scaled[i] - max) as f64).exp()).collect();
     let total: f64 = weights.iter().sum();
     let mut target = rng.random::<f64>() * total;
-    for (i, w) in weights.iter().enumerate() {
+    for (&i, w) in kept.iter().zip(&weights) {
         if *w > 0.0 {
             if target < *w {
                 return i as u32;
@@ -88,7 +96,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng) -> u3
         }
     }
     // Rounding left a sliver: the last id with weight.
-    weights.iter().rposition(|w| *w > 0.0).unwrap_or(0) as u32
+    weights.iter().rposition(|w| *w > 0.0).map_or(0, |k| kept[k]) as u32
 }
 
 #[cfg(test)]
@@ -111,6 +119,70 @@ mod tests {
         let mut l = vec![3.0, 2.0, 1.0, 0.0];
         filter_top_k_top_p(&mut l, 0, 0.7);
         assert_eq!(l.iter().filter(|v| v.is_finite()).count(), 2);
+    }
+
+    /// transformers' filter as written: the whole row sorted, every id weighed.
+    fn filter_whole_row(logits: &mut [f32], top_k: usize, top_p: f32) {
+        let n = logits.len();
+        if top_k > 0 {
+            let mut sorted = logits.to_vec();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let kth = sorted[top_k.min(n) - 1];
+            logits.iter_mut().filter(|l| **l < kth).for_each(|l| *l = f32::NEG_INFINITY);
+        }
+        if top_p < 1.0 {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+            let max = logits[order[0]];
+            let exps: Vec<f64> = order.iter().map(|&i| ((logits[i] - max) as f64).exp()).collect();
+            let total: f64 = exps.iter().sum();
+            let mut cumulative = 0.0;
+            let mut remove = vec![false; n];
+            for rank in 0..n - 1 {
+                cumulative += exps[rank] / total;
+                remove[rank + 1] = cumulative > top_p as f64;
+            }
+            order.iter().zip(remove).filter(|(_, r)| *r).for_each(|(&i, _)| logits[i] = f32::NEG_INFINITY);
+        }
+    }
+
+    fn sample_whole_row(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng) -> u32 {
+        let mut scaled: Vec<f32> = logits.iter().map(|l| l / params.temperature).collect();
+        filter_whole_row(&mut scaled, params.top_k, params.top_p);
+        let max = scaled.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let weights: Vec<f64> = scaled.iter().map(|&l| ((l - max) as f64).exp()).collect();
+        let mut target = rng.random::<f64>() * weights.iter().sum::<f64>();
+        for (i, w) in weights.iter().enumerate().filter(|(_, w)| **w > 0.0) {
+            if target < *w {
+                return i as u32;
+            }
+            target -= w;
+        }
+        weights.iter().rposition(|w| *w > 0.0).unwrap_or(0) as u32
+    }
+
+    #[test]
+    fn filtering_only_the_surviving_ids_changes_no_draw() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for round in 0..200 {
+            let n = [5, 64, 1000][round % 3];
+            // Coarse values, so that ties (at the k-th value and in the nucleus) occur.
+            let logits: Vec<f32> = (0..n).map(|_| (rng.random::<f32>() * 40.0).round() / 4.0).collect();
+            let params = SamplingParams {
+                top_k: [0, 1, 16, 512][round % 4],
+                top_p: [1.0, 0.99, 0.6, 0.1][(round / 4) % 4],
+                temperature: [1.0, 0.8][round % 2],
+            };
+            let (mut ours, mut whole) = (logits.clone(), logits.clone());
+            filter_top_k_top_p(&mut ours, params.top_k, params.top_p);
+            filter_whole_row(&mut whole, params.top_k, params.top_p);
+            assert_eq!(ours, whole, "{params:?}");
+            let seed = rng.random::<u64>();
+            let (mut a, mut b) = (rand::rngs::StdRng::seed_from_u64(seed), rand::rngs::StdRng::seed_from_u64(seed));
+            for _ in 0..20 {
+                assert_eq!(sample(&logits, &params, &mut a), sample_whole_row(&logits, &params, &mut b), "{params:?}");
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Summary of scripts/gpu-check.sh's output folder: the fixture checks, the demo model's
+answers on the GPU against the CPU's, and the 350M timings beside the reference's
+(NVIDIA H100, torch 2.11, fp16; ../shared/RUDOLPH-NOTES.md) and the targets of the CUDA
+issue. Standard library only. Exits 1 when a check failed."""
+import json
+import sys
+from pathlib import Path
+
+out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/gpu")
+here = Path(__file__).resolve().parent
+failed = False
+
+
+def load(name):
+    path = out / name
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        print(f"{name}: missing or unreadable ({e})")
+        return None
+
+
+print("fixture checks (relative error to the reference; tolerance):")
+for dtype in ("f32", "bf16", "f16"):
+    report = load(f"device-check-{dtype}.json")
+    if report is None:
+        failed = True
+        continue
+    parts = [f"{c['what']} {c['relative_to_reference']:.2e} (<= {c['tolerance']:.0e})" for c in report["checks"]]
+    parts.append(f"vqgan codes {report['vqgan_code_agreement']:.0%}")
+    print(f"  {dtype:<5} {'ok  ' if report['ok'] else 'FAIL'} " + "; ".join(parts))
+    failed |= not report["ok"]
+
+gpu, cpu = load("evaluate-cuda.json"), json.loads((here / "gpu-check-cpu-evaluate.json").read_text())
+if gpu is not None:
+    print("demo model on the 124 noto pictures, cuda f32 vs cpu f32:")
+    for key in ("dish_top1", "kcal_mae", "caption_fit_accuracy", "image_fit_accuracy", "zero_shot_accuracy"):
+        print(f"  {key:<22} cuda {gpu[key]:8.4f}   cpu {cpu[key]:8.4f}")
+    # Sampling may take another branch where two logits are within rounding of each
+    # other; the answers must still agree almost everywhere.
+    failed |= abs(gpu["dish_top1"] - cpu["dish_top1"]) > 0.05 or gpu["samples"] != cpu["samples"]
+else:
+    failed = True
+
+# key: (reference seconds on the H100, what the issue's target covers)
+reference = {
+    "captions_16": 1.34,
+    "captions_4_seed_settings": 1.37,
+    "rerank_by_image_16": 0.055,
+    "zs_clf_20": 0.062,
+    "codebooks_4": 6.24,
+    "vae_decode_4": 0.0076,
+    "vae_encode_16": 0.0089,
+    "train_step_bs10": 0.107,
+}
+benches = {dtype: load(f"bench-350M-{dtype}.json") or {} for dtype in ("bf16", "f16")}
+before = {}
+if (out / "bench-350M-bf16-before.json").exists():
+    before = load("bench-350M-bf16-before.json") or {}
+print("350M preset on this GPU, median seconds (reference: torch fp16 on an H100):")
+print(f"  {'key':<26}{'bf16':>10}{'f16':>10}{'bf16 before':>12}{'reference':>11}{'speed-up (best)':>17}")
+for key, ref in reference.items():
+    values = [benches[d].get(key, [None])[0] for d in ("bf16", "f16")]
+    best = min((v for v in values if v is not None), default=None)
+    values.append(before.get(key, [None])[0])
+    cells = "".join(f"{v:10.4f}" if v is not None else f"{'-':>10}" for v in values[:2])
+    cells += f"{values[2]:12.4f}" if values[2] is not None else f"{'-':>12}"
+    ratio = f"{ref / best:16.2f}x" if best else f"{'-':>17}"
+    print(f"  {key:<26}{cells}{ref:11.4f}{ratio}")
+
+
+def best(key):
+    values = [benches[d][key][0] for d in ("bf16", "f16") if key in benches[d]]
+    return min(values) if values else None
+
+
+targets = [
+    ("16 captions + re-rank 16", ["captions_16", "rerank_by_image_16"], 0.120),
+    ("text-to-image 4", ["codebooks_4"], 0.6),
+    ("train step, batch 10", ["train_step_bs10"], 0.080),
+]
+print("targets:")
+for name, keys, target in targets:
+    parts = [best(k) for k in keys]
+    if any(p is None for p in parts):
+        print(f"  {name:<26} not measured")
+        continue
+    total = sum(parts)
+    print(f"  {name:<26} {total:8.4f} s  target {target} s  {'met' if total <= target else 'NOT met'}")
+sys.exit(1 if failed else 0)
