@@ -220,7 +220,7 @@ pub fn run(preset: &str, device: &Device, dtype: DType, runs: usize, only: &[Str
     record("codebooks_4", &mut || generate_codes(&engine, "борщ", &image_options, |_| {}).map(|_| ()))?;
     record("vae_decode_4", &mut || Ok(engine.vqgan.decode(&codes_4).map(|_| ())?))?;
     record("vae_encode_16", &mut || Ok(engine.vqgan.encode(&images_16).map(|_| ())?))?;
-    if wanted("train_step_bs10") {
+    if ["train_step_bs10", "train_loss_bs10", "train_loss_backward_bs10"].iter().any(|k| wanted(k)) {
         let mut training = TrainingStep::new(&cfg, device, dtype)?;
         record("train_step_bs10", &mut || training.step())?;
         // Diagnostics with no reference number: the step's forward, and forward + backward.
@@ -236,16 +236,18 @@ pub fn run(preset: &str, device: &Device, dtype: DType, runs: usize, only: &[Str
     )?;
     let mask = crate::model::masks::causal_mask(&cfg, 1, device)?;
     record("forward_16_rows", &mut || Ok(engine.model.forward(&rows, &mask, None).map(|_| ())?))?;
-    let row = rows.narrow(0, 0, 1)?;
-    let mut cache = engine.model.new_cache();
-    engine.model.forward(&row.narrow(1, 0, cfg.total_seq_length() - 1)?, &mask, Some(&mut cache))?;
-    cache.repeat_batch(16)?;
-    let last = rows.narrow(1, cfg.total_seq_length() - 1, 1)?;
-    // One cached step of 16 sequences at the last position (the cache is not extended:
-    // each call reads the same past).
-    record("decode_step_16", &mut || {
-        let mut step_cache = cache.clone();
-        Ok(engine.model.forward(&last, &mask, Some(&mut step_cache)).map(|_| ())?)
-    })?;
+    if wanted("decode_step_16") {
+        let past = cfg.total_seq_length() - 1;
+        let mut cache = engine.model.new_cache();
+        engine.model.forward(&rows.narrow(0, 0, 1)?.narrow(1, 0, past)?, &mask, Some(&mut cache))?;
+        cache.repeat_batch(16)?;
+        let last = rows.narrow(1, past, 1)?;
+        // One cached step of 16 sequences at the last position (the cache is not extended:
+        // each call reads the same past).
+        record("decode_step_16", &mut || {
+            let mut step_cache = cache.clone();
+            Ok(engine.model.forward(&last, &mask, Some(&mut step_cache)).map(|_| ())?)
+        })?;
+    }
     Ok(serde_json::Value::Object(report))
 }
