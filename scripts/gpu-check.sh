@@ -19,15 +19,7 @@ set -uo pipefail
 dest="${OUT:-runs/gpu}"
 out=/tmp/gpu-check
 rm -rf "$out" && mkdir -p "$out" "$dest"
-bin="${BORSCHT_BIN:-target/cuda/release/borscht}"
-if [ ! -x "$bin" ] && [ -e target/cuda/borscht.xz ]; then
-  bin=/tmp/borscht-cuda
-  xz -d -c target/cuda/borscht.xz >"$bin" && chmod +x "$bin"
-fi
-# cublas, cublasLt, curand, nvrtc 13 from the machine's PyTorch environment.
-for lib in /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib; do
-  [ -d "$lib" ] && export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
+source scripts/gpu-env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 
 status=0
@@ -40,14 +32,16 @@ for dtype in f32 bf16 f16; do
   grep -v "^ *[0-9]*: \|BoolStorage\|^$" "$out/device-check-$dtype.log" | tail -3
 done
 
-# 2. The demo model end to end on the GPU: the same evaluation as on the CPU (the 124 noto
-#    pictures, seed 0); its CPU result is scripts/gpu-check-cpu-evaluate.json.
-step "evaluate the demo model on cuda"
+# 2. The demo model end to end: the same evaluation (the 124 noto pictures, seed 0) on the
+#    GPU and on this machine's CPU, whose answers it must give.
 csv=/tmp/noto.csv
 { head -1 data/demo/food.csv; grep ',images/noto/' data/demo/food.csv; } >"$csv"
-/usr/bin/time -f '%e s' "$bin" evaluate --device cuda --csv "$csv" --images data/demo --json \
-  >"$out/evaluate-cuda.json" 2>"$out/evaluate-cuda.log" || status=1
-tail -3 "$out/evaluate-cuda.log"
+for device in cuda cpu; do
+  step "evaluate the demo model on $device"
+  /usr/bin/time -f '%e s' "$bin" evaluate --device "$device" --csv "$csv" --images data/demo --json \
+    >"$out/evaluate-$device.json" 2>"$out/evaluate-$device.log" || status=1
+  tail -3 "$out/evaluate-$device.log"
+done
 
 # 3. Speed: the 350M preset (the reference ran fp16), then the tiny one.
 for dtype in bf16 f16; do

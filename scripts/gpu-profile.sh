@@ -7,11 +7,7 @@
 set -uo pipefail
 out="${OUT:-runs/gpu}"
 mkdir -p "$out"
-bin=/tmp/borscht-cuda
-xz -d -c target/cuda/borscht.xz >"$bin" && chmod +x "$bin"
-for lib in /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib; do
-  [ -d "$lib" ] && export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
+source scripts/gpu-env.sh
 ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu | head -1)
 timeout 240 "$ncu" --metrics gpu__time_duration.sum --csv \
   "$bin" bench --preset "${PRESET:-350M}" --device cuda --dtype bf16 --runs 1 --only "${ONLY:-forward_16_rows}" \

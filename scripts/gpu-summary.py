@@ -1,14 +1,13 @@
 #!/usr/bin/env python3
 """Summary of scripts/gpu-check.sh's output folder: the fixture checks, the demo model's
-answers on the GPU against the CPU's, and the 350M timings beside the reference's
-(NVIDIA H100, torch 2.11, fp16; ../shared/RUDOLPH-NOTES.md) and the targets of the CUDA
-issue. Standard library only. Exits 1 when a check failed."""
+answers on the GPU against the CPU's (gpu-check.sh runs both), and the 350M timings
+beside the reference's (NVIDIA H100, torch 2.11, fp16; ../shared/RUDOLPH-NOTES.md) and the
+targets of the CUDA issue. Standard library only. Exits 1 when a check failed."""
 import json
 import sys
 from pathlib import Path
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/gpu")
-here = Path(__file__).resolve().parent
 failed = False
 
 
@@ -32,8 +31,8 @@ for dtype in ("f32", "bf16", "f16"):
     print(f"  {dtype:<5} {'ok  ' if report['ok'] else 'FAIL'} " + "; ".join(parts))
     failed |= not report["ok"]
 
-gpu, cpu = load("evaluate-cuda.json"), json.loads((here / "gpu-check-cpu-evaluate.json").read_text())
-if gpu is not None:
+gpu, cpu = load("evaluate-cuda.json"), load("evaluate-cpu.json")
+if gpu is not None and cpu is not None:
     print("demo model on the 124 noto pictures, cuda f32 vs cpu f32:")
     for key in ("dish_top1", "kcal_mae", "caption_fit_accuracy", "image_fit_accuracy", "zero_shot_accuracy"):
         print(f"  {key:<22} cuda {gpu[key]:8.4f}   cpu {cpu[key]:8.4f}")
@@ -58,21 +57,30 @@ benches = {dtype: load(f"bench-350M-{dtype}.json") or {} for dtype in ("bf16", "
 before = {}
 if (out / "bench-350M-bf16-before.json").exists():
     before = load("bench-350M-bf16-before.json") or {}
-print("350M preset on this GPU, median seconds (reference: torch fp16 on an H100):")
-print(f"  {'key':<26}{'bf16':>10}{'f16':>10}{'bf16 before':>12}{'reference':>11}{'speed-up (best)':>17}")
-for key, ref in reference.items():
-    values = [benches[d].get(key, [None])[0] for d in ("bf16", "f16")]
-    best = min((v for v in values if v is not None), default=None)
-    values.append(before.get(key, [None])[0])
-    cells = "".join(f"{v:10.4f}" if v is not None else f"{'-':>10}" for v in values[:2])
-    cells += f"{values[2]:12.4f}" if values[2] is not None else f"{'-':>12}"
-    ratio = f"{ref / best:16.2f}x" if best else f"{'-':>17}"
-    print(f"  {key:<26}{cells}{ref:11.4f}{ratio}")
+
+
+def median(bench, key):
+    return bench.get(key, [None])[0]
 
 
 def best(key):
-    values = [benches[d][key][0] for d in ("bf16", "f16") if key in benches[d]]
-    return min(values) if values else None
+    """The faster of the bf16 and f16 medians, None when neither ran."""
+    values = [v for v in (median(benches[d], key) for d in ("bf16", "f16")) if v is not None]
+    return min(values, default=None)
+
+
+def cell(value, width):
+    return f"{value:{width}.4f}" if value is not None else f"{'-':>{width}}"
+
+
+print("350M preset on this GPU, median seconds (reference: torch fp16 on an H100):")
+print(f"  {'key':<26}{'bf16':>10}{'f16':>10}{'bf16 before':>12}{'reference':>11}{'speed-up (best)':>17}")
+for key, ref in reference.items():
+    cells = cell(median(benches["bf16"], key), 10) + cell(median(benches["f16"], key), 10)
+    cells += cell(median(before, key), 12)
+    fastest = best(key)
+    ratio = f"{ref / fastest:16.2f}x" if fastest else f"{'-':>17}"
+    print(f"  {key:<26}{cells}{ref:11.4f}{ratio}")
 
 
 targets = [
