@@ -9,7 +9,7 @@
 #   scripts/device-tree.sh size      # MiB that a call would carry, without carried paths
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dirs=(data/demo/extra data/demo/more-styles)
+dirs=(data/demo/extra data/demo/more-styles data/demo/streamline)
 exclude=.git/info/exclude
 size() { git ls-files -z | xargs -0 stat -c %s | awk '{ s += $1 } END { printf "%.1f MiB tracked\n", s / 1048576 }'; }
 case "${1:-}" in

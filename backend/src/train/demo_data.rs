@@ -29,11 +29,12 @@ pub const STYLES: [(&str, &str); 4] = [
 /// found by the names the four sets above give each emoji. Left out: openmoji and
 /// emojione-v1 (CC-BY-SA: what is derived must stay BY-SA) and noto-v1 (an older noto,
 /// which would leak the held-out style into training).
-pub const MORE_STYLES: [(&str, &str); 4] = [
+pub const MORE_STYLES: [(&str, &str); 5] = [
     ("fluent-emoji", "MIT, © Microsoft Corporation"),
     ("emojione", "CC-BY-4.0, © Emoji One"),
     ("emojione-monotone", "CC-BY-4.0, © Emoji One"),
     ("fxemoji", "Apache-2.0, © Mozilla"),
+    ("streamline-emojis", "CC-BY-4.0, © Streamline (webalys)"),
 ];
 
 /// The licence line of a known style, or why it cannot be used.
@@ -139,12 +140,13 @@ impl IconSet {
     }
 
     /// The icon of an emoji as a standalone SVG document (aliases followed): by the set's
-    /// own `chars.json`, else by the first of `names` (with or without hyphens) it has.
+    /// own `chars.json`, else by the first of `names` it has: as it is, without hyphens, or
+    /// as the first of numbered variants (streamline-emojis draws `pizza-1`, `pizza-2`).
     fn svg(&self, hexcode: &str, names: &[String]) -> Option<String> {
         let known = |name: &str| self.icons["icons"].get(name).is_some() || self.icons["aliases"].get(name).is_some();
         let mut name = match self.chars.get(hexcode) {
             Some(name) => name.clone(),
-            None => names.iter().flat_map(|n| [n.clone(), n.replace('-', "")]).find(|n| known(n))?,
+            None => names.iter().flat_map(|n| [n.clone(), n.replace('-', ""), format!("{n}-1")]).find(|n| known(n))?,
         };
         for _ in 0..4 {
             if let Some(icon) = self.icons["icons"].get(&name) {
@@ -426,6 +428,22 @@ mod tests {
         assert!(picture.pixels().any(|p| p[1] > 150 && p[0] < 90), "the green icon is drawn");
         let credits = std::fs::read_to_string(more.out.join("CREDITS.md")).unwrap();
         assert!(credits.contains("`fxemoji`: Apache-2.0") && !credits.contains("`twemoji`"), "{credits}");
+
+        // streamline-emojis-like: numbered variants only; the first one is drawn.
+        let set = dir.path().join("node_modules/@iconify-json/streamline-emojis");
+        std::fs::create_dir_all(&set).unwrap();
+        std::fs::write(
+            set.join("icons.json"),
+            r##"{"prefix":"se","width":16,"height":16,"icons":{"plate-dish-2":{"body":"<rect width='16' height='16' fill='#33c'/>"},"plate-dish-1":{"body":"<rect width='16' height='16' fill='#c33'/>"}}}"##,
+        )
+        .unwrap();
+        std::fs::write(set.join("chars.json"), "{}").unwrap();
+        let numbered =
+            PrepareOptions { styles: vec!["streamline-emojis".into()], out: dir.path().join("se"), ..options.clone() };
+        assert_eq!(prepare(&numbered).unwrap().images, 2);
+        let picture = image::open(numbered.out.join("images/streamline-emojis/1f372-0.png")).unwrap().to_rgb8();
+        assert!(picture.pixels().any(|p| p[0] > 150 && p[2] < 90), "variant 1 (red) is drawn");
+        assert!(!picture.pixels().any(|p| p[2] > 150 && p[0] < 90), "not variant 2 (blue)");
 
         let share_alike = PrepareOptions { styles: vec!["openmoji".into()], ..options };
         let error = prepare(&share_alike).unwrap_err().to_string();
