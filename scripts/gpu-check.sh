@@ -5,7 +5,7 @@
 # device tool carries, and run this from the repository root:
 #
 #   xz -T2 -6 -k -c target/cuda/release/borscht > target/cuda/borscht.xz
-#   scripts/device-tree.sh shrink      # the tree alone is about 60 MiB
+#   scripts/device-tree.sh shrink      # the tree alone is about 61 MiB
 #   run(command="bash scripts/gpu-check.sh", carry=["target/cuda/borscht.xz"])
 #   scripts/device-tree.sh restore
 #

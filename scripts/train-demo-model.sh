@@ -52,9 +52,10 @@ train_rudolph() { # csv out
 if has_step rudolph; then
   # The pictures, their six extra renderings per style and the five more styles (paths made
   # relative to data/demo).
-  { cat data/demo/food.csv; tail -n +2 data/demo/extra/food.csv | sed 's|,images/|,extra/images/|'
-    tail -n +2 data/demo/more-styles/food.csv | sed 's|,images/|,more-styles/images/|'
-    tail -n +2 data/demo/streamline/food.csv | sed 's|,images/|,streamline/images/|'; } > "$RUNS/all.csv"
+  { cat data/demo/food.csv
+    for folder in extra more-styles streamline; do
+      tail -n +2 "data/demo/$folder/food.csv" | sed "s|,images/|,$folder/images/|"
+    done; } > "$RUNS/all.csv"
   # Held out: the style's pictures (not their extra renderings, to compare with earlier runs).
   head -1 data/demo/food.csv > "$RUNS/held-out.csv"
   grep ",images/$HELD_OUT/" data/demo/food.csv >> "$RUNS/held-out.csv"

@@ -54,8 +54,9 @@ fn the_more_styles_draw_known_dishes_in_other_icon_sets_only() {
         folders.iter().map(|(root, _)| std::fs::read_to_string(root.join("CREDITS.md")).unwrap()).collect();
     for (style, licence) in borscht::train::demo_data::MORE_STYLES {
         let count = more.iter().filter(|s| s.image.to_string_lossy().contains(&format!("/{style}/"))).count();
-        // streamline-emojis draws 24 of the 62 dishes, 8 renderings each.
-        assert!(count >= 150, "{style}: {count} pictures");
+        // streamline-emojis draws only 24 of the 62 dishes (8 renderings each); the others 44-62.
+        let least = if style == "streamline-emojis" { 24 * 8 } else { 200 };
+        assert!(count >= least, "{style}: {count} pictures");
         assert!(credits.contains(&format!("`{style}`: {licence}")), "{style}'s licence is credited");
     }
     // None of the data set's own four styles: holding one out must keep it out of training.
