@@ -37,6 +37,8 @@ for lib in cublas cublasLt curand nvrtc cudart; do
   [ -n "$real" ] || { echo "no lib$lib in $toolkit/lib" >&2; exit 1; }
   ln -sf "$real" "$link_dir/lib$lib.so"
 done
+# The CPU build never downloads cudarc (an optional dependency); its source names the calls.
+(cd "$REPO_ROOT" && cargo fetch -q)
 cudarc_src="$(ls -d "$HOME"/.cargo/registry/src/*/cudarc-"$(awk '/^name = "cudarc"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' "$REPO_ROOT/Cargo.lock")" | head -1)"
 if [ ! -e "$link_dir/libcuda.so.1" ] || [ "$cudarc_src/src/driver/sys/mod.rs" -nt "$link_dir/libcuda.so.1" ]; then
   say "stub libcuda.so.1 from the driver calls in $cudarc_src"

@@ -7,7 +7,7 @@ use borscht::model::transformer::{LossWeights, Rudolph};
 use borscht::pipelines::generation::{caption, CaptionOptions};
 use borscht::pipelines::sampling::SamplingParams;
 use borscht::pipelines::Engine;
-use borscht::train::rudolph::{train, Freeze, ImageEmbeddingInit, TrainOptions};
+use borscht::train::rudolph::{train, CodeNoise, Freeze, ImageEmbeddingInit, TrainOptions};
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use image::{Rgb, RgbImage};
@@ -108,6 +108,7 @@ fn options(dir: &Path, csv: &Path, out: &Path) -> TrainOptions {
         freeze: Freeze::NOTHING,
         seed: 7,
         val_fraction: 0.0,
+        validate_every: 1,
         save_every: 0,
         resume: false,
         show_progress: false,
@@ -115,6 +116,8 @@ fn options(dir: &Path, csv: &Path, out: &Path) -> TrainOptions {
         max_steps: None,
         left_text_share: 0.0,
         augment: 0,
+        augment_styles: false,
+        code_noise: CodeNoise::default(),
         image_embeddings: ImageEmbeddingInit::Random,
         dropout: Some(0.0),
     }
@@ -182,6 +185,7 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     }
 
     let run = |name: &str, max_steps: Option<usize>, resume: bool| {
+        let noise = if name == "clean" { CodeNoise::default() } else { CodeNoise { rate: 0.2, neighbours: 3 } };
         let mut opts = options(dir.path(), &csv, &dir.path().join(name));
         opts.init = Some(init.clone());
         opts.epochs = 4;
@@ -191,8 +195,11 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
         opts.max_steps = max_steps;
         opts.resume = resume;
         opts.augment = 2;
-        // The config's dropout (0.1): its masks, seeded by step, must come back on resume.
+        // The config's dropout (0.1) and the code noise: their draws, seeded by step,
+        // must come back on resume.
         opts.dropout = None;
+        opts.code_noise = noise;
+        opts.validate_every = 3;
         train(&opts, &Device::Cpu).unwrap()
     };
     let straight = run("straight", None, false);
@@ -200,7 +207,8 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     assert!(stopped.interrupted && stopped.state.step == 5);
     let resumed = run("resumed", None, true);
     assert_eq!(resumed.state.step, straight.state.step);
-    assert_eq!(resumed.state.validations.len(), 4, "validation ran every epoch");
+    let validated: Vec<usize> = resumed.state.validations.iter().map(|v| v.epoch).collect();
+    assert_eq!(validated, [3, 4], "validation every third epoch and after the last");
     let a = candle_core::safetensors::load(dir.path().join("straight/model.safetensors"), &Device::Cpu).unwrap();
     let b = candle_core::safetensors::load(dir.path().join("resumed/model.safetensors"), &Device::Cpu).unwrap();
     for (name, tensor) in &a {
@@ -208,6 +216,13 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
             (tensor - &b[name]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
         assert_eq!(diff, 0.0, "{name} differs after resuming");
     }
+    // The same run without code noise trains other weights: the noise reaches training.
+    run("clean", None, false);
+    let clean = candle_core::safetensors::load(dir.path().join("clean/model.safetensors"), &Device::Cpu).unwrap();
+    let name = "image_embeddings.weight";
+    let moved: f32 =
+        (&a[name] - &clean[name]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+    assert!(moved > 0.0, "code noise changed nothing");
     // The article's freeze kept attention and MLP weights as they started.
     let start = candle_core::safetensors::load(init.join("model.safetensors"), &Device::Cpu).unwrap();
     let name = "transformer.layers.0.mlp.dense_h_to_4h.weight";

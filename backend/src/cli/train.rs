@@ -9,7 +9,7 @@ use crate::model::config::RudolphConfig;
 use crate::model::device::parse_device;
 use crate::model::transformer::LossWeights;
 use crate::model::weights::read_config;
-use crate::train::rudolph::{train, Freeze, ImageEmbeddingInit, TrainOptions};
+use crate::train::rudolph::{train, CodeNoise, Freeze, ImageEmbeddingInit, TrainOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
@@ -65,6 +65,9 @@ pub struct TrainArgs {
     /// Share of the rows held out for validation each epoch.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
+    /// Caption the validation rows after every N-th epoch (0: only after the last).
+    #[arg(long, default_value_t = 1)]
+    pub validate_every: usize,
     /// Write a checkpoint every N steps (and at every epoch's end).
     #[arg(long, default_value_t = 500)]
     pub save_every: usize,
@@ -78,6 +81,19 @@ pub struct TrainArgs {
     /// once; each epoch shows every picture as itself or one of them. 0 = none.
     #[arg(long, default_value_t = 0)]
     pub augment: usize,
+    /// With --augment: the renderings also change the drawing style now and then (dark
+    /// outlines, flat colours, blur, a hue turn), for styles the data does not have.
+    #[arg(long)]
+    pub augment_styles: bool,
+    /// Probability that each input image code is replaced during training (the model
+    /// still predicts the clean codes and caption): robustness to drawing styles it has
+    /// not seen. 0 = none.
+    #[arg(long, default_value_t = 0.0)]
+    pub code_noise: f64,
+    /// With --code-noise: replace a code by one of its K nearest codes in the VQGAN's
+    /// codebook (a look-alike patch) instead of by any code. 0 = any code.
+    #[arg(long, default_value_t = 0)]
+    pub code_noise_neighbours: usize,
     /// From scratch: how image-code embeddings start: `random`, or `codebook` (the
     /// VQGAN's codebook projected to the hidden size, so look-alike codes start alike).
     #[arg(long, value_enum, default_value_t = ImageEmbeddingsArg::Random)]
@@ -165,6 +181,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         freeze: parse_freeze(&args.freeze)?,
         seed: args.seed,
         val_fraction: args.val_fraction,
+        validate_every: args.validate_every,
         save_every: args.save_every,
         resume: args.resume,
         show_progress: true,
@@ -172,6 +189,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         max_steps: None,
         left_text_share: args.left_text_share,
         augment: args.augment,
+        augment_styles: args.augment_styles,
+        code_noise: CodeNoise { rate: args.code_noise, neighbours: args.code_noise_neighbours },
         image_embeddings: match args.image_embeddings {
             ImageEmbeddingsArg::Codebook => ImageEmbeddingInit::Codebook { std: args.codebook_std },
             ImageEmbeddingsArg::Random => ImageEmbeddingInit::Random,

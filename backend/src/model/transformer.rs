@@ -628,22 +628,38 @@ impl Rudolph {
 
     /// The reference's training loss over full sequences `[b, S]`.
     pub fn loss(&self, input_ids: &Tensor, attention_mask: &Tensor, weights: LossWeights) -> Result<Losses> {
+        self.loss_against(input_ids, input_ids, attention_mask, weights)
+    }
+
+    /// The loss of reading `input_ids` and predicting `target_ids` (same shape): a
+    /// denoising objective when the inputs are corrupted copies of the targets.
+    pub fn loss_against(
+        &self,
+        input_ids: &Tensor,
+        target_ids: &Tensor,
+        attention_mask: &Tensor,
+        weights: LossWeights,
+    ) -> Result<Losses> {
         let cfg = &self.cfg;
         let (l, i_len, r) = (cfg.l_text_seq_length, cfg.image_seq_length(), cfg.r_text_seq_length);
         let input_ids = input_ids.to_dtype(DType::U32)?;
+        let target_ids = target_ids.to_dtype(DType::U32)?;
         let (_, s) = input_ids.dims2()?;
         if s != cfg.total_seq_length() {
             candle_core::bail!("the loss needs full sequences of {} ids, got {s}", cfg.total_seq_length());
+        }
+        if target_ids.dims() != input_ids.dims() {
+            candle_core::bail!("targets {:?} do not match inputs {:?}", target_ids.dims(), input_ids.dims());
         }
         let logits = self.forward(&input_ids, attention_mask, None)?.to_dtype(DType::F32)?;
         let text_vocab = cfg.text_vocab();
 
         // Labels as the reference builds them: cat(l_text[1:] (pads replaced), image, r_text).
-        let l_text = input_ids.narrow(1, 0, l)?;
+        let l_text = target_ids.narrow(1, 0, l)?;
         let pad_ids = Tensor::arange((text_vocab - l) as u32, text_vocab as u32, &self.device)?;
         let l_text = l_text.eq(0u32)?.where_cond(&pad_ids.unsqueeze(0)?.broadcast_as(l_text.shape())?, &l_text)?;
-        let image = input_ids.narrow(1, l, i_len)?;
-        let r_text = input_ids.narrow(1, l + i_len, r)?;
+        let image = target_ids.narrow(1, l, i_len)?;
+        let r_text = target_ids.narrow(1, l + i_len, r)?;
         let labels = Tensor::cat(&[&l_text.narrow(1, 1, l - 1)?, &image, &r_text], 1)?;
 
         let lt_logits = logits.narrow(1, 0, l)?.narrow(2, 0, text_vocab)?;
@@ -734,5 +750,58 @@ mod tests {
         assert_ne!(a, plain, "dropout changes the output");
         assert_ne!(a, other, "another seed draws other masks");
         assert_eq!(run(&model), plain, "no dropout once it is switched off");
+    }
+
+    #[test]
+    fn loss_against_reads_the_inputs_and_scores_the_targets() {
+        let cfg = RudolphConfig {
+            num_layers: 2,
+            hidden_size: 32,
+            num_attention_heads: 2,
+            l_text_seq_length: 4,
+            image_tokens_per_dim: 4,
+            r_text_seq_length: 4,
+            vocab_size: 40,
+            image_vocab_size: 16,
+            ..RudolphConfig::rudolph_350m()
+        };
+        let dev = &Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        let model = Rudolph::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev)).unwrap();
+        // Larger weights than the initialisation's, so the logits favour some codes and
+        // the targets matter.
+        for var in varmap.all_vars() {
+            var.set(&(var.as_tensor() * 8.0).unwrap()).unwrap();
+        }
+        let (l, i_len, n) = (cfg.l_text_seq_length, cfg.image_seq_length(), cfg.total_seq_length());
+        let clean: Vec<u32> = (0..n as u32).map(|i| (i * 7 + 3) % 16).collect();
+        // Half the image codes replaced, the texts untouched.
+        let mut noisy = clean.clone();
+        for code in noisy[l..l + i_len].iter_mut().step_by(2) {
+            *code = (*code + 5) % 16;
+        }
+        let ids = |v: &[u32]| Tensor::from_vec(v.to_vec(), (1, n), dev).unwrap();
+        let mask = Tensor::tril2(n, DType::F32, dev).unwrap().reshape((1, 1, n, n)).unwrap();
+        let weights = LossWeights { l_text: 0.0, image: 1.0, r_text: 1.0 };
+        let denoising = model.loss_against(&ids(&noisy), &ids(&clean), &mask, weights).unwrap();
+        let plain = model.loss(&ids(&noisy), &mask, weights).unwrap();
+
+        // The image term: logits of the noisy inputs against the clean sequence's next
+        // tokens (each image position predicts the token after it, as the reference's
+        // labels shift).
+        let logits = model.forward(&ids(&noisy), &mask, None).unwrap();
+        let image_logits = logits.narrow(1, l, i_len).unwrap().narrow(2, cfg.text_vocab(), cfg.image_vocab()).unwrap();
+        let clean_image = ids(&clean).narrow(1, l + 1, i_len).unwrap();
+        let expected = cross_entropy(&image_logits, &clean_image, None).unwrap().to_scalar::<f32>().unwrap();
+        assert!((denoising.image - expected).abs() < 1e-4 * expected, "{} vs {expected}", denoising.image);
+        assert!(
+            (denoising.image - plain.image).abs() > 1e-2 * expected,
+            "the clean codes are the targets, not the inputs: {} vs {}",
+            denoising.image,
+            plain.image
+        );
+        // The right text is the same in both, read after the same (noisy) picture.
+        assert!((denoising.r_text - plain.r_text).abs() < 1e-6);
+        assert!(model.loss_against(&ids(&noisy), &ids(&clean).narrow(1, 0, n - 1).unwrap(), &mask, weights).is_err());
     }
 }

@@ -22,6 +22,22 @@ pub struct Augmentation {
     pub light_jitter: f32,
     /// Saturation factor range (0 is grey).
     pub saturation: (f32, f32),
+    /// Style changes, each applied with its probability: other icon sets draw the same
+    /// dish with or without outlines, in flat or shaded colours, with more or less detail.
+    pub styles: StyleChanges,
+}
+
+/// Probabilities of the drawing-style changes (all 0: none, and no random draws).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StyleChanges {
+    /// Dark outlines along strong colour edges.
+    pub outline: f64,
+    /// Colours cut to a few levels per channel (flat shading).
+    pub posterize: f64,
+    /// A 3x3 box blur (less detail).
+    pub blur: f64,
+    /// Largest hue rotation in degrees, either way.
+    pub max_hue_deg: f32,
 }
 
 impl Default for Augmentation {
@@ -33,6 +49,7 @@ impl Default for Augmentation {
             mirror: true,
             light_jitter: 0.12,
             saturation: (0.6, 1.3),
+            styles: StyleChanges::default(),
         }
     }
 }
@@ -60,7 +77,7 @@ impl Augmentation {
         let centre = (w as f32 / 2.0, h as f32 / 2.0);
         let (sin, cos) = angle.sin_cos();
         let mean = mean_luma(image);
-        RgbImage::from_fn(w, h, |x, y| {
+        let geometric = RgbImage::from_fn(w, h, |x, y| {
             let dx = (x as f32 + 0.5 - centre.0 - shift.0) / scale;
             let dy = (y as f32 + 0.5 - centre.1 - shift.1) / scale;
             let mut sx = cos * dx + sin * dy;
@@ -76,8 +93,107 @@ impl Augmentation {
                 (contrasted * brightness).round().clamp(0.0, 255.0) as u8
             };
             Rgb([adjust(r), adjust(g), adjust(b)])
-        })
+        });
+        self.styles.apply(geometric, rng)
     }
+}
+
+impl StyleChanges {
+    /// What `borscht train --augment-styles` applies.
+    pub const MIXED: StyleChanges = StyleChanges { outline: 0.25, posterize: 0.25, blur: 0.25, max_hue_deg: 12.0 };
+
+    fn is_none(&self) -> bool {
+        self.outline == 0.0 && self.posterize == 0.0 && self.blur == 0.0 && self.max_hue_deg == 0.0
+    }
+
+    /// Drawn after the geometry and colour (so those draws stay as they were), in a
+    /// fixed order: hue, outline, posterize, blur.
+    fn apply(&self, mut image: RgbImage, rng: &mut impl Rng) -> RgbImage {
+        if self.is_none() {
+            return image;
+        }
+        let hue = rng.random_range(-self.max_hue_deg..=self.max_hue_deg).to_radians();
+        let (outline, posterize, blur) =
+            (rng.random_bool(self.outline), rng.random_bool(self.posterize), rng.random_bool(self.blur));
+        if hue != 0.0 {
+            rotate_hue(&mut image, hue);
+        }
+        if outline {
+            image = darken_edges(&image);
+        }
+        if posterize {
+            // Four levels per channel, at the centres of their ranges.
+            for pixel in image.pixels_mut() {
+                for c in pixel.0.iter_mut() {
+                    *c = (*c / 64) * 64 + 32;
+                }
+            }
+        }
+        if blur {
+            image = box_blur(&image);
+        }
+        image
+    }
+}
+
+/// Rotates every colour's hue by `angle` radians about the grey axis (in YIQ space, so
+/// brightness stays).
+fn rotate_hue(image: &mut RgbImage, angle: f32) {
+    let (sin, cos) = angle.sin_cos();
+    for pixel in image.pixels_mut() {
+        let [r, g, b] = pixel.0.map(|c| c as f32);
+        let y = 0.299 * r + 0.587 * g + 0.114 * b;
+        let i = 0.596 * r - 0.274 * g - 0.322 * b;
+        let q = 0.211 * r - 0.523 * g + 0.312 * b;
+        let (i, q) = (i * cos - q * sin, i * sin + q * cos);
+        let back = [y + 0.956 * i + 0.621 * q, y - 0.272 * i - 0.647 * q, y - 1.106 * i + 1.703 * q];
+        pixel.0 = back.map(|c| c.round().clamp(0.0, 255.0) as u8);
+    }
+}
+
+/// Pixels on a strong brightness edge (Sobel magnitude above a third of full scale)
+/// turned dark, like an outlined drawing.
+fn darken_edges(image: &RgbImage) -> RgbImage {
+    let (w, h) = image.dimensions();
+    let luma = |x: i64, y: i64| {
+        let p = image.get_pixel(x.clamp(0, w as i64 - 1) as u32, y.clamp(0, h as i64 - 1) as u32);
+        0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32
+    };
+    RgbImage::from_fn(w, h, |x, y| {
+        let (x, y) = (x as i64, y as i64);
+        let gx = luma(x + 1, y - 1) + 2.0 * luma(x + 1, y) + luma(x + 1, y + 1)
+            - luma(x - 1, y - 1)
+            - 2.0 * luma(x - 1, y)
+            - luma(x - 1, y + 1);
+        let gy = luma(x - 1, y + 1) + 2.0 * luma(x, y + 1) + luma(x + 1, y + 1)
+            - luma(x - 1, y - 1)
+            - 2.0 * luma(x, y - 1)
+            - luma(x + 1, y - 1);
+        let p = *image.get_pixel(x as u32, y as u32);
+        if (gx * gx + gy * gy).sqrt() > 255.0 / 3.0 {
+            Rgb(p.0.map(|c| (c as f32 * 0.3) as u8))
+        } else {
+            p
+        }
+    })
+}
+
+/// The mean of each pixel's 3x3 neighbourhood (edges clamped).
+fn box_blur(image: &RgbImage) -> RgbImage {
+    let (w, h) = image.dimensions();
+    RgbImage::from_fn(w, h, |x, y| {
+        let mut sum = [0u32; 3];
+        for dy in -1i64..=1 {
+            for dx in -1i64..=1 {
+                let px = (x as i64 + dx).clamp(0, w as i64 - 1) as u32;
+                let py = (y as i64 + dy).clamp(0, h as i64 - 1) as u32;
+                for (s, c) in sum.iter_mut().zip(image.get_pixel(px, py).0) {
+                    *s += c as u32;
+                }
+            }
+        }
+        Rgb(sum.map(|s| ((s + 4) / 9) as u8))
+    })
 }
 
 fn mean_luma(image: &RgbImage) -> f32 {
@@ -132,6 +248,7 @@ mod tests {
         mirror: false,
         light_jitter: 0.0,
         saturation: (1.0, 1.0),
+        styles: StyleChanges { outline: 0.0, posterize: 0.0, blur: 0.0, max_hue_deg: 0.0 },
     };
 
     #[test]
@@ -156,6 +273,32 @@ mod tests {
             }
         }
         assert!(mirrored > 0 && plain > 0, "{mirrored} mirrored, {plain} not");
+    }
+
+    #[test]
+    fn style_changes_outline_flatten_and_blur() {
+        let image = picture();
+        let only =
+            |styles| Augmentation { styles, ..IDENTITY }.apply(&image, &mut rand::rngs::StdRng::seed_from_u64(5));
+        let none = StyleChanges::default();
+        // The square's edge turns dark; its inside and the background stay.
+        let outlined = only(StyleChanges { outline: 1.0, ..none });
+        assert!(outlined.get_pixel(6, 15)[0] < 80, "{:?}", outlined.get_pixel(6, 15));
+        assert_eq!(outlined.get_pixel(10, 15), image.get_pixel(10, 15));
+        assert_eq!(outlined.get_pixel(25, 25), image.get_pixel(25, 25));
+        // Four levels a channel.
+        let flat = only(StyleChanges { posterize: 1.0, ..none });
+        assert_eq!(flat.get_pixel(10, 15), &Rgb([224, 32, 32]));
+        assert_eq!(flat.get_pixel(25, 25), &Rgb([160, 160, 160]));
+        // The blur mixes the square's edge with the background, not its inside.
+        let blurred = only(StyleChanges { blur: 1.0, ..none });
+        assert_eq!(blurred.get_pixel(10, 15), image.get_pixel(10, 15));
+        let edge = blurred.get_pixel(6, 15)[0];
+        assert!((128..200).contains(&edge), "{edge}");
+        // A hue turn keeps grey grey and moves red.
+        let turned = only(StyleChanges { max_hue_deg: 40.0, ..none });
+        assert_eq!(turned.get_pixel(25, 25), image.get_pixel(25, 25));
+        assert_ne!(turned.get_pixel(10, 15), image.get_pixel(10, 15));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::pipelines::engine::{BPE_FILE, VQGAN_DIR};
 use crate::pipelines::generation::{caption, CaptionOptions};
 use crate::pipelines::sampling::SamplingParams;
 use crate::pipelines::Engine;
-use crate::train::augment::Augmentation;
+use crate::train::augment::{Augmentation, StyleChanges};
 use crate::train::data::{read_csv, Sample};
 use crate::train::optim::{clip_grad_norm, AdamW, OneCycle};
 use crate::train::{progress_bar, write_atomically};
@@ -114,6 +114,8 @@ pub struct TrainOptions {
     pub freeze: Freeze,
     pub seed: u64,
     pub val_fraction: f64,
+    /// Validate after every N-th epoch (0: only after the last one, which always is).
+    pub validate_every: usize,
     pub save_every: usize,
     pub resume: bool,
     pub show_progress: bool,
@@ -128,11 +130,28 @@ pub struct TrainOptions {
     /// Augmented renderings per training picture (0: the pictures as they are); each
     /// epoch shows every picture as itself or one of them.
     pub augment: usize,
+    /// Those renderings also change the drawing style now and then (outlines, flat
+    /// colours, blur, hue; `StyleChanges::MIXED`).
+    pub augment_styles: bool,
+    /// Corrupts the input image codes during training (the targets stay clean).
+    pub code_noise: CodeNoise,
     /// From scratch: how the image-code embeddings start.
     pub image_embeddings: ImageEmbeddingInit,
     /// Dropout probability for embeddings, attention and outputs alike; None uses the
     /// model config's three probabilities (the reference trains with 0.1).
     pub dropout: Option<f64>,
+}
+
+/// Input image-code corruption, a denoising objective: another drawing style of the same
+/// dish changes many of its codes, so a model that still reads the dish with some codes
+/// replaced should depend less on the exact codes of the styles it has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CodeNoise {
+    /// Probability that each input image code is replaced (0: none).
+    pub rate: f64,
+    /// 0: by any code, uniformly; k > 0: by one of the k codes nearest to it in the
+    /// VQGAN's codebook (a look-alike patch).
+    pub neighbours: usize,
 }
 
 /// How a model trained from scratch initialises its image-code embeddings.
@@ -232,7 +251,11 @@ fn encode_samples(
         .or_else(|_| std::fs::metadata(&parts.vqgan_dir))
         .map(|m| format!("{}-{:?}", m.len(), m.modified().ok()))
         .unwrap_or_default();
-    let augmentation = Augmentation::default();
+    let augmentation = Augmentation {
+        styles: if options.augment_styles { StyleChanges::MIXED } else { StyleChanges::default() },
+        ..Augmentation::default()
+    };
+    let style_key = if options.augment_styles { "-styles" } else { "" };
     let bar = progress_bar(samples.len() as u64, "image codes");
     if !options.show_progress {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -245,7 +268,7 @@ fn encode_samples(
         let keys: Vec<String> = (0..=options.augment)
             .map(|v| match v {
                 0 => format!("{}|{size}|{vqgan_stamp}", sample.image.display()),
-                v => format!("{}|{size}|{vqgan_stamp}|augment-{}-{v}", sample.image.display(), options.seed),
+                v => format!("{}|{size}|{vqgan_stamp}|augment{style_key}-{}-{v}", sample.image.display(), options.seed),
             })
             .collect();
         if keys.iter().any(|k| !cache.contains_key(k)) {
@@ -375,6 +398,14 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
         div_factor: options.div_factor,
         final_div_factor: options.final_div_factor,
     };
+    if !(0.0..=1.0).contains(&options.code_noise.rate) {
+        bail!("the code-noise rate must be between 0 and 1, not {}", options.code_noise.rate);
+    }
+    let replacements = if options.code_noise.rate > 0.0 {
+        Some(CodeReplacements::new(parts.vqgan.codebook(), options.code_noise.neighbours)?)
+    } else {
+        None
+    };
     let mask = causal_mask(&cfg, 1, device)?;
     let dropout_at = |step: usize| {
         let mut draw = DropoutDraw::from_config(&cfg, options.seed ^ (0xd409_0000 + step as u64));
@@ -415,10 +446,28 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
                     [left, codes[k][variant].clone(), captions[k].clone()].concat()
                 })
                 .collect();
-            let ids = Tensor::from_vec(rows, (batch.len(), cfg.total_seq_length()), device)?;
+            let seq = cfg.total_seq_length();
+            let inputs = match &replacements {
+                // Seeded by step too, so a resumed run corrupts the same codes.
+                Some(replacements) => {
+                    let mut noise_rng =
+                        rand::rngs::StdRng::seed_from_u64(options.seed ^ (0xc0de_0000 + state.step as u64));
+                    let mut corrupted = rows.clone();
+                    for row in corrupted.chunks_mut(seq) {
+                        replacements.corrupt(
+                            &mut row[l..l + cfg.image_seq_length()],
+                            options.code_noise.rate,
+                            &mut noise_rng,
+                        );
+                    }
+                    Some(Tensor::from_vec(corrupted, (batch.len(), seq), device)?)
+                }
+                None => None,
+            };
+            let ids = Tensor::from_vec(rows, (batch.len(), seq), device)?;
             // Seeded by step like the left texts: a resumed run drops the same units.
             model.set_dropout(Some(dropout_at(state.step)).filter(|d| d.embedding + d.attention + d.output > 0.0));
-            let losses = model.loss(&ids, &mask, options.loss_weights)?;
+            let losses = model.loss_against(inputs.as_ref().unwrap_or(&ids), &ids, &mask, options.loss_weights)?;
             let loss_value: f32 = losses.loss.to_scalar()?;
             if !loss_value.is_finite() {
                 bail!("the loss became {loss_value} at step {}; lower the learning rate", state.step);
@@ -454,7 +503,9 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
         }
         state.epoch += 1;
         state.batch_in_epoch = 0;
-        if !validation.is_empty() {
+        let due =
+            state.epoch == options.epochs || (options.validate_every > 0 && state.epoch % options.validate_every == 0);
+        if !validation.is_empty() && due {
             let report = validate(&model, &parts, &validation, &val_codes, state.epoch)?;
             let line = format!(
                 "epoch {}: dish accuracy {:.1}%, kcal MAE {}, Atwater violations {}/{}",
@@ -472,6 +523,49 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
     }
     bar.finish_and_clear();
     Ok(TrainOutcome { state, interrupted, logs })
+}
+
+/// What `CodeNoise` may put in place of each image code.
+struct CodeReplacements {
+    codes: u32,
+    /// Per code, its nearest other codes (empty: any code will do).
+    nearest: Vec<Vec<u32>>,
+}
+
+impl CodeReplacements {
+    fn new(codebook: &Tensor, neighbours: usize) -> Result<Self> {
+        let codebook = codebook.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let (codes, _) = codebook.dims2()?;
+        if neighbours >= codes {
+            bail!("--code-noise-neighbours {neighbours} must be below the VQGAN's {codes} codes");
+        }
+        let mut nearest = Vec::new();
+        if neighbours > 0 {
+            // Squared distances |a|^2 + |b|^2 - 2ab, one matrix product.
+            let norms = codebook.sqr()?.sum_keepdim(1)?;
+            let distances =
+                norms.broadcast_add(&norms.t()?)?.sub(&(codebook.matmul(&codebook.t()?)? * 2.0)?)?.to_vec2::<f32>()?;
+            for (code, row) in distances.iter().enumerate() {
+                let mut order: Vec<u32> = (0..codes as u32).filter(|&c| c as usize != code).collect();
+                order.sort_by(|&a, &b| row[a as usize].total_cmp(&row[b as usize]).then(a.cmp(&b)));
+                order.truncate(neighbours);
+                nearest.push(order);
+            }
+        }
+        Ok(CodeReplacements { codes: codes as u32, nearest })
+    }
+
+    /// Replaces each code of `image` with probability `rate`.
+    fn corrupt(&self, image: &mut [u32], rate: f64, rng: &mut impl Rng) {
+        for code in image {
+            if rng.random_bool(rate) {
+                *code = match self.nearest.get(*code as usize) {
+                    Some(near) => near[rng.random_range(0..near.len())],
+                    None => rng.random_range(0..self.codes),
+                };
+            }
+        }
+    }
 }
 
 /// Re-draws a fresh model's weights from `seed` (candle's own initialisation is not
@@ -635,4 +729,44 @@ fn plot_losses(path: &Path, logs: &[StepLog]) -> Result<()> {
     }
     std::fs::rename(temp, path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_noise_replaces_codes_by_their_nearest_look_alikes() {
+        // Six codes on a line; nearest other codes: 0->1, 1->0 (a tie with 2; the lower
+        // wins), 2->1, 10->11, 11->10, 30->11.
+        let codebook = Tensor::new(&[[0f32], [1.], [2.], [10.], [11.], [30.]], &Device::Cpu).unwrap();
+        let nearest = CodeReplacements::new(&codebook, 1).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut codes = vec![0, 1, 2, 3, 4, 5];
+        nearest.corrupt(&mut codes, 1.0, &mut rng);
+        assert_eq!(codes, [1, 0, 1, 4, 3, 4]);
+        let two = CodeReplacements::new(&codebook, 2).unwrap();
+        for _ in 0..20 {
+            let mut far = vec![5];
+            two.corrupt(&mut far, 1.0, &mut rng);
+            assert!([4, 3].contains(&far[0]), "30's two nearest are 11 and 10, not {}", far[0]);
+        }
+        let mut kept = vec![0, 1, 2, 3, 4, 5];
+        nearest.corrupt(&mut kept, 0.0, &mut rng);
+        assert_eq!(kept, [0, 1, 2, 3, 4, 5]);
+        assert!(CodeReplacements::new(&codebook, 6).is_err(), "more neighbours than other codes");
+    }
+
+    #[test]
+    fn uniform_code_noise_replaces_about_the_rate_with_valid_codes() {
+        let codebook = Tensor::zeros((16, 4), DType::F32, &Device::Cpu).unwrap();
+        let any = CodeReplacements::new(&codebook, 0).unwrap();
+        let original: Vec<u32> = (0..20_000).map(|i| i % 16).collect();
+        let mut codes = original.clone();
+        any.corrupt(&mut codes, 0.25, &mut rand::rngs::StdRng::seed_from_u64(3));
+        let changed = codes.iter().zip(&original).filter(|(a, b)| a != b).count() as f64 / codes.len() as f64;
+        // A replacement draws the same code 1 time in 16.
+        assert!((0.22..0.25).contains(&changed), "changed {changed}");
+        assert!(codes.iter().all(|&c| c < 16));
+    }
 }
