@@ -323,6 +323,10 @@ fn the_cli_reports_bad_rows_and_writes_a_model() {
     refused(["--freeze", "wings"]);
     let stderr = refused(["--dropout", "1.5"]);
     assert!(stderr.contains("dropout must be at least 0 and below 1, not 1.5"), "{stderr}");
+    let stderr = refused(["--code-noise", "1.5"]);
+    assert!(stderr.contains("the code-noise rate must be between 0 and 1, not 1.5"), "{stderr}");
+    let stderr = refused(["--augment-styles", "--augment=0"]);
+    assert!(stderr.contains("give --augment N as well"), "{stderr}");
 }
 
 #[cfg(unix)]

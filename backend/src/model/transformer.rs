@@ -704,6 +704,21 @@ pub fn token_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
 
+    /// Two layers of hidden 32 over 4 + 16 + 4 tokens.
+    fn small_config() -> RudolphConfig {
+        RudolphConfig {
+            num_layers: 2,
+            hidden_size: 32,
+            num_attention_heads: 2,
+            l_text_seq_length: 4,
+            image_tokens_per_dim: 4,
+            r_text_seq_length: 4,
+            vocab_size: 40,
+            image_vocab_size: 16,
+            ..RudolphConfig::rudolph_350m()
+        }
+    }
+
     fn draw(seed: u64, p: f64) -> DropoutDraw {
         DropoutDraw { seed, embedding: p, attention: p, output: p }
     }
@@ -720,17 +735,7 @@ mod tests {
 
     #[test]
     fn dropout_masks_follow_the_seed_and_leave_inference_alone() {
-        let cfg = RudolphConfig {
-            num_layers: 2,
-            hidden_size: 32,
-            num_attention_heads: 2,
-            l_text_seq_length: 4,
-            image_tokens_per_dim: 4,
-            r_text_seq_length: 4,
-            vocab_size: 40,
-            image_vocab_size: 16,
-            ..RudolphConfig::rudolph_350m()
-        };
+        let cfg = small_config();
         let vb = VarBuilder::from_varmap(&candle_nn::VarMap::new(), DType::F32, &Device::Cpu);
         let mut model = Rudolph::new(&cfg, vb).unwrap();
         let n = cfg.total_seq_length();
@@ -754,17 +759,7 @@ mod tests {
 
     #[test]
     fn loss_against_reads_the_inputs_and_scores_the_targets() {
-        let cfg = RudolphConfig {
-            num_layers: 2,
-            hidden_size: 32,
-            num_attention_heads: 2,
-            l_text_seq_length: 4,
-            image_tokens_per_dim: 4,
-            r_text_seq_length: 4,
-            vocab_size: 40,
-            image_vocab_size: 16,
-            ..RudolphConfig::rudolph_350m()
-        };
+        let cfg = small_config();
         let dev = &Device::Cpu;
         let varmap = candle_nn::VarMap::new();
         let model = Rudolph::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev)).unwrap();

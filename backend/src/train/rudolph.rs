@@ -324,6 +324,12 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
     if let Some(p) = options.dropout.filter(|p| !(0.0..1.0).contains(p)) {
         bail!("dropout must be at least 0 and below 1, not {p}");
     }
+    if !(0.0..=1.0).contains(&options.code_noise.rate) {
+        bail!("the code-noise rate must be between 0 and 1, not {}", options.code_noise.rate);
+    }
+    if options.augment_styles && options.augment == 0 {
+        bail!("--augment-styles changes the augmented renderings: give --augment N as well");
+    }
     let dataset = read_csv(&options.csv, &options.images)?;
     eprintln!("data: {}", dataset.summary());
     let parts = parts(options, device)?;
@@ -398,9 +404,6 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
         div_factor: options.div_factor,
         final_div_factor: options.final_div_factor,
     };
-    if !(0.0..=1.0).contains(&options.code_noise.rate) {
-        bail!("the code-noise rate must be between 0 and 1, not {}", options.code_noise.rate);
-    }
     let replacements = if options.code_noise.rate > 0.0 {
         Some(CodeReplacements::new(parts.vqgan.codebook(), options.code_noise.neighbours)?)
     } else {
