@@ -19,22 +19,17 @@ source scripts/gpu-env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 deadline=$(( $(date +%s) + ${DEADLINE:-470} ))
 
-# The same CSVs as train-demo-model.sh.
-{ cat data/demo/food.csv
-  for folder in extra more-styles streamline; do
-    tail -n +2 "data/demo/$folder/food.csv" | sed "s|,images/|,$folder/images/|"
-  done; } | grep -v "images/noto/" > "$out/without-held-out.csv"
+# The same CSVs and recipe as train-demo-model.sh.
+source scripts/demo-model/recipe.sh
+demo_all_csv | grep -v "images/noto/" > "$out/without-held-out.csv"
 { head -1 data/demo/food.csv; grep ",images/noto/" data/demo/food.csv; } > "$out/held-out.csv"
 
 run_variant() { # name options...
   local name=$1; shift
   local start; start=$(date +%s)
-  # shellcheck disable=SC2068
+  local recipe; demo_recipe models/demo/bpe.model models/demo/vqgan "${EPOCHS:-30}"
   "$bin" train --device "${DEVICE:-cuda}" --csv "$out/without-held-out.csv" --images data/demo --out "$out/$name" \
-    --config scripts/demo-model/rudolph.json --tokenizer models/demo/bpe.model --vqgan models/demo/vqgan \
-    --epochs "${EPOCHS:-30}" --batch-size 10 --lr 1e-3 --freeze image-embeddings --image-embeddings codebook \
-    --codebook-std 0.1 --dropout 0.1 --weights 0.1,1,4 --left-text-share 0.5 --val-fraction 0.05 --seed 42 \
-    --validate-every 0 $@ >"$out/$name.train.log" 2>&1
+    "${recipe[@]}" --validate-every 0 "$@" >"$out/$name.train.log" 2>&1
   echo "train rc=$? $(( $(date +%s) - start )) s" >>"$out/$name.train.log"
   "$bin" evaluate --device "${DEVICE:-cuda}" --model "$out/$name" --csv "$out/held-out.csv" --images data/demo \
     >"$out/$name.metrics.json" 2>"$out/$name.eval.log"
@@ -61,6 +56,6 @@ wait
 
 for name in "${names[@]}"; do
   printf '%-12s %s | %s\n' "$name" "$(tail -2 "$out/$name.train.log" | tr '\n' ' ')" \
-    "$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("top-1 %.1f %%, kcal MAE %.0f, caption fit %.1f %%, image fit %.1f %%" % (100*d["dish_top1"], d["kcal_mae"], 100*d["caption_fit_accuracy"], 100*d["image_fit_accuracy"]))' "$out/$name.metrics.json" 2>/dev/null || echo 'no metrics')"
+    "$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("top-1 %.1f %%, kcal MAE %.0f, caption fit %.1f %%, image fit %.1f %%" % (100*d["dish_top1"], float("nan") if d["kcal_mae"] is None else d["kcal_mae"], 100*d["caption_fit_accuracy"], 100*d["image_fit_accuracy"]))' "$out/$name.metrics.json" 2>/dev/null || echo 'no metrics')"
 done | tee "$out/summary.txt"
 tar czf "$dest/gpu-train.tar.gz" -C "$out" --exclude='*.safetensors' --exclude='*.csv' .

@@ -42,20 +42,14 @@ if has_step vqgan; then
     --quantizer nearest --epochs 36 --batch-size 8 --seed 7
 fi
 
+source "$CONFIGS/recipe.sh"
 train_rudolph() { # csv out
-  "$BIN" train --csv "$1" --images data/demo --out "$2" --config "$CONFIGS/rudolph.json" \
-    --tokenizer "$RUNS/bpe.model" --vqgan "$RUNS/vqgan" --epochs "$EPOCHS" --batch-size 10 --lr 1e-3 \
-    --freeze image-embeddings --image-embeddings codebook --codebook-std 0.1 --dropout 0.1 \
-    --weights 0.1,1,4 --left-text-share 0.5 --val-fraction 0.05 --seed 42 --augment "$AUGMENT"
+  demo_recipe "$RUNS/bpe.model" "$RUNS/vqgan" "$EPOCHS"
+  "$BIN" train --csv "$1" --images data/demo --out "$2" "${recipe[@]}" --augment "$AUGMENT"
 }
 
 if has_step rudolph; then
-  # The pictures, their six extra renderings per style and the five more styles (paths made
-  # relative to data/demo).
-  { cat data/demo/food.csv
-    for folder in extra more-styles streamline; do
-      tail -n +2 "data/demo/$folder/food.csv" | sed "s|,images/|,$folder/images/|"
-    done; } > "$RUNS/all.csv"
+  demo_all_csv > "$RUNS/all.csv"
   # Held out: the style's pictures (not their extra renderings, to compare with earlier runs).
   head -1 data/demo/food.csv > "$RUNS/held-out.csv"
   grep ",images/$HELD_OUT/" data/demo/food.csv >> "$RUNS/held-out.csv"
