@@ -16,11 +16,8 @@
 # Writes JSON and logs into $OUT/gpu-check.tar.gz (the device tool brings back at most 8
 # files; default folder runs/gpu) and ends with a summary table.
 set -uo pipefail
-dest="${OUT:-runs/gpu}"
-out=/tmp/gpu-check
-rm -rf "$out" && mkdir -p "$out" "$dest"
 source scripts/gpu-env.sh
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+gpu_work_dirs /tmp/gpu-check runs/gpu
 
 status=0
 step() { printf '\n== %s\n' "$*"; }

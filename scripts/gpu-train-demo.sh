@@ -12,11 +12,8 @@
 # the call returns what finished. Writes each run's metrics and logs into
 # $OUT/gpu-train.tar.gz and prints a summary line per run. DEVICE=cpu EPOCHS=1 tries it here.
 set -uo pipefail
-dest="${OUT:-runs/gpu-train}"
-out=/tmp/gpu-train
-rm -rf "$out" && mkdir -p "$out" "$dest"
 source scripts/gpu-env.sh
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+gpu_work_dirs /tmp/gpu-train runs/gpu-train
 deadline=$(( $(date +%s) + ${DEADLINE:-470} ))
 
 # The same CSVs and recipe as train-demo-model.sh.

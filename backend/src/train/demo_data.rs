@@ -44,6 +44,16 @@ pub const MORE_STYLES: [(&str, &str); 5] = [
 pub const RASTER_STYLES: [(&str, &str, &str); 1] =
     [("fluent-emoji-3d", "@lobehub/fluent-emoji-3d", "MIT, © Microsoft Corporation (packaged by LobeHub)")];
 
+/// The npm package of a raster style; `None` for an Iconify set.
+fn raster_package(style: &str) -> Option<&'static str> {
+    RASTER_STYLES.iter().find(|(name, _, _)| *name == style).map(|(_, package, _)| *package)
+}
+
+/// The folder of an Iconify set's npm package (`@iconify-json/{style}`).
+fn iconify_dir(node_modules: &Path, style: &str) -> PathBuf {
+    node_modules.join("@iconify-json").join(style)
+}
+
 fn all_styles() -> impl Iterator<Item = (&'static str, &'static str)> {
     let raster = RASTER_STYLES.iter().map(|(name, _, licence)| (*name, *licence));
     STYLES.iter().chain(MORE_STYLES.iter()).copied().chain(raster)
@@ -187,13 +197,13 @@ enum IconSource {
 
 impl IconSource {
     fn load(node_modules: &Path, style: &str) -> Result<Self> {
-        match RASTER_STYLES.iter().find(|(name, _, _)| *name == style) {
-            Some((_, package, _)) => {
+        match raster_package(style) {
+            Some(package) => {
                 let assets = node_modules.join(package).join("assets");
                 anyhow::ensure!(assets.is_dir(), "{} is missing (npm package {package})", assets.display());
                 Ok(IconSource::Raster(assets))
             }
-            None => IconSet::load(&node_modules.join("@iconify-json").join(style)).map(IconSource::Iconify),
+            None => IconSet::load(&iconify_dir(node_modules, style)).map(IconSource::Iconify),
         }
     }
 
@@ -328,12 +338,11 @@ pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport> {
     let mapping = read_mapping(&options.mapping)?;
     let foods = read_foods(&options.foods)?;
     let licences = options.styles.iter().map(|s| style_licence(s)).collect::<Result<Vec<_>>>()?;
-    let set_dir = |style: &str| options.node_modules.join("@iconify-json").join(style);
     let sets = options.styles.iter().map(|s| IconSource::load(&options.node_modules, s)).collect::<Result<Vec<_>>>()?;
     // What the four main sets call each emoji, for the sets that map no code points.
     let main_chars = STYLES
         .iter()
-        .map(|(style, _)| set_dir(style))
+        .map(|(style, _)| iconify_dir(&options.node_modules, style))
         .filter(|dir| dir.exists())
         .map(|dir| read_chars(&dir))
         .collect::<Result<Vec<_>>>()?;
@@ -405,14 +414,14 @@ pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport> {
         }
     }
     std::fs::write(options.out.join("food.csv"), csv)?;
-    let raster = options.styles.iter().any(|style| RASTER_STYLES.iter().any(|(name, _, _)| name == style));
+    let raster = options.styles.iter().any(|style| raster_package(style).is_some());
     let mut credits = format!(
         "# Demo data: credits and licences\n\nPictures are rendered from these icon sets ({}):\n\n",
         if raster { "from the npm packages named" } else { "via the `@iconify-json` npm packages" }
     );
     for (style, licence) in options.styles.iter().zip(&licences) {
-        match RASTER_STYLES.iter().find(|(name, _, _)| name == style) {
-            Some((_, package, _)) => writeln!(credits, "- `{style}`: {licence}; npm package `{package}`"),
+        match raster_package(style) {
+            Some(package) => writeln!(credits, "- `{style}`: {licence}; npm package `{package}`"),
             None if raster => writeln!(credits, "- `{style}`: {licence}; npm package `@iconify-json/{style}`"),
             None => writeln!(credits, "- `{style}`: {licence}"),
         }
