@@ -10,6 +10,7 @@ ALL, TRAIN and HELD_OUT are the CSVs train-demo-model.sh writes (all.csv,
 without-held-out.csv, held-out.csv); codes.npy holds ALL's rows in order.
 """
 import collections
+import csv
 import sys
 
 import numpy as np
@@ -18,8 +19,8 @@ from PIL import Image
 
 def rows(csv_path):
     """(image path under data/demo, dish name) of each row."""
-    lines = open(csv_path, encoding="utf-8").read().splitlines()[1:]
-    return [("data/demo/" + f[6], f[5]) for f in (line.split(",") for line in lines)]
+    with open(csv_path, encoding="utf-8", newline="") as f:
+        return [("data/demo/" + row["path"], row["name"]) for row in csv.DictReader(f)]
 
 
 all_csv, train_csv, held_csv, codes_path = sys.argv[1:5]
