@@ -97,6 +97,12 @@ fn synthetic_images(dir: &Path, count: usize) {
     std::fs::write(dir.join("broken.png"), b"\x89PNG garbage").unwrap();
 }
 
+/// `count` 16x16 pictures of scattered values in [0, 1], the same every run.
+fn pseudo_random_images(count: usize) -> Tensor {
+    let values: Vec<f32> = (0..count * 3 * 16 * 16).map(|i| ((i * 7919 + 13) % 1000) as f32 / 999.0).collect();
+    Tensor::from_vec(values, (count, 3, 16, 16), &Device::Cpu).unwrap()
+}
+
 fn tiny_config() -> VqganConfig {
     VqganConfig {
         ddconfig: DdConfig {
@@ -182,10 +188,26 @@ fn nearest_code_training_learns_and_inference_picks_the_nearest_codes() {
     assert!(last.codes_used > 1, "restarts keep several codes in use");
     // Inference's argmax of quantize.proj picks the same codes as training's nearest search.
     let vqgan = load_vqgan(out.path(), &Device::Cpu, DType::F32).unwrap();
-    let images = Tensor::rand(0f32, 1f32, (3, 3, 16, 16), &Device::Cpu).unwrap();
+    let images = pseudo_random_images(3);
     let inferred: Vec<Vec<u32>> = vqgan.encode(&images).unwrap().to_vec2().unwrap();
     let nearest: Vec<Vec<u32>> = vqgan.reconstruct_nearest(&images).unwrap().codes.to_vec2().unwrap();
     assert_eq!(inferred, nearest);
+}
+
+#[test]
+fn the_same_seed_trains_the_same_vqgan() {
+    let data = tempfile::tempdir().unwrap();
+    synthetic_images(data.path(), 8);
+    let train = |seed: u64| {
+        let out = tempfile::tempdir().unwrap();
+        let mut training = training_options(data.path(), out.path(), Quantizer::Gumbel);
+        (training.seed, training.epochs) = (seed, 2);
+        let losses: Vec<f64> = train_vqgan(&training, &Device::Cpu).unwrap().iter().map(|e| e.loss).collect();
+        (losses, std::fs::read(out.path().join("model.safetensors")).unwrap())
+    };
+    let (first, again, other) = (train(7), train(7), train(8));
+    assert_eq!(first, again, "same seed, same losses and weights");
+    assert_ne!(first.1, other.1, "another seed starts elsewhere");
 }
 
 #[test]
@@ -218,14 +240,14 @@ fn straight_through_decodes_exactly_the_hard_codes() {
 /// included) agree with finite differences of the loss, for weights at each end.
 #[test]
 fn training_gradients_match_finite_differences() {
-    use candle_nn::{VarBuilder, VarMap};
+    use candle_nn::VarMap;
     let mut cfg = tiny_config();
     cfg.ddconfig.attn_resolutions = vec![8];
     let varmap = VarMap::new();
-    let mut vqgan =
-        borscht::model::vqgan::Vqgan::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
+    let vb = borscht::train::init::seeded_var_builder(&varmap, 5, DType::F32, &Device::Cpu);
+    let mut vqgan = borscht::model::vqgan::Vqgan::new(&cfg, vb).unwrap();
     vqgan.set_differentiable(true);
-    let images = Tensor::rand(0f32, 1f32, (2, 3, 16, 16), &Device::Cpu).unwrap();
+    let images = pseudo_random_images(2);
     let loss = |v: &borscht::model::vqgan::Vqgan| -> Tensor {
         // Soft codes at a fixed seed: a smooth function of every weight.
         let rec = v.reconstruct(&images, 1.0, 5, false).unwrap();

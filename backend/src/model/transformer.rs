@@ -762,11 +762,12 @@ mod tests {
         let cfg = small_config();
         let dev = &Device::Cpu;
         let varmap = candle_nn::VarMap::new();
-        let model = Rudolph::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev)).unwrap();
-        // Larger weights than the initialisation's, so the logits favour some codes and
-        // the targets matter.
+        let model = Rudolph::new(&cfg, crate::train::init::seeded_var_builder(&varmap, 1, DType::F32, dev)).unwrap();
+        // Seeded weights, five times the initialisation's, so the logits favour some codes
+        // and the targets matter. Candle's own initialisation is not seedable: with it,
+        // some draws put the two image losses below within 1 % of each other.
         for var in varmap.all_vars() {
-            var.set(&(var.as_tensor() * 8.0).unwrap()).unwrap();
+            var.set(&(var.as_tensor() * 5.0).unwrap()).unwrap();
         }
         let (l, i_len, n) = (cfg.l_text_seq_length, cfg.image_seq_length(), cfg.total_seq_length());
         let clean: Vec<u32> = (0..n as u32).map(|i| (i * 7 + 3) % 16).collect();

@@ -10,7 +10,7 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -279,9 +279,7 @@ fn encode_samples(
                     continue;
                 }
             };
-            let path_hash = sample.image.to_string_lossy().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ b as u64).wrapping_mul(0x0100_0000_01b3) // FNV-1a
-            });
+            let path_hash = super::init::fnv1a(sample.image.to_string_lossy().as_bytes());
             let mut pictures = Vec::with_capacity(keys.len());
             for v in 0..keys.len() {
                 let rendering = match v {
@@ -367,8 +365,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
         (Some(dir), false) => weights::load_trainable(&weights::local_model(dir)?, device)?,
         _ => {
             let varmap = VarMap::new();
-            let model = Rudolph::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-            seeded_init(&varmap, options.seed)?;
+            let model = Rudolph::new(&cfg, super::init::seeded_var_builder(&varmap, options.seed, DType::F32, device))?;
             if let ImageEmbeddingInit::Codebook { std } = options.image_embeddings {
                 init_image_embeddings_from_codebook(&varmap, &parts.vqgan, std, options.seed)?;
             }
@@ -569,29 +566,6 @@ impl CodeReplacements {
             }
         }
     }
-}
-
-/// Re-draws a fresh model's weights from `seed` (candle's own initialisation is not
-/// seedable): normal(0, 0.02) for embeddings and projections, ones and zeros for
-/// LayerNorms and biases, so a run from scratch is reproducible.
-fn seeded_init(varmap: &VarMap, seed: u64) -> Result<()> {
-    use rand_distr::{Distribution, Normal};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
-    let normal = Normal::new(0.0f32, 0.02).expect("valid normal");
-    let data = varmap.data().lock().expect("varmap lock");
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    for name in names {
-        let var = &data[name];
-        if name.ends_with(".bias")
-            || (name.ends_with(".weight") && (name.contains("layernorm") || name.starts_with("to_logits.0")))
-        {
-            continue; // keeps its constant initialisation
-        }
-        let values: Vec<f32> = (0..var.elem_count()).map(|_| normal.sample(&mut rng)).collect();
-        var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
-    }
-    Ok(())
 }
 
 /// Sets the first `n_embed` rows of `image_embeddings.weight` (the codes; the rest are

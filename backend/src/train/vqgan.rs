@@ -16,7 +16,7 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -116,7 +116,8 @@ pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<Epoc
         .with_context(|| format!("cannot create {}", training.out.display()))?;
 
     let mut varmap = VarMap::new();
-    let mut model = Vqgan::new(&training.model, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    let mut model =
+        Vqgan::new(&training.model, super::init::seeded_var_builder(&varmap, training.seed, DType::F32, device))?;
     model.set_differentiable(true);
     let mut state = TrainingState { epochs_done: 0, steps_done: 0, history: Vec::new() };
     let weights = training.out.join(VQGAN_WEIGHTS_FILE);
