@@ -483,7 +483,13 @@ async fn shutdown_refuses_new_work_and_finishes_what_is_in_flight() {
     send(&mut ws, &recognize(1, &icon_png(), 4)).await;
     assert!(matches!(next(&mut ws).await, ServerMessage::Accepted { id: 1, .. }));
     stop.send(()).unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Wait for the shutdown to begin (a loaded machine may take a while to run it).
+    for _ in 0..500 {
+        if state.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     send(&mut ws, &recognize(2, &icon_png(), 4)).await;
     assert!(matches!(next(&mut ws).await, ServerMessage::Error { id: Some(2), code: ErrorCode::Unavailable, .. }));
     gate.send(()).unwrap();
