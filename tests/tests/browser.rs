@@ -115,7 +115,8 @@ async fn denied_camera_explains_and_offers_upload() {
     let options = BrowserOptions { deny_camera: true, ..Default::default() };
     with_browser(options, |client| async move {
         client.goto(&format!("http://{server}/?lang=en")).await?;
-        client.find(Locator::Css("#take-photo")).await?.click().await?;
+        // The page loads before the app has drawn its buttons.
+        client.wait().for_element(Locator::Css("#take-photo")).await?.click().await?;
         wait_for_state(&client, "#capture-status", "failed", Duration::from_secs(20)).await?;
         let message = client.find(Locator::Css("#capture-status")).await?.text().await?;
         ensure!(message.contains("denied") && message.contains("upload"), "message was {message:?}");
@@ -132,6 +133,10 @@ async fn denied_camera_explains_and_offers_upload() {
         .await?;
         let (_, _, pixels) = canvas_samples(&client).await?;
         ensure!(pixels.iter().all(|p| p[3] == 0), "nothing may be drawn without a camera, got {pixels:?}");
+        // The empty frame says what it is for instead of staying a black box.
+        let hint = client.find(Locator::Css("#viewfinder-hint")).await?;
+        ensure!(hint.is_displayed().await?, "the viewfinder's hint shows again after the failure");
+        ensure!(!client.find(Locator::Css("#camera-preview")).await?.is_displayed().await?, "no dead preview");
         screenshot(&client, "capture-denied").await?;
         Ok(())
     })

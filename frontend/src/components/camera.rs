@@ -60,7 +60,13 @@ pub fn Camera(#[prop(into)] on_photo: Callback<String>) -> impl IntoView {
                         on_photo.run(url);
                     }
                 }
-                Err(message) => set_state.set(CaptureState::Failed(message)),
+                Err(message) => {
+                    // No picture came: release the camera (a hidden stream would keep its
+                    // light on) and show the frame's hint again, not a black box.
+                    stop_camera(&video);
+                    set_camera_on.set(false);
+                    set_state.set(CaptureState::Failed(message));
+                }
             }
         });
     };
@@ -107,7 +113,17 @@ pub fn Camera(#[prop(into)] on_photo: Callback<String>) -> impl IntoView {
     view! {
         <section class="capture" aria-labelledby="capture-title">
             <h2 id="capture-title">{move || tr(lang.get(), "Что у вас на тарелке?", "What's on your plate?")}</h2>
-            <div class="viewfinder" on:dragover=|e: web_sys::DragEvent| e.prevent_default() on:drop=drop_file>
+            <div
+                class="viewfinder"
+                class:idle=move || !camera_on.get() && !matches!(state.get(), CaptureState::Captured { .. })
+                on:dragover=|e: web_sys::DragEvent| e.prevent_default()
+                on:drop=drop_file
+            >
+                // Before the camera starts: what this empty frame is for, not a black box.
+                <p id="viewfinder-hint" class="viewfinder-hint">
+                    <img class="plate" src="/icon.svg" alt="" width="64" height="64" />
+                    {move || tr(lang.get(), "Здесь появятся камера и ваш снимок.", "Your camera and photo will show here.")}
+                </p>
                 <video
                     id="camera-preview"
                     node_ref=video_ref
