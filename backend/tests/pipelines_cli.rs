@@ -64,6 +64,17 @@ fn classify_generate_and_texts() {
     assert_eq!(result["classes"].as_array().unwrap().len(), 3);
     let scores: Vec<f64> = result["scores"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).collect();
     assert!((scores.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+    // The perplexities are the ones scored: zs_clf's softmax of them, normalised, gives
+    // the scores, and the answer has the lowest.
+    let ppl: Vec<f64> = result["perplexities"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).collect();
+    let norm = ppl.iter().map(|p| p * p).sum::<f64>().sqrt();
+    let exps: Vec<f64> = ppl.iter().map(|p| (p / norm).exp()).collect();
+    let total: f64 = exps.iter().sum();
+    for (score, e) in scores.iter().zip(&exps) {
+        assert!((score - e / total).abs() < 1e-5, "scores {scores:?} from perplexities {ppl:?}");
+    }
+    let lowest = (0..3).min_by(|&a, &b| ppl[a].total_cmp(&ppl[b])).unwrap();
+    assert_eq!(result["label"].as_u64(), Some(lowest as u64));
 
     let out = tempfile::tempdir().unwrap();
     let result =

@@ -421,6 +421,9 @@ async fn the_http_api_recognises_classifies_and_draws() {
     assert_eq!(json["classes"].as_array().unwrap().len(), 3);
     let scores: f64 = json["scores"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).sum();
     assert!((scores - 1.0).abs() < 1e-4);
+    let ppl: Vec<f64> = json["perplexities"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect();
+    let lowest = (0..ppl.len()).min_by(|&a, &b| ppl[a].total_cmp(&ppl[b])).unwrap();
+    assert_eq!((ppl.len(), json["label"].as_u64()), (3, Some(lowest as u64)), "{body}");
 
     let (status, head, png) =
         http_raw(server.addr, "POST", "/api/v1/generate", "application/json", r#"{"text":"борщ"}"#.as_bytes()).await;

@@ -142,8 +142,26 @@ pub struct Classification {
     pub classes: Vec<String>,
     /// Softmax over the normalised perplexities: the lowest is the answer.
     pub scores: Vec<f32>,
+    /// Each class's perplexity as scored (lower fits better). The scores keep these only
+    /// up to a factor, and lose them when one class fits far worse than the rest.
+    #[serde(default)]
+    pub perplexities: Vec<f32>,
     /// Index of the chosen class.
     pub label: usize,
+}
+
+impl Classification {
+    /// Each class's fit relative to the others, for display: 1 for the best, 0 for the
+    /// worst, and between them linear in log-perplexity (the mean cross-entropy per token).
+    /// All 1 when every class fits alike or the perplexities are missing.
+    pub fn relative_fit(&self) -> Vec<f32> {
+        let logs: Vec<f32> = self.perplexities.iter().map(|p| p.max(f32::MIN_POSITIVE).ln()).collect();
+        let (best, worst) = logs.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &l| (lo.min(l), hi.max(l)));
+        if logs.len() != self.classes.len() || !(worst > best) {
+            return vec![1.0; self.classes.len()];
+        }
+        logs.iter().map(|l| (worst - l) / (worst - best)).collect()
+    }
 }
 
 /// A generated text with its perplexity.
@@ -402,6 +420,27 @@ mod tests {
     }
 
     #[test]
+    fn relative_fit_is_linear_in_log_perplexity_from_best_to_worst() {
+        let classification = |perplexities: &[f32]| Classification {
+            classes: perplexities.iter().map(|p| p.to_string()).collect(),
+            scores: vec![0.0; perplexities.len()],
+            perplexities: perplexities.to_vec(),
+            label: 0,
+        };
+        // One class far worse than the rest (a softmax of normalised perplexities all but
+        // loses the others' differences there).
+        let fit = classification(&[3.0, 2.0, 5000.0, 2.5]).relative_fit();
+        let log_fit = |ppl: f32| (5000.0f32 / ppl).ln() / 2500.0f32.ln();
+        for (got, want) in fit.iter().zip([log_fit(3.0), 1.0, 0.0, log_fit(2.5)]) {
+            assert!((got - want).abs() < 1e-5, "{fit:?}");
+        }
+        assert!(fit[3] > fit[0], "2.5 fits better than 3");
+        assert_eq!(classification(&[4.0, 4.0]).relative_fit(), vec![1.0, 1.0], "a tie fits alike");
+        let old_server = Classification { perplexities: vec![], ..classification(&[1.0, 2.0]) };
+        assert_eq!(old_server.relative_fit(), vec![1.0, 1.0], "without perplexities, no ranking to draw");
+    }
+
+    #[test]
     fn ping_nonce_defaults_to_zero() {
         assert_eq!(decode_client_message(r#"{"type":"ping"}"#).unwrap(), ClientMessage::Ping { nonce: 0 });
     }
@@ -462,7 +501,12 @@ mod tests {
             },
             ServerMessage::Classification {
                 id,
-                classification: Classification { classes: vec!["a".into()], scores: vec![1.0], label: 0 },
+                classification: Classification {
+                    classes: vec!["a".into()],
+                    scores: vec![1.0],
+                    perplexities: vec![3.0],
+                    label: 0,
+                },
             },
             ServerMessage::Images { id, images: vec![] },
             ServerMessage::Texts { id, texts: vec![] },

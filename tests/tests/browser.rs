@@ -268,6 +268,17 @@ async fn upload_then_ask_which_dish_then_draw_one() {
         )
         .await?;
         ensure!(label == truth.dish, "zero-shot chose {label:?}, not {:?}", truth.dish);
+        // The ranking: the answer first at full fit, down to the worst dish at none.
+        let ranking = client
+            .execute(
+                "return [...document.querySelectorAll('.ranking li')].map(li => [li.querySelector('span').textContent, li.dataset.fit]);",
+                vec![],
+            )
+            .await?;
+        let ranking: Vec<(String, String)> = serde_json::from_value(ranking)?;
+        ensure!(ranking.len() == 4, "four dishes ranked: {ranking:?}");
+        ensure!(ranking[0] == (truth.dish.clone(), "1.000".into()), "the answer leads: {ranking:?}");
+        ensure!(ranking[3].1 == "0.000", "the worst fit last: {ranking:?}");
         screenshot(&client, "which-dish").await?;
 
         // Text to dish: previews, then the final picture.

@@ -181,14 +181,20 @@ pub fn run_classify(args: ClassifyArgs) -> Result<()> {
     if args.engine.json {
         println!(
             "{}",
-            serde_json::json!({ "label": result.label, "class": classes[result.label], "classes": classes, "scores": result.scores })
+            serde_json::json!({
+                "label": result.label,
+                "class": classes[result.label],
+                "classes": classes,
+                "scores": result.scores,
+                "perplexities": result.perplexities,
+            })
         );
     } else {
         let mut ranked: Vec<(usize, f32)> = result.scores.iter().copied().enumerate().collect();
         ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
         println!("{}", classes[result.label]);
         for (i, score) in ranked {
-            println!("  {:<30} score {score:.4}", classes[i]);
+            println!("  {:<30} score {score:.4}  perplexity {:.2}", classes[i], result.perplexities[i]);
         }
     }
     Ok(())

@@ -27,6 +27,8 @@ pub struct Classification {
     pub label: usize,
     /// Softmax of the L2-normalised perplexities: the answer has the lowest score.
     pub scores: Vec<f32>,
+    /// Each class's perplexity as scored, which the scores keep only up to a factor.
+    pub perplexities: Vec<f32>,
 }
 
 fn r_text_mask(encoded: &[u32]) -> Vec<f32> {
@@ -253,7 +255,7 @@ fn classification_of(ppl: &[f32]) -> Classification {
     let total: f32 = exps.iter().sum();
     let scores: Vec<f32> = exps.iter().map(|e| e / total).collect();
     let label = scores.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
-    Classification { label, scores }
+    Classification { label, scores, perplexities: ppl.to_vec() }
 }
 
 /// Zero-shot by image fit: each class text around the photo (`self_reranking_by_image`),

@@ -266,6 +266,7 @@ impl Worker {
                     classification: Classification {
                         classes: classes.clone(),
                         scores: result.scores,
+                        perplexities: result.perplexities,
                         label: result.label,
                     },
                 }

@@ -47,19 +47,29 @@ pub fn WhichDish(connection: Connection, photo: RwSignal<Option<String>>) -> imp
             <button id="classify" class="primary" on:click=ask>{move || tr(lang.get(), "Определить", "Decide")}</button>
             <p class="status-line" role="status">{move || status.get()}</p>
             {move || answer.get().map(|a| {
-                let mut ranked: Vec<(String, f32)> = a.classes.iter().cloned().zip(a.scores.iter().copied()).collect();
-                // The lowest score is the best fit; show the best first with a fit bar.
-                ranked.sort_by(|x, y| x.1.total_cmp(&y.1));
+                // Best first; each bar shows how close the dish comes to the best fit (full bar)
+                // from the worst (a sliver), so near ties look like ties.
+                let mut ranked: Vec<(String, f32)> = a.classes.iter().cloned().zip(a.relative_fit()).collect();
+                ranked.sort_by(|x, y| y.1.total_cmp(&x.1));
                 let best = a.classes[a.label].clone();
                 let label = best.clone();
-                let n = ranked.len();
                 view! {
                     <p id="classification" class="answer" data-label=label>{best}</p>
                     <ol class="ranking">
-                        {ranked.into_iter().enumerate().map(|(i, (class, _))| view! {
-                            <li><span>{class}</span><span class="fit" style=format!("width: {}%", 100 - i * 100 / n.max(1))></span></li>
+                        {ranked.into_iter().map(|(class, fit)| view! {
+                            <li data-fit=format!("{fit:.3}")>
+                                <span>{class}</span>
+                                <span class="fit" style=format!("width: {:.1}%", 3.0 + 97.0 * fit)></span>
+                            </li>
                         }).collect_view()}
                     </ol>
+                    <p class="muted small-print">
+                        {move || tr(
+                            lang.get(),
+                            "Полоса — насколько название подходит к снимку: от худшего из списка к лучшему.",
+                            "Each bar: how well the name fits the photo, from the list's worst to its best.",
+                        )}
+                    </p>
                 }
             })}
         </section>
