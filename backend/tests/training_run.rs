@@ -168,6 +168,23 @@ fn a_tiny_model_learns_its_captions_from_scratch() {
 }
 
 #[test]
+fn the_same_seed_trains_the_same_model_from_scratch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, bpe) = dataset(dir.path());
+    let train_with = |seed: u64, name: &str| {
+        let out = dir.path().join(name);
+        let mut opts = options(dir.path(), &csv, &out);
+        (opts.config, opts.tokenizer, opts.vqgan) = (Some(tiny_config(&bpe)), Some(bpe.clone()), Some(vqgan_fixture()));
+        (opts.seed, opts.epochs, opts.dropout) = (seed, 2, Some(0.1));
+        train(&opts, &Device::Cpu).unwrap();
+        std::fs::read(out.join("model.safetensors")).unwrap()
+    };
+    let first = train_with(3, "a");
+    assert!(first == train_with(3, "b"), "same seed, same starting weights, dropout and order: same model");
+    assert!(first != train_with(4, "c"), "another seed, another model");
+}
+
+#[test]
 fn an_interrupted_run_resumes_to_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
     let (csv, bpe) = dataset(dir.path());
