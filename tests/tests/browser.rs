@@ -281,21 +281,27 @@ async fn upload_then_ask_which_dish_then_draw_one() {
         ensure!(ranking[3].1 == "0.000", "the worst fit last: {ranking:?}");
         screenshot(&client, "which-dish").await?;
 
-        // Text to dish: previews, then the final picture.
+        // Text to dish: two variants chosen, previews, then the final pictures.
         client.find(Locator::Css("#tab-draw")).await?.click().await?;
         let text = client.find(Locator::Css("#draw-text")).await?;
         text.clear().await?;
         text.send_keys(&truth.dish).await?;
+        client.find(Locator::XPath("//button[contains(@class, 'variants') and normalize-space() = '2']")).await?.click().await?;
         client.find(Locator::Css("#draw-button")).await?.click().await?;
-        let width = wait_for(
+        let widths = wait_for(
             &client,
-            "the drawn picture",
+            "the drawn pictures",
             Duration::from_secs(90),
-            "const i = document.getElementById('drawn-image'); return i && i.dataset.done === 'true' && i.complete ? i.naturalWidth : null;",
-            |v| v.as_u64(),
+            "const all = [...document.querySelectorAll('.drawn-image')];
+             return all.length && all.every(i => i.dataset.done === 'true' && i.complete) ? all.map(i => i.naturalWidth) : null;",
+            |v| serde_json::from_value::<Vec<u64>>(v.clone()).ok(),
         )
         .await?;
-        ensure!(width == 64, "the picture is {width} px wide");
+        ensure!(widths == [64, 64], "two pictures of 64 px, got widths {widths:?}");
+        let downloads = client
+            .execute("return [...document.querySelectorAll('.drawing a')].map(a => a.getAttribute('download'));", vec![])
+            .await?;
+        ensure!(downloads == serde_json::json!(["borscht-dish-1.png", "borscht-dish-2.png"]), "{downloads}");
         screenshot(&client, "draw").await?;
         Ok(())
     })

@@ -1,6 +1,6 @@
-//! Text to dish (for desktop users): type a dish, watch the picture appear row by
-//! row, download the PNG. The server draws several and keeps the one that best fits the
-//! name, so the finished picture may differ from the preview.
+//! Text to dish (for desktop users): type a dish, choose how many variants, watch them
+//! appear row by row, download the ones you like. The server draws several for each and
+//! keeps those that best fit the name, so a finished picture may differ from its preview.
 
 use borscht_protocol::{ClientMessage, RequestId, ServerMessage};
 use leptos::prelude::*;
@@ -9,27 +9,32 @@ use super::recognize::error_text;
 use crate::connection::Connection;
 use crate::i18n::{tr, use_lang};
 
+/// How many variants one may ask for (the server's `--max-images` defaults to 4).
+const VARIANT_CHOICES: [u32; 3] = [1, 2, 4];
+const DEFAULT_VARIANTS: u32 = 4;
+
 #[component]
 pub fn Draw(connection: Connection) -> impl IntoView {
     let lang = use_lang();
     let text = RwSignal::new(String::from("пицца"));
-    let picture = RwSignal::new(None::<String>);
+    // Several variants by default: the drawings vary, and one may show the dish best.
+    let count = RwSignal::new(DEFAULT_VARIANTS);
+    let pictures = RwSignal::new(Vec::<String>::new());
     let done = RwSignal::new(false);
     let status = RwSignal::new(String::new());
     let request = RwSignal::new(None::<RequestId>);
     let draw = move |_| {
         let lang = lang.get_untracked();
         let prompt = text.get_untracked();
-        picture.set(None);
+        pictures.set(Vec::new());
         done.set(false);
         status.set(tr(lang, "Рисуем…", "Drawing…").into());
+        let as_urls = |images: Vec<String>| images.iter().map(|png| format!("data:image/png;base64,{png}")).collect();
         let sent = connection.request(
-            |id| ClientMessage::GenerateImage { id, text: prompt, n: Some(1) },
+            |id| ClientMessage::GenerateImage { id, text: prompt, n: Some(count.get_untracked()) },
             move |message| match message {
                 ServerMessage::ImagePreview { images, rows_done, rows_total, .. } => {
-                    if let Some(png) = images.first() {
-                        picture.set(Some(format!("data:image/png;base64,{png}")));
-                    }
+                    pictures.set(as_urls(images));
                     status.set(format!(
                         "{} {rows_done}/{rows_total}; {}",
                         tr(lang, "Строк готово:", "Rows done:"),
@@ -37,9 +42,7 @@ pub fn Draw(connection: Connection) -> impl IntoView {
                     ));
                 }
                 ServerMessage::Images { images, .. } => {
-                    if let Some(png) = images.first() {
-                        picture.set(Some(format!("data:image/png;base64,{png}")));
-                    }
+                    pictures.set(as_urls(images));
                     done.set(true);
                     status.set(String::new());
                 }
@@ -58,6 +61,17 @@ pub fn Draw(connection: Connection) -> impl IntoView {
             <h2 id="draw-title">{move || tr(lang.get(), "Нарисовать блюдо", "Draw a dish")}</h2>
             <label for="draw-text">{move || tr(lang.get(), "Название блюда", "Name of the dish")}</label>
             <input id="draw-text" type="text" maxlength="200" prop:value=move || text.get() on:input=move |e| text.set(event_target_value(&e)) />
+            <div class="presets" role="group" aria-labelledby="variants-label">
+                <span id="variants-label" class="muted">{move || tr(lang.get(), "Вариантов:", "Variants:")}</span>
+                {VARIANT_CHOICES
+                    .into_iter()
+                    .map(|n| view! {
+                        <button class="chip variants" class:active=move || count.get() == n aria-pressed=move || (count.get() == n).to_string() on:click=move |_| count.set(n)>
+                            {n.to_string()}
+                        </button>
+                    })
+                    .collect_view()}
+            </div>
             <div class="capture-actions">
                 <button id="draw-button" class="primary" on:click=draw>{move || tr(lang.get(), "Нарисовать", "Draw")}</button>
                 <button class="secondary" on:click=move |_| if let Some(id) = request.get_untracked() { connection.cancel(id) }>
@@ -65,14 +79,16 @@ pub fn Draw(connection: Connection) -> impl IntoView {
                 </button>
             </div>
             <p class="status-line" role="status">{move || status.get()}</p>
-            {move || picture.get().map(|src| view! {
-                <figure class="drawing">
-                    <img id="drawn-image" src=src.clone() data-done=move || done.get().to_string() alt=move || text.get() />
-                    <a class="button secondary" class:hidden=move || !done.get() href=src download="borscht-dish.png">
-                        {move || tr(lang.get(), "Скачать PNG", "Download PNG")}
-                    </a>
-                </figure>
-            })}
+            <div class="drawings">
+                {move || pictures.get().into_iter().enumerate().map(|(i, src)| view! {
+                    <figure class="drawing">
+                        <img class="drawn-image" src=src.clone() data-done=move || done.get().to_string() alt=move || text.get() />
+                        <a class="button secondary" class:hidden=move || !done.get() href=src download=format!("borscht-dish-{}.png", i + 1)>
+                            {move || tr(lang.get(), "Скачать PNG", "Download PNG")}
+                        </a>
+                    </figure>
+                }).collect_view()}
+            </div>
         </section>
     }
 }
