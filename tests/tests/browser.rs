@@ -236,6 +236,17 @@ async fn snap_a_food_icon_then_scale_the_portion_and_save() {
         .await?;
         ensure!((total - shown).abs() < 1.0, "today's total {total} vs the saved {shown}");
         screenshot(&client, "history").await?;
+        // A meal saved by mistake goes on its own, and stays gone after a reload.
+        client.find(Locator::Css(".remove-meal")).await?.click().await?;
+        client.refresh().await?;
+        client.wait().for_element(Locator::Css("#tab-history")).await?.click().await?;
+        let left = client
+            .execute(
+                "return [document.querySelectorAll('.day').length, getComputedStyle(document.getElementById('history-empty')).display];",
+                vec![],
+            )
+            .await?;
+        ensure!(left == serde_json::json!([0, "block"]), "after removing the one meal: {left}");
         Ok(())
     })
     .await;

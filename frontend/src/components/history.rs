@@ -1,43 +1,85 @@
-//! The meal history kept in this browser, with totals per day.
+//! The meal history kept in this browser, with totals per day; a meal saved by mistake
+//! can be removed on its own.
 
 use leptos::prelude::*;
 
-use crate::i18n::{tr, use_lang};
+use crate::i18n::{tr, use_lang, Lang};
 use crate::storage::{self, Meal};
 
 #[component]
 pub fn History() -> impl IntoView {
     let lang = use_lang();
     let history = expect_context::<RwSignal<Vec<Meal>>>();
+    let remove = move |index: usize| {
+        history.update(|meals| {
+            if index < meals.len() {
+                meals.remove(index);
+            }
+            storage::save_history(meals);
+        });
+    };
     let clear = move |_| {
-        history.set(Vec::new());
-        storage::save_history(&[]);
+        let question = tr(lang.get_untracked(), "Удалить весь дневник?", "Delete the whole history?");
+        // Everything goes at once, so ask first.
+        if web_sys::window().and_then(|w| w.confirm_with_message(question).ok()).unwrap_or(false) {
+            history.set(Vec::new());
+            storage::save_history(&[]);
+        }
     };
     view! {
         <section class="history" aria-labelledby="history-title">
             <h2 id="history-title">{move || tr(lang.get(), "Дневник питания", "Meal history")}</h2>
-            <p class="muted" class:hidden=move || !history.get().is_empty()>
+            <p id="history-empty" class="muted" class:hidden=move || !history.get().is_empty()>
                 {move || tr(lang.get(), "Пока пусто: сохраните распознанное блюдо.", "Nothing yet: save a recognised dish.")}
             </p>
-            {move || storage::daily_totals(&history.get()).into_iter().map(|(date, kcal, p, f, c)| {
-                let meals: Vec<Meal> = history.get().into_iter().filter(|m| m.date == date).collect();
-                view! {
-                    <div class="day" data-date=date.clone()>
-                        <h3>
-                            {date.clone()} " — "
-                            <span class="day-total" data-kcal=format!("{kcal:.0}")>{format!("{kcal:.0} ккал · Б {p:.0} · Ж {f:.0} · У {c:.0}")}</span>
-                        </h3>
-                        <ul>
-                            {meals.into_iter().map(|m| view! {
-                                <li>{format!("{} — {:.0} г, {:.0} ккал", m.dish, m.grams, m.kcal)}</li>
-                            }).collect_view()}
-                        </ul>
-                    </div>
-                }
-            }).collect_view()}
+            {move || {
+                let meals = history.get();
+                let lang = lang.get();
+                storage::daily_totals(&meals).into_iter().map(|(date, kcal, p, f, c)| {
+                    // Each meal with its place in the whole history, which removal needs.
+                    let day: Vec<(usize, Meal)> =
+                        meals.iter().cloned().enumerate().filter(|(_, m)| m.date == date).collect();
+                    view! {
+                        <div class="day" data-date=date.clone()>
+                            <h3>
+                                {date.clone()} " — "
+                                <span class="day-total" data-kcal=format!("{kcal:.0}")>{day_total(lang, kcal, p, f, c)}</span>
+                            </h3>
+                            <ul class="meals">
+                                {day.into_iter().map(|(index, meal)| view! {
+                                    <li>
+                                        <span>{meal_line(lang, &meal)}</span>
+                                        <button
+                                            class="remove-meal"
+                                            aria-label=format!("{} {}", tr(lang, "Удалить", "Remove"), meal.dish)
+                                            on:click=move |_| remove(index)
+                                        >
+                                            "✕"
+                                        </button>
+                                    </li>
+                                }).collect_view()}
+                            </ul>
+                        </div>
+                    }
+                }).collect_view()
+            }}
             <button class="secondary small" on:click=clear class:hidden=move || history.get().is_empty()>
-                {move || tr(lang.get(), "Очистить", "Clear")}
+                {move || tr(lang.get(), "Очистить всё", "Clear all")}
             </button>
         </section>
+    }
+}
+
+fn day_total(lang: Lang, kcal: f32, protein: f32, fat: f32, carbs: f32) -> String {
+    match lang {
+        Lang::Ru => format!("{kcal:.0} ккал · Б {protein:.0} · Ж {fat:.0} · У {carbs:.0}"),
+        Lang::En => format!("{kcal:.0} kcal · P {protein:.0} · F {fat:.0} · C {carbs:.0}"),
+    }
+}
+
+fn meal_line(lang: Lang, meal: &Meal) -> String {
+    match lang {
+        Lang::Ru => format!("{} — {:.0} г, {:.0} ккал", meal.dish, meal.grams, meal.kcal),
+        Lang::En => format!("{} — {:.0} g, {:.0} kcal", meal.dish, meal.grams, meal.kcal),
     }
 }
