@@ -131,7 +131,7 @@ pub fn ResultCard(recognition: Recognition, #[prop(optional)] embedded: bool) ->
                             class:active=move || grams.get() == g as f32
                             aria-pressed=move || (grams.get() == g as f32).to_string()
                             on:click=move |_| grams.set(g as f32)
-                        >{format!("{g} г")}</button>
+                        >{move || format!("{g} {}", tr(lang.get(), "г", "g"))}</button>
                     }).collect_view()}
                 </div>
                 <label>
@@ -219,8 +219,9 @@ fn AtwaterNote(nutrition: Signal<Nutrition>) -> impl IntoView {
             {move || match check() {
                 None => tr(lang.get(), "Проверка калорийности: не хватает чисел.", "Calorie check: some numbers are missing.").to_string(),
                 Some(c) => format!(
-                    "{} 4·Б + 9·Ж + 4·У = {:.0}, {} {:.0} — {} ({:.0}%)",
+                    "{} {} = {:.0}, {} {:.0} — {} ({:.0}%)",
                     tr(lang.get(), "Проверка калорийности:", "Calorie check:"),
+                    tr(lang.get(), "4·Б + 9·Ж + 4·У", "4·P + 9·F + 4·C"),
                     c.expected_kcal,
                     tr(lang.get(), "указано", "stated"),
                     c.stated_kcal,
