@@ -124,3 +124,18 @@ fn the_default_model_tells_which_of_ten_dishes_an_icon_shows() {
     }
     assert!(right >= 8, "{right} of 10 icons told right");
 }
+
+/// The demo model reads the Russian of its captions: a dish in Latin letters is refused
+/// by name instead of being scored as one unknown token.
+#[test]
+fn the_default_model_refuses_dishes_it_cannot_spell() {
+    let output = Command::new(env!("CARGO_BIN_EXE_borscht"))
+        .args(["classify", "--classes", "борщ, pizza", "--image"])
+        .arg(repo().join("data/demo/images/twemoji/1f355-0.png"))
+        .env_remove("BORSCHT_MODEL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("«pizza»") && stderr.contains("«z»") && stderr.contains("Russian"), "{stderr}");
+}

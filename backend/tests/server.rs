@@ -378,6 +378,30 @@ async fn each_bad_input_gets_its_error_and_the_server_keeps_serving() {
     send(&mut ws, &ClientMessage::GenerateText { id: 21, prompt: "блюдо:".into(), n: Some(2) }).await;
     let last = until_final(&mut ws, 21).await.pop();
     assert!(matches!(last, Some(ServerMessage::Texts { .. })), "{last:?}");
+
+    // Texts the model's vocabulary cannot spell (its captions are Russian) are refused by
+    // name, not answered about nothing.
+    let latin = [
+        ClientMessage::Classify {
+            id: 22,
+            image: b64(&icon_png()),
+            classes: vec!["борщ".into(), "pizza".into()],
+            template: None,
+            method: None,
+        },
+        ClientMessage::GenerateImage { id: 23, text: "pizza".into(), n: None },
+        ClientMessage::GenerateText { id: 24, prompt: "dish:".into(), n: Some(2) },
+    ];
+    for request in latin {
+        let id = request.request_id().unwrap();
+        send(&mut ws, &request).await;
+        match until_final(&mut ws, id).await.pop() {
+            Some(ServerMessage::Error { code: ErrorCode::UnknownCharacters, message, .. }) => {
+                assert!(message.contains("«p»") || message.contains("«d»"), "{message}")
+            }
+            other => panic!("request {id}: expected unknown_characters, got {other:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,6 +455,11 @@ async fn the_http_api_recognises_classifies_and_draws() {
     assert!(head.to_lowercase().contains("content-type: image/png"));
     let picture = image::load_from_memory(&png).unwrap();
     assert_eq!(picture.width(), 64);
+    // A dish the model cannot spell: 422 with the code and the characters named.
+    let (status, body) =
+        http(server.addr, "POST", "/api/v1/generate", "application/json", r#"{"text":"pizza"}"#.as_bytes()).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("unknown_characters") && body.contains("«z»"), "{body}");
 
     // JSON errors with fitting statuses.
     let (status, body) = http(server.addr, "POST", "/api/v1/recognize", "image/png", b"garbage").await;

@@ -324,6 +324,8 @@ pub enum ErrorCode {
     ImageTooLarge,
     /// A field is out of range: text too long, too many classes, n too large...
     InvalidRequest,
+    /// A text holds characters the model's vocabulary lacks (the message names them).
+    UnknownCharacters,
     /// Another request in flight on this connection already uses this id.
     DuplicateId,
     /// This connection has too many requests in flight.

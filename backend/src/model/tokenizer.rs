@@ -242,6 +242,18 @@ impl Bpe {
         self.special
     }
 
+    /// The characters of `text` this model has no id for, each once, in order of
+    /// appearance (whitespace aside); `encode` turns each run of them into one UNK.
+    pub fn unknown_chars(&self, text: &str) -> Vec<char> {
+        let mut unknown: Vec<char> = Vec::new();
+        for c in text.chars() {
+            if !is_space(c as u32) && !self.char_ids.contains_key(&(c as u32)) && !unknown.contains(&c) {
+                unknown.push(c);
+            }
+        }
+        unknown
+    }
+
     /// Encodes one sentence into ids, as `yttm.BPE.encode([text], OutputType.ID)`.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let mut chars: Vec<u32> = text.chars().map(|c| c as u32).collect();
@@ -520,6 +532,14 @@ mod tests {
         let bpe = toy();
         assert_eq!(bpe.encode("axyzb"), vec![11, 1, 6]);
         assert_eq!(bpe.encode("x"), vec![4, 1]);
+    }
+
+    #[test]
+    fn unknown_characters_are_named_once_each() {
+        let bpe = toy();
+        assert_eq!(bpe.unknown_chars("axyzb x\tcab"), vec!['x', 'y', 'z']);
+        assert_eq!(bpe.unknown_chars(" abc  ba\n"), Vec::<char>::new(), "whitespace is not unknown");
+        assert_eq!(bpe.unknown_chars("ab\u{2581}é"), vec!['é'], "the word marker is a character it knows");
     }
 
     #[test]

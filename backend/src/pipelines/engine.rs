@@ -99,4 +99,38 @@ impl Engine {
     pub fn encode_text(&self, text: &str, len: usize) -> Vec<u32> {
         self.tokenizer.encode_text(text.to_lowercase().trim(), len)
     }
+
+    /// Refuses a text holding characters the tokenizer has no id for: each run of them
+    /// reads as one unknown token, so the model would answer about nothing (Latin dish
+    /// names, say, for a model trained on Russian captions).
+    pub fn check_known(&self, text: &str) -> std::result::Result<(), UnknownCharacters> {
+        let unknown = self.tokenizer.bpe().unknown_chars(text.to_lowercase().trim());
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(UnknownCharacters { text: text.to_string(), chars: unknown })
+        }
+    }
 }
+
+/// A text the model cannot read: these characters are not in its vocabulary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownCharacters {
+    pub text: String,
+    pub chars: Vec<char>,
+}
+
+impl std::fmt::Display for UnknownCharacters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let chars: Vec<String> = self.chars.iter().map(|c| format!("«{c}»")).collect();
+        write!(
+            f,
+            "«{}»: the model's vocabulary has no {}; write it the way the model's captions are written \
+             (in Russian for RUDOLPH and the demo model)",
+            self.text,
+            chars.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownCharacters {}

@@ -173,6 +173,7 @@ pub fn caption_batch(
             .validate()
             .map_err(anyhow::Error::msg)
             .and_then(|_| check_codes(engine, job.codes))
+            .and_then(|_| Ok(engine.check_known(&job.options.template)?))
             .and_then(|_| if job.options.count == 0 { bail!("ask for at least one caption") } else { Ok(()) });
         if let Err(e) = checked {
             results[index] = Some(Err(e));
@@ -303,6 +304,7 @@ pub fn generate_texts(
     mut on_event: impl FnMut(GenerationEvent),
 ) -> Result<Vec<RankedText>> {
     sampling.validate().map_err(anyhow::Error::msg)?;
+    engine.check_known(prompt)?;
     let cfg = engine.model.config();
     let l = cfg.l_text_seq_length;
     let encoded = engine.encode_text(prompt, l);
@@ -406,6 +408,7 @@ fn draw_codes(
     mut on_event: impl FnMut(GenerationEvent),
 ) -> Result<Vec<Vec<u32>>> {
     options.sampling.validate().map_err(anyhow::Error::msg)?;
+    engine.check_known(text)?;
     let cfg = engine.model.config();
     let (l, i, t) = (cfg.l_text_seq_length, cfg.image_seq_length(), cfg.image_tokens_per_dim);
     if n == 0 {

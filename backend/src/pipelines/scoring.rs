@@ -180,7 +180,7 @@ fn classify_as_caption(
     batch: usize,
     score_end: bool,
 ) -> Result<Classification> {
-    let texts = class_texts(classes, template)?;
+    let texts = class_texts(engine, classes, template)?;
     Ok(classification_of(&class_text_perplexities(engine, codes, &texts, batch, score_end)?))
 }
 
@@ -236,12 +236,18 @@ pub fn default_class_template(method: ClassifyMethod) -> &'static str {
     }
 }
 
-/// Each class written with `template` (`{}` stands for the class; without it, the class alone).
-fn class_texts(classes: &[String], template: &str) -> Result<Vec<String>> {
+/// Each class written with `template` (`{}` stands for the class; without it, the class
+/// alone), every one readable by the model.
+fn class_texts(engine: &Engine, classes: &[String], template: &str) -> Result<Vec<String>> {
     if classes.is_empty() {
         bail!("no classes to choose from");
     }
     let template = if template.contains("{}") { template } else { "{}" };
+    // Checked apart, so a refusal names the class or the template as the caller wrote it.
+    engine.check_known(&template.replace("{}", ""))?;
+    for class in classes {
+        engine.check_known(class)?;
+    }
     Ok(classes.iter().map(|c| template.replace("{}", c)).collect())
 }
 
@@ -269,7 +275,7 @@ pub fn classify_by_image(
     template: &str,
     batch: usize,
 ) -> Result<Classification> {
-    let texts = class_texts(classes, template)?;
+    let texts = class_texts(engine, classes, template)?;
     let ppl: Vec<f32> = rerank_by_image(engine, &texts, codes, batch)?.iter().map(|s| s.ppl_image).collect();
     Ok(classification_of(&ppl))
 }

@@ -36,7 +36,7 @@ impl ApiError {
         match self.code {
             ErrorCode::InvalidImage => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::ImageTooLarge | ErrorCode::FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::InvalidRequest => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidRequest | ErrorCode::UnknownCharacters => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::Busy | ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -18,6 +18,7 @@ use super::job::{Job, Task};
 use super::metrics::Metrics;
 use super::queue::QueueReceiver;
 use crate::nutrition::parse_caption;
+use crate::pipelines::engine::UnknownCharacters;
 use crate::pipelines::generation::{
     caption_batch, generate_image, generate_texts, Cancelled, CaptionJob, CaptionOptions, GenerationEvent, ImageOptions,
 };
@@ -311,6 +312,8 @@ impl Outcome {
         match result {
             Ok(message) => Outcome::Done(Box::new(message)),
             Err(e) if e.is::<Cancelled>() => Outcome::Cancelled,
+            // The request's text, not the model, is at fault.
+            Err(e) if e.is::<UnknownCharacters>() => Outcome::Error(ErrorCode::UnknownCharacters, e.to_string()),
             Err(e) => Outcome::Error(ErrorCode::Internal, format!("{e:#}")),
         }
     }

@@ -59,7 +59,7 @@ pub fn Draw(connection: Connection) -> impl IntoView {
     view! {
         <section class="draw" aria-labelledby="draw-title">
             <h2 id="draw-title">{move || tr(lang.get(), "Нарисовать блюдо", "Draw a dish")}</h2>
-            <label for="draw-text">{move || tr(lang.get(), "Название блюда", "Name of the dish")}</label>
+            <label for="draw-text">{move || tr(lang.get(), "Название блюда", "Name of the dish, in Russian (the model reads Russian)")}</label>
             <input id="draw-text" type="text" maxlength="200" prop:value=move || text.get() on:input=move |e| text.set(event_target_value(&e)) />
             <div class="presets" role="group" aria-labelledby="variants-label">
                 <span id="variants-label" class="muted">{move || tr(lang.get(), "Вариантов:", "Variants:")}</span>

@@ -50,6 +50,14 @@ pub fn error_text(lang: Lang, code: ErrorCode, message: &str) -> String {
         )
         .into(),
         ErrorCode::ImageTooLarge => tr(lang, "Снимок слишком большой.", "The photo is too large.").into(),
+        ErrorCode::UnknownCharacters => format!(
+            "{} ({message})",
+            tr(
+                lang,
+                "Модель знает только буквы своих подписей — напишите название по-русски.",
+                "The model only knows the letters of its captions: write the name in Russian."
+            )
+        ),
         _ => message.to_string(),
     }
 }

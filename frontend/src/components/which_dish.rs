@@ -42,7 +42,7 @@ pub fn WhichDish(connection: Connection, photo: RwSignal<Option<String>>) -> imp
     view! {
         <section class="which-dish" aria-labelledby="which-title">
             <h2 id="which-title">{move || tr(lang.get(), "Какое из этих блюд?", "Which of these dishes?")}</h2>
-            <label for="dish-list">{move || tr(lang.get(), "Блюда через запятую", "Dishes, separated by commas")}</label>
+            <label for="dish-list">{move || tr(lang.get(), "Блюда через запятую", "Dishes, in Russian (the model reads Russian), separated by commas")}</label>
             <textarea id="dish-list" rows="3" prop:value=move || dishes.get() on:input=move |e| dishes.set(event_target_value(&e))></textarea>
             <button id="classify" class="primary" on:click=ask>{move || tr(lang.get(), "Определить", "Decide")}</button>
             <p class="status-line" role="status">{move || status.get()}</p>
