@@ -292,9 +292,22 @@ async fn upload_then_ask_which_dish_then_draw_one() {
         ensure!(ranking[3].1 == "0.000", "the worst fit last: {ranking:?}");
         screenshot(&client, "which-dish").await?;
 
-        // Text to dish: two variants chosen, previews, then the final pictures.
+        // Text to dish. A name in Latin letters, which the model cannot spell, is refused
+        // with the characters named.
         client.find(Locator::Css("#tab-draw")).await?.click().await?;
         let text = client.find(Locator::Css("#draw-text")).await?;
+        text.clear().await?;
+        text.send_keys("pizza").await?;
+        client.find(Locator::Css("#draw-button")).await?.click().await?;
+        wait_for(
+            &client,
+            "the unknown-characters message",
+            Duration::from_secs(30),
+            "return document.querySelector('.draw .status-line').textContent;",
+            |v| v.as_str().is_some_and(|t| t.contains("Russian") && t.contains("p i z a")).then_some(()),
+        )
+        .await?;
+        // Two variants chosen, previews, then the final pictures.
         text.clear().await?;
         text.send_keys(&truth.dish).await?;
         client.find(Locator::XPath("//button[contains(@class, 'variants') and normalize-space() = '2']")).await?.click().await?;

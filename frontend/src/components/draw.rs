@@ -38,7 +38,11 @@ pub fn Draw(connection: Connection) -> impl IntoView {
                     status.set(format!(
                         "{} {rows_done}/{rows_total}; {}",
                         tr(lang, "Строк готово:", "Rows done:"),
-                        tr(lang, "покажем лучшие из нескольких набросков", "the best of several drawings will be shown")
+                        tr(
+                            lang,
+                            "покажем лучшие из нескольких набросков",
+                            "the best of several drawings will be shown"
+                        )
                     ));
                 }
                 ServerMessage::Images { images, .. } => {

@@ -50,14 +50,19 @@ pub fn error_text(lang: Lang, code: ErrorCode, message: &str) -> String {
         )
         .into(),
         ErrorCode::ImageTooLarge => tr(lang, "Снимок слишком большой.", "The photo is too large.").into(),
-        ErrorCode::UnknownCharacters => format!(
-            "{} ({message})",
-            tr(
-                lang,
-                "Модель знает только буквы своих подписей — напишите название по-русски.",
-                "The model only knows the letters of its captions: write the name in Russian."
+        ErrorCode::UnknownCharacters => {
+            // The server quotes the text, then each character it cannot spell, in «».
+            let quoted: Vec<&str> = message.split('«').skip(1).filter_map(|s| s.split('»').next()).collect();
+            let chars = if quoted.len() > 1 { quoted[1..].join(" ") } else { message.to_string() };
+            format!(
+                "{} {chars}",
+                tr(
+                    lang,
+                    "Модель читает по-русски и не знает этих знаков:",
+                    "The model reads Russian and does not know these characters:"
+                )
             )
-        ),
+        }
         _ => message.to_string(),
     }
 }
