@@ -59,7 +59,12 @@ pub fn WhichDish(connection: Connection, photo: RwSignal<Option<String>>) -> imp
                         {ranked.into_iter().map(|(class, fit)| view! {
                             <li data-fit=format!("{fit:.3}")>
                                 <span>{class}</span>
-                                <span class="fit" style=format!("width: {:.1}%", 3.0 + 97.0 * fit)></span>
+                                <span
+                                    class="fit"
+                                    role="img"
+                                    aria-label=move || format!("{} {:.0}%", tr(lang.get(), "соответствие", "fit"), 100.0 * fit)
+                                    style=format!("width: {:.1}%", 3.0 + 97.0 * fit)
+                                ></span>
                             </li>
                         }).collect_view()}
                     </ol>
