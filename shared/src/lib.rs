@@ -157,7 +157,7 @@ impl Classification {
     pub fn relative_fit(&self) -> Vec<f32> {
         let logs: Vec<f32> = self.perplexities.iter().map(|p| p.max(f32::MIN_POSITIVE).ln()).collect();
         let (best, worst) = logs.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &l| (lo.min(l), hi.max(l)));
-        if logs.len() != self.classes.len() || !(worst > best) {
+        if logs.len() != self.classes.len() || worst <= best {
             return vec![1.0; self.classes.len()];
         }
         logs.iter().map(|l| (worst - l) / (worst - best)).collect()

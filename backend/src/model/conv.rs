@@ -169,6 +169,9 @@ impl CustomOp3 for TiledConv {
                     );
                     (cols.as_ptr(), n as isize)
                 };
+                // Rebound so the closure captures the whole `OutputPtr` (which is Send), not
+                // its raw-pointer field.
+                #[allow(clippy::redundant_locals)]
                 let out_ptr = out_ptr;
                 // SAFETY: this task alone writes columns first..first+n of image `image`'s
                 // `[out_c, positions]` block; the reads stay inside `weight` ([out_c,

@@ -211,9 +211,9 @@ impl IconSource {
     fn icon(&self, hexcode: &str, names: &[String]) -> Result<Option<Icon>> {
         match self {
             IconSource::Iconify(set) => match set.svg(hexcode, names) {
-                Some(svg) => Ok(Some(Icon::Svg(
+                Some(svg) => Ok(Some(Icon::Svg(Box::new(
                     resvg::usvg::Tree::from_str(&svg, &resvg::usvg::Options::default()).context("invalid icon SVG")?,
-                ))),
+                )))),
                 None => Ok(None),
             },
             IconSource::Raster(assets) => {
@@ -230,7 +230,7 @@ impl IconSource {
 
 /// One emoji's drawing, vector or raster.
 enum Icon {
-    Svg(resvg::usvg::Tree),
+    Svg(Box<resvg::usvg::Tree>),
     Raster(image::RgbaImage),
 }
 
