@@ -30,6 +30,12 @@ for dtype in ("f32", "bf16", "f16"):
     parts.append(f"vqgan codes {report['vqgan_code_agreement']:.0%}")
     print(f"  {dtype:<5} {'ok  ' if report['ok'] else 'FAIL'} " + "; ".join(parts))
     failed |= not report["ok"]
+    for group in ("kernels", "decoding"):
+        for c in report.get(group, []):
+            mark = "ok  " if c["ok"] else "FAIL"
+            print(f"        {mark} {c['what']:<62} {c['relative_to_reference']:.2e} / cpu f32 {c['relative_to_cpu_f32']:.2e}")
+    if "graphs_captured" in report:
+        print(f"        CUDA graphs captured: {report['graphs_captured']}")
 
 gpu, cpu = load("evaluate-cuda.json"), load("evaluate-cpu.json")
 if gpu is not None and cpu is not None:
@@ -45,6 +51,7 @@ else:
 # key: (reference seconds on the H100, what the target covers)
 reference = {
     "captions_16": 1.34,
+    "captions_16_rerank": 1.34 + 0.055,
     "captions_4_seed_settings": 1.37,
     "rerank_by_image_16": 0.055,
     "zs_clf_20": 0.062,
@@ -52,6 +59,9 @@ reference = {
     "vae_decode_4": 0.0076,
     "vae_encode_16": 0.0089,
     "train_step_bs10": 0.107,
+    "decode_step_16": None,
+    "decode_step_16_static": None,
+    "forward_16_rows": None,
 }
 benches = {dtype: load(f"bench-350M-{dtype}.json") or {} for dtype in ("bf16", "f16")}
 before = {}
@@ -79,12 +89,34 @@ for key, ref in reference.items():
     cells = cell(median(benches["bf16"], key), 10) + cell(median(benches["f16"], key), 10)
     cells += cell(median(before, key), 12)
     fastest = best(key)
-    ratio = f"{ref / fastest:16.2f}x" if fastest else f"{'-':>17}"
-    print(f"  {key:<26}{cells}{ref:11.4f}{ratio}")
+    ratio = f"{ref / fastest:16.2f}x" if fastest and ref else f"{'-':>17}"
+    peak = benches["bf16"].get(key, [None, None, None])
+    peak = f"{peak[2] / 2**20:9.0f} MiB" if len(peak) > 2 and peak[2] is not None else ""
+    print(f"  {key:<26}{cells}{ref if ref else float('nan'):11.4f}{ratio}{peak}")
+
+for name in ("no-graphs", "no-kernels"):
+    lever = load(f"bench-350M-bf16-{name}.json") if (out / f"bench-350M-bf16-{name}.json").exists() else None
+    if lever:
+        print(f"bf16 with {name}: " + ", ".join(f"{k} {v[0]:.4f}" for k, v in sorted(lever.items())))
+
+for name in ("350M-bf16", "demo"):
+    path = out / f"loadtest-{name}.json"
+    if path.exists():
+        try:
+            r = json.loads(path.read_text())
+            print(f"loadtest {name}: {r['completed']}/{r['clients'] * r['requests']} in {r['wall_s']:.1f} s, "
+                  f"{r['throughput_rps']:.1f} requests/s, p50 {r['latency_p50_s']:.3f} s, p95 {r['latency_p95_s']:.3f} s, "
+                  f"busy {r['busy']}, errors {r['errors']}")
+        except (OSError, ValueError, KeyError) as e:
+            print(f"loadtest {name}: unreadable ({e})")
 
 
 targets = [
-    ("16 captions + re-rank 16", ["captions_16", "rerank_by_image_16"], 0.120),
+    ("16 captions + re-rank 16", ["captions_16_rerank"], 0.120),
+    ("re-rank 16", ["rerank_by_image_16"], 0.030),
+    ("zero-shot 20", ["zs_clf_20"], 0.030),
+    ("VQGAN decode 4", ["vae_decode_4"], 0.0076),
+    ("VQGAN encode 16", ["vae_encode_16"], 0.0089),
     ("text-to-image 4", ["codebooks_4"], 0.6),
     ("train step, batch 10", ["train_step_bs10"], 0.080),
 ]

@@ -45,4 +45,17 @@ if ! "$BORSCHT_TOOLS_DIR/node_modules/.bin/wasm-opt" --version 2>/dev/null | gre
   npm install --prefix "$BORSCHT_TOOLS_DIR" --no-save --no-audit --no-fund "binaryen@$BINARYEN_VERSION"
 fi
 
+# nvcc for the CUDA kernels' compile check in the tests (PyPI wheels; no GPU needed). The
+# whole toolkit for the CUDA build is scripts/build-cuda.sh's. 13.0.48 compilers are
+# broken; 13.0 keeps the PTX loadable by the GPU machines' CUDA 13.0 driver.
+nvcc_venv="$BORSCHT_TOOLS_DIR/nvcc13"
+nvcc_wheels=(nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-cccl==13.0.*")
+nvcc_stamp="$nvcc_venv/.wheels-$(printf '%s ' "${nvcc_wheels[@]}" | sha1sum | cut -c1-12)"
+if [ ! -e "$nvcc_stamp" ]; then
+  say "nvcc 13.0 (PyPI wheels) into $nvcc_venv"
+  python3 -m venv "$nvcc_venv"
+  "$nvcc_venv/bin/pip" install -q "${nvcc_wheels[@]}"
+  touch "$nvcc_stamp"
+fi
+
 say "tools ready: $(trunk --version), $(wasm-bindgen --version), $(wasm-opt --version | head -1), $(chromedriver --version | cut -d' ' -f1-2)"

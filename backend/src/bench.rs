@@ -200,12 +200,32 @@ pub fn run(preset: &str, device: &Device, dtype: DType, runs: usize, only: &[Str
         if !wanted(key) {
             return Ok(());
         }
+        crate::model::device::reset_memory_peak(device);
         let value = time(device, runs, bench)?;
-        eprintln!("{key:<26} median {:>9.4} s   min {:>9.4} s", value[0], value[1]);
-        report.insert(key.to_string(), serde_json::json!(value));
+        match crate::model::device::memory_peak(device) {
+            // On a GPU: [median, min, peak bytes allocated].
+            Some(peak) => {
+                eprintln!(
+                    "{key:<26} median {:>9.4} s   min {:>9.4} s   peak {:>7.0} MiB",
+                    value[0],
+                    value[1],
+                    peak as f64 / (1u64 << 20) as f64
+                );
+                report.insert(key.to_string(), serde_json::json!([value[0], value[1], peak]));
+            }
+            None => {
+                eprintln!("{key:<26} median {:>9.4} s   min {:>9.4} s", value[0], value[1]);
+                report.insert(key.to_string(), serde_json::json!(value));
+            }
+        }
         Ok(())
     };
     record("captions_16", &mut || caption(&engine, &codes, &captions(16, 1), |_| {}).map(|_| ()))?;
+    // The product's recognition: 16 captions, then all of them re-ranked by the photo.
+    record("captions_16_rerank", &mut || {
+        let sampled = caption(&engine, &codes, &captions(16, 1), |_| {})?;
+        crate::pipelines::recognize::answer(&engine, &codes, sampled).map(|_| ())
+    })?;
     record("captions_4_seed_settings", &mut || caption(&engine, &codes, &captions(4, 42), |_| {}).map(|_| ()))?;
     record("rerank_by_image_16", &mut || rerank_by_image(&engine, &texts, &codes, DEFAULT_BATCH).map(|_| ()))?;
     record("zs_clf_20", &mut || classify(&engine, &codes, &classes, "{}", DEFAULT_BATCH).map(|_| ()))?;
@@ -227,6 +247,18 @@ pub fn run(preset: &str, device: &Device, dtype: DType, runs: usize, only: &[Str
         record("train_loss_bs10", &mut || training.loss().map(|_| ()))?;
         record("train_loss_backward_bs10", &mut || training.gradients().map(|_| ()))?;
     }
+    // Diagnostic: one step of a 16-row decoding as the samplers run it (on a GPU a static
+    // step replayed from a CUDA graph: next to decode_step_16, the launch overhead saved),
+    // the logits copied to the host included.
+    if wanted("decode_step_16_static") {
+        use crate::model::transformer::Head;
+        use crate::pipelines::decoder::{DecodeSpec, Decoding, MaskKind};
+        let (l, i) = (cfg.l_text_seq_length, cfg.image_seq_length());
+        let spec =
+            DecodeSpec { mask: MaskKind::Causal, head: Head::Image, vocab: 0..cfg.image_vocab_size, capacity: l + i };
+        let (mut decoding, _) = Decoding::start(&engine, spec, &[vec![0; l]], &[0; 16])?;
+        record("decode_step_16_static", &mut || decoding.step(&[5; 16]).map(|_| ()))?;
+    }
     // Diagnostics: the transformer alone, to tell its time from the work around it
     // (sampling, masks, copies to the host).
     if !wanted("forward_16_rows") && !wanted("decode_step_16") {
@@ -245,11 +277,12 @@ pub fn run(preset: &str, device: &Device, dtype: DType, runs: usize, only: &[Str
         engine.model.forward(&rows.narrow(0, 0, 1)?.narrow(1, 0, past)?, &mask, Some(&mut cache))?;
         cache.repeat_batch(16)?;
         let last = rows.narrow(1, past, 1)?;
-        // One cached step of 16 sequences at the last position (the cache is not extended:
-        // each call reads the same past).
+        // One cached step of 16 sequences at the last position (each call writes the same
+        // position again: the cache is cut back after it).
         record("decode_step_16", &mut || {
-            let mut step_cache = cache.clone();
-            Ok(engine.model.forward(&last, &mask, Some(&mut step_cache)).map(|_| ())?)
+            let step = engine.model.forward(&last, &mask, Some(&mut cache)).map(|_| ());
+            cache.truncate(past);
+            Ok(step?)
         })?;
     }
     Ok(serde_json::Value::Object(report))

@@ -106,7 +106,8 @@ pub struct ServeArgs {
     /// Folder holding the Trunk-built web app (index.html, wasm, static files).
     #[arg(long, env = "BORSCHT_WEB_DIR", default_value = "frontend/dist")]
     pub web_dir: PathBuf,
-    /// The model to serve: a directory or a hub id (the bundled demo model by default).
+    /// The model to serve: a directory or a hub id (the bundled demo model by default), or
+    /// `random:350M` / `random:tiny` (random weights, for load tests).
     #[arg(long, env = "BORSCHT_MODEL", default_value = DEFAULT_MODEL_DIR)]
     pub model: String,
     #[arg(long, env = "BORSCHT_DEVICE", default_value = "cpu")]
@@ -129,12 +130,16 @@ pub struct ServeArgs {
 /// The bundled demo model, relative to the repository root.
 pub const DEFAULT_MODEL_DIR: &str = "models/demo";
 
-/// Loads `--model`: the demo model, a directory, or a hub id.
+/// Loads `--model`: the demo model, a directory, a hub id, or `random:tiny` /
+/// `random:350M` (random weights of that size, for load tests without weight files).
 pub fn load_engine(
     spec: &str,
     device: &candle_core::Device,
     dtype: candle_core::DType,
 ) -> anyhow::Result<crate::pipelines::Engine> {
+    if let Some(preset) = spec.strip_prefix("random:") {
+        return crate::bench::random_engine(preset, device, dtype);
+    }
     let dir = model_dir(std::path::Path::new(spec));
     let spec = dir.to_str().unwrap_or(spec);
     crate::pipelines::Engine::resolve(spec, &Default::default(), device, dtype)

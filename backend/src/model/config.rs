@@ -173,6 +173,17 @@ impl RudolphConfig {
         self.l_text_seq_length + self.image_seq_length() + self.r_text_seq_length
     }
 
+    /// The segment a position lies in: 0 l_text, 1 image, 2 r_text.
+    pub fn segment_of(&self, position: usize) -> usize {
+        if position < self.l_text_seq_length {
+            0
+        } else if position < self.l_text_seq_length + self.image_seq_length() {
+            1
+        } else {
+            2
+        }
+    }
+
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }

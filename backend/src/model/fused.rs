@@ -1,23 +1,71 @@
-//! Fused CPU kernels for the transformer (and the VQGAN's softmax), each with its own
-//! backward pass.
+//! The transformer's fused ops. Each is one function that picks its implementation from
+//! its inputs, so callers never branch on the device ([`path`]):
+//! - our CPU kernels for f32 on the CPU: one parallel pass over rows, each with its own
+//!   backward pass (training through candle's composite ops spent four fifths of a step in
+//!   single-threaded element-wise backward ops);
+//! - our CUDA kernels (`backend/kernels/transformer.cu`) on a GPU: one launch where the
+//!   op-by-op path takes three to five (a decoding step is bound by launches, not
+//!   arithmetic);
+//! - candle's composite ops otherwise (other dtypes on the CPU, or with the CUDA kernels
+//!   switched off by [`set_cuda_kernels`] / `BORSCHT_CUDA_KERNELS=0`).
 //!
-//! Training through candle's composite ops spent four fifths of a step in the backward
-//! pass, one single-threaded element-wise op after another: the attention mask's
-//! multiply/subtract (and the mask's own, unused, gradient), softmax, LayerNorm and the
-//! tanh GELU. Each kernel below does its forward in one parallel pass over rows and
-//! gives candle a backward that is also one pass. They run on contiguous f32 CPU
-//! tensors; callers fall back to the composite ops elsewhere.
+//! The VQGAN's softmax, convolution and GroupNorm kernels share the CPU helpers here.
 
 use crate::model::vector_math::{exp, lane_dot, lane_max, lane_sum, tanh, vectorized};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Masked attention scores are pushed to this (not -inf), as the reference does.
 pub const MASK_VALUE: f32 = 10000.0;
 
-/// Whether the fused kernels apply to this tensor.
+/// Where an op runs for given inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Our CPU kernels (f32 on the CPU).
+    Cpu,
+    /// Our CUDA kernels (f32, f16, bf16 on a GPU).
+    Cuda,
+    /// candle's op-by-op implementation.
+    Composite,
+}
+
+/// 0: not read yet, 1: on, 2: off.
+static CUDA_KERNELS: AtomicU8 = AtomicU8::new(0);
+
+/// Whether our CUDA kernels are used on GPUs (default on; `BORSCHT_CUDA_KERNELS=0` turns
+/// them off, to compare with candle's ops).
+pub fn cuda_kernels() -> bool {
+    match CUDA_KERNELS.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("BORSCHT_CUDA_KERNELS").map_or(true, |v| v != "0");
+            CUDA_KERNELS.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+            on
+        }
+        state => state == 1,
+    }
+}
+
+/// Turns our CUDA kernels on or off for the whole process (`device-check` compares both).
+pub fn set_cuda_kernels(on: bool) {
+    CUDA_KERNELS.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// The implementation the fused ops take for `x`.
+pub fn path(x: &Tensor) -> Path {
+    match (x.device(), x.dtype()) {
+        (Device::Cpu, DType::F32) => Path::Cpu,
+        (Device::Cuda(_), DType::F32 | DType::F16 | DType::BF16) if cfg!(feature = "cuda") && cuda_kernels() => {
+            Path::Cuda
+        }
+        _ => Path::Composite,
+    }
+}
+
+/// Whether the CPU kernels apply to this tensor (the VQGAN's convolution and GroupNorm
+/// have CPU kernels only).
 pub fn applies(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
+    path(x) == Path::Cpu
 }
 
 /// The f32 data of a contiguous CPU tensor (what the CPU kernels here and in
@@ -38,15 +86,66 @@ fn rows_per_task(row_len: usize) -> usize {
 // ---------------------------------------------------------------------------------------
 // Masked softmax
 
-/// `softmax(scores * m - 10000 * (1 - m))` over the last dim. `scores`: `[b, h, n, t]`;
-/// `mask`: `[1 or b, 1, n, t]` of 0/1. Equal to the reference's masking followed by
-/// softmax (the PB-relax shift by a per-matrix constant leaves a softmax unchanged).
-pub fn masked_softmax(scores: &Tensor, mask: &Tensor, differentiable: bool) -> Result<Tensor> {
-    let (scores, mask) = (scores.contiguous()?, mask.contiguous()?);
-    if differentiable {
-        scores.apply_op2(&mask, MaskedSoftmax)
-    } else {
-        scores.apply_op2_no_bwd(&mask, &MaskedSoftmax)
+/// Largest mask (in bytes) that the composite path spreads to the scores' full shape.
+const SPREAD_MASK_BYTES: usize = 256 << 20;
+
+/// One layer kind's attention mask for the new positions, made once per forward and
+/// shared by the layers of that kind: `keep` is 1 where a position may be seen.
+///
+/// Our kernels read it as `[b or 1, 1, n, past + n]`. The composite path instead spreads
+/// it (and `penalty = 10000 * (1 - keep)`) to the scores' `[b, heads, n, past + n]` (up to
+/// [`SPREAD_MASK_BYTES`]): candle's kernels for broadcast operands index every element
+/// through per-dimension strides, and on an H100 those masking products took 96 of the
+/// 246 ms of kernel time in a profiled 350M bench forward.
+#[derive(Debug, Clone)]
+pub struct AttentionMask {
+    keep: Tensor,
+    penalty: Option<Tensor>,
+}
+
+impl AttentionMask {
+    pub fn new(keep: &Tensor, batch: usize, heads: usize) -> Result<Self> {
+        if path(keep) != Path::Composite {
+            return Ok(AttentionMask { keep: keep.contiguous()?, penalty: None });
+        }
+        let (_, _, n, total) = keep.dims4()?;
+        let spread_bytes = batch * heads * n * total * keep.dtype().size_in_bytes();
+        let keep = if spread_bytes <= SPREAD_MASK_BYTES {
+            keep.broadcast_as((batch, heads, n, total))?.contiguous()?
+        } else {
+            keep.clone()
+        };
+        let penalty = ((keep.ones_like()? - &keep)? * MASK_VALUE as f64)?;
+        Ok(AttentionMask { keep, penalty: Some(penalty) })
+    }
+
+    /// The 0/1 mask as given (`[b or 1, 1, n, t]`, or spread on the composite path).
+    pub fn keep(&self) -> &Tensor {
+        &self.keep
+    }
+}
+
+/// `softmax(scores * m - 10000 * (1 - m))` over the last dim. `scores`: `[b, h, n, t]`.
+/// Equal to the reference's masking followed by softmax (the PB-relax shift by a
+/// per-matrix constant leaves a softmax unchanged). With `train`, differentiable.
+pub fn masked_softmax(scores: &Tensor, mask: &AttentionMask, train: bool) -> Result<Tensor> {
+    match &mask.penalty {
+        None => {
+            let scores = scores.contiguous()?;
+            if train {
+                scores.apply_op2(&mask.keep, MaskedSoftmax)
+            } else {
+                scores.apply_op2_no_bwd(&mask.keep, &MaskedSoftmax)
+            }
+        }
+        Some(penalty) => {
+            let masked = scores.broadcast_mul(&mask.keep)?.broadcast_sub(penalty)?;
+            if train {
+                candle_nn::ops::softmax(&masked, D::Minus1)
+            } else {
+                candle_nn::ops::softmax_last_dim(&masked)
+            }
+        }
     }
 }
 
@@ -98,6 +197,17 @@ impl CustomOp2 for MaskedSoftmax {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::model::cuda_kernels::masked_softmax(s1, l1, s2, l2, attention_dims(l1, l2)?)
+    }
+
     fn bwd(
         &self,
         _scores: &Tensor,
@@ -146,6 +256,20 @@ impl CustomOp3 for MaskedSoftmaxBackward {
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dims = attention_dims(l1, l3)?;
+        crate::model::cuda_kernels::masked_softmax_backward((s1, l1), (s2, l2), (s3, l3), dims)
     }
 }
 
@@ -230,9 +354,17 @@ impl CustomOp2 for SoftmaxBackward {
 // ---------------------------------------------------------------------------------------
 // LayerNorm
 
-/// LayerNorm over the last dim with torch's semantics, differentiable in all three inputs.
-pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNorm { eps: eps as f32 })
+/// LayerNorm over the last dim with torch's semantics (biased variance, eps inside the
+/// root). With `train`, differentiable in all three inputs through our kernels' backward
+/// (candle's own fused LayerNorm has none); otherwise candle's fused forward.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, train: bool) -> Result<Tensor> {
+    match (train, path(x)) {
+        (true, Path::Cpu | Path::Cuda) => {
+            x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNorm { eps: eps as f32 })
+        }
+        (true, Path::Composite) => candle_nn::ops::layer_norm_slow(x, weight, bias, eps as f32),
+        (false, _) => candle_nn::ops::layer_norm(&x.contiguous()?, weight, bias, eps as f32),
+    }
 }
 
 struct LayerNorm {
@@ -280,6 +412,22 @@ impl CustomOp3 for LayerNorm {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if l1.shape().dims().last() != Some(&l2.shape().elem_count()) {
+            candle_core::bail!("layer norm: weight {:?} does not fit input {:?}", l2.shape(), l1.shape());
+        }
+        crate::model::cuda_kernels::layer_norm((s1, l1), (s2, l2), (s3, l3), self.eps)
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -290,7 +438,16 @@ impl CustomOp3 for LayerNorm {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let h = weight.elem_count();
         let rows = x.elem_count() / h;
-        let packed = x.apply_op3_no_bwd(weight, &grad.contiguous()?, &LayerNormBackward { eps: self.eps })?;
+        let grad = grad.contiguous()?;
+        if x.device().is_cuda() {
+            // [dx, g * xhat]; the parameters' gradients are column sums.
+            let packed = x.apply_op3_no_bwd(weight, &grad, &LayerNormBackward { eps: self.eps })?;
+            let dx = packed.get(0)?.reshape(x.shape())?;
+            let dw = packed.get(1)?.sum(0)?;
+            let db = grad.reshape((rows, h))?.sum(0)?;
+            return Ok((Some(dx), Some(dw), Some(db)));
+        }
+        let packed = x.apply_op3_no_bwd(weight, &grad, &LayerNormBackward { eps: self.eps })?;
         let dx = packed.narrow(0, 0, rows * h)?.reshape(x.shape())?;
         let dw = packed.narrow(0, rows * h, h)?;
         let db = packed.narrow(0, rows * h + h, h)?;
@@ -298,7 +455,8 @@ impl CustomOp3 for LayerNorm {
     }
 }
 
-/// Packs `[dx (rows*h), dw (h), db (h)]` into one vector.
+/// On the CPU, packs `[dx (rows*h), dw (h), db (h)]` into one vector; on a GPU,
+/// `[dx, g * xhat]` as `[2, rows, h]`.
 struct LayerNormBackward {
     eps: f32,
 }
@@ -359,6 +517,161 @@ impl CustomOp3 for LayerNormBackward {
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::model::cuda_kernels::layer_norm_backward((s1, l1), (s2, l2), (s3, l3), self.eps)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Residual + sandwich norms (inference)
+
+/// A LayerNorm's weight and bias.
+#[derive(Debug, Clone, Copy)]
+pub struct NormWeights<'a> {
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+}
+
+/// What a layer does after its attention or MLP output `y`: `r = x + LN_a(y + bias)` (the
+/// bias and the sandwich norm `LN_a` optional), then `n = LN_b(r)`, the next block's
+/// input. Returns `(r, n)`; one kernel at inference on a GPU.
+pub fn residual_norm(
+    x: &Tensor,
+    y: &Tensor,
+    bias: Option<&Tensor>,
+    norm_a: Option<NormWeights>,
+    norm_b: NormWeights,
+    eps: f64,
+    train: bool,
+) -> Result<(Tensor, Tensor)> {
+    if !train && path(x) == Path::Cuda {
+        let op = ResidualNorm {
+            bias: bias.cloned(),
+            norm_a: norm_a.map(|n| (n.weight.clone(), n.bias.clone())),
+            norm_b: (norm_b.weight.clone(), norm_b.bias.clone()),
+            eps: eps as f32,
+        };
+        let packed = x.contiguous()?.apply_op2_no_bwd(&y.contiguous()?, &op)?;
+        return Ok((packed.get(0)?.reshape(x.shape())?, packed.get(1)?.reshape(x.shape())?));
+    }
+    let mut a = match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y.clone(),
+    };
+    if let Some(n) = norm_a {
+        a = layer_norm(&a, n.weight, n.bias, eps, train)?;
+    }
+    let r = (x + a)?;
+    let n = layer_norm(&r, norm_b.weight, norm_b.bias, eps, train)?;
+    Ok((r, n))
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // read by the CUDA launch only
+struct ResidualNorm {
+    bias: Option<Tensor>,
+    norm_a: Option<(Tensor, Tensor)>,
+    norm_b: (Tensor, Tensor),
+    eps: f32,
+}
+
+impl CustomOp2 for ResidualNorm {
+    fn name(&self) -> &'static str {
+        "residual-norm"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("residual-norm runs on GPUs only")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("residual norm: {:?} and {:?} differ", l1.shape(), l2.shape());
+        }
+        let params = crate::model::cuda_kernels::ResidualNormParams {
+            bias: self.bias.as_ref(),
+            norm_a: self.norm_a.as_ref().map(|(w, b)| (w, b)),
+            norm_b: (&self.norm_b.0, &self.norm_b.1),
+            eps: self.eps,
+        };
+        crate::model::cuda_kernels::residual_norm((s1, l1), (s2, l2), &params)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The q/k/v split into a KV cache (inference)
+
+/// The attention's q/k/v split at inference: `qkv` `[b, n, 3 * heads * d]` (the product
+/// before its bias) gives q `[b, heads, n, d]` times `q_scale`, and writes k and v into
+/// `kv` `[2, cache_b, heads, capacity, d]` at positions `position..position + n`.
+/// `position` is a one-element u32 tensor on the model's device, so a captured CUDA graph
+/// replays with the position of each step. One kernel on a GPU.
+pub fn qkv_split(
+    qkv: &Tensor,
+    bias: &Tensor,
+    kv: &Tensor,
+    position: &Tensor,
+    heads: usize,
+    q_scale: f64,
+) -> Result<Tensor> {
+    let (b, n, three_hd) = qkv.dims3()?;
+    let d = three_hd / (3 * heads);
+    if path(qkv) == Path::Cuda {
+        let op = QkvSplit { bias: bias.contiguous()?, kv: kv.clone(), position: position.clone(), heads, q_scale };
+        return qkv.contiguous()?.apply_op1_no_bwd(&op);
+    }
+    let qkv = qkv.broadcast_add(bias)?.reshape((b, n, 3, heads, d))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+    let q = if q_scale == 1.0 { qkv.get(0)? } else { (qkv.get(0)? * q_scale)? };
+    let start = position.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<u32>()?[0] as usize;
+    kv.slice_set(&qkv.narrow(0, 1, 2)?, 3, start)?;
+    Ok(q)
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // read by the CUDA launch only
+struct QkvSplit {
+    bias: Tensor,
+    kv: Tensor,
+    position: Tensor,
+    heads: usize,
+    q_scale: f64,
+}
+
+impl CustomOp1 for QkvSplit {
+    fn name(&self) -> &'static str {
+        "qkv-split"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("qkv-split runs on GPUs only")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let params = crate::model::cuda_kernels::QkvSplitParams {
+            bias: &self.bias,
+            kv: &self.kv,
+            position: &self.position,
+            heads: self.heads,
+            q_scale: self.q_scale as f32,
+        };
+        crate::model::cuda_kernels::qkv_split(s, l, &params)
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -397,8 +710,41 @@ impl CustomOp1 for FrozenProduct {
 const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
 const GELU_CUBIC: f32 = 0.044715;
 
+/// The tanh GELU, differentiable (our kernels with their backward, or candle's).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Gelu)
+    match path(x) {
+        Path::Cpu | Path::Cuda => x.contiguous()?.apply_op1(Gelu),
+        Path::Composite => x.gelu(),
+    }
+}
+
+/// `gelu(x + bias)` for `x` `[rows, cols]` and `bias` `[cols]`: one kernel at inference on
+/// a GPU (the MLP's first product, its bias and the activation).
+pub fn bias_gelu(x: &Tensor, bias: &Tensor, train: bool) -> Result<Tensor> {
+    if !train && path(x) == Path::Cuda {
+        return x.contiguous()?.apply_op1_no_bwd(&BiasGelu { bias: bias.contiguous()? });
+    }
+    gelu(&x.broadcast_add(bias)?)
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // read by the CUDA launch only
+struct BiasGelu {
+    bias: Tensor,
+}
+
+impl CustomOp1 for BiasGelu {
+    fn name(&self) -> &'static str {
+        "bias-gelu"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("bias-gelu runs on GPUs only")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::model::cuda_kernels::bias_gelu(s, l, &self.bias)
+    }
 }
 
 struct Gelu;
@@ -422,6 +768,11 @@ impl CustomOp1 for Gelu {
             )
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::model::cuda_kernels::gelu((s, l), None)
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -455,6 +806,17 @@ impl CustomOp2 for GeluBackward {
             },
         );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::model::cuda_kernels::gelu((s1, l1), Some((s2, l2)))
     }
 }
 
@@ -491,7 +853,7 @@ mod tests {
             let mask = mask.to_dtype(DType::F32).unwrap();
             same_values_and_gradients(
                 &[&scores],
-                || masked_softmax(scores.as_tensor(), &mask, true).unwrap(),
+                || masked_softmax(scores.as_tensor(), &AttentionMask::new(&mask, 2, 3).unwrap(), true).unwrap(),
                 || {
                     let penalty = ((mask.ones_like().unwrap() - &mask).unwrap() * MASK_VALUE as f64).unwrap();
                     let masked = scores.broadcast_mul(&mask).unwrap().broadcast_sub(&penalty).unwrap();
@@ -510,7 +872,7 @@ mod tests {
         let b = Var::randn(0f32, 0.5, 16, &dev).unwrap();
         same_values_and_gradients(
             &[&x, &w, &b],
-            || layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap(),
+            || layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5, true).unwrap(),
             || candle_nn::ops::layer_norm_slow(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap(),
             1e-4,
         );

@@ -13,8 +13,11 @@
 pub mod checkpoint;
 pub mod config;
 pub mod conv;
+#[cfg(feature = "cuda")]
+mod cuda_kernels;
 pub mod device;
 pub mod fused;
+pub mod graph;
 pub mod group_norm;
 pub mod masks;
 pub mod spatial_attention;

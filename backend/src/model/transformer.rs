@@ -10,7 +10,7 @@
 //! composite ops elsewhere. The masked softmax and GELU kernels serve both modes.
 
 use crate::model::config::RudolphConfig;
-use crate::model::fused;
+use crate::model::fused::{self, AttentionMask, NormWeights};
 use crate::model::masks::{layer_mask_kind, layer_masks};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Init, VarBuilder};
@@ -57,32 +57,58 @@ impl RowLinear {
         Ok(RowLinear { weight: weight.t()?.contiguous()?, bias, stored_transposed: true, frozen: false })
     }
 
-    fn rows(&self, x: &Tensor) -> Result<Tensor> {
-        let product = if self.stored_transposed {
-            x.matmul(&self.weight)?
+    /// The output rows `[start, start + len)` only (the logits of one vocabulary).
+    fn rows_of_output(&self, start: usize, len: usize) -> Result<Self> {
+        if self.stored_transposed {
+            let weight = self.weight.narrow(1, start, len)?.contiguous()?;
+            return Ok(RowLinear { weight, bias: self.bias.narrow(0, start, len)?, ..self.clone() });
+        }
+        Ok(RowLinear {
+            weight: self.weight.narrow(0, start, len)?,
+            bias: self.bias.narrow(0, start, len)?,
+            ..self.clone()
+        })
+    }
+
+    /// `x · weightᵀ` for `x` `[rows, in]`, without the bias.
+    fn product_2d(&self, x: &Tensor) -> Result<Tensor> {
+        if self.stored_transposed {
+            x.matmul(&self.weight)
         } else if !self.frozen {
-            x.matmul(&self.weight.t()?)?
+            x.matmul(&self.weight.t()?)
         } else if fused::applies(x) && fused::applies(&self.weight) {
-            fused::frozen_product(x, &self.weight)?
+            fused::frozen_product(x, &self.weight)
         } else {
-            x.matmul(&self.weight.detach().t()?)?
-        };
-        let bias = if self.frozen { self.bias.detach() } else { self.bias.clone() };
-        product.broadcast_add(&bias)
+            x.matmul(&self.weight.detach().t()?)
+        }
+    }
+
+    /// The product without the bias, for `x` of any rank (the fused ops add the bias).
+    fn product(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        if dims.len() <= 2 {
+            return self.product_2d(x);
+        }
+        let features = dims[dims.len() - 1];
+        let y = self.product_2d(&x.reshape((x.elem_count() / features, features))?)?;
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank > 2") = y.dim(1)?;
+        y.reshape(shape)
+    }
+
+    /// The bias as the fused ops take it (detached when the layer is frozen).
+    fn bias(&self) -> Tensor {
+        if self.frozen {
+            self.bias.detach()
+        } else {
+            self.bias.clone()
+        }
     }
 }
 
 impl Module for RowLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims();
-        if dims.len() <= 2 {
-            return self.rows(x);
-        }
-        let (rows, features) = (x.elem_count() / dims[dims.len() - 1], dims[dims.len() - 1]);
-        let y = self.rows(&x.reshape((rows, features))?)?;
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("rank > 2") = y.dim(1)?;
-        y.reshape(shape)
+        self.product(x)?.broadcast_add(&self.bias())
     }
 }
 
@@ -103,96 +129,126 @@ impl LayerNorm {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
-        if differentiable && fused::applies(x) && fused::applies(&self.weight) {
-            fused::layer_norm(x, &self.weight, &self.bias, self.eps)
-        } else if differentiable {
-            candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
-        } else {
-            candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
-        }
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        fused::layer_norm(x, &self.weight, &self.bias, self.eps, train)
+    }
+
+    fn weights(&self) -> NormWeights<'_> {
+        NormWeights { weight: &self.weight, bias: &self.bias }
     }
 }
 
-fn softmax_last_dim(x: &Tensor, differentiable: bool) -> Result<Tensor> {
-    if differentiable {
-        candle_nn::ops::softmax(x, D::Minus1)
-    } else {
-        candle_nn::ops::softmax_last_dim(x)
-    }
-}
-
-/// Keys and values of earlier positions, per layer: `[b, heads, past, head_dim]`.
-#[derive(Debug, Clone, Default)]
+/// Keys and values of earlier positions, per layer one `[2 (k|v), b, heads, capacity,
+/// head_dim]` tensor allocated once and written in place (no copy of the past at each
+/// step).
+#[derive(Debug)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<Tensor>>,
+    len: usize,
+    capacity: usize,
+    /// Static decoding (what a CUDA graph replays): every step attends over the whole
+    /// capacity, and the position of the step lives in this one-element device tensor.
+    step_position: Option<Tensor>,
 }
 
 impl KvCache {
-    pub fn new(num_layers: usize) -> Self {
-        KvCache { layers: vec![None; num_layers] }
+    fn new(num_layers: usize, capacity: usize) -> Self {
+        KvCache { layers: vec![None; num_layers], len: 0, capacity, step_position: None }
     }
 
     /// How many positions are cached.
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
+    }
+
+    /// How many positions it can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets every position from `len` on (the next forward writes there again).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
     }
 
     /// Keeps only the samples at `indices` (e.g. the candidates still being decoded).
     pub fn select(&mut self, indices: &Tensor) -> Result<()> {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.index_select(indices, 0)?;
-            *v = v.index_select(indices, 0)?;
+        for kv in self.layers.iter_mut().flatten() {
+            *kv = kv.index_select(indices, 1)?;
         }
         Ok(())
     }
 
     /// Repeats every sample `n` times along the batch (one prompt, n samples).
     pub fn repeat_batch(&mut self, n: usize) -> Result<()> {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.repeat((n, 1, 1, 1))?;
-            *v = v.repeat((n, 1, 1, 1))?;
+        for kv in self.layers.iter_mut().flatten() {
+            *kv = kv.repeat((1, n, 1, 1, 1))?;
         }
+        Ok(())
+    }
+
+    /// A new cache holding every sample `n` times (this one unchanged).
+    pub fn repeated(&self, n: usize) -> Result<KvCache> {
+        let layers = self.layers.iter().map(|kv| kv.as_ref().map(|kv| kv.repeat((1, n, 1, 1, 1))).transpose());
+        Ok(KvCache { layers: layers.collect::<Result<_>>()?, step_position: None, ..*self })
+    }
+
+    /// Copies this cache's samples into rows `0..b` of `target` (a static cache of the same
+    /// capacity and at least as many rows), and its length.
+    pub fn copy_into(&self, target: &mut KvCache) -> Result<()> {
+        if target.capacity != self.capacity {
+            candle_core::bail!("caches of {} and {} positions", self.capacity, target.capacity);
+        }
+        for (from, to) in self.layers.iter().zip(&target.layers) {
+            if let (Some(from), Some(to)) = (from, to) {
+                to.slice_set(from, 1, 0)?;
+            }
+        }
+        target.len = self.len;
+        Ok(())
+    }
+
+    /// Sets the position the next static step writes (outside any graph capture).
+    pub fn set_step_position(&mut self, position: usize) -> Result<()> {
+        let Some(slot) = &self.step_position else { candle_core::bail!("not a static cache") };
+        slot.slice_set(&Tensor::new(&[position as u32], slot.device())?, 0, 0)?;
+        self.len = position;
         Ok(())
     }
 }
 
-/// Largest mask (in bytes) that the op-by-op path spreads to the scores' full shape.
-const SPREAD_MASK_BYTES: usize = 256 << 20;
-
-/// One layer's attention mask for the new positions: `keep` is 1 where a position may be
-/// seen; `penalty` is `10000 * (1 - keep)`, made once per forward for the op-by-op path
-/// (other devices and dtypes), `None` for the fused CPU kernel.
-///
-/// For the op-by-op path both are spread from `[b or 1, 1, n, past + n]` to the scores'
-/// `[b, heads, n, past + n]` once per forward (up to [`SPREAD_MASK_BYTES`]): products with
-/// a broadcast operand take candle's strided kernels, which on an H100 moved about
-/// 0.26 TB/s and took 96 of the 246 ms of kernel time in a profiled 350M bench forward.
+/// The four per-layer-kind masks of one generation, `[b or 1, 1, S, S]` each: the
+/// sample masks times the sparse layer masks, made once and sliced by every forward.
 #[derive(Debug, Clone)]
-struct AttentionMask {
-    keep: Tensor,
-    penalty: Option<Tensor>,
+pub struct LayerMasks {
+    kinds: [Tensor; 4],
 }
 
-impl AttentionMask {
-    fn new(keep: Tensor, batch: usize, heads: usize) -> Result<Self> {
-        if fused::applies(&keep) {
-            return Ok(AttentionMask { keep, penalty: None });
-        }
-        let (_, _, n, total) = keep.dims4()?;
-        let spread_bytes = batch * heads * n * total * keep.dtype().size_in_bytes();
-        let keep = if spread_bytes <= SPREAD_MASK_BYTES {
-            keep.broadcast_as((batch, heads, n, total))?.contiguous()?
-        } else {
-            keep
-        };
-        let penalty = ((keep.ones_like()? - &keep)? * fused::MASK_VALUE as f64)?;
-        Ok(AttentionMask { keep, penalty: Some(penalty) })
+impl LayerMasks {
+    pub fn batch(&self) -> usize {
+        self.kinds[0].dim(0).unwrap_or(1)
     }
+
+    /// The masks' columns up to `positions` only, as static decoding steps over a cache
+    /// of that capacity read them.
+    pub fn narrowed_to(&self, positions: usize) -> Result<LayerMasks> {
+        let narrow = |t: &Tensor| t.narrow(3, 0, positions)?.contiguous();
+        let [a, b, c, d] = &self.kinds;
+        Ok(LayerMasks { kinds: [narrow(a)?, narrow(b)?, narrow(c)?, narrow(d)?] })
+    }
+}
+
+/// Which vocabulary a head scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Head {
+    /// Text ids (l_text and r_text positions).
+    Text,
+    /// Image ids (image positions).
+    Image,
 }
 
 #[derive(Debug, Clone)]
@@ -216,42 +272,49 @@ impl SelfAttention {
         })
     }
 
-    /// `x`: `[b, n, h]` (the new positions); `mask`: `[b or 1, 1, n, past + n]`.
+    fn scale(&self) -> f64 {
+        (self.head_dim as f64).sqrt()
+    }
+
+    /// Inference: `x` `[b, n, h]` (normalised); k and v of the new positions go into `kv`
+    /// at `position`, and the queries attend over its first `visible` positions. Returns
+    /// the output before the dense layer's bias (the residual norm adds it).
     fn forward(
         &self,
         x: &Tensor,
         mask: &AttentionMask,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
-        differentiable: bool,
-        dropout: Option<LayerDropout>,
+        kv: &Tensor,
+        position: &Tensor,
+        visible: usize,
     ) -> Result<Tensor> {
         let (b, n, h) = x.dims3()?;
-        let qkv = self.query_key_value.forward(x)?;
-        // [b, n, (q|k|v, heads, head_dim)] -> [q|k|v, b, heads, n, head_dim] in one copy.
-        let qkv = qkv.reshape((b, n, 3, self.heads, self.head_dim))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
-        let (q, mut k, mut v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        if let Some(cache) = cache {
-            if let Some((past_k, past_v)) = cache.as_ref() {
-                k = Tensor::cat(&[past_k, &k], 2)?;
-                v = Tensor::cat(&[past_v, &v], 2)?;
-            }
-            *cache = Some((k.clone(), v.clone()));
-        }
-        let scale = (self.head_dim as f64).sqrt();
-        let k_t = k.transpose(2, 3)?;
+        let qkv = self.query_key_value.product(x)?;
         // PB-relax scales q before the product (what keeps fp16 scores in range). Its
         // second half, subtracting each head's maximum (over the whole matrix, times 32),
         // shifts every row by a constant that the softmax's own row maximum removes again:
         // the same probabilities and gradients, so it is left out.
+        let q_scale = if self.pb_relax { 1.0 / self.scale() } else { 1.0 };
+        let q = fused::qkv_split(&qkv, &self.query_key_value.bias, kv, position, self.heads, q_scale)?;
+        let k = kv.get(0)?.narrow(2, 0, visible)?;
+        let v = kv.get(1)?.narrow(2, 0, visible)?;
+        let scores = q.matmul(&k.t()?)?;
+        let scores = if self.pb_relax { scores } else { (scores / self.scale())? };
+        let probs = fused::masked_softmax(&scores, mask, false)?;
+        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h))?;
+        self.dense.product(&context)
+    }
+
+    /// Training: differentiable, no cache, with this step's dropout.
+    fn forward_train(&self, x: &Tensor, mask: &AttentionMask, dropout: Option<LayerDropout>) -> Result<Tensor> {
+        let (b, n, h) = x.dims3()?;
+        let qkv = self.query_key_value.forward(x)?;
+        // [b, n, (q|k|v, heads, head_dim)] -> [q|k|v, b, heads, n, head_dim] in one copy.
+        let qkv = qkv.reshape((b, n, 3, self.heads, self.head_dim))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let k_t = k.transpose(2, 3)?;
+        let scale = self.scale();
         let scores = if self.pb_relax { (q / scale)?.matmul(&k_t)? } else { (q.matmul(&k_t)? / scale)? };
-        let probs = match &mask.penalty {
-            // Masking and softmax in one pass.
-            None => fused::masked_softmax(&scores, &mask.keep, differentiable)?,
-            // scores * m - 10000 * (1 - m), then softmax.
-            Some(penalty) => {
-                softmax_last_dim(&scores.broadcast_mul(&mask.keep)?.broadcast_sub(penalty)?, differentiable)?
-            }
-        };
+        let probs = fused::masked_softmax(&scores, mask, true)?;
         let probs = match dropout {
             Some(d) => d.draw.apply(&probs, d.draw.attention, d.site(0))?,
             None => probs,
@@ -334,11 +397,12 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // The tanh approximation, as the reference's gelu_jit (and Tensor::gelu).
-        let up = self.dense_h_to_4h.forward(x)?;
-        let activated = if fused::applies(&up) { fused::gelu(&up)? } else { up.gelu()? };
-        self.dense_4h_to_h.forward(&activated)
+    /// The output before the second product's bias (the residual norm adds it). The tanh
+    /// GELU, as the reference's gelu_jit.
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let up = self.dense_h_to_4h.product(x)?;
+        let activated = fused::bias_gelu(&up, &self.dense_h_to_4h.bias(), train)?;
+        self.dense_4h_to_h.product(&activated)
     }
 }
 
@@ -351,6 +415,7 @@ struct TransformerLayer {
     post_attention_layernorm: LayerNorm,
     mlp: Mlp,
     before_second_addition_layernorm: Option<LayerNorm>,
+    eps: f64,
 }
 
 impl TransformerLayer {
@@ -366,32 +431,70 @@ impl TransformerLayer {
             post_attention_layernorm: LayerNorm::new(h, eps, vb.pp("post_attention_layernorm"))?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
             before_second_addition_layernorm: sandwich("before_second_addition_layernorm")?,
+            eps,
         })
     }
 
+    /// `x` the residual stream, `x_norm` its input LayerNorm (the previous layer's last
+    /// fused step made it). Returns the residual stream and `next_norm` of it: the next
+    /// layer's input LayerNorm, or the final one.
     fn forward(
         &self,
         x: &Tensor,
+        x_norm: &Tensor,
         mask: &AttentionMask,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
-        diff: bool,
-        dropout: Option<LayerDropout>,
-    ) -> Result<Tensor> {
-        let mut attention =
-            self.attention.forward(&self.input_layernorm.forward(x, diff)?, mask, cache, diff, dropout)?;
+        kv: &KvSlot,
+        next_norm: &LayerNorm,
+    ) -> Result<(Tensor, Tensor)> {
+        let attention = self.attention.forward(x_norm, mask, &kv.kv, kv.position, kv.visible)?;
+        let (residual, mlp_input) = fused::residual_norm(
+            x,
+            &attention,
+            Some(&self.attention.dense.bias),
+            self.before_first_addition_layernorm.as_ref().map(LayerNorm::weights),
+            self.post_attention_layernorm.weights(),
+            self.eps,
+            false,
+        )?;
+        let mlp = self.mlp.forward(&mlp_input, false)?;
+        fused::residual_norm(
+            &residual,
+            &mlp,
+            Some(&self.mlp.dense_4h_to_h.bias),
+            self.before_second_addition_layernorm.as_ref().map(LayerNorm::weights),
+            next_norm.weights(),
+            self.eps,
+            false,
+        )
+    }
+
+    /// Training: differentiable, with this step's dropout.
+    fn forward_train(&self, x: &Tensor, mask: &AttentionMask, dropout: Option<LayerDropout>) -> Result<Tensor> {
+        let mut attention = self.attention.forward_train(&self.input_layernorm.forward(x, true)?, mask, dropout)?;
         if let Some(ln) = &self.before_first_addition_layernorm {
-            attention = ln.forward(&attention, diff)?;
+            attention = ln.forward(&attention, true)?;
         }
         let residual = (x + attention)?;
-        let mut mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&residual, diff)?)?;
+        let mlp_input = self.post_attention_layernorm.forward(&residual, true)?;
+        let mut mlp = self.mlp.forward(&mlp_input, true)?.broadcast_add(&self.mlp.dense_4h_to_h.bias())?;
         if let Some(d) = dropout {
             mlp = d.draw.apply(&mlp, d.draw.output, d.site(2))?;
         }
         if let Some(ln) = &self.before_second_addition_layernorm {
-            mlp = ln.forward(&mlp, diff)?;
+            mlp = ln.forward(&mlp, true)?;
         }
         residual + mlp
     }
+}
+
+/// Where one layer's attention keeps its keys and values during a forward.
+struct KvSlot<'a> {
+    /// `[2, b, heads, capacity, head_dim]`.
+    kv: Tensor,
+    /// First position written (a one-element u32 tensor on the device).
+    position: &'a Tensor,
+    /// Positions the queries attend over.
+    visible: usize,
 }
 
 /// Losses of one batch, as the reference reports them.
@@ -453,9 +556,19 @@ pub struct Rudolph {
     final_layernorm: LayerNorm,
     /// `to_logits.0` (LayerNorm) and `to_logits.1` (Linear).
     logits_layernorm: LayerNorm,
-    logits_linear: RowLinear,
-    /// Row, column, conv, last-conv masks, `[S', S']`.
+    /// The whole projection, for training (None for weights loaded for inference: the
+    /// heads below hold them).
+    logits_linear: Option<RowLinear>,
+    /// `to_logits.1` split by vocabulary (text ids, then image ids): a pipeline computes
+    /// the logits it reads only (re-ranking 16 texts would otherwise make ~300 MB of them).
+    text_head: RowLinear,
+    image_head: RowLinear,
+    /// Row, column, conv, last-conv masks, `[S, S]`.
     layer_masks: [Tensor; 4],
+    /// Every position's position embedding `[S, h]`, and the l_text pad ids `[L]` (for
+    /// static decoding steps, whose position lives on the device).
+    position_table: Tensor,
+    pad_ids: Tensor,
     differentiable: bool,
     /// Training only: this step's dropout (None: no dropout, as at inference).
     dropout: Option<DropoutDraw>,
@@ -472,18 +585,43 @@ impl Rudolph {
             (0..cfg.num_layers).map(|i| TransformerLayer::new(cfg, tvb.pp("layers").pp(i))).collect::<Result<_>>()?;
         let masks = layer_masks(cfg);
         let mask = |i: usize| masks[i].to_tensor(&device)?.to_dtype(vb.dtype());
+        let logits_linear = linear(h, cfg.total_vocab(), vb.pp("to_logits").pp(1))?;
+        let l_text_pos_embeddings = embedding(cfg.l_text_seq_length + 1, h, vb.pp("l_text_pos_embeddings"))?;
+        let r_text_pos_embeddings = embedding(cfg.r_text_seq_length + 1, h, vb.pp("r_text_pos_embeddings"))?;
+        let image_row_embeddings = embedding(cfg.image_tokens_per_dim, h, vb.pp("image_row_embeddings"))?;
+        let image_col_embeddings = embedding(cfg.image_tokens_per_dim, h, vb.pp("image_col_embeddings"))?;
+        let (l, t, r) = (cfg.l_text_seq_length, cfg.image_tokens_per_dim, cfg.r_text_seq_length);
+        let image_positions = image_row_embeddings
+            .embeddings()
+            .unsqueeze(1)?
+            .broadcast_add(&image_col_embeddings.embeddings().unsqueeze(0)?)?
+            .reshape((t * t, h))?;
+        let position_table = Tensor::cat(
+            &[
+                &l_text_pos_embeddings.embeddings().narrow(0, 0, l)?,
+                &image_positions,
+                &r_text_pos_embeddings.embeddings().narrow(0, 0, r)?,
+            ],
+            0,
+        )?
+        .detach();
+        let pad_base = (cfg.text_vocab() - l) as u32;
         Ok(Rudolph {
             text_embeddings: embedding(cfg.text_vocab(), h, vb.pp("text_embeddings"))?,
             image_embeddings: embedding(cfg.image_vocab(), h, vb.pp("image_embeddings"))?,
-            l_text_pos_embeddings: embedding(cfg.l_text_seq_length + 1, h, vb.pp("l_text_pos_embeddings"))?,
-            r_text_pos_embeddings: embedding(cfg.r_text_seq_length + 1, h, vb.pp("r_text_pos_embeddings"))?,
-            image_row_embeddings: embedding(cfg.image_tokens_per_dim, h, vb.pp("image_row_embeddings"))?,
-            image_col_embeddings: embedding(cfg.image_tokens_per_dim, h, vb.pp("image_col_embeddings"))?,
+            l_text_pos_embeddings,
+            r_text_pos_embeddings,
+            image_row_embeddings,
+            image_col_embeddings,
             layers,
             final_layernorm: LayerNorm::new(h, cfg.layernorm_epsilon, tvb.pp("final_layernorm"))?,
             logits_layernorm: LayerNorm::new(h, cfg.layernorm_epsilon, vb.pp("to_logits").pp(0))?,
-            logits_linear: linear(h, cfg.total_vocab(), vb.pp("to_logits").pp(1))?,
+            text_head: logits_linear.rows_of_output(0, cfg.text_vocab())?,
+            image_head: logits_linear.rows_of_output(cfg.text_vocab(), cfg.image_vocab())?,
+            logits_linear: logits_linear.weight.is_variable().then_some(logits_linear),
             layer_masks: [mask(0)?, mask(1)?, mask(2)?, mask(3)?],
+            position_table,
+            pad_ids: Tensor::arange(pad_base, pad_base + l as u32, &device)?,
             differentiable: false,
             dropout: None,
             cfg: cfg.clone(),
@@ -526,8 +664,43 @@ impl Rudolph {
         self.dropout = dropout;
     }
 
+    /// A cache for a whole sequence.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.cfg.num_layers)
+        self.new_cache_with_capacity(self.cfg.total_seq_length())
+    }
+
+    /// A cache for the first `positions` positions (text continuation needs only l_text).
+    pub fn new_cache_with_capacity(&self, positions: usize) -> KvCache {
+        KvCache::new(self.cfg.num_layers, positions.min(self.cfg.total_seq_length()))
+    }
+
+    /// A cache of `batch` rows allocated now, for static decoding steps
+    /// ([`Rudolph::forward_step`]): what a captured CUDA graph reads and writes.
+    pub fn static_cache(&self, batch: usize, positions: usize) -> Result<KvCache> {
+        let mut cache = self.new_cache_with_capacity(positions);
+        for slot in cache.layers.iter_mut() {
+            *slot = Some(self.kv_buffer(batch, cache.capacity)?);
+        }
+        cache.step_position = Some(Tensor::zeros(1, DType::U32, &self.device)?);
+        Ok(cache)
+    }
+
+    fn kv_buffer(&self, batch: usize, capacity: usize) -> Result<Tensor> {
+        let shape = (2, batch, self.cfg.num_attention_heads, capacity, self.cfg.head_dim());
+        Tensor::zeros(shape, self.dtype(), &self.device)
+    }
+
+    /// The per-layer-kind masks of a generation from its sample masks `[b or 1, 1, S, S]`
+    /// (from [`crate::model::masks`]): made once, used by every step.
+    pub fn layer_masks(&self, attention_mask: &Tensor) -> Result<LayerMasks> {
+        let sample = attention_mask.to_dtype(self.dtype())?;
+        // The conv masks are built a little larger than S (see `layer_masks`).
+        let size = self.cfg.total_seq_length();
+        let kind = |i: usize| {
+            let layer = self.layer_masks[i].narrow(0, 0, size)?.narrow(1, 0, size)?;
+            sample.broadcast_mul(&layer.unsqueeze(0)?.unsqueeze(0)?)
+        };
+        Ok(LayerMasks { kinds: [kind(0)?, kind(1)?, kind(2)?, kind(3)?] })
     }
 
     /// Embeds the ids of absolute positions `start..start + n` (they may span segments).
@@ -543,8 +716,7 @@ impl Rudolph {
             let (a, b) = (start, end.min(l));
             let seg = ids.narrow(1, a - start, b - a)?;
             let positions = Tensor::arange(a as u32, b as u32, dev)?;
-            let pad_base = (cfg.text_vocab() - l) as u32;
-            let pad_ids = Tensor::arange(pad_base + a as u32, pad_base + b as u32, dev)?;
+            let pad_ids = self.pad_ids.narrow(0, a, b - a)?;
             let seg = seg.eq(0u32)?.where_cond(&pad_ids.unsqueeze(0)?.broadcast_as(seg.shape())?, &seg)?;
             let pos = self.l_text_pos_embeddings.forward(&positions)?;
             parts.push(self.text_embeddings.forward(&seg)?.broadcast_add(&pos)?);
@@ -566,9 +738,29 @@ impl Rudolph {
             let pos = self.r_text_pos_embeddings.forward(&positions)?;
             parts.push(self.text_embeddings.forward(&seg)?.broadcast_add(&pos)?);
         }
-        let embeddings = Tensor::cat(&parts, 1)?;
+        let embeddings = if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 1)? };
+        if !self.differentiable {
+            return Ok(embeddings);
+        }
         // Same values; gradients to the embeddings are scaled by 0.1 (CogView).
         (&embeddings * EMBEDDING_GRAD_SCALE)? + (embeddings.detach() * (1.0 - EMBEDDING_GRAD_SCALE))?
+    }
+
+    /// Embeds one id per row at the position held in `position` (device memory): the
+    /// segment, known to the host, picks the vocabulary; the position table gives the
+    /// position embedding without the host.
+    fn embed_step(&self, ids: &Tensor, position: &Tensor, host_position: usize) -> Result<Tensor> {
+        let (l, i_len) = (self.cfg.l_text_seq_length, self.cfg.image_seq_length());
+        let (batch, _) = ids.dims2()?;
+        let tokens = if host_position < l {
+            let pad = self.pad_ids.index_select(position, 0)?.unsqueeze(0)?.broadcast_as((batch, 1))?;
+            self.text_embeddings.forward(&ids.eq(0u32)?.where_cond(&pad, ids)?)?
+        } else if host_position < l + i_len {
+            self.image_embeddings.forward(ids)?
+        } else {
+            self.text_embeddings.forward(ids)?
+        };
+        tokens.broadcast_add(&self.position_table.index_select(position, 0)?.unsqueeze(0)?)
     }
 
     /// Hidden states after `final_layernorm` for the positions `past..past + n`, where
@@ -580,39 +772,109 @@ impl Rudolph {
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let past = cache.as_ref().map_or(0, |c| c.len());
+        self.forward_masked(input_ids, &self.layer_masks(attention_mask)?, cache)
+    }
+
+    /// [`Rudolph::forward_hidden`] with the generation's masks made already.
+    pub fn forward_masked(
+        &self,
+        input_ids: &Tensor,
+        masks: &LayerMasks,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let (batch, n) = input_ids.dims2()?;
+        let past = cache.as_ref().map_or(0, |c| c.len());
         let total = past + n;
-        if total > self.cfg.total_seq_length() {
-            candle_core::bail!("sequence of {total} positions exceeds the model's {}", self.cfg.total_seq_length());
+        let limit = cache.as_ref().map_or(self.cfg.total_seq_length(), |c| c.capacity);
+        if total > limit {
+            candle_core::bail!("sequence of {total} positions exceeds the {limit} this forward can hold");
         }
         let input_ids = input_ids.to_dtype(DType::U32)?;
-        let mut hidden = self.embed(&input_ids, past)?;
+        if self.differentiable {
+            return self.forward_train(&input_ids, masks);
+        }
+        let static_step = cache.as_ref().and_then(|c| c.step_position.clone());
+        let (hidden, position, visible) = match &static_step {
+            Some(position) => {
+                if n != 1 {
+                    candle_core::bail!("a static decoding step takes one position per row, got {n}");
+                }
+                let capacity = cache.as_ref().map_or(total, |c| c.capacity);
+                (self.embed_step(&input_ids, position, past)?, position.clone(), capacity)
+            }
+            None => (self.embed(&input_ids, past)?, Tensor::new(&[past as u32], &self.device)?, total),
+        };
+        // Without a cache, this forward's keys and values go into a buffer of its own.
+        let mut own = None;
+        let layer_kv = |cache: &mut Option<&mut KvCache>, own: &mut Option<Tensor>, i: usize| -> Result<Tensor> {
+            match cache {
+                Some(cache) => {
+                    if cache.layers[i].is_none() {
+                        cache.layers[i] = Some(self.kv_buffer(batch, cache.capacity)?);
+                    }
+                    Ok(cache.layers[i].clone().expect("allocated above"))
+                }
+                // One buffer serves every layer: each layer's keys and values are used up
+                // before the next layer writes its own.
+                None => {
+                    if own.is_none() {
+                        *own = Some(self.kv_buffer(batch, n)?);
+                    }
+                    Ok(own.clone().expect("allocated above"))
+                }
+            }
+        };
+        // Layers share four mask kinds: each kind's mask is sliced once per forward.
+        let mut kind_masks: [Option<AttentionMask>; 4] = Default::default();
+        let mut cache = cache;
+        let mut residual = hidden;
+        let mut normed = self.layers[0].input_layernorm.forward(&residual, false)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let kind = layer_mask_kind(i, self.cfg.num_layers) as usize;
+            let mask = match &mut kind_masks[kind] {
+                Some(mask) => mask,
+                slot => {
+                    let keep = &masks.kinds[kind];
+                    let keep = match &static_step {
+                        Some(position) => keep.index_select(position, 2)?.narrow(3, 0, visible)?,
+                        None => keep.narrow(2, past, n)?.narrow(3, 0, total)?,
+                    };
+                    slot.insert(AttentionMask::new(&keep, batch, self.cfg.num_attention_heads)?)
+                }
+            };
+            let kv = KvSlot { kv: layer_kv(&mut cache, &mut own, i)?, position: &position, visible };
+            let next_norm = self.layers.get(i + 1).map_or(&self.final_layernorm, |next| &next.input_layernorm);
+            (residual, normed) = layer.forward(&residual, &normed, mask, &kv, next_norm)?;
+        }
+        if let Some(cache) = cache {
+            cache.len = total;
+        }
+        Ok(normed)
+    }
+
+    /// The differentiable forward of training (no cache), with this step's dropout.
+    fn forward_train(&self, input_ids: &Tensor, masks: &LayerMasks) -> Result<Tensor> {
+        let (batch, n) = input_ids.dims2()?;
+        let mut hidden = self.embed(input_ids, 0)?;
         if let Some(d) = &self.dropout {
             hidden = d.apply(&hidden, d.embedding, 0)?;
         }
-        let dtype = self.layer_masks[0].dtype();
-        let sample_mask = attention_mask.narrow(2, past, n)?.narrow(3, 0, total)?.to_dtype(dtype)?;
-        // Layers share four mask kinds: each kind's mask is made once per forward, not
-        // once per layer (on a GPU every op is a kernel launch).
-        let mut masks: [Option<AttentionMask>; 4] = Default::default();
+        let mut kind_masks: [Option<AttentionMask>; 4] = Default::default();
         for (i, layer) in self.layers.iter().enumerate() {
-            let kind = layer_mask_kind(i, self.cfg.num_layers);
-            let mask = match &mut masks[kind as usize] {
+            let kind = layer_mask_kind(i, self.cfg.num_layers) as usize;
+            let mask = match &mut kind_masks[kind] {
                 Some(mask) => mask,
                 slot => {
-                    let layer_mask = self.layer_masks[kind as usize].narrow(0, past, n)?.narrow(1, 0, total)?;
-                    let keep = sample_mask.broadcast_mul(&layer_mask)?;
-                    slot.insert(AttentionMask::new(keep, batch, self.cfg.num_attention_heads)?)
+                    let keep = masks.kinds[kind].narrow(2, 0, n)?.narrow(3, 0, n)?;
+                    slot.insert(AttentionMask::new(&keep, batch, self.cfg.num_attention_heads)?)
                 }
             };
-            let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
             let dropout = self.dropout.map(|draw| LayerDropout { draw, layer: i });
-            hidden = layer.forward(&hidden, mask, layer_cache, self.differentiable, dropout)?;
+            hidden = layer.forward_train(&hidden, mask, dropout)?;
         }
-        self.final_layernorm.forward(&hidden, self.differentiable)
+        self.final_layernorm.forward(&hidden, true)
     }
 
     /// Logits `[b, n, text_vocab + image_vocab]` for the new positions (text ids first).
@@ -623,7 +885,32 @@ impl Rudolph {
 
     /// `to_logits`: another LayerNorm, then the projection onto both vocabularies.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.logits_linear.forward(&self.logits_layernorm.forward(hidden, self.differentiable)?)
+        let normed = self.logits_layernorm.forward(hidden, self.differentiable)?;
+        if let Some(linear) = self.logits_linear.as_ref().filter(|_| self.differentiable) {
+            return linear.forward(&normed);
+        }
+        Tensor::cat(&[self.text_head.forward(&normed)?, self.image_head.forward(&normed)?], normed.rank() - 1)
+    }
+
+    /// The logits of one vocabulary (text ids, or every image id) for `hidden` `[b, n, h]`.
+    pub fn head_logits(&self, hidden: &Tensor, head: Head) -> Result<Tensor> {
+        let normed = self.logits_layernorm.forward(hidden, self.differentiable)?;
+        match head {
+            Head::Text => self.text_head.forward(&normed),
+            Head::Image => self.image_head.forward(&normed),
+        }
+    }
+
+    /// One decoding step on a static cache ([`Rudolph::static_cache`]): one id per row at
+    /// the cache's step position, attending over its whole capacity; the logits of `head`
+    /// `[b, vocab]`. Every shape and address is the same at every step, so a CUDA graph
+    /// captured from it replays any later step.
+    pub fn forward_step(&self, ids: &Tensor, masks: &LayerMasks, cache: &mut KvCache, head: Head) -> Result<Tensor> {
+        if cache.step_position.is_none() {
+            candle_core::bail!("forward_step needs a static cache");
+        }
+        let hidden = self.forward_masked(ids, masks, Some(cache))?;
+        self.head_logits(&hidden, head)?.squeeze(1)
     }
 
     /// The reference's training loss over full sequences `[b, S]`.
@@ -745,6 +1032,12 @@ mod tests {
         let run = |model: &Rudolph| {
             model.forward(&ids, &mask, None).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
         };
+        let inference = run(&model);
+        model.set_dropout(Some(draw(9, 0.2)));
+        assert_eq!(run(&model), inference, "inference never drops");
+        // Dropout is a training matter.
+        model.set_differentiable(true);
+        model.set_dropout(None);
         let plain = run(&model);
         model.set_dropout(Some(draw(9, 0.2)));
         let (a, again) = (run(&model), run(&model));

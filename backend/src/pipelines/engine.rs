@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use image::DynamicImage;
 use std::path::Path;
 
+use super::decoder::StepPool;
 use crate::imaging;
 use crate::model::tokenizer::TextTokenizer;
 use crate::model::transformer::Rudolph;
@@ -25,6 +26,8 @@ pub struct Engine {
     pub tokenizer: TextTokenizer,
     pub vqgan: Vqgan,
     pub device: Device,
+    /// Static decoding steps (CUDA graphs) kept between requests.
+    pub(crate) steps: StepPool,
 }
 
 /// The VQGAN runs in f32 whatever the transformer's dtype, as the reference keeps it: in
@@ -76,7 +79,7 @@ impl Engine {
             bail!("the VQGAN has {} codes but the model expects {}", vqgan.config().n_embed, cfg.image_vocab_size);
         }
         let device = model.device().clone();
-        Ok(Engine { model, tokenizer, vqgan, device })
+        Ok(Engine { model, tokenizer, vqgan, device, steps: StepPool::default() })
     }
 
     /// Side of the square photos are prepared at (codes per side x the VQGAN's factor).

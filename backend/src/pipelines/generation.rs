@@ -7,17 +7,17 @@
 //! run once and its cache repeated. Finished captions leave the batch.
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor, D};
+use candle_core::Tensor;
 use rand::SeedableRng;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::decoder::{DecodeSpec, Decoding, MaskKind};
 use super::sampling::{sample, SamplingParams};
 use super::scoring::{caption_fit_of_images, check_codes, text_perplexities, CAPTION_CLASS_TEMPLATE, DEFAULT_BATCH};
 use super::Engine;
-use crate::model::masks::{causal_mask, t2t_attention_mask};
 use crate::model::tokenizer::TextTokenizer;
-use crate::model::transformer::KvCache;
+use crate::model::transformer::Head;
 
 /// What a generation reports while it runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,22 +58,6 @@ impl Default for CaptionOptions {
     }
 }
 
-/// Runs `prompt` once and returns its KV cache repeated for `n` sequences, with each
-/// sequence's logits (over `vocab`) for the position after the prompt.
-fn prefill(
-    engine: &Engine,
-    prompt: &[u32],
-    mask: &Tensor,
-    n: usize,
-    vocab: std::ops::Range<usize>,
-) -> Result<(KvCache, Vec<Vec<f32>>)> {
-    let mut cache = engine.model.new_cache();
-    let ids = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), &engine.device)?;
-    let logits = engine.model.forward(&ids, mask, Some(&mut cache))?;
-    cache.repeat_batch(n)?;
-    Ok((cache, vec![rows_of(&logits, vocab)?.remove(0); n]))
-}
-
 /// Draws one text id per row; ids from `pad_start` on (the l_text pad-position range)
 /// become EOS, as the reference does.
 fn sample_text(rows: &[Vec<f32>], params: &SamplingParams, rng: &mut impl rand::Rng, pad_start: usize) -> Vec<u32> {
@@ -107,11 +91,6 @@ fn record_text(
         on_event(GenerationEvent::Text { index: seen.len() - 1, text });
     }
     Ok(())
-}
-
-fn rows_of(logits: &Tensor, vocab: std::ops::Range<usize>) -> Result<Vec<Vec<f32>>> {
-    let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.squeeze(1)?;
-    Ok(last.narrow(D::Minus1, vocab.start, vocab.len())?.to_dtype(DType::F32)?.to_vec2()?)
 }
 
 /// `generate_captions`: the photo's codes, the template as the start of r_text, then
@@ -203,7 +182,8 @@ pub fn caption_batch(
     results.into_iter().map(|r| r.expect("every job has an outcome")).collect()
 }
 
-/// The decoding loop of [`caption_batch`] for jobs whose prompts have the same length.
+/// The decoding of [`caption_batch`] for jobs whose prompts have the same length: every
+/// job's candidates are rows of one [`Decoding`].
 fn caption_group(
     engine: &Engine,
     jobs: &[CaptionJob],
@@ -215,25 +195,21 @@ fn caption_group(
     let cfg = engine.model.config();
     let (l, r) = (cfg.l_text_seq_length, cfg.r_text_seq_length);
     let total_steps = r - templates[members[0]].len();
-    let mask = causal_mask(cfg, 1, &engine.device)?;
-    let prompts: Vec<u32> =
-        members.iter().flat_map(|&j| [vec![0; l], jobs[j].codes.to_vec(), templates[j].clone()].concat()).collect();
-    let prompt_len = prompts.len() / members.len();
-    let mut cache = engine.model.new_cache();
-    let ids = Tensor::from_vec(prompts, (members.len(), prompt_len), &engine.device)?;
-    let prompt_rows = rows_of(&engine.model.forward(&ids, &mask, Some(&mut cache))?, 0..cfg.text_vocab())?;
-
+    let prompts: Vec<Vec<u32>> =
+        members.iter().map(|&j| [vec![0; l], jobs[j].codes.to_vec(), templates[j].clone()].concat()).collect();
     // One row per candidate: (member, tokens so far).
     let mut rows: Vec<(usize, Vec<u32>)> = Vec::new();
-    let mut last_rows: Vec<Vec<f32>> = Vec::new();
     for (m, &j) in members.iter().enumerate() {
-        for _ in 0..jobs[j].options.count {
-            rows.push((m, templates[j].clone()));
-            last_rows.push(prompt_rows[m].clone());
-        }
+        rows.extend((0..jobs[j].options.count).map(|_| (m, templates[j].clone())));
     }
-    let expand: Vec<u32> = rows.iter().map(|(m, _)| *m as u32).collect();
-    cache.select(&Tensor::from_vec(expand, rows.len(), &engine.device)?)?;
+    let row_prompts: Vec<usize> = rows.iter().map(|(m, _)| *m).collect();
+    let spec = DecodeSpec {
+        mask: MaskKind::Causal,
+        head: Head::Text,
+        vocab: 0..cfg.text_vocab(),
+        capacity: cfg.total_seq_length(),
+    };
+    let (mut decoding, mut last_rows) = Decoding::start(engine, spec, &prompts, &row_prompts)?;
     let mut rngs: Vec<rand::rngs::StdRng> =
         members.iter().map(|&j| rand::rngs::StdRng::seed_from_u64(jobs[j].options.seed)).collect();
     let stopped = |m: usize| jobs[members[m]].stop.is_some_and(|s| s.load(Ordering::Relaxed));
@@ -272,15 +248,10 @@ fn caption_group(
         if keep.is_empty() || last_step {
             break;
         }
-        if keep.len() < rows.len() {
-            let indices: Vec<u32> = keep.iter().map(|&k| k as u32).collect();
-            cache.select(&Tensor::from_vec(indices, keep.len(), &engine.device)?)?;
-            rows = keep.iter().map(|&k| rows[k].clone()).collect();
-        }
+        decoding.keep(&keep)?;
+        rows = keep.iter().map(|&k| rows[k].clone()).collect();
         let ids: Vec<u32> = keep.iter().map(|&k| next[k]).collect();
-        let step_ids = Tensor::from_vec(ids, (rows.len(), 1), &engine.device)?;
-        let logits = engine.model.forward(&step_ids, &mask, Some(&mut cache))?;
-        last_rows = rows_of(&logits, 0..cfg.text_vocab())?;
+        last_rows = decoding.step(&ids)?;
     }
     Ok(())
 }
@@ -309,14 +280,15 @@ pub fn generate_texts(
     let l = cfg.l_text_seq_length;
     let encoded = engine.encode_text(prompt, l);
     let prompt_len = encoded.iter().filter(|&&t| t != 0).count().saturating_sub(1).max(1);
-    let mask = t2t_attention_mask(cfg, 1, &engine.device)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut texts: Vec<String> = Vec::new();
     let total_steps = l - prompt_len;
+    let spec = DecodeSpec { mask: MaskKind::TextToText, head: Head::Text, vocab: 0..cfg.text_vocab(), capacity: l };
     for chunk_start in (0..count).step_by(DEFAULT_BATCH) {
         let n = (count - chunk_start).min(DEFAULT_BATCH);
-        let (mut cache, mut rows) = prefill(engine, &encoded[..prompt_len], &mask, n, 0..cfg.text_vocab())?;
-        let mut sequences: Vec<Vec<u32>> = vec![encoded[..prompt_len].to_vec(); n];
+        let prompt = encoded[..prompt_len].to_vec();
+        let (mut decoding, mut rows) = Decoding::start(engine, spec.clone(), &[prompt.clone()], &vec![0; n])?;
+        let mut sequences: Vec<Vec<u32>> = vec![prompt; n];
         for step in 0..total_steps {
             // The reference compares with `>` here (`>=` for captions).
             let next = sample_text(&rows, sampling, &mut rng, cfg.text_vocab() - l + 1);
@@ -327,9 +299,7 @@ pub fn generate_texts(
             if step + 1 == total_steps || sequences.iter().all(|s| s.contains(&TextTokenizer::EOS)) {
                 break;
             }
-            let logits =
-                engine.model.forward(&Tensor::from_vec(next, (n, 1), &engine.device)?, &mask, Some(&mut cache))?;
-            rows = rows_of(&logits, 0..cfg.text_vocab())?;
+            rows = decoding.step(&next)?;
         }
         for sequence in sequences {
             record_text(engine, &sequence, &mut texts, &mut on_event)?;
@@ -415,11 +385,11 @@ fn draw_codes(
         bail!("ask for at least one image");
     }
     let encoded = engine.encode_text(text, l);
-    let mask = causal_mask(cfg, 1, &engine.device)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
     // Only real codes are drawn (rc10 models add image special tokens after them).
-    let code_range = cfg.text_vocab()..cfg.text_vocab() + cfg.image_vocab_size;
-    let (mut cache, mut rows) = prefill(engine, &encoded, &mask, n, code_range.clone())?;
+    let spec =
+        DecodeSpec { mask: MaskKind::Causal, head: Head::Image, vocab: 0..cfg.image_vocab_size, capacity: l + i };
+    let (mut decoding, mut rows) = Decoding::start(engine, spec, &[encoded], &vec![0; n])?;
     let mut codes: Vec<Vec<u32>> = vec![Vec::with_capacity(i); n];
     for position in 0..i {
         let next: Vec<u32> = rows.iter().map(|row| sample(row, &options.sampling, &mut rng)).collect();
@@ -439,8 +409,7 @@ fn draw_codes(
         if done == i {
             break;
         }
-        let logits = engine.model.forward(&Tensor::from_vec(next, (n, 1), &engine.device)?, &mask, Some(&mut cache))?;
-        rows = rows_of(&logits, code_range.clone())?;
+        rows = decoding.step(&next)?;
     }
     Ok(codes)
 }

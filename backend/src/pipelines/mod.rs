@@ -2,6 +2,7 @@
 //! (rudolph 0.0.1rc4 `pipelines` semantics):
 //!
 //! - [`engine`]: the model bundle (tokenizer + transformer + VQGAN) and image codes;
+//! - [`decoder`]: the decoding loop every sampler runs on (KV cache, static CUDA-graph steps);
 //! - [`sampling`]: temperature, top-k, top-p, multinomial;
 //! - [`perplexity`]: `ce_to_ppl` and per-token cross-entropies;
 //! - [`scoring`]: re-ranking by image or by text, zero-shot classification, text ranking;
@@ -9,6 +10,7 @@
 //!   results appear;
 //! - [`recognize`]: captions re-ranked and grouped into the dish answer.
 
+pub mod decoder;
 pub mod engine;
 pub mod generation;
 pub mod perplexity;

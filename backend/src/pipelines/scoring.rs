@@ -2,12 +2,13 @@
 
 use anyhow::{bail, Result};
 use borscht_protocol::ClassifyMethod;
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
 use super::perplexity::{ce_to_ppl, token_ce};
 use super::Engine;
 use crate::model::masks::{attention_mask, t2t_attention_mask};
 use crate::model::tokenizer::TextTokenizer;
+use crate::model::transformer::Head;
 
 /// Forward passes run at most this many sequences at once.
 pub const DEFAULT_BATCH: usize = 64;
@@ -40,18 +41,24 @@ fn ids_tensor(engine: &Engine, rows: &[Vec<u32>]) -> Result<Tensor> {
     Ok(Tensor::from_vec(rows.concat(), (rows.len(), n), &engine.device)?)
 }
 
-/// Runs the model on full sequences with per-sample masks and returns the logits.
-fn logits(engine: &Engine, rows: &[Vec<u32>], masks: &[Vec<f32>]) -> Result<Tensor> {
+/// Runs the model on full sequences with per-sample masks and returns the hidden states
+/// (each scorer computes the logits of the positions and vocabulary it reads only).
+fn hidden(engine: &Engine, rows: &[Vec<u32>], masks: &[Vec<f32>]) -> Result<Tensor> {
     let cfg = engine.model.config();
     let mask = attention_mask(cfg, masks, &engine.device)?;
-    Ok(engine.model.forward(&ids_tensor(engine, rows)?, &mask, None)?)
+    Ok(engine.model.forward_hidden(&ids_tensor(engine, rows)?, &mask, None)?)
 }
 
-/// Image perplexity over positions `L+1..L+I` and the given text span.
-fn image_ppl(engine: &Engine, logits: &Tensor, ids: &Tensor) -> Result<Vec<f32>> {
+/// The logits of `head` at positions `start..start + len` of `hidden`.
+fn logits_at(engine: &Engine, hidden: &Tensor, start: usize, len: usize, head: Head) -> Result<Tensor> {
+    Ok(engine.model.head_logits(&hidden.narrow(1, start, len)?, head)?)
+}
+
+/// Image perplexity over positions `L+1..L+I` (the image logits of `L..L+I-1`).
+fn image_ppl(engine: &Engine, hidden: &Tensor, ids: &Tensor) -> Result<Vec<f32>> {
     let cfg = engine.model.config();
     let (l, i) = (cfg.l_text_seq_length, cfg.image_seq_length());
-    let image_logits = logits.narrow(1, l, i - 1)?.narrow(D::Minus1, cfg.text_vocab(), cfg.image_vocab())?;
+    let image_logits = logits_at(engine, hidden, l, i - 1, Head::Image)?;
     Ok(ce_to_ppl(&token_ce(&image_logits, &ids.narrow(1, l + 1, i - 1)?, None)?))
 }
 
@@ -79,10 +86,10 @@ pub fn rerank_pairs(engine: &Engine, pairs: &[(&str, &[u32])], batch: usize) -> 
             rows.push([engine.encode_text(text, l), codes.to_vec(), right.clone()].concat());
             masks.push(r_text_mask(&right));
         }
-        let logits = logits(engine, &rows, &masks)?;
+        let hidden = hidden(engine, &rows, &masks)?;
         let ids = ids_tensor(engine, &rows)?;
-        let ppl_image = image_ppl(engine, &logits, &ids)?;
-        let l_text_logits = logits.narrow(1, 0, l - 1)?.narrow(D::Minus1, 0, cfg.text_vocab())?;
+        let ppl_image = image_ppl(engine, &hidden, &ids)?;
+        let l_text_logits = logits_at(engine, &hidden, 0, l - 1, Head::Text)?;
         let ppl_text = ce_to_ppl(&token_ce(&l_text_logits, &ids.narrow(1, 1, l - 1)?, Some(0))?);
         scores.extend(
             ppl_text.into_iter().zip(ppl_image).map(|(ppl_text, ppl_image)| TextImageScore { ppl_text, ppl_image }),
@@ -129,10 +136,10 @@ fn score_images_by_text(
             })
             .collect::<Result<_>>()?;
         let masks = vec![r_text_mask(&encoded); rows.len()];
-        let logits = logits(engine, &rows, &masks)?;
+        let hidden = hidden(engine, &rows, &masks)?;
         let ids = ids_tensor(engine, &rows)?;
-        let ppl_image = image_ppl(engine, &logits, &ids)?;
-        let ppl_text = r_text_ppl(engine, &logits, &ids, score_end)?;
+        let ppl_image = image_ppl(engine, &hidden, &ids)?;
+        let ppl_text = r_text_ppl(engine, &hidden, &ids, score_end)?;
         scores.extend(
             ppl_text.into_iter().zip(ppl_image).map(|(ppl_text, ppl_image)| TextImageScore { ppl_text, ppl_image }),
         );
@@ -140,10 +147,10 @@ fn score_images_by_text(
     Ok(scores)
 }
 
-fn r_text_ppl(engine: &Engine, logits: &Tensor, ids: &Tensor, score_end: bool) -> Result<Vec<f32>> {
+fn r_text_ppl(engine: &Engine, hidden: &Tensor, ids: &Tensor, score_end: bool) -> Result<Vec<f32>> {
     let cfg = engine.model.config();
     let (s, r) = (cfg.total_seq_length(), cfg.r_text_seq_length);
-    let r_logits = logits.narrow(1, s - r, r - 1)?.narrow(D::Minus1, 0, cfg.text_vocab())?;
+    let r_logits = logits_at(engine, hidden, s - r, r - 1, Head::Text)?;
     let labels = scored_labels(ids.narrow(1, s - r + 1, r - 1)?, score_end)?;
     Ok(ce_to_ppl(&token_ce(&r_logits, &labels, Some(0))?))
 }
@@ -201,16 +208,16 @@ fn class_text_perplexities(
     let prefix: Vec<u32> = [vec![0; l], codes.to_vec()].concat();
     let mut prefix_cache = engine.model.new_cache();
     let causal = attention_mask(cfg, &[vec![1.0; r]], &engine.device)?;
-    engine.model.forward(&ids_tensor(engine, &[prefix])?, &causal, Some(&mut prefix_cache))?;
+    engine.model.forward_hidden(&ids_tensor(engine, &[prefix])?, &causal, Some(&mut prefix_cache))?;
     let mut ppl = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(batch.max(1)) {
         let encoded: Vec<Vec<u32>> = chunk.iter().map(|text| engine.encode_text(text, r)).collect();
         let masks: Vec<Vec<f32>> = encoded.iter().map(|e| r_text_mask(e)).collect();
-        let mut cache = prefix_cache.clone();
-        cache.repeat_batch(encoded.len())?;
+        let mut cache = prefix_cache.repeated(encoded.len())?;
         let ids = ids_tensor(engine, &encoded)?;
-        let logits = engine.model.forward(&ids, &attention_mask(cfg, &masks, &engine.device)?, Some(&mut cache))?;
-        let r_logits = logits.narrow(1, 0, r - 1)?.narrow(D::Minus1, 0, cfg.text_vocab())?;
+        let hidden =
+            engine.model.forward_hidden(&ids, &attention_mask(cfg, &masks, &engine.device)?, Some(&mut cache))?;
+        let r_logits = logits_at(engine, &hidden, 0, r - 1, Head::Text)?;
         let labels = scored_labels(ids.narrow(1, 1, r - 1)?, score_end)?;
         ppl.extend(ce_to_ppl(&token_ce(&r_logits, &labels, Some(0))?));
     }
@@ -305,8 +312,8 @@ pub fn text_perplexities(engine: &Engine, texts: &[String], batch: usize) -> Res
         let rows: Vec<Vec<u32>> = chunk.iter().map(|t| engine.encode_text(t, l)).collect();
         let ids = ids_tensor(engine, &rows)?;
         let mask = t2t_attention_mask(cfg, rows.len(), &engine.device)?;
-        let logits = engine.model.forward(&ids, &mask, None)?;
-        let l_logits = logits.narrow(1, 0, l - 1)?.narrow(D::Minus1, 0, cfg.text_vocab())?;
+        let hidden = engine.model.forward_hidden(&ids, &mask, None)?;
+        let l_logits = logits_at(engine, &hidden, 0, l - 1, Head::Text)?;
         ppl.extend(ce_to_ppl(&token_ce(&l_logits, &ids.narrow(1, 1, l - 1)?, Some(0))?));
     }
     Ok(ppl)
