@@ -71,8 +71,8 @@ serve_and_load() { # NAME CLIENTS REQUESTS N SERVE-ARGS...
   curl -s http://127.0.0.1:8099/metrics | grep -E "^borscht_(batch|recognize)" | head -12 >"$out/metrics-$name.txt"
   kill "$server"; wait "$server" 2>/dev/null
 }
-serve_and_load 350M-bf16 64 8 16 --model random:350M --dtype bf16 --max-batch 8 --queue-capacity 256
-serve_and_load demo 32 4 12
+serve_and_load 350M-bf16 64 8 16 --model random:350M --dtype bf16 --max-batch 8 --queue-capacity 256 --max-requests-per-ip 256
+serve_and_load demo 32 4 12 --max-requests-per-ip 256
 
 # 4. What each lever gives, on the decoding keys.
 keys=captions_16,rerank_by_image_16,codebooks_4,decode_step_16,decode_step_16_static

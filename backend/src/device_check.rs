@@ -146,12 +146,10 @@ fn relative(a: &Tensor, b: &Tensor, reference: &Tensor) -> Result<f32> {
 /// One fused op: `run(device, dtype)` returns its outputs (forward values, then
 /// gradients); ours on `device` is compared with the composite on `device` and with the
 /// CPU in f32.
-fn kernel_comparisons(
-    what: &str,
-    device: &Device,
-    dtype: DType,
-    run: &dyn Fn(&Device, DType) -> Result<Vec<(String, Tensor)>>,
-) -> Result<Vec<Comparison>> {
+/// A fused op's named outputs on a device, in a dtype.
+type OpOutputs<'a> = dyn Fn(&Device, DType) -> Result<Vec<(String, Tensor)>> + 'a;
+
+fn kernel_comparisons(what: &str, device: &Device, dtype: DType, run: &OpOutputs) -> Result<Vec<Comparison>> {
     use crate::model::fused::set_cuda_kernels;
     set_cuda_kernels(true);
     let ours = run(device, dtype);

@@ -79,17 +79,27 @@ pub fn open_image(path: &std::path::Path, limits: ImageLimits) -> Result<Dynamic
 /// `size` (torchvision's RandomResizedCrop with scale and ratio fixed to 1), as a
 /// `[3, size, size]` tensor in [0, 1].
 pub fn prepare(image: &DynamicImage, size: u32, device: &Device) -> candle_core::Result<Tensor> {
-    let rgb = image.to_rgb8();
+    let data: Vec<f32> = square_rgb(image, size).into_raw().into_iter().map(|v| v as f32 / 255.0).collect();
+    Tensor::from_vec(data, (size as usize, size as usize, 3), device)?.permute((2, 0, 1))?.contiguous()
+}
+
+/// The picture as [`prepare`] reads it: RGB8, the centre square of the short side,
+/// resized to `size`. A picture that is this already comes back unchanged, so the server
+/// can shrink uploads to it at once and keep only `size * size * 3` bytes a request.
+pub fn square_rgb(image: &DynamicImage, size: u32) -> RgbImage {
+    let rgb = match image {
+        DynamicImage::ImageRgb8(rgb) if rgb.width() == size && rgb.height() == size => return rgb.clone(),
+        DynamicImage::ImageRgb8(rgb) => std::borrow::Cow::Borrowed(rgb),
+        other => std::borrow::Cow::Owned(other.to_rgb8()),
+    };
     let side = rgb.width().min(rgb.height());
     let (x, y) = ((rgb.width() - side) / 2, (rgb.height() - side) / 2);
-    let square = image::imageops::crop_imm(&rgb, x, y, side, side).to_image();
-    let resized = if side == size {
+    let square = image::imageops::crop_imm(rgb.as_ref(), x, y, side, side).to_image();
+    if side == size {
         square
     } else {
         image::imageops::resize(&square, size, size, image::imageops::FilterType::Triangle)
-    };
-    let data: Vec<f32> = resized.into_raw().into_iter().map(|v| v as f32 / 255.0).collect();
-    Tensor::from_vec(data, (size as usize, size as usize, 3), device)?.permute((2, 0, 1))?.contiguous()
+    }
 }
 
 /// A `[3, H, W]` tensor in [0, 1] as an RGB picture.

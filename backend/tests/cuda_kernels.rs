@@ -3,6 +3,7 @@
 //! - run on the CPU under `kernels/emulate.h` (every block's threads as OS threads, with
 //!   barriers for `__syncthreads` and warp shuffles), with the launch shapes the Rust side
 //!   uses, each kernel in f32, f16 and bf16 agrees with plain double-precision loops.
+//!
 //! On a GPU, `borscht device-check` compares them with candle's ops and the CPU.
 
 use std::path::{Path, PathBuf};

@@ -4,177 +4,16 @@
 //! The model loader waits on a gate the test opens, so requests can be queued
 //! deterministically before the worker starts serving them.
 
-use base64::Engine as _;
+mod common;
+use common::*;
+
 use borscht::server::limits::Limits;
 use borscht::server::{serve_on, Server, ServerConfig};
-use borscht_protocol::{decode_server_message, encode, ClientMessage, ErrorCode, ServerMessage, PROTOCOL_VERSION};
+use borscht_protocol::{encode, ClientMessage, ErrorCode, ServerMessage};
 use futures::{SinkExt, StreamExt};
-use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-struct TestServer {
-    addr: SocketAddr,
-    gate: Option<mpsc::Sender<()>>,
-}
-
-/// A tiny random model that finishes loading when `wait` receives (or its sender drops).
-fn gated_tiny_model(wait: mpsc::Receiver<()>) -> borscht::server::worker::EngineLoader {
-    Box::new(move || {
-        let _ = wait.recv();
-        Ok((
-            borscht::bench::random_engine("tiny", &candle_core::Device::Cpu, candle_core::DType::F32)?,
-            "tiny-random".into(),
-        ))
-    })
-}
-
-impl TestServer {
-    async fn start(limits: Limits) -> TestServer {
-        let (gate, wait) = mpsc::channel::<()>();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut config = ServerConfig::new(addr, std::env::temp_dir().join("borscht-no-web-app"));
-        config.limits = limits;
-        let server = Server::start(&config, gated_tiny_model(wait));
-        tokio::spawn(serve_on(listener, server.router, std::future::pending()));
-        TestServer { addr, gate: Some(gate) }
-    }
-
-    /// Lets the model finish loading; queued requests are served from now on.
-    fn open(&mut self) {
-        if let Some(gate) = self.gate.take() {
-            gate.send(()).unwrap();
-        }
-    }
-
-    async fn connect(&self) -> Socket {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", self.addr)).await.unwrap();
-        assert!(matches!(next(&mut ws).await, ServerMessage::Hello { protocol_version: PROTOCOL_VERSION, .. }));
-        ws
-    }
-
-    async fn metrics(&self) -> String {
-        reqwest_get(self.addr, "/metrics").await.1
-    }
-}
-
-/// A plain HTTP GET over a raw TCP stream (no HTTP client needed for two lines).
-async fn reqwest_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    http(addr, "GET", path, "", &[]).await
-}
-
-async fn http(addr: SocketAddr, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
-    let (status, _, body) = http_raw(addr, method, path, content_type, body).await;
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-async fn http_raw(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    content_type: &str,
-    body: &[u8],
-) -> (u16, String, Vec<u8>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut response)).await.unwrap().unwrap();
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&response[..split]).into_owned();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let mut body = response[split + 4..].to_vec();
-    if head.to_lowercase().contains("transfer-encoding: chunked") {
-        body = dechunk(&body);
-    }
-    (status, head, body)
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
-        data = &data[line_end + 4 + size..];
-    }
-}
-
-async fn next(ws: &mut Socket) -> ServerMessage {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(60), ws.next())
-            .await
-            .expect("server answered in time")
-            .expect("stream open")
-            .expect("valid frame");
-        if let WsMessage::Text(text) = frame {
-            return decode_server_message(text.as_str()).expect("server frames decode");
-        }
-    }
-}
-
-/// Every frame of request `id` up to and including its final one (frames of other
-/// requests are skipped: use [`until_finals`] when several are in flight).
-async fn until_final(ws: &mut Socket, id: u64) -> Vec<ServerMessage> {
-    until_finals(ws, &[id]).await.pop().expect("one id, one list")
-}
-
-/// The frames of each of `ids` up to its final one, in the order of `ids`, whatever
-/// order the requests finish in (one batch may finish them in any order).
-async fn until_finals(ws: &mut Socket, ids: &[u64]) -> Vec<Vec<ServerMessage>> {
-    let mut frames: Vec<Vec<ServerMessage>> = vec![Vec::new(); ids.len()];
-    let mut open = ids.len();
-    while open > 0 {
-        let message = next(ws).await;
-        let Some(slot) = ids.iter().position(|&id| message.request_id() == Some(id)) else { continue };
-        if frames[slot].last().is_some_and(ServerMessage::is_final) {
-            panic!("a frame after the final one: {message:?}");
-        }
-        if message.is_final() {
-            open -= 1;
-        }
-        frames[slot].push(message);
-    }
-    frames
-}
-
-async fn send(ws: &mut Socket, message: &ClientMessage) {
-    ws.send(WsMessage::Text(encode(message).into())).await.unwrap();
-}
-
-fn icon_png() -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/demo/images/twemoji/1f33d-0.png");
-    std::fs::read(path).unwrap()
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn recognize(id: u64, image: &[u8], n: u32) -> ClientMessage {
-    ClientMessage::Recognize { id, image: b64(image), template: None, n: Some(n), portion_g: Some(250.0) }
-}
-
-/// The value of a metric line such as `borscht_batch_requests_count`.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing in\n{text}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gets_streamed_candidates_then_the_result() {
@@ -369,7 +208,12 @@ async fn each_bad_input_gets_its_error_and_the_server_keeps_serving() {
     send(&mut ws, &recognize(20, &icon_png(), 2)).await;
     assert!(matches!(next(&mut ws).await, ServerMessage::Accepted { id: 20, .. }));
     send(&mut ws, &recognize(20, &icon_png(), 2)).await;
-    assert!(matches!(next(&mut ws).await, ServerMessage::Error { id: Some(20), code: ErrorCode::DuplicateId, .. }));
+    // Refused without the id: an error for id 20 would be a second final frame for the
+    // request that holds it.
+    match next(&mut ws).await {
+        ServerMessage::Error { id: None, code: ErrorCode::DuplicateId, message, .. } => assert!(message.contains("20")),
+        other => panic!("expected a duplicate_id error without an id, got {other:?}"),
+    }
     server.open();
     assert!(matches!(until_final(&mut ws, 20).await.last(), Some(ServerMessage::Result { id: 20, .. })));
     // Still serving, on this connection and others.
@@ -505,11 +349,16 @@ async fn shutdown_refuses_new_work_and_finishes_what_is_in_flight() {
     let state = server.state.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let drain_state = state.clone();
-    let serving = tokio::spawn(serve_on(listener, server.router, async move {
-        let _ = stopped.await;
-        drain_state.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
-        drain_state.drained(Duration::from_secs(60)).await;
-    }));
+    let serving = tokio::spawn(serve_on(
+        listener,
+        server.router,
+        async move {
+            let _ = stopped.await;
+            drain_state.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
+            drain_state.drained(Duration::from_secs(60)).await;
+        },
+        Duration::from_secs(15),
+    ));
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
     next(&mut ws).await; // hello
     send(&mut ws, &recognize(1, &icon_png(), 4)).await;

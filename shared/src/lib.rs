@@ -326,9 +326,11 @@ pub enum ErrorCode {
     InvalidRequest,
     /// A text holds characters the model's vocabulary lacks (the message names them).
     UnknownCharacters,
-    /// Another request in flight on this connection already uses this id.
+    /// Another request in flight on this connection already uses this id. Sent without
+    /// an id: the id belongs to the live request, which still gets its own final frame.
     DuplicateId,
-    /// This connection has too many requests in flight.
+    /// This connection, or this client's address over all its connections and the HTTP
+    /// API, has too many requests in flight.
     TooManyRequests,
     /// The queue is full: try again after `retry_after_s`.
     Busy,
@@ -368,10 +370,22 @@ pub fn decode_server_message(text: &str) -> Result<ServerMessage, DecodeError> {
     decode(text, ServerMessage::TYPES)
 }
 
+/// `text` cut to its first `max` characters (with "…" when cut): error messages quote a
+/// client's input only this far, so an answer is never larger than the frame it answers.
+pub fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+/// Longest quote of a client's input in an error message.
+const QUOTED: usize = 120;
+
 fn decode<T: for<'de> Deserialize<'de>>(text: &str, known: &[&str]) -> Result<T, DecodeError> {
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| DecodeError {
         code: ErrorCode::MalformedJson,
-        message: format!("frame is not valid JSON: {e}"),
+        message: format!("frame is not valid JSON: {}", clip(&e.to_string(), QUOTED)),
     })?;
     let tag = match value.get("type") {
         None => {
@@ -384,18 +398,20 @@ fn decode<T: for<'de> Deserialize<'de>>(text: &str, known: &[&str]) -> Result<T,
         Some(other) => {
             return Err(DecodeError {
                 code: ErrorCode::UnknownMessageType,
-                message: format!("\"type\" must be a string, got {other}"),
+                message: format!("\"type\" must be a string, got {}", clip(&other.to_string(), QUOTED)),
             })
         }
     };
     if !known.contains(&tag.as_str()) {
         return Err(DecodeError {
             code: ErrorCode::UnknownMessageType,
-            message: format!("unknown message type {tag:?}; expected one of {known:?}"),
+            message: format!("unknown message type {:?}; expected one of {known:?}", clip(&tag, 40)),
         });
     }
-    serde_json::from_value(value)
-        .map_err(|e| DecodeError { code: ErrorCode::InvalidMessage, message: format!("invalid {tag:?} message: {e}") })
+    serde_json::from_value(value).map_err(|e| DecodeError {
+        code: ErrorCode::InvalidMessage,
+        message: format!("invalid {tag:?} message: {}", clip(&e.to_string(), QUOTED)),
+    })
 }
 
 /// Encodes any protocol message as a JSON text frame.

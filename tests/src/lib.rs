@@ -59,7 +59,8 @@ pub async fn start_server() -> SocketAddr {
         }),
     );
     let state = server.state.clone();
-    tokio::spawn(borscht::server::serve_on(listener, server.router, std::future::pending()));
+    let header_timeout = config.limits.header_timeout();
+    tokio::spawn(borscht::server::serve_on(listener, server.router, std::future::pending(), header_timeout));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match state.worker.status() {
@@ -71,6 +72,18 @@ pub async fn start_server() -> SocketAddr {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     addr
+}
+
+/// Fails when browsers reported anything the server's Content-Security-Policy blocked
+/// (the server counts the reports in `/metrics`).
+pub fn assert_no_csp_violations(addr: SocketAddr) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).expect("server up");
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let line = text.lines().find(|l| l.starts_with("borscht_csp_violations_total")).expect("the CSP counter");
+    assert_eq!(line, "borscht_csp_violations_total 0", "the page broke its Content-Security-Policy");
 }
 
 fn free_port() -> u16 {

@@ -2,7 +2,8 @@
 
 use anyhow::{ensure, Result};
 use borscht_e2e::{
-    repo_root, screenshot, start_server, still_to_y4m, wait_for, wait_for_state, with_browser, BrowserOptions,
+    assert_no_csp_violations, repo_root, screenshot, start_server, still_to_y4m, wait_for, wait_for_state,
+    with_browser, BrowserOptions,
 };
 use fantoccini::{Client, Locator};
 use image::RgbImage;
@@ -250,6 +251,8 @@ async fn snap_a_food_icon_then_scale_the_portion_and_save() {
         Ok(())
     })
     .await;
+    // Everything above ran under the server's Content-Security-Policy.
+    assert_no_csp_violations(server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,6 +333,8 @@ async fn upload_then_ask_which_dish_then_draw_one() {
         Ok(())
     })
     .await;
+    // Everything above ran under the server's Content-Security-Policy.
+    assert_no_csp_violations(server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,4 +362,6 @@ async fn the_widget_on_a_host_page_posts_its_result() {
         Ok(())
     })
     .await;
+    // Everything above ran under the server's Content-Security-Policy.
+    assert_no_csp_violations(server);
 }

@@ -123,6 +123,15 @@ pub struct ServeArgs {
     /// Seconds shutdown waits for requests in flight.
     #[arg(long, env = "BORSCHT_DRAIN_TIMEOUT_S", default_value_t = 60)]
     pub drain_timeout_s: u64,
+    /// Origins besides the server's own whose pages may open /ws, comma-separated (`*`
+    /// for any; none by default). The --embed-ancestors sites may too.
+    #[arg(long, env = "BORSCHT_WS_ORIGINS", value_delimiter = ',')]
+    pub ws_origins: Vec<String>,
+    /// A header your reverse proxy sets to the client's address (e.g. X-Forwarded-For):
+    /// per-client caps and fair turns then count the clients behind it. Never set it
+    /// without such a proxy: clients could then claim any address.
+    #[arg(long, env = "BORSCHT_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<String>,
     #[command(flatten)]
     pub limits: server::limits::Limits,
 }
@@ -206,6 +215,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cors_origins: args.cors_origins,
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout_s),
         embed_ancestors: args.embed_ancestors,
+        ws_origins: args.ws_origins,
+        client_ip_header: args.client_ip_header,
     };
     let model = args.model;
     let load: server::worker::EngineLoader = Box::new(move || Ok((load_engine(&model, &device, dtype)?, model)));

@@ -153,7 +153,7 @@ impl<'e> Decoding<'e> {
 impl Drop for Decoding<'_> {
     fn drop(&mut self) {
         if let Runner::Static(step) = std::mem::replace(&mut self.runner, Runner::Returned) {
-            self.engine.steps.give_back(step);
+            self.engine.steps.give_back(*step);
         }
     }
 }
@@ -173,7 +173,7 @@ const MAX_STEPS: usize = 6;
 /// The static steps of one engine, lent to one decoding at a time.
 #[derive(Default)]
 pub struct StepPool {
-    idle: Mutex<Vec<Box<StaticStep>>>,
+    idle: Mutex<Vec<StaticStep>>,
     /// Static steps on the CPU too (run eagerly): tests compare them with ordinary ones.
     on_cpu: AtomicBool,
     /// Off: static steps run eagerly instead of being captured (`device-check` compares
@@ -223,7 +223,7 @@ impl StepPool {
         let segment = engine.model.config().segment_of(position);
         let mut idle = self.idle.lock().expect("step pool lock");
         if let Some(k) = idle.iter().position(|s| s.batch == batch && s.spec == *spec && s.segment == segment) {
-            return Ok(Some(idle.remove(k)));
+            return Ok(Some(Box::new(idle.remove(k))));
         }
         if idle.len() >= MAX_STEPS {
             idle.remove(0);
@@ -232,7 +232,7 @@ impl StepPool {
         Ok(Some(Box::new(StaticStep::new(engine, spec, batch, segment)?)))
     }
 
-    fn give_back(&self, step: Box<StaticStep>) {
+    fn give_back(&self, step: StaticStep) {
         let mut idle = self.idle.lock().expect("step pool lock");
         if idle.len() >= MAX_STEPS {
             idle.remove(0);

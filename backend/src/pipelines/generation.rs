@@ -287,7 +287,8 @@ pub fn generate_texts(
     for chunk_start in (0..count).step_by(DEFAULT_BATCH) {
         let n = (count - chunk_start).min(DEFAULT_BATCH);
         let prompt = encoded[..prompt_len].to_vec();
-        let (mut decoding, mut rows) = Decoding::start(engine, spec.clone(), &[prompt.clone()], &vec![0; n])?;
+        let (mut decoding, mut rows) =
+            Decoding::start(engine, spec.clone(), std::slice::from_ref(&prompt), &vec![0; n])?;
         let mut sequences: Vec<Vec<u32>> = vec![prompt; n];
         for step in 0..total_steps {
             // The reference compares with `>` here (`>=` for captions).

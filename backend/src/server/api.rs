@@ -1,10 +1,12 @@
 //! The HTTP API for sites and scripts (`/api/v1/*`): the same jobs as the WebSocket,
-//! answered in one response. Errors are JSON `{"error": {"code", "message"}}` with a
-//! fitting status; a full queue is `429` with `Retry-After`. A client that hangs up
-//! cancels its request.
+//! answered in one response. Every error, a malformed query string included, is JSON
+//! `{"error": {"code", "message"}}` with a fitting status; a full queue is `429` with
+//! `Retry-After`, as is a client past its cap of requests in flight. A body that does not
+//! arrive within the body timeout is `408`. A client that hangs up cancels its request.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Multipart, Query, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, FromRequest, Multipart, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,6 +15,7 @@ use borscht_protocol::{ErrorCode, ServerMessage};
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
 
+use super::client::{ClientKey, ClientSlot};
 use super::job::{
     classify_task, decode_picture, generate_image_task, recognize_task, CancelFlag, Job, Rejection, Task,
 };
@@ -25,14 +28,41 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub retry_after_s: Option<u32>,
+    /// A status other than the code's own (408 for a body that came too slowly).
+    pub status: Option<StatusCode>,
 }
 
 impl ApiError {
     fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), retry_after_s: None }
+        ApiError { code, message: message.into(), retry_after_s: None, status: None }
+    }
+
+    /// A request body that could not be read: too large, too slow, or cut off.
+    fn body(error: &(dyn std::error::Error + 'static), status: StatusCode, what: &str) -> Self {
+        let timed_out = {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+            let mut found = false;
+            while let Some(e) = source {
+                found |= e.is::<tower_http::timeout::TimeoutError>();
+                source = e.source();
+            }
+            found
+        };
+        if timed_out {
+            let mut e = ApiError::new(ErrorCode::InvalidMessage, format!("the {what} did not arrive in time"));
+            e.status = Some(StatusCode::REQUEST_TIMEOUT);
+            return e;
+        }
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(ErrorCode::ImageTooLarge, format!("the {what} is over the size limit: {error}"));
+        }
+        ApiError::new(ErrorCode::InvalidMessage, format!("cannot read the {what}: {error}"))
     }
 
     fn status(&self) -> StatusCode {
+        if let Some(status) = self.status {
+            return status;
+        }
         match self.code {
             ErrorCode::InvalidImage => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::ImageTooLarge | ErrorCode::FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -42,6 +72,12 @@ impl ApiError {
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::new(ErrorCode::InvalidRequest, format!("bad query string: {}", r.body_text()))
     }
 }
 
@@ -71,12 +107,31 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// Who is asking and their place among its requests in flight.
+struct Caller {
+    client: ClientKey,
+    slot: ClientSlot,
+}
+
+impl Caller {
+    fn admit(state: &AppState, request: &Request) -> Result<Caller, ApiError> {
+        let peer = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>();
+        let client = state.client(request.headers(), peer);
+        let slot = state.admit(&client).map_err(|text| {
+            let mut e = ApiError::new(ErrorCode::TooManyRequests, text);
+            e.retry_after_s = Some(state.limits.retry_after_s);
+            e
+        })?;
+        Ok(Caller { client, slot })
+    }
+}
+
 /// Queues `task` and waits for its final frame.
-async fn run(state: &AppState, task: Task) -> Result<ServerMessage, ApiError> {
+async fn run(state: &AppState, caller: Caller, task: Task) -> Result<ServerMessage, ApiError> {
     if let Some(reason) = state.unavailable() {
         return Err(ApiError::new(ErrorCode::Unavailable, reason));
     }
-    let (job, mut events) = Job::new(0, task);
+    let (job, mut events) = Job::for_client(0, task, caller.client, Some(caller.slot));
     let guard = CancelOnDrop(job.cancel.clone());
     match state.submit(job) {
         Ok(_) => {}
@@ -86,6 +141,7 @@ async fn run(state: &AppState, task: Task) -> Result<ServerMessage, ApiError> {
                 code: ErrorCode::Busy,
                 message: format!("the server is busy; try again in {retry} s"),
                 retry_after_s: Some(retry),
+                status: None,
             });
         }
         Err(SubmitError::Closed(_)) => {
@@ -130,30 +186,27 @@ impl Upload {
 }
 
 async fn read_upload(state: &AppState, request: Request) -> Result<Upload, ApiError> {
+    // Media types are case-insensitive (RFC 9110).
     let is_multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
     if !is_multipart {
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::ImageTooLarge, format!("cannot read the body: {e}")))?;
+        let bytes = Bytes::from_request(request, state).await.map_err(|e| ApiError::body(&e, e.status(), "body"))?;
         return Ok(Upload { image: bytes, fields: Vec::new() });
     }
     let mut multipart = Multipart::from_request(request, state)
         .await
-        .map_err(|e| ApiError::new(ErrorCode::InvalidMessage, format!("bad multipart body: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::InvalidMessage, format!("bad multipart body: {}", e.body_text())))?;
     let (mut image, mut fields) = (None, Vec::new());
-    while let Some(field) =
-        multipart.next_field().await.map_err(|e| ApiError::new(ErrorCode::InvalidMessage, e.to_string()))?
-    {
+    let part = |e: axum::extract::multipart::MultipartError| ApiError::body(&e, e.status(), "form");
+    while let Some(field) = multipart.next_field().await.map_err(part)? {
         let name = field.name().unwrap_or_default().to_string();
         if name == "image" {
-            image = Some(field.bytes().await.map_err(|e| ApiError::new(ErrorCode::ImageTooLarge, e.to_string()))?);
+            image = Some(field.bytes().await.map_err(part)?);
         } else {
-            let text = field.text().await.map_err(|e| ApiError::new(ErrorCode::InvalidMessage, e.to_string()))?;
-            fields.push((name, text));
+            fields.push((name, field.text().await.map_err(part)?));
         }
     }
     let image = image.ok_or_else(|| ApiError::new(ErrorCode::InvalidImage, "the form has no `image` field"))?;
@@ -162,7 +215,8 @@ async fn read_upload(state: &AppState, request: Request) -> Result<Upload, ApiEr
 
 async fn decode(state: &AppState, bytes: Bytes) -> Result<image::DynamicImage, ApiError> {
     let limits = state.limits.clone();
-    Ok(tokio::task::spawn_blocking(move || decode_picture(&bytes, &limits))
+    Ok(state
+        .decode(move |side| decode_picture(&bytes, &limits, side))
         .await
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??)
 }
@@ -178,16 +232,18 @@ pub struct RecognizeQuery {
 /// `POST /api/v1/recognize[?n=16&portion_g=250]`: the photo as the body or a form field `image`.
 pub async fn recognize(
     State(state): State<AppState>,
-    Query(query): Query<RecognizeQuery>,
+    query: Result<Query<RecognizeQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let caller = Caller::admit(&state, &request)?;
     let upload = read_upload(&state, request).await?;
     let n = upload.number("n", query.n)?;
     let portion_g = upload.number("portion_g", query.portion_g)?;
     let template = upload.field("template").or(query.template);
     let image = decode(&state, upload.image).await?;
     let task = recognize_task(image, template.as_deref(), n, portion_g, &state.limits)?;
-    match run(&state, task).await? {
+    match run(&state, caller, task).await? {
         ServerMessage::Result { recognition, .. } => Ok(Json(recognition).into_response()),
         other => Err(ApiError::new(ErrorCode::Internal, format!("unexpected answer {other:?}"))),
     }
@@ -207,9 +263,11 @@ pub struct ClassifyQuery {
 /// `image` (with `classes` as a form field).
 pub async fn classify(
     State(state): State<AppState>,
-    Query(query): Query<ClassifyQuery>,
+    query: Result<Query<ClassifyQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let caller = Caller::admit(&state, &request)?;
     let upload = read_upload(&state, request).await?;
     let classes: Vec<String> = upload
         .field("classes")
@@ -221,7 +279,7 @@ pub async fn classify(
     let template = upload.field("template").or(query.template);
     let image = decode(&state, upload.image).await?;
     let task = classify_task(image, &classes, template.as_deref(), query.method.unwrap_or_default(), &state.limits)?;
-    match run(&state, task).await? {
+    match run(&state, caller, task).await? {
         ServerMessage::Classification { classification, .. } => Ok(Json(classification).into_response()),
         other => Err(ApiError::new(ErrorCode::Internal, format!("unexpected answer {other:?}"))),
     }
@@ -236,12 +294,15 @@ pub struct GenerateBody {
 
 /// `POST /api/v1/generate` with `{"text": "борщ", "n": 1}`: one picture comes back as
 /// `image/png`; several as JSON `{"images": [base64 PNG, ...]}`.
-pub async fn generate(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn generate(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let caller = Caller::admit(&state, &request)?;
+    let body = Bytes::from_request(request, &state).await.map_err(|e| ApiError::body(&e, e.status(), "body"))?;
     let request: GenerateBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(ErrorCode::InvalidMessage, format!("expected {{\"text\": ..., \"n\": ...}}: {e}"))
+        let text = borscht_protocol::clip(&e.to_string(), 200);
+        ApiError::new(ErrorCode::InvalidMessage, format!("expected {{\"text\": ..., \"n\": ...}}: {text}"))
     })?;
     let task = generate_image_task(&request.text, request.n, &state.limits)?;
-    match run(&state, task).await? {
+    match run(&state, caller, task).await? {
         ServerMessage::Images { images, .. } if images.len() == 1 => {
             let png = base64::engine::general_purpose::STANDARD
                 .decode(&images[0])

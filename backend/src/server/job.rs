@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
+use super::client::{ClientKey, ClientSlot};
 use super::limits::Limits;
 use crate::imaging::{decode_image, ImageInputError};
 use crate::pipelines::generation::CAPTION_TEMPLATE;
@@ -45,6 +46,24 @@ pub enum Task {
 }
 
 impl Task {
+    /// What the request costs the model, in units of about one recognition: the fair
+    /// queue gives a client's lane one unit per turn ([`super::queue`]).
+    pub fn cost(&self) -> u32 {
+        match self {
+            Task::Recognize { .. } | Task::Classify { .. } => 1,
+            Task::GenerateImage { n, best_of, .. } => ((n * best_of) as u32 / 4).max(1),
+            Task::GenerateText { n, .. } => 1 + *n as u32 / 8,
+        }
+    }
+
+    /// Bytes of picture the request holds while it waits.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Task::Recognize { image, .. } | Task::Classify { image, .. } => image.as_bytes().len(),
+            _ => 0,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Task::Recognize { .. } => "recognize",
@@ -87,12 +106,40 @@ pub struct Job {
     pub events: mpsc::UnboundedSender<ServerMessage>,
     pub cancel: CancelFlag,
     pub enqueued: Instant,
+    /// Whose request it is: its lane in the fair queue.
+    pub client: ClientKey,
+    /// Its place in the client's count of requests in flight, given back when the job
+    /// ends (is dropped).
+    pub slot: Option<ClientSlot>,
+    /// Picture bytes it holds ([`Task::bytes`]), counted by the queue's byte bound.
+    pub bytes: usize,
 }
 
 impl Job {
     pub fn new(id: RequestId, task: Task) -> (Job, mpsc::UnboundedReceiver<ServerMessage>) {
+        Job::for_client(id, task, ClientKey(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)), None)
+    }
+
+    /// A job of `client`, holding `slot` until it ends.
+    pub fn for_client(
+        id: RequestId,
+        task: Task,
+        client: ClientKey,
+        slot: Option<ClientSlot>,
+    ) -> (Job, mpsc::UnboundedReceiver<ServerMessage>) {
         let (events, receiver) = mpsc::unbounded_channel();
-        (Job { id, task, events, cancel: Arc::new(AtomicBool::new(false)), enqueued: Instant::now() }, receiver)
+        let bytes = task.bytes();
+        let job = Job {
+            id,
+            task,
+            events,
+            cancel: Arc::new(AtomicBool::new(false)),
+            enqueued: Instant::now(),
+            client,
+            slot,
+            bytes,
+        };
+        (job, receiver)
     }
 
     /// Cancelled, or nobody is listening any more.
@@ -106,8 +153,9 @@ impl Job {
     }
 }
 
-/// Decodes a base64 picture (a `data:` URL prefix is allowed) within the limits.
-pub fn decode_base64_image(data: &str, limits: &Limits) -> Result<DynamicImage, Rejection> {
+/// Decodes a base64 picture (a `data:` URL prefix is allowed) within the limits, and
+/// shrinks it to the model's `side` ([`decode_picture`]).
+pub fn decode_base64_image(data: &str, limits: &Limits, side: u32) -> Result<DynamicImage, Rejection> {
     let payload = match data.split_once(";base64,") {
         Some((prefix, rest)) if prefix.starts_with("data:") => rest,
         _ => data,
@@ -123,15 +171,22 @@ pub fn decode_base64_image(data: &str, limits: &Limits) -> Result<DynamicImage, 
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(payload)
         .map_err(|e| Rejection::new(ErrorCode::InvalidImage, format!("the image is not valid base64: {e}")))?;
-    decode_picture(&bytes, limits)
+    decode_picture(&bytes, limits, side)
 }
 
-/// Decodes an uploaded picture within the limits (bytes, then header pixels).
-pub fn decode_picture(bytes: &[u8], limits: &Limits) -> Result<DynamicImage, Rejection> {
+/// Side a picture is shrunk to while the model (whose input side decides) still loads.
+pub const LOADING_SIDE: u32 = 512;
+
+/// Decodes an uploaded picture within the limits (bytes, then header pixels) and shrinks
+/// it at once to what the model reads ([`crate::imaging::square_rgb`] at `side`): a
+/// 40-megapixel 16-bit PNG takes some 300 MB decoded, but waits in the queue as
+/// `side * side * 3` bytes.
+pub fn decode_picture(bytes: &[u8], limits: &Limits, side: u32) -> Result<DynamicImage, Rejection> {
     if bytes.is_empty() {
         return Err(Rejection::new(ErrorCode::InvalidImage, "the image is empty"));
     }
-    Ok(decode_image(bytes, limits.image_limits())?)
+    let decoded = decode_image(bytes, limits.image_limits())?;
+    Ok(DynamicImage::ImageRgb8(crate::imaging::square_rgb(&decoded, side)))
 }
 
 fn check_text(what: &str, text: &str, limits: &Limits) -> Result<String, Rejection> {
@@ -214,11 +269,11 @@ pub fn generate_text_task(prompt: &str, n: Option<u32>, limits: &Limits) -> Resu
 
 /// The task a WebSocket request asks for (`None` for messages that are not requests).
 /// Decoding the picture is CPU work: call this off the async threads.
-pub fn task_of(message: &ClientMessage, limits: &Limits) -> Option<Result<Task, Rejection>> {
+pub fn task_of(message: &ClientMessage, limits: &Limits, side: u32) -> Option<Result<Task, Rejection>> {
     Some(match message {
-        ClientMessage::Recognize { image, template, n, portion_g, .. } => decode_base64_image(image, limits)
+        ClientMessage::Recognize { image, template, n, portion_g, .. } => decode_base64_image(image, limits, side)
             .and_then(|image| recognize_task(image, template.as_deref(), *n, *portion_g, limits)),
-        ClientMessage::Classify { image, classes, template, method, .. } => decode_base64_image(image, limits)
+        ClientMessage::Classify { image, classes, template, method, .. } => decode_base64_image(image, limits, side)
             .and_then(|image| classify_task(image, classes, template.as_deref(), method.unwrap_or_default(), limits)),
         ClientMessage::GenerateImage { text, n, .. } => generate_image_task(text, *n, limits),
         ClientMessage::GenerateText { prompt, n, .. } => generate_text_task(prompt, *n, limits),

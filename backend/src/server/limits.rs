@@ -47,6 +47,26 @@ pub struct Limits {
     /// Seconds a client may take to accept one frame before it counts as gone.
     #[arg(long, env = "BORSCHT_SEND_TIMEOUT_S", default_value_t = 15)]
     pub send_timeout_s: u64,
+    /// Pictures decoded at once (a large one takes hundreds of MB while it decodes; each
+    /// is then shrunk to what the model reads).
+    #[arg(long, env = "BORSCHT_MAX_DECODES", default_value_t = 2)]
+    pub max_decodes: usize,
+    /// Bytes of pictures the queue may hold; beyond them clients are told "busy".
+    #[arg(long, env = "BORSCHT_QUEUE_MAX_BYTES", default_value_t = 64 << 20)]
+    pub queue_max_bytes: usize,
+    /// Requests one client (IP address) may have queued or running, over all its
+    /// WebSocket connections and the HTTP API.
+    #[arg(long, env = "BORSCHT_MAX_REQUESTS_PER_IP", default_value_t = 16)]
+    pub max_requests_per_ip: usize,
+    /// Bytes of answers waiting for one WebSocket client; its requests wait beyond them.
+    #[arg(long, env = "BORSCHT_OUTBOX_MAX_BYTES", default_value_t = 8 << 20)]
+    pub outbox_max_bytes: usize,
+    /// Seconds a client may take to send a request's headers.
+    #[arg(long, env = "BORSCHT_HEADER_TIMEOUT_S", default_value_t = 15)]
+    pub header_timeout_s: u64,
+    /// Seconds a client may take to send a request's body.
+    #[arg(long, env = "BORSCHT_BODY_TIMEOUT_S", default_value_t = 30)]
+    pub body_timeout_s: u64,
 }
 
 impl Default for Limits {
@@ -66,6 +86,12 @@ impl Default for Limits {
             retry_after_s: 2,
             idle_timeout_s: 300,
             send_timeout_s: 15,
+            max_decodes: 2,
+            queue_max_bytes: 64 << 20,
+            max_requests_per_ip: 16,
+            outbox_max_bytes: 8 << 20,
+            header_timeout_s: 15,
+            body_timeout_s: 30,
         }
     }
 }
@@ -86,5 +112,13 @@ impl Limits {
 
     pub fn send_timeout(&self) -> Duration {
         Duration::from_secs(self.send_timeout_s)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_s)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_s)
     }
 }

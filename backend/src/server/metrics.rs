@@ -8,6 +8,8 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     pub queue_depth: IntGauge,
+    /// Bytes of pictures waiting in the queue.
+    pub queue_bytes: IntGauge,
     /// Requests per model batch (captioning runs of several clients share one).
     pub batch_requests: Histogram,
     /// Seconds from queueing to the final answer, by request kind.
@@ -18,12 +20,16 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub rejected_busy: IntCounter,
     pub connections: IntGauge,
+    /// What browsers reported the Content-Security-Policy blocked.
+    pub csp_violations: IntCounter,
 }
 
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("borscht".into()), None).expect("valid prefix");
         let queue_depth = IntGauge::new("queue_depth", "Requests waiting for the model").expect("valid metric");
+        let queue_bytes =
+            IntGauge::new("queue_bytes", "Bytes of pictures waiting for the model").expect("valid metric");
         let batch_requests = Histogram::with_opts(
             HistogramOpts::new("batch_requests", "Requests served by one model batch")
                 .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0]),
@@ -45,18 +51,34 @@ impl Metrics {
         let rejected_busy = IntCounter::new("rejected_busy_total", "Requests refused because the queue was full")
             .expect("valid metric");
         let connections = IntGauge::new("websocket_connections", "Open WebSocket connections").expect("valid metric");
+        let csp_violations =
+            IntCounter::new("csp_violations_total", "Content-Security-Policy violations browsers reported")
+                .expect("valid metric");
         for metric in [
             Box::new(queue_depth.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(queue_bytes.clone()),
             Box::new(batch_requests.clone()),
             Box::new(latency.clone()),
             Box::new(queue_wait.clone()),
             Box::new(requests.clone()),
             Box::new(rejected_busy.clone()),
             Box::new(connections.clone()),
+            Box::new(csp_violations.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
         }
-        Metrics { registry, queue_depth, batch_requests, latency, queue_wait, requests, rejected_busy, connections }
+        Metrics {
+            registry,
+            queue_depth,
+            queue_bytes,
+            batch_requests,
+            latency,
+            queue_wait,
+            requests,
+            rejected_busy,
+            connections,
+            csp_violations,
+        }
     }
 
     /// The text exposition format.

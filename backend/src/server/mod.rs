@@ -3,15 +3,20 @@
 //! - [`ws`]: the `/ws` protocol endpoint (frames defined in `borscht-protocol`);
 //! - [`api`]: the HTTP API (`/api/v1/recognize`, `/classify`, `/generate`);
 //! - [`job`]: requests validated into jobs; [`limits`]: what a client may ask;
-//! - [`queue`]: the bounded queue ("busy" when full); [`worker`]: the thread that owns
-//!   the model and batches recognise requests; [`metrics`]: Prometheus counters;
+//! - [`queue`]: the bounded, fair queue ("busy" when full; one lane per client, see
+//!   [`client`]); [`worker`]: the thread that owns the model and batches recognise
+//!   requests; [`metrics`]: Prometheus counters;
+//! - [`origin`]: which pages may open `/ws`; [`headers`]: CSP, permissions and caching;
 //! - static files: the Trunk-built web app, with `index.html` as the SPA fallback;
 //!   `/healthz` (the process is up), `/readyz` (the model is loaded), `/metrics`.
 
 pub mod api;
+pub mod client;
+pub mod headers;
 pub mod job;
 pub mod limits;
 pub mod metrics;
+pub mod origin;
 pub mod queue;
 pub mod worker;
 pub mod ws;
@@ -34,9 +39,12 @@ use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
+use self::client::{ClientKey, ClientSlot, ClientSlots};
+use self::headers::SecurityHeaders;
 use self::job::Job;
 use self::limits::Limits;
 use self::metrics::Metrics;
+use self::origin::OriginPolicy;
 use self::queue::{Queue, SubmitError};
 use self::worker::{spawn_worker, EngineLoader, ModelStatus, WorkerHandle};
 
@@ -52,6 +60,11 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Sites allowed to frame the `/embed` widget (CSP `frame-ancestors` sources; `*` for any).
     pub embed_ancestors: Vec<String>,
+    /// Origins besides the server's own whose pages may open `/ws` (`*` for any).
+    pub ws_origins: Vec<String>,
+    /// A header holding the client's address, set by the operator's reverse proxy
+    /// (e.g. `X-Forwarded-For`); without it a client is the connection's peer.
+    pub client_ip_header: Option<String>,
 }
 
 impl ServerConfig {
@@ -63,6 +76,8 @@ impl ServerConfig {
             cors_origins: vec!["*".into()],
             drain_timeout: Duration::from_secs(60),
             embed_ancestors: vec!["*".into()],
+            ws_origins: Vec::new(),
+            client_ip_header: None,
         }
     }
 }
@@ -75,6 +90,12 @@ pub struct AppState {
     pub metrics: Metrics,
     pub limits: Arc<Limits>,
     pub shutting_down: Arc<AtomicBool>,
+    /// Pictures being decoded at once ([`Limits::max_decodes`]).
+    pub decodes: Arc<tokio::sync::Semaphore>,
+    /// Requests each client has in flight ([`Limits::max_requests_per_ip`]).
+    pub clients: ClientSlots,
+    pub client_ip_header: Option<Arc<str>>,
+    pub origins: Arc<OriginPolicy>,
 }
 
 impl AppState {
@@ -88,6 +109,37 @@ impl AppState {
             ModelStatus::Ready { .. } | ModelStatus::Loading => None,
             ModelStatus::Failed(e) => Some(format!("no model is loaded: {e}")),
         }
+    }
+
+    /// Who sent a request.
+    pub fn client(
+        &self,
+        headers: &axum::http::HeaderMap,
+        peer: Option<&axum::extract::ConnectInfo<SocketAddr>>,
+    ) -> ClientKey {
+        ClientKey::of(headers, peer, self.client_ip_header.as_deref())
+    }
+
+    /// A place for one more request of `client`, or the refusal to send when it has
+    /// [`Limits::max_requests_per_ip`] in flight.
+    pub fn admit(&self, client: &ClientKey) -> Result<ClientSlot, String> {
+        self.clients.take(client).ok_or_else(|| {
+            format!(
+                "{} requests from your address are already queued or running; wait for one to finish",
+                self.clients.max()
+            )
+        })
+    }
+
+    /// Decodes a picture off the async threads, at most [`Limits::max_decodes`] at once:
+    /// `decode` gets the side the model reads pictures at.
+    pub async fn decode<T: Send + 'static>(
+        &self,
+        decode: impl FnOnce(u32) -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let _permit = self.decodes.acquire().await.expect("the decode semaphore is never closed");
+        let side = self.worker.input_side();
+        tokio::task::spawn_blocking(move || decode(side)).await
     }
 
     /// Queues a job, counting it as in flight until the worker ends it.
@@ -116,14 +168,19 @@ impl Server {
     /// Starts the worker (which loads the model in the background) and builds the router.
     pub fn start(config: &ServerConfig, load: EngineLoader) -> Server {
         let metrics = Metrics::new();
-        let (queue, receiver) = Queue::new(config.limits.queue_capacity, metrics.clone());
-        let (worker, worker_thread) = spawn_worker(load, receiver, metrics.clone(), config.limits.max_batch);
+        let limits = &config.limits;
+        let (queue, receiver) = Queue::new(limits.queue_capacity, limits.queue_max_bytes, metrics.clone());
+        let (worker, worker_thread) = spawn_worker(load, receiver, metrics.clone(), limits.max_batch);
         let state = AppState {
             queue,
             worker,
             metrics,
-            limits: Arc::new(config.limits.clone()),
+            limits: Arc::new(limits.clone()),
             shutting_down: Arc::new(AtomicBool::new(false)),
+            decodes: Arc::new(tokio::sync::Semaphore::new(limits.max_decodes.max(1))),
+            clients: ClientSlots::new(limits.max_requests_per_ip),
+            client_ip_header: config.client_ip_header.as_deref().map(Arc::from),
+            origins: Arc::new(OriginPolicy::new(&config.ws_origins, &config.embed_ancestors)),
         };
         Server { router: router(config, state.clone()), state, worker_thread }
     }
@@ -138,11 +195,13 @@ pub fn router(config: &ServerConfig, state: AppState) -> Router {
         .route("/api/v1/classify", post(api::classify))
         .route("/api/v1/generate", post(api::generate))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(config.limits.body_timeout()))
         .layer(cors(&config.cors_origins));
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/csp-report", post(csp_report).layer(DefaultBodyLimit::max(16 * 1024)))
         .route("/ws", get(ws::upgrade))
         .merge(api)
         .with_state(state);
@@ -161,25 +220,13 @@ pub fn router(config: &ServerConfig, state: AppState) -> Router {
     let header = |name: HeaderName, value: &'static str| {
         SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
     };
-    let embed_policy = HeaderValue::from_str(&format!("frame-ancestors {}", config.embed_ancestors.join(" ")))
-        .unwrap_or_else(|_| HeaderValue::from_static("frame-ancestors 'self'"));
-    app.layer(axum::middleware::from_fn_with_state(embed_policy, frame_policy))
+    let security = Arc::new(SecurityHeaders::new(&config.web_dir, &config.embed_ancestors));
+    app.layer(axum::middleware::from_fn_with_state(security, headers::apply))
         .layer(header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .layer(header(header::REFERRER_POLICY, "no-referrer"))
+        // gzip or brotli for the wasm, JS and CSS (and JSON answers) when the browser asks.
+        .layer(tower_http::compression::CompressionLayer::new())
         .layer(TraceLayer::new_for_http())
-}
-
-/// Only the `/embed` widget may be framed, and only by the configured sites.
-async fn frame_policy(
-    State(embed_policy): State<HeaderValue>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let embed = request.uri().path().starts_with("/embed");
-    let mut response = next.run(request).await;
-    let policy = if embed { embed_policy } else { HeaderValue::from_static("frame-ancestors 'self'") };
-    response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, policy);
-    response
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
@@ -218,8 +265,17 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(body))
 }
 
+/// A browser's report of what the Content-Security-Policy blocked: counted, and logged
+/// at debug level (any page can post here).
+async fn csp_report(State(state): State<AppState>, body: axum::body::Bytes) -> StatusCode {
+    state.metrics.csp_violations.inc();
+    tracing::debug!("CSP violation: {}", borscht_protocol::clip(&String::from_utf8_lossy(&body), 300));
+    StatusCode::NO_CONTENT
+}
+
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state.metrics.queue_depth.set(state.queue.depth() as i64);
+    state.metrics.queue_bytes.set(state.queue.bytes() as i64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
@@ -237,18 +293,58 @@ pub async fn serve(config: ServerConfig, load: EngineLoader) -> anyhow::Result<(
         state.shutting_down.store(true, Ordering::SeqCst);
         state.drained(drain).await;
     };
-    serve_on(listener, server.router, shutdown).await?;
+    serve_on(listener, server.router, shutdown, config.limits.header_timeout()).await?;
     tracing::info!("server stopped");
     Ok(())
 }
 
-/// Serves `app` on an already bound listener until `shutdown` completes.
+/// Serves `app` on an already bound listener until `shutdown` completes, then waits for
+/// open requests to end. Each connection's peer address reaches the handlers as
+/// `ConnectInfo`; a client gets `header_timeout` to send a request's headers (a socket
+/// that dribbles them is closed).
 pub async fn serve_on(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    header_timeout: Duration,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (socket, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment, keep serving.
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = socket.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            app.clone().oneshot(request.map(axum::body::Body::new))
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(socket), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection from {peer} ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -322,10 +418,15 @@ mod tests {
             response.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap().to_string()
         };
         let page = app.clone().oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
-        assert_eq!(policy(&page), "frame-ancestors 'self'");
-        let embed = app.oneshot(Request::get("/embed").body(Body::empty()).unwrap()).await.unwrap();
+        assert!(policy(&page).ends_with("; frame-ancestors 'self'"), "{}", policy(&page));
+        let embed = app.clone().oneshot(Request::get("/embed").body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(embed.status(), StatusCode::OK);
-        assert_eq!(policy(&embed), "frame-ancestors https://recipes.example");
+        assert!(policy(&embed).ends_with("; frame-ancestors https://recipes.example"), "{}", policy(&embed));
+        // Only /embed itself: a longer path that starts the same is framed by nobody else.
+        for path in ["/embedXYZ", "/embed-example.html", "/embed/"] {
+            let other = app.clone().oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+            assert!(policy(&other).ends_with("; frame-ancestors 'self'"), "{path}: {}", policy(&other));
+        }
     }
 
     #[tokio::test]

@@ -1,25 +1,19 @@
-//! The bounded queue between the request handlers and the model worker. A full queue
-//! refuses at once (the client hears "busy"); nothing waits unboundedly.
+//! The bounded, fair queue between the request handlers and the model worker.
+//!
+//! Bounded twice: by requests and by the bytes their pictures hold; beyond either the
+//! client hears "busy" at once, and nothing waits unboundedly. Fair: every client (its
+//! IP address, see [`super::client`]) has a lane of its own, and the worker serves the
+//! lanes in turn by deficit round robin, weighing each request by what it costs the
+//! model ([`super::job::Task::cost`]). One client with many costly requests queued makes
+//! the others wait for at most about one of them, not for all of them.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use tokio::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 
+use super::client::ClientKey;
 use super::job::Job;
 use super::metrics::Metrics;
-
-#[derive(Clone)]
-pub struct Queue {
-    sender: mpsc::Sender<Job>,
-    depth: Arc<AtomicUsize>,
-    metrics: Metrics,
-}
-
-/// The worker's end.
-pub struct QueueReceiver {
-    receiver: mpsc::Receiver<Job>,
-    depth: Arc<AtomicUsize>,
-}
 
 /// Why a job was not queued; the job comes back so its sender can answer it.
 pub enum SubmitError {
@@ -27,54 +21,168 @@ pub enum SubmitError {
     Closed(Box<Job>),
 }
 
+pub struct Queue {
+    shared: Arc<Shared>,
+    metrics: Metrics,
+}
+
+/// The worker's end. Dropping every [`Queue`] handle closes the queue: the worker takes
+/// what is left, then hears `None`.
+pub struct QueueReceiver {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    lanes: Mutex<Lanes>,
+    ready: Condvar,
+    capacity: usize,
+    max_bytes: usize,
+    /// Queue handles alive (the receiver sees the end when it reaches 0).
+    senders: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Lanes {
+    /// Each client's waiting jobs, in arrival order.
+    waiting: HashMap<ClientKey, VecDeque<Job>>,
+    /// Clients with jobs waiting, in turn order.
+    turns: VecDeque<ClientKey>,
+    /// What each client may still spend in its current turn.
+    deficit: HashMap<ClientKey, u32>,
+    jobs: usize,
+    bytes: usize,
+}
+
+impl Lanes {
+    fn push(&mut self, job: Job) {
+        let key = job.client.clone();
+        self.jobs += 1;
+        self.bytes += job.bytes;
+        let lane = self.waiting.entry(key.clone()).or_default();
+        if lane.is_empty() {
+            self.turns.push_back(key);
+        }
+        lane.push_back(job);
+    }
+
+    /// The next job (of those `wanted` takes) by deficit round robin: the client whose turn
+    /// it is gains one unit of credit per turn and is served once its credit covers its
+    /// first job's cost.
+    fn pop(&mut self, wanted: &dyn Fn(&Job) -> bool) -> Option<Job> {
+        let candidates = self.turns.iter().filter(|k| self.waiting[*k].iter().any(wanted)).count();
+        if candidates == 0 {
+            return None;
+        }
+        loop {
+            let key = self.turns.pop_front().expect("a client with waiting jobs");
+            let lane = self.waiting.get_mut(&key).expect("every turn has a lane");
+            let Some(index) = lane.iter().position(wanted) else {
+                self.turns.push_back(key);
+                continue;
+            };
+            let credit = self.deficit.entry(key.clone()).or_insert(0);
+            *credit += 1;
+            let cost = lane[index].task.cost();
+            if *credit < cost {
+                self.turns.push_back(key);
+                continue;
+            }
+            *credit -= cost;
+            let job = lane.remove(index).expect("index found above");
+            if lane.is_empty() {
+                self.waiting.remove(&key);
+                self.deficit.remove(&key);
+            } else {
+                self.turns.push_back(key);
+            }
+            self.jobs -= 1;
+            self.bytes -= job.bytes;
+            return Some(job);
+        }
+    }
+}
+
 impl Queue {
-    pub fn new(capacity: usize, metrics: Metrics) -> (Queue, QueueReceiver) {
-        let (sender, receiver) = mpsc::channel(capacity.max(1));
-        let depth = Arc::new(AtomicUsize::new(0));
-        (Queue { sender, depth: depth.clone(), metrics }, QueueReceiver { receiver, depth })
+    /// A queue of at most `capacity` requests holding at most `max_bytes` of pictures.
+    pub fn new(capacity: usize, max_bytes: usize, metrics: Metrics) -> (Queue, QueueReceiver) {
+        let shared = Arc::new(Shared {
+            lanes: Mutex::new(Lanes::default()),
+            ready: Condvar::new(),
+            capacity: capacity.max(1),
+            max_bytes,
+            senders: AtomicUsize::new(1),
+        });
+        (Queue { shared: shared.clone(), metrics }, QueueReceiver { shared })
     }
 
     /// Queues `job`; returns how many requests wait ahead of it.
     pub fn submit(&self, job: Job) -> Result<usize, SubmitError> {
-        let ahead = self.depth.fetch_add(1, Ordering::SeqCst);
-        match self.sender.try_send(job) {
-            Ok(()) => Ok(ahead),
-            Err(e) => {
-                self.depth.fetch_sub(1, Ordering::SeqCst);
-                match e {
-                    mpsc::error::TrySendError::Full(job) => {
-                        self.metrics.rejected_busy.inc();
-                        Err(SubmitError::Busy(Box::new(job)))
-                    }
-                    mpsc::error::TrySendError::Closed(job) => Err(SubmitError::Closed(Box::new(job))),
-                }
-            }
+        let mut lanes = self.shared.lanes.lock().expect("queue lock");
+        // One picture alone may always wait, however large the limit says it is.
+        let over_bytes = lanes.jobs > 0 && lanes.bytes + job.bytes > self.shared.max_bytes;
+        if lanes.jobs >= self.shared.capacity || over_bytes {
+            self.metrics.rejected_busy.inc();
+            return Err(SubmitError::Busy(Box::new(job)));
         }
+        let ahead = lanes.jobs;
+        lanes.push(job);
+        self.metrics.queue_depth.set(lanes.jobs as i64);
+        self.metrics.queue_bytes.set(lanes.bytes as i64);
+        drop(lanes);
+        self.shared.ready.notify_one();
+        Ok(ahead)
     }
 
-    /// Requests waiting now (exact: the gauge in `/metrics` is read from it).
+    /// Requests waiting now.
     pub fn depth(&self) -> usize {
-        self.depth.load(Ordering::SeqCst)
+        self.shared.lanes.lock().expect("queue lock").jobs
+    }
+
+    /// Bytes of pictures waiting now.
+    pub fn bytes(&self) -> usize {
+        self.shared.lanes.lock().expect("queue lock").bytes
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.shared.ready.notify_all();
+        }
+    }
+}
+
+/// Another handle, counted so the worker knows when the last one is gone.
+impl Clone for Queue {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::SeqCst);
+        Queue { shared: self.shared.clone(), metrics: self.metrics.clone() }
     }
 }
 
 impl QueueReceiver {
-    fn taken(&self, job: Option<Job>) -> Option<Job> {
-        if job.is_some() {
-            self.depth.fetch_sub(1, Ordering::SeqCst);
-        }
-        job
+    fn take(&self, lanes: &mut Lanes, wanted: &dyn Fn(&Job) -> bool) -> Option<Job> {
+        lanes.pop(wanted)
     }
 
-    /// Waits for the next job; `None` once every sender is gone (shutdown).
+    /// Waits for the next job in fair order; `None` once every queue handle is gone and
+    /// nothing waits (shutdown).
     pub fn blocking_next(&mut self) -> Option<Job> {
-        let job = self.receiver.blocking_recv();
-        self.taken(job)
+        let mut lanes = self.shared.lanes.lock().expect("queue lock");
+        loop {
+            if let Some(job) = self.take(&mut lanes, &|_| true) {
+                return Some(job);
+            }
+            if self.shared.senders.load(Ordering::SeqCst) == 0 {
+                return None;
+            }
+            lanes = self.shared.ready.wait(lanes).expect("queue lock");
+        }
     }
 
-    /// The next job if one is waiting now.
-    pub fn try_next(&mut self) -> Option<Job> {
-        let job = self.receiver.try_recv().ok();
-        self.taken(job)
+    /// The next waiting job that `wanted` takes, in fair order, if there is one now.
+    pub fn try_next_where(&mut self, wanted: impl Fn(&Job) -> bool) -> Option<Job> {
+        let mut lanes = self.shared.lanes.lock().expect("queue lock");
+        self.take(&mut lanes, &wanted)
     }
 }

@@ -10,8 +10,7 @@ use anyhow::Result;
 use base64::Engine as _;
 use borscht_protocol::nutrition::Nutrition;
 use borscht_protocol::{Classification, ErrorCode, RankedCaption, RankedText, Recognition, ServerMessage};
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::job::{Job, Task};
@@ -41,6 +40,8 @@ pub struct WorkerHandle {
     status: Arc<RwLock<ModelStatus>>,
     /// Jobs queued or running; shutdown waits for it to reach zero.
     in_flight: Arc<AtomicUsize>,
+    /// The side of the square pictures the model reads (0 while it loads).
+    input_side: Arc<AtomicU32>,
 }
 
 impl WorkerHandle {
@@ -50,6 +51,14 @@ impl WorkerHandle {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The side uploads are shrunk to: the model's input side once it is loaded.
+    pub fn input_side(&self) -> u32 {
+        match self.input_side.load(Ordering::Relaxed) {
+            0 => super::job::LOADING_SIDE,
+            side => side,
+        }
     }
 
     /// Call when a job is queued; the worker counts it down when the job ends.
@@ -72,8 +81,11 @@ pub fn spawn_worker(
     metrics: Metrics,
     max_batch: usize,
 ) -> (WorkerHandle, std::thread::JoinHandle<()>) {
-    let handle =
-        WorkerHandle { status: Arc::new(RwLock::new(ModelStatus::Loading)), in_flight: Arc::new(AtomicUsize::new(0)) };
+    let handle = WorkerHandle {
+        status: Arc::new(RwLock::new(ModelStatus::Loading)),
+        in_flight: Arc::new(AtomicUsize::new(0)),
+        input_side: Arc::new(AtomicU32::new(0)),
+    };
     let worker = Worker { receiver, metrics, max_batch: max_batch.max(1), handle: handle.clone() };
     let thread = std::thread::Builder::new()
         .name("model-worker".into())
@@ -98,6 +110,7 @@ impl Worker {
         let engine = match load() {
             Ok((engine, name)) => {
                 tracing::info!(model = %name, "model loaded");
+                self.handle.input_side.store(engine.image_size(), Ordering::Relaxed);
                 self.set_status(ModelStatus::Ready { name });
                 engine
             }
@@ -111,23 +124,18 @@ impl Worker {
                 return;
             }
         };
-        let mut held: VecDeque<Job> = VecDeque::new();
-        loop {
-            let Some(first) = held.pop_front().or_else(|| self.receiver.blocking_next()) else { break };
-            if !matches!(first.task, Task::Recognize { .. }) {
+        let is_recognize = |job: &Job| matches!(job.task, Task::Recognize { .. });
+        while let Some(first) = self.receiver.blocking_next() {
+            if !is_recognize(&first) {
                 self.run_one(&engine, first);
                 continue;
             }
-            // Every recognise request waiting now joins this batch; others wait their turn.
+            // Recognise requests waiting now join this batch (in the queue's fair order);
+            // others wait their turn.
             let mut batch = vec![first];
             while batch.len() < self.max_batch {
-                let next = match held.iter().position(|j| matches!(j.task, Task::Recognize { .. })) {
-                    Some(i) => held.remove(i),
-                    None => self.receiver.try_next(),
-                };
-                match next {
-                    Some(job) if matches!(job.task, Task::Recognize { .. }) => batch.push(job),
-                    Some(job) => held.push_back(job),
+                match self.receiver.try_next_where(is_recognize) {
+                    Some(job) => batch.push(job),
                     None => break,
                 }
             }
@@ -143,8 +151,14 @@ impl Worker {
             Outcome::Cancelled => ("cancelled", ServerMessage::Cancelled { id: job.id }),
             Outcome::Error(code, text) => ("error", ServerMessage::request_error(job.id, code, text)),
         };
-        if label == "error" {
-            tracing::warn!(id = job.id, kind, "request failed: {message:?}");
+        if let ServerMessage::Error { code, message: text, .. } = &message {
+            // The server's own failures are for the operator; a client's bad request is
+            // its own business (one connection can send thousands a second).
+            if matches!(code, ErrorCode::Internal) {
+                tracing::warn!(id = job.id, kind, client = %job.client, "request failed: {text}");
+            } else {
+                tracing::debug!(id = job.id, kind, client = %job.client, "request refused ({code:?}): {text}");
+            }
         }
         // Counted before the answer goes out, so a client that reads it sees the metrics agree.
         self.metrics.requests.with_label_values(&[kind, label]).inc();

@@ -1,15 +1,24 @@
 //! The `/ws` endpoint: one task per connection speaking `borscht-protocol`.
 //!
-//! Frames are read in order; a request is validated (its picture decoded off the async
-//! threads), queued, and answered with `accepted` or an error (`busy` when the queue is
-//! full). A forwarder task per request relays the worker's stream; one writer task owns
-//! the socket, so a slow client backs up only its own connection and is dropped after
-//! the send timeout. A bad frame is answered with an `error` and the connection stays
-//! open. A closed socket cancels everything it had in flight.
+//! Only the server's own pages and the origins the operator names may connect
+//! ([`super::origin`]). Frames are read in order; a request is validated (its picture
+//! decoded off the async threads, a few at a time, and shrunk to what the model reads),
+//! queued in its client's lane, and answered with `accepted` or an error (`busy` when the
+//! queue is full, `too_many_requests` past the per-connection or per-address cap). A
+//! forwarder task per request relays the worker's stream; one writer task owns the
+//! socket, holding at most [`Limits::outbox_max_bytes`] of answers, so a client that
+//! stops reading backs up only its own connection: after the send timeout the writer
+//! gives up, the connection stops reading, its requests are cancelled and the socket is
+//! closed (the close itself bounded by the same timeout). A bad frame is answered with an
+//! `error` and the connection stays open. A closed socket cancels everything it had in
+//! flight.
+//!
+//! [`Limits::outbox_max_bytes`]: super::limits::Limits::outbox_max_bytes
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use borscht_protocol::{
     decode_client_message, encode, ClientMessage, ErrorCode, RequestId, ServerMessage, PROTOCOL_VERSION,
 };
@@ -18,39 +27,87 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use super::client::{ClientKey, Peer};
 use super::job::{task_of, CancelFlag, Job};
 use super::queue::SubmitError;
 use super::AppState;
 
 /// How often an idle connection is pinged so proxies and phones keep it open.
 const KEEP_ALIVE: Duration = Duration::from_secs(20);
-/// Frames waiting for a slow client before its requests stall.
-const OUTBOX: usize = 256;
+/// Frames waiting for the writer (their bytes are bounded apart, by the outbox budget).
+const OUTBOX: usize = 1024;
 
-pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Some(refusal) = state.origins.refusal(&headers) {
+        tracing::debug!("refused a WebSocket: {refusal}");
+        let body = serde_json::json!({ "error": { "code": ErrorCode::InvalidRequest, "message": refusal } });
+        return (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
+    }
+    let client = state.client(&headers, peer.as_ref());
     // Frames up to twice the limit are read and refused politely; larger ones end the connection.
-    ws.max_message_size(state.limits.max_frame_bytes() * 2).on_upgrade(move |socket| handle_connection(socket, state))
+    ws.max_message_size(state.limits.max_frame_bytes() * 2)
+        .on_upgrade(move |socket| handle_connection(socket, state, client))
 }
 
 type InFlight = Arc<Mutex<HashMap<RequestId, CancelFlag>>>;
 
+/// A frame for the writer with its share of the outbox's byte budget.
+type Outgoing = (Message, OwnedSemaphorePermit);
+
 struct Connection {
     state: AppState,
-    outbox: mpsc::Sender<Message>,
+    client: ClientKey,
+    outbox: Outbox,
     in_flight: InFlight,
 }
 
-async fn handle_connection(socket: WebSocket, state: AppState) {
+/// The writer's queue: frames in order, their bytes bounded by a budget that each frame
+/// takes from before it is queued and gives back once it is on the socket.
+#[derive(Clone)]
+struct Outbox {
+    frames: mpsc::Sender<Outgoing>,
+    budget: Arc<Semaphore>,
+    max_bytes: usize,
+}
+
+impl Outbox {
+    /// Queues `message`, waiting while the client holds the whole budget; an error once
+    /// the writer has ended.
+    async fn send(&self, message: Message) -> Result<(), ()> {
+        let bytes = match &message {
+            Message::Text(text) => text.len(),
+            Message::Binary(data) => data.len(),
+            _ => 0,
+        };
+        let permits = bytes.clamp(1, self.max_bytes) as u32;
+        let permit = self.budget.clone().acquire_many_owned(permits).await.map_err(|_| ())?;
+        self.frames.send((message, permit)).await.map_err(|_| ())
+    }
+
+    async fn closed(&self) {
+        self.frames.closed().await
+    }
+}
+
+async fn handle_connection(socket: WebSocket, state: AppState, client: ClientKey) {
     state.metrics.connections.inc();
     let (mut sink, mut stream) = socket.split();
-    let (outbox, mut outgoing) = mpsc::channel::<Message>(OUTBOX);
+    let (frames, mut outgoing) = mpsc::channel::<Outgoing>(OUTBOX);
+    let max_bytes = state.limits.outbox_max_bytes.clamp(1, u32::MAX as usize);
+    let budget = Arc::new(Semaphore::new(max_bytes));
+    let outbox = Outbox { frames, budget: budget.clone(), max_bytes };
     let send_timeout = state.limits.send_timeout();
     let writer = tokio::spawn(async move {
-        while let Some(message) = outgoing.recv().await {
+        while let Some((message, permit)) = outgoing.recv().await {
             match tokio::time::timeout(send_timeout, sink.send(message)).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => drop(permit),
                 Ok(Err(_)) => break,
                 Err(_) => {
                     tracing::info!("closing a connection whose client stopped reading");
@@ -58,9 +115,14 @@ async fn handle_connection(socket: WebSocket, state: AppState) {
                 }
             }
         }
-        let _ = sink.close().await;
+        // Whoever waits to queue a frame hears at once that the connection is over, and
+        // the reading side stops too (it watches `closed`).
+        budget.close();
+        drop(outgoing);
+        let _ = tokio::time::timeout(send_timeout, sink.close()).await;
     });
-    let connection = Connection { state: state.clone(), outbox, in_flight: Arc::new(Mutex::new(HashMap::new())) };
+    let connection =
+        Connection { state: state.clone(), client, outbox, in_flight: Arc::new(Mutex::new(HashMap::new())) };
     let model = match state.worker.status() {
         super::worker::ModelStatus::Ready { name } => Some(name),
         _ => None,
@@ -173,7 +235,9 @@ impl Connection {
         let refusal = {
             let in_flight = self.in_flight.lock().expect("in-flight lock");
             if in_flight.contains_key(&id) {
-                Some(refuse(ErrorCode::DuplicateId, format!("request {id} is already in flight; use a new id")))
+                // Without an id: the frame must not end the live request of that id.
+                let text = format!("request {id} is already in flight; use a new id");
+                Some(ServerMessage::error(ErrorCode::DuplicateId, text))
             } else if in_flight.len() >= self.state.limits.max_requests_per_connection {
                 let text = format!(
                     "{} requests are already in flight on this connection; wait for one to finish",
@@ -190,14 +254,18 @@ impl Connection {
         if let Some(reason) = self.state.unavailable() {
             return self.send(refuse(ErrorCode::Unavailable, reason)).await;
         }
+        let slot = match self.state.admit(&self.client) {
+            Ok(slot) => slot,
+            Err(text) => return self.send(refuse(ErrorCode::TooManyRequests, text)).await,
+        };
         let limits = self.state.limits.clone();
-        let task = match tokio::task::spawn_blocking(move || task_of(&request, &limits)).await {
+        let task = match self.state.decode(move |side| task_of(&request, &limits, side)).await {
             Ok(Some(Ok(task))) => task,
             Ok(Some(Err(rejection))) => return self.send(refuse(rejection.code, rejection.message)).await,
             Ok(None) => unreachable!("on_request only gets requests"),
             Err(e) => return self.send(refuse(ErrorCode::Internal, format!("cannot read the request: {e}"))).await,
         };
-        let (job, events) = Job::new(id, task);
+        let (job, events) = Job::for_client(id, task, self.client.clone(), Some(slot));
         let cancel = job.cancel.clone();
         match self.state.submit(job) {
             Ok(queue_position) => {
@@ -225,7 +293,7 @@ impl Connection {
 /// Relays one request's stream to the connection until its final frame.
 async fn forward(
     mut events: mpsc::UnboundedReceiver<ServerMessage>,
-    outbox: mpsc::Sender<Message>,
+    outbox: Outbox,
     in_flight: InFlight,
     id: RequestId,
     cancel: CancelFlag,
