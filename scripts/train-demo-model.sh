@@ -66,7 +66,7 @@ if has_step rudolph; then
 
   # Ship the model directory (weights, tokenizer, VQGAN) without the training state.
   rm -rf models/demo.new && mkdir -p models/demo.new/vqgan
-  cp "$RUNS/full-model/"{config.json,model.safetensors,bpe.model} models/demo.new/
+  cp "$RUNS/full-model/"{config.json,model.safetensors,bpe.model,dishes.json} models/demo.new/
   cp "$RUNS/full-model/vqgan/"{config.json,model.safetensors} models/demo.new/vqgan/
   cp "$RUNS/held-out-metrics.json" "$RUNS/full-metrics.json" models/demo.new/
   [ -f models/demo/README.md ] && cp models/demo/README.md models/demo.new/
@@ -83,5 +83,7 @@ if has_step rudolph; then
   python3 scripts/codes-to-npy.py "$RUNS/samples/generated.jsonl" "$RUNS/samples/codes.npy"
   "$BIN" vqgan decode --vqgan models/demo/vqgan --codes "$RUNS/samples/codes.npy" \
     --png models/demo/text-to-image-samples.png --columns 4
+  # How sure its answers are: calibrated on food it never saw and on non-food photos.
+  scripts/calibrate-demo-model.sh
   echo "models/demo updated; refresh the numbers in models/demo/README.md"
 fi

@@ -10,6 +10,8 @@
  * Events (on the container element, bubbling to document):
  *   borscht:result  detail = {best, alternatives, confidence, atwater, candidates, ...}
  *   borscht:saved   detail = {date, dish, grams, protein_g, fat_g, carbs_g, kcal}
+ * Numbers are rounded to one decimal. The frame grows and shrinks with the widget's
+ * content (it tells its height); data-height is only the height before it does.
  * Attributes on the container: data-lang="ru|en", data-height="640".
  * Which sites may embed the widget is the server's --embed-ancestors setting.
  */
@@ -37,8 +39,14 @@
   window.addEventListener("message", function (event) {
     if (event.origin !== origin || !event.data || typeof event.data.type !== "string") return;
     if (event.data.type.indexOf("borscht:") !== 0) return;
-    var target = document;
-    frames.forEach(function (f) { if (f.frame.contentWindow === event.source) target = f.container; });
+    var source = null;
+    frames.forEach(function (f) { if (f.frame.contentWindow === event.source) source = f; });
+    if (event.data.type === "borscht:height") {
+      var height = event.data.data && Number(event.data.data.height);
+      if (source && height > 0) source.frame.style.height = Math.ceil(height) + "px";
+      return;
+    }
+    var target = source ? source.container : document;
     target.dispatchEvent(new CustomEvent(event.data.type, { detail: event.data.data, bubbles: true }));
   });
 

@@ -57,13 +57,21 @@ pub fn decode_image(bytes: &[u8], limits: ImageLimits) -> Result<DynamicImage, I
             max_side: limits.max_width.max(limits.max_height),
         });
     }
+    // A header may say 0x0 (GIF does); such a picture would reach the model as blank.
+    if width == 0 || height == 0 {
+        return Err(ImageInputError::Corrupt(format!("the image is {width}x{height} pixels: it has none")));
+    }
     let mut decoder_limits = Limits::default();
     decoder_limits.max_image_width = Some(limits.max_width);
     decoder_limits.max_image_height = Some(limits.max_height);
     decoder_limits.max_alloc = Some(limits.max_pixels * 4 * 2);
     decoder.set_limits(decoder_limits).map_err(|e| ImageInputError::Corrupt(e.to_string()))?;
     let orientation = decoder.orientation().map_err(|e| ImageInputError::Corrupt(e.to_string()))?;
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| ImageInputError::Corrupt(e.to_string()))?;
+    // A decoder that panics on a broken file (zune-jpeg 0.5's AVX2 upsampler does on some
+    // damaged JPEGs) refuses the file like any other broken one.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| DynamicImage::from_decoder(decoder)))
+        .map_err(|_| ImageInputError::Corrupt("the image's data is damaged (its decoder gave up)".into()))?;
+    let mut image = decoded.map_err(|e| ImageInputError::Corrupt(e.to_string()))?;
     image.apply_orientation(orientation);
     Ok(image)
 }
@@ -145,6 +153,7 @@ pub fn grid(images: &[RgbImage], columns: usize) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::Rgb;
 
     fn png_of(image: &RgbImage) -> Vec<u8> {
         encode_png(image)
@@ -191,14 +200,25 @@ mod tests {
         assert!(err.to_string().contains("300x200"), "{err}");
     }
 
+    /// A GIF whose screen and frame say 0x0 decoded to an empty picture that the server
+    /// then sent to the model as a blank one.
     #[test]
-    fn exif_orientation_is_applied() {
-        // A 2x1 JPEG whose EXIF says "rotate 90° clockwise" must come out 1x2.
-        let mut jpeg = Vec::new();
-        DynamicImage::ImageRgb8(RgbImage::new(16, 8))
-            .write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+    fn a_picture_without_pixels_is_refused() {
+        let mut gif = Vec::new();
+        DynamicImage::ImageRgb8(RgbImage::new(3, 2))
+            .write_to(&mut Cursor::new(&mut gif), image::ImageFormat::Gif)
             .unwrap();
-        // APP1 Exif segment: II*\0, IFD with one entry: Orientation (0x0112) = 6.
+        gif[6..10].copy_from_slice(&[0; 4]);
+        let err = decode_image(&gif, ImageLimits::default()).unwrap_err();
+        assert!(matches!(err, ImageInputError::Corrupt(_)) && err.to_string().contains("0x0"), "{err}");
+    }
+
+    /// A 16x8 JPEG, white with a red top-left corner, whose EXIF says `orientation`.
+    fn jpeg_with_orientation(orientation: u16) -> Vec<u8> {
+        let picture = RgbImage::from_fn(16, 8, |x, y| if x < 4 && y < 4 { Rgb([255, 0, 0]) } else { Rgb([255; 3]) });
+        let mut jpeg = Vec::new();
+        DynamicImage::ImageRgb8(picture).write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+        // APP1 Exif segment: II*\0, IFD with one entry: Orientation (0x0112).
         let tiff: Vec<u8> = [
             b"II*\0".as_slice(),
             &8u32.to_le_bytes(),
@@ -206,7 +226,7 @@ mod tests {
             &0x0112u16.to_le_bytes(),
             &3u16.to_le_bytes(),
             &1u32.to_le_bytes(),
-            &6u16.to_le_bytes(),
+            &orientation.to_le_bytes(),
             &[0, 0],
             &0u32.to_le_bytes(),
         ]
@@ -216,7 +236,57 @@ mod tests {
         segment.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
         segment.extend_from_slice(&payload);
         jpeg.splice(2..2, segment);
-        let image = decode_image(&jpeg, ImageLimits::default()).unwrap();
-        assert_eq!((image.width(), image.height()), (8, 16));
+        jpeg
+    }
+
+    /// Each of EXIF's eight orientations turns the picture upright: the size, and where
+    /// the marked corner ends up (by the EXIF specification's table).
+    /// A damaged JPEG (found by AFL) on which the JPEG decoder panics: refused as
+    /// damaged, not a panic.
+    #[test]
+    fn a_jpeg_its_decoder_panics_on_is_refused() {
+        let hex = [
+            "ffd8ffe00010564547420001010000010001fa00ffe1002241006962000059520024000000070101010a000300000001",
+            "0006000000000198ffdb004301171906070605080707070909080a0c140d0c0b0b0c190a130f141d1a01001d1a1c1c20",
+            "253e26202a2c211c1c2a37222e30313633360128333f35373f2e333339ffdb0043002020090909090909090909090909",
+            "090909090935393635393834393736383737350a3133353837363637393638343836373435323635323337b238363936",
+            "3433ffc200110800b8000803012101021101034200ffc4001f0000010501010101010100000000000000000102030405",
+            "060708090a034cae69797467707474777376fcfbfac6c6c6c6c6c6c6c6c6436c45515652c6c698999aa2a3a491a6a7a8",
+            "a9aab2b3b4b5b6b7b8b9bac2c3c4ba85ffda000c0301fe020e030e0100888786",
+        ]
+        .concat();
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let error = decode_image(&bytes, ImageLimits::default()).unwrap_err();
+        assert!(matches!(error, ImageInputError::Corrupt(_)), "{error}");
+    }
+
+    #[test]
+    fn every_exif_orientation_is_applied() {
+        // (orientation, upright size, corner holding the mark: (right?, bottom?))
+        let expected = [
+            (1, (16, 8), (false, false)), // as stored
+            (2, (16, 8), (true, false)),  // mirrored left-right
+            (3, (16, 8), (true, true)),   // turned 180°
+            (4, (16, 8), (false, true)),  // mirrored top-bottom
+            (5, (8, 16), (false, false)), // transposed
+            (6, (8, 16), (true, false)),  // turned 90° clockwise
+            (7, (8, 16), (true, true)),   // transversed
+            (8, (8, 16), (false, true)),  // turned 90° anticlockwise
+        ];
+        for (orientation, size, mark) in expected {
+            let image = decode_image(&jpeg_with_orientation(orientation), ImageLimits::default()).unwrap().to_rgb8();
+            assert_eq!(image.dimensions(), size, "orientation {orientation}");
+            let (w, h) = size;
+            for (right, bottom) in [(false, false), (true, false), (false, true), (true, true)] {
+                let pixel = image.get_pixel(if right { w - 2 } else { 1 }, if bottom { h - 2 } else { 1 });
+                let red = pixel[0] > 180 && pixel[1] < 110 && pixel[2] < 110;
+                assert_eq!(
+                    red,
+                    (right, bottom) == mark,
+                    "orientation {orientation}: corner {right},{bottom} is {pixel:?}"
+                );
+            }
+        }
     }
 }

@@ -8,7 +8,9 @@
 //! each other; the final answer groups candidates by dish, ranks them by image
 //! perplexity with a penalty for inconsistent numbers, and states its confidence.
 
-pub use borscht_protocol::nutrition::{atwater, Answer, AtwaterCheck, DishOption, Nutrition, ATWATER_TOLERANCE};
+pub use borscht_protocol::nutrition::{
+    atwater, Answer, AtwaterCheck, DishOption, Nutrition, ATWATER_TOLERANCE, ATWATER_TOLERANCE_KCAL,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
@@ -94,6 +96,9 @@ pub struct ScoredCaption {
     pub caption: String,
     /// Image perplexity from re-ranking (lower fits better).
     pub ppl_image: f32,
+    /// The caption's own perplexity after the photo (lower: the model is surer of it);
+    /// NaN where not measured.
+    pub ppl_caption: f32,
 }
 
 fn median(values: &mut [f32]) -> Option<f32> {
@@ -241,9 +246,34 @@ mod tests {
         assert!(zero.consistent);
     }
 
+    /// Both sides of both tolerances: 15 % of the expected energy, or 10 kcal.
+    #[test]
+    fn atwater_tolerates_15_percent_or_10_kcal_and_no_more() {
+        let check = |p: f32, f: f32, c: f32, kcal: f32| {
+            let n = Nutrition { dish: None, protein_g: Some(p), fat_g: Some(f), carbs_g: Some(c), kcal: Some(kcal) };
+            atwater(&n).unwrap()
+        };
+        // 4*10 + 9*10 + 4*42 = 298 expected: 15 % is 44.7 kcal.
+        assert!(check(10.0, 10.0, 42.0, 298.0 + 44.0).consistent, "14.8 % above");
+        assert!(!check(10.0, 10.0, 42.0, 298.0 + 46.0).consistent, "15.4 % above");
+        assert!(check(10.0, 10.0, 42.0, 298.0 - 44.0).consistent, "14.8 % below");
+        assert!(!check(10.0, 10.0, 42.0, 298.0 - 46.0).consistent, "15.4 % below");
+        // +59 kcal on 268 is 22 %: not consistent (it was, measured against the larger).
+        let plus_59 = check(10.0, 10.0, 34.5, 268.0 + 59.0);
+        assert!((plus_59.expected_kcal - 268.0).abs() < 1e-3);
+        assert!(!plus_59.consistent && (plus_59.relative_error - 0.22).abs() < 0.005);
+        assert!((plus_59.difference_kcal() - 59.0).abs() < 1e-3);
+        // Black coffee: 1 kcal stated, 0.4 by the factors; the kcal tolerance holds.
+        assert!(check(0.1, 0.0, 0.0, 1.0).consistent);
+        // 9.5 kcal over a 20 kcal food (48 %) is within 10 kcal; 10.5 is not.
+        assert!(check(1.0, 0.0, 4.0, 29.5).consistent);
+        assert!(!check(1.0, 0.0, 4.0, 30.5).consistent);
+    }
+
     #[test]
     fn the_answer_groups_by_dish_and_penalises_bad_numbers() {
-        let c = |caption: &str, ppl_image: f32| ScoredCaption { caption: caption.into(), ppl_image };
+        let c =
+            |caption: &str, ppl_image: f32| ScoredCaption { caption: caption.into(), ppl_image, ppl_caption: f32::NAN };
         let answer = final_answer(&[
             c("блюдо: борщ; белков: 1.1; жиров: 2.3; углеводов: 5.4; ккал: 47;", 10.0),
             c("блюдо: Борщ; белков: 1.3; жиров: 2.1; углеводов: 5.0; ккал: 45;", 12.0),

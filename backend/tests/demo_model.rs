@@ -23,7 +23,7 @@ fn the_default_model_captions_a_committed_icon_with_the_tables_values() {
     let (dish, values) = table_row(image);
     // No --model: the bundled demo model is the default, from any working directory.
     let output = Command::new(env!("CARGO_BIN_EXE_borscht"))
-        .args(["caption", "--json", "--n", "12", "--image"])
+        .args(["caption", "--json", "--n", "12", "--portion-g", "250", "--image"])
         .arg(repo().join("data/demo").join(image))
         .current_dir(std::env::temp_dir())
         .env_remove("BORSCHT_MODEL")
@@ -31,11 +31,16 @@ fn the_default_model_captions_a_committed_icon_with_the_tables_values() {
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let best = &json["answer"]["best"];
+    let best = &json["best"];
     assert_eq!(best["dish"], dish.as_str(), "{json:#}");
+    // A picture like those it learnt: answered as the dish, with a calibrated probability.
+    assert_eq!((json["verdict"].as_str(), json["calibrated"].as_bool()), (Some("dish"), Some(true)), "{json:#}");
+    assert!(json["confidence"].as_f64().unwrap() > 0.5, "{json:#}");
     for (key, expected) in ["protein_g", "fat_g", "carbs_g", "kcal"].iter().zip(values) {
         let got = best["nutrition"][key].as_f64().unwrap_or(f64::NAN);
         assert!((got - expected).abs() <= 0.05 * expected.max(1.0), "{key}: {got} vs the table's {expected}\n{json:#}");
+        let portion = json["portion"][key].as_f64().unwrap_or(f64::NAN);
+        assert!((portion - 2.5 * got).abs() <= 1e-3 * got.max(1.0), "250 g of {key}: {portion}, per 100 g {got}");
     }
 }
 
@@ -43,9 +48,16 @@ fn the_default_model_captions_a_committed_icon_with_the_tables_values() {
 fn the_shipped_files_are_complete_and_small() {
     let dir = repo().join("models/demo");
     let mut total = 0;
-    for file in
-        ["config.json", "model.safetensors", "bpe.model", "vqgan/config.json", "vqgan/model.safetensors", "README.md"]
-    {
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "bpe.model",
+        "vqgan/config.json",
+        "vqgan/model.safetensors",
+        "README.md",
+        "calibration.json",
+        "dishes.json",
+    ] {
         let path = dir.join(file);
         total += std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).len();
     }
@@ -83,10 +95,20 @@ fn evaluate_reports_the_answers_and_metrics_that_agree_with_them() {
     assert_eq!(summary["dish_top1"].as_f64().unwrap(), right / 2.0, "{report:#}");
     let pizza = items.iter().find(|i| i["image"].as_str().unwrap().ends_with("1f355-0.png")).unwrap();
     assert_eq!(pizza["predicted_dish"], pizza["dish"], "{pizza:#}");
-    for key in ["zero_shot_accuracy", "image_fit_accuracy", "caption_fit_accuracy"] {
-        let value = summary[key].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&value), "{key}: {value}");
+    // Each question's accuracy is the share of items whose choice was the dish.
+    for (key, choice) in [
+        ("zero_shot_accuracy", "zero_shot_choice"),
+        ("image_fit_accuracy", "image_fit_choice"),
+        ("caption_fit_accuracy", "caption_fit_choice"),
+    ] {
+        let right = items.iter().filter(|i| i[choice] == i["dish"]).count() as f64;
+        assert!(items.iter().all(|i| i[choice].is_string()), "{choice} missing: {report:#}");
+        assert_eq!(summary[key].as_f64().unwrap(), right / 2.0, "{key}: {report:#}");
     }
+    let kcal_errors: Vec<f64> =
+        items.iter().map(|i| (i["predicted_kcal"].as_f64().unwrap() - i["kcal"].as_f64().unwrap()).abs()).collect();
+    let mae = summary["kcal_mae"].as_f64().unwrap();
+    assert!((mae - kcal_errors.iter().sum::<f64>() / 2.0).abs() < 1e-6, "kcal MAE {mae} from {kcal_errors:?}");
 }
 
 /// "Which of these dishes?" as the app asks it (the default method, caption fit, with its

@@ -120,6 +120,7 @@ fn text_ranking_perplexities_equal_the_reference() {
     assert!(!ranked.is_empty());
     let texts: Vec<String> = ranked.iter().map(|r| r["text"].as_str().unwrap().to_string()).collect();
     let ppl = text_perplexities(&engine, &texts, 4).unwrap();
+    assert_eq!(ppl.len(), ranked.len(), "one perplexity a text");
     for (ours, r) in ppl.iter().zip(&ranked) {
         let reference = r["ppl"].as_f64().unwrap() as f32; // rounded to 2 decimals by the reference
         assert!((ours - reference).abs() <= 0.006 + 1e-4 * reference, "{}: {ours} vs {reference}", r["text"]);
@@ -137,6 +138,7 @@ fn ce_to_ppl_and_the_filter_equal_the_reference() {
     for (key, kept) in filters {
         let (k, p) = key.split_once('_').unwrap();
         let kept: Vec<Vec<i64>> = serde_json::from_value(kept.clone()).unwrap();
+        assert_eq!(kept.len(), logits.len(), "top_k {k}, top_p {p}: one row of the reference a row of logits");
         for (row, want) in logits.iter().zip(kept) {
             let mut row = row.clone();
             filter_top_k_top_p(&mut row, k.parse().unwrap(), p.parse().unwrap());

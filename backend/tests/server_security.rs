@@ -153,7 +153,7 @@ async fn latency(ws: &mut Socket, request: &ClientMessage) -> (f64, ServerMessag
 }
 
 fn drawing(id: u64) -> ClientMessage {
-    ClientMessage::GenerateImage { id, text: "борщ".into(), n: Some(4) }
+    ClientMessage::GenerateImage { id, text: "борщ".into(), n: Some(4), seed: None }
 }
 
 fn text(id: u64) -> ClientMessage {
@@ -440,4 +440,105 @@ async fn a_clients_bad_requests_are_not_the_operators_warnings() {
     }
     let warnings = String::from_utf8_lossy(&WARNINGS.lock().unwrap()).into_owned();
     assert!(!warnings.contains("pizza"), "client errors logged as warnings:\n{warnings}");
+}
+
+/// A WebSocket from `local_ip` that the server refuses: its one text frame (the reason)
+/// and the close frame's code and reason.
+async fn refused_connection(server: &TestServer, local_ip: &str) -> (String, u16, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{local_ip}:0").parse().unwrap()).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        format!("ws://{}/ws?protocol={}", server.addr, borscht_protocol::PROTOCOL_VERSION),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    let (mut text, mut close) = (String::new(), None);
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        match frame {
+            WsMessage::Text(t) => text = t.to_string(),
+            WsMessage::Close(frame) => {
+                close = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                break;
+            }
+            _ => {}
+        }
+    }
+    let (code, reason) = close.expect("a close frame with a reason");
+    (text, code, reason)
+}
+
+/// Open WebSockets are capped in total and per client address: one more is told why and
+/// closed with 1013 ("try again later"), and a closed connection frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_caps_are_told_why_and_closed() {
+    let limits = Limits { max_connections: 3, max_connections_per_ip: 2, ..Limits::default() };
+    let mut server = TestServer::start(limits).await;
+    server.open();
+    let first = server.connect().await;
+    let _second = server.connect().await;
+    let (text, code, reason) = refused_connection(&server, "127.0.0.1").await;
+    assert_eq!(code, 1013);
+    assert!(reason.contains("2 connections from your address"), "{reason}");
+    assert!(text.contains("\"unavailable\"") && text.contains("2 connections"), "{text}");
+    let _third = server.connect_from("127.0.0.2").await;
+    let (_, code, reason) = refused_connection(&server, "127.0.0.3").await;
+    assert_eq!(code, 1013);
+    assert!(reason.contains("most connections (3)"), "{reason}");
+    assert_eq!(metric(&server.metrics().await, "borscht_rejected_connections_total"), 2.0);
+    // One closes; its place is free again once the server has let it go.
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while metric(&server.metrics().await, "borscht_websocket_connections") != 2.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the closed connection is let go");
+    let _again = server.connect_from("127.0.0.3").await;
+}
+
+/// A raw HTTP GET from `local_ip`: the status and the head.
+async fn get_from(server: &TestServer, local_ip: &str, path: &str) -> (u16, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{local_ip}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(server.addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    (text.split_whitespace().nth(1).unwrap().parse().unwrap(), text)
+}
+
+/// The HTTP API allows each client address its burst, then answers 429 with the seconds
+/// to wait; another address is not affected, and pages outside the API are not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_calls_beyond_a_clients_rate_are_told_when_to_come_back() {
+    let mut server = TestServer::start(Limits { api_requests_per_minute: 2, ..Limits::default() }).await;
+    server.open();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while reqwest_get(server.addr, "/readyz").await.0 != 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the model loads");
+    for _ in 0..2 {
+        assert_eq!(get_from(&server, "127.0.0.1", "/api/v1/dishes").await.0, 200);
+    }
+    let (status, response) = get_from(&server, "127.0.0.1", "/api/v1/dishes").await;
+    assert_eq!(status, 429, "{response}");
+    let lower = response.to_lowercase();
+    let retry_after: u32 = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Retry-After: {response}"));
+    assert!((1..=30).contains(&retry_after), "one call comes back every 30 s: {retry_after}");
+    assert!(response.contains("too_many_requests") && response.contains("try again in"), "{response}");
+    assert_eq!(get_from(&server, "127.0.0.2", "/api/v1/dishes").await.0, 200, "another address");
+    assert_eq!(get_from(&server, "127.0.0.1", "/healthz").await.0, 200, "health checks are not rate limited");
+    assert_eq!(metric(&server.metrics().await, "borscht_rejected_rate_total"), 1.0);
 }

@@ -89,6 +89,7 @@ fn scratch_cli_args(dir: &Path, csv: &Path, bpe: &Path, out: &Path) -> Vec<Strin
 
 fn options(dir: &Path, csv: &Path, out: &Path) -> TrainOptions {
     TrainOptions {
+        dish_names: None,
         csv: csv.to_path_buf(),
         images: dir.to_path_buf(),
         out: out.to_path_buf(),
@@ -201,14 +202,14 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
         std::fs::copy(vqgan_fixture().join(f), init.join("vqgan").join(f)).unwrap();
     }
 
-    let run = |name: &str, max_steps: Option<usize>, resume: bool| {
+    let run = |name: &str, max_steps: Option<usize>, resume: bool, freeze: Freeze| {
         let noise = if name == "clean" { CodeNoise::default() } else { CodeNoise { rate: 0.2, neighbours: 3 } };
         let mut opts = options(dir.path(), &csv, &dir.path().join(name));
         opts.init = Some(init.clone());
         opts.epochs = 4;
         opts.batch_size = 3;
         opts.val_fraction = 0.2;
-        opts.freeze = Freeze::ARTICLE;
+        opts.freeze = freeze;
         opts.max_steps = max_steps;
         opts.resume = resume;
         opts.augment = 2;
@@ -219,22 +220,28 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
         opts.validate_every = 3;
         train(&opts, &Device::Cpu).unwrap()
     };
-    let straight = run("straight", None, false);
-    let stopped = run("resumed", Some(5), false);
-    assert!(stopped.interrupted && stopped.state.step == 5);
-    let resumed = run("resumed", None, true);
-    assert_eq!(resumed.state.step, straight.state.step);
-    let validated: Vec<usize> = resumed.state.validations.iter().map(|v| v.epoch).collect();
-    assert_eq!(validated, [3, 4], "validation every third epoch and after the last");
-    let a = candle_core::safetensors::load(dir.path().join("straight/model.safetensors"), &Device::Cpu).unwrap();
-    let b = candle_core::safetensors::load(dir.path().join("resumed/model.safetensors"), &Device::Cpu).unwrap();
-    for (name, tensor) in &a {
-        let diff: f32 =
-            (tensor - &b[name]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
-        assert_eq!(diff, 0.0, "{name} differs after resuming");
+    // The article's freeze, and everything training (attention and MLP moments too).
+    for (freeze, tag) in [(Freeze::ARTICLE, "article"), (Freeze::NOTHING, "all")] {
+        let straight = run(&format!("straight-{tag}"), None, false, freeze);
+        let stopped = run(&format!("resumed-{tag}"), Some(5), false, freeze);
+        assert!(stopped.interrupted && stopped.state.step == 5);
+        let resumed = run(&format!("resumed-{tag}"), None, true, freeze);
+        assert_eq!(resumed.state.step, straight.state.step);
+        let validated: Vec<usize> = resumed.state.validations.iter().map(|v| v.epoch).collect();
+        assert_eq!(validated, [3, 4], "validation every third epoch and after the last");
+        let load = |name: String| candle_core::safetensors::load(dir.path().join(name), &Device::Cpu).unwrap();
+        let a = load(format!("straight-{tag}/model.safetensors"));
+        let b = load(format!("resumed-{tag}/model.safetensors"));
+        for (name, tensor) in &a {
+            let diff: f32 =
+                (tensor - &b[name]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+            assert_eq!(diff, 0.0, "{tag}: {name} differs after resuming");
+        }
     }
+    let a =
+        candle_core::safetensors::load(dir.path().join("straight-article/model.safetensors"), &Device::Cpu).unwrap();
     // The same run without code noise trains other weights: the noise reaches training.
-    run("clean", None, false);
+    run("clean", None, false, Freeze::ARTICLE);
     let clean = candle_core::safetensors::load(dir.path().join("clean/model.safetensors"), &Device::Cpu).unwrap();
     let name = "image_embeddings.weight";
     let moved: f32 =
@@ -247,7 +254,8 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     assert_eq!(moved, 0.0, "frozen weights must not move");
     // Each picture was encoded as itself and as two augmented renderings, which differ.
     let cache =
-        candle_core::safetensors::load(dir.path().join("straight/image_codes.safetensors"), &Device::Cpu).unwrap();
+        candle_core::safetensors::load(dir.path().join("straight-article/image_codes.safetensors"), &Device::Cpu)
+            .unwrap();
     assert_eq!(cache.len(), 30, "10 pictures x (1 + 2 renderings)");
     let codes = |key: &str| cache[key].to_vec1::<u32>().unwrap();
     let original = cache.keys().find(|k| !k.contains("|augment-")).unwrap().clone();
@@ -346,31 +354,128 @@ fn the_cli_reports_bad_rows_and_writes_a_model() {
     assert!(stderr.contains("give --augment N as well"), "{stderr}");
 }
 
+/// Ctrl-C finishes the step, saves, and says where it stopped; `--resume` from there ends
+/// with the same weights, to the byte, as a run that was never stopped (the checkpoint is
+/// the interrupt's own: without `--save-every` nothing else saves mid-epoch).
 #[cfg(unix)]
 #[test]
-fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
+fn ctrl_c_saves_a_checkpoint_that_resumes_exactly() {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let (csv, bpe) = dataset(dir.path());
+    let command = |out: &Path| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_borscht"));
+        command.args(scratch_cli_args(dir.path(), &csv, &bpe, out)).args([
+            "--epochs",
+            "20",
+            "--batch-size",
+            "3",
+            "--val-fraction",
+            "0",
+        ]);
+        command
+    };
     let out = dir.path().join("interrupted");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_borscht"))
-        .args(scratch_cli_args(dir.path(), &csv, &bpe, &out))
-        .args(["--epochs", "100000", "--val-fraction", "0"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = command(&out).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // The image codes are cached just before the first step.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !out.join("train_state.json").is_file() {
-        assert!(Instant::now() < deadline, "training never wrote a checkpoint");
-        std::thread::sleep(Duration::from_millis(100));
+    while !out.join("image_codes.safetensors").is_file() {
+        assert!(Instant::now() < deadline, "training never started");
+        std::thread::sleep(Duration::from_millis(20));
     }
     let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("stopped at step") && stderr.contains("--resume"), "{stderr}");
+    let stopped_at: u64 = stderr
+        .split("stopped at step ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no 'stopped at step N' in {stderr}"));
+    assert!(stderr.contains("--resume"), "{stderr}");
+    let state = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("train_state.json")).unwrap()).unwrap()
+    };
+    let total = 20 * 4;
+    assert!((1..total).contains(&stopped_at), "stopped at step {stopped_at} of {total}");
+    assert_eq!(state(&out)["step"].as_u64(), Some(stopped_at), "the checkpoint is the step it stopped at");
+
+    let resumed = command(&out).arg("--resume").output().unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let straight = dir.path().join("straight");
+    let uninterrupted = command(&straight).output().unwrap();
+    assert!(uninterrupted.status.success(), "{}", String::from_utf8_lossy(&uninterrupted.stderr));
+    assert_eq!(state(&out)["step"], state(&straight)["step"]);
+    let weights = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
+    assert!(weights(&out) == weights(&straight), "resumed from step {stopped_at}, the weights differ");
+}
+
+/// A checkpoint that cannot be written (here the optimiser's file: its temporary's place is
+/// taken, as a full disk or a permission would refuse it) leaves the previous checkpoint
+/// whole and loadable, says which step that is, and the run continues from it exactly.
+#[test]
+fn a_failed_save_leaves_the_previous_checkpoint_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, bpe) = dataset(dir.path());
+    let run_until = |name: &str, epochs: usize, resume: bool, max_steps: Option<usize>| {
+        let mut opts = options(dir.path(), &csv, &dir.path().join(name));
+        opts.config = Some(tiny_config(&bpe));
+        opts.tokenizer = Some(bpe.clone());
+        opts.vqgan = Some(vqgan_fixture());
+        (opts.epochs, opts.batch_size, opts.resume, opts.max_steps) = (epochs, 5, resume, max_steps);
+        train(&opts, &Device::Cpu)
+    };
+    let run = |name: &str, epochs: usize, resume: bool| run_until(name, epochs, resume, None);
+    let out = dir.path().join("faulty");
+    // Two steps an epoch; stopped after the first step, the next save is at step 2.
+    assert!(run_until("faulty", 3, false, Some(1)).unwrap().interrupted);
+    let saved = std::fs::read(out.join("model.safetensors")).unwrap();
+    std::fs::create_dir(out.join(".optimizer.safetensors.tmp")).unwrap();
+    let error = format!("{:#}", run("faulty", 3, true).unwrap_err());
+    assert!(error.contains("could not save the checkpoint of step 2"), "{error}");
+    assert!(error.contains("the one of step 1") && error.contains("is intact"), "{error}");
+    assert!(std::fs::read(out.join("model.safetensors")).unwrap() == saved, "the weights of step 1 were replaced");
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("train_state.json")).unwrap()).unwrap();
-    assert!(state["step"].as_u64().unwrap() >= 1, "the checkpoint records the steps done");
+    assert_eq!(state["step"], 1);
+    assert!(!out.join(".model.safetensors.tmp").exists(), "the written temporaries are removed");
+    // Fixed, the run continues from step 1 to the same weights as one never interrupted.
+    std::fs::remove_dir(out.join(".optimizer.safetensors.tmp")).unwrap();
+    run("faulty", 3, true).unwrap();
+    run("straight", 3, false).unwrap();
+    let weights = |name: &str| std::fs::read(dir.path().join(name).join("model.safetensors")).unwrap();
+    assert!(weights("faulty") == weights("straight"), "the resumed run differs");
+}
+
+/// Cached image codes that are not codes of the VQGAN (a damaged file) are encoded again,
+/// not trained on; an unreadable cache file is rebuilt.
+#[test]
+fn damaged_cached_codes_are_encoded_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, bpe) = dataset(dir.path());
+    let run = |name: &str| {
+        let mut opts = options(dir.path(), &csv, &dir.path().join(name));
+        opts.config = Some(tiny_config(&bpe));
+        opts.tokenizer = Some(bpe.clone());
+        opts.vqgan = Some(vqgan_fixture());
+        (opts.epochs, opts.batch_size) = (1, 5);
+        train(&opts, &Device::Cpu).unwrap();
+        std::fs::read(dir.path().join(name).join("model.safetensors")).unwrap()
+    };
+    let clean = run("clean");
+    let cache = |name: &str| dir.path().join(name).join("image_codes.safetensors");
+    let mut codes = candle_core::safetensors::load(cache("clean"), &Device::Cpu).unwrap();
+    // Damage every entry: codes beyond the codebook, and one of the wrong length.
+    for (k, (_, tensor)) in codes.iter_mut().enumerate() {
+        let n = if k == 0 { 3 } else { tensor.dims()[0] };
+        *tensor = candle_core::Tensor::new(vec![60_000u32; n], &Device::Cpu).unwrap();
+    }
+    std::fs::create_dir_all(dir.path().join("damaged")).unwrap();
+    candle_core::safetensors::save(&codes, cache("damaged")).unwrap();
+    assert!(run("damaged") == clean, "trained on the damaged codes");
+    std::fs::create_dir_all(dir.path().join("unreadable")).unwrap();
+    std::fs::write(cache("unreadable"), b"not a safetensors file").unwrap();
+    assert!(run("unreadable") == clean, "the unreadable cache was not rebuilt");
 }

@@ -1,6 +1,7 @@
 //! The transformer against rudolph 0.0.1rc4 (fixtures: scripts/fixtures/transformer_fixtures.py).
 
-use borscht::model::masks::{attention_mask, layer_masks, t2t_attention_mask};
+use borscht::model::config::RudolphConfig;
+use borscht::model::masks::{attention_mask, layer_mask_kind, layer_masks, t2t_attention_mask};
 use borscht::model::transformer::{LossWeights, Rudolph};
 use borscht::model::weights::{load_model, load_trainable, local_model, ModelFiles};
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -180,4 +181,115 @@ fn the_op_by_op_path_matches_the_reference() {
     let logits = model.forward(&ids, &t2t, None).unwrap().to_dtype(DType::F32).unwrap();
     let diff = max_abs_diff(&logits, &npy("logits_t2t.npy"));
     assert!(diff <= tolerance, "text-to-text mask: max abs diff {diff} > {tolerance}");
+}
+
+/// RUDOLPH-350M's layout at hidden size 32 (scripts/fixtures/geometry_fixtures.py): the
+/// 16x16 grid, 64 + 64 text, kernels 7 and 9 and all 24 layers, so masks the small
+/// fixture above never builds.
+mod geometry_350m {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/geometry_350m")
+    }
+
+    fn files() -> ModelFiles {
+        let files = local_model(&dir()).unwrap();
+        // The fixture only tests 350M if all but its sizes are the preset's.
+        let c = &files.config;
+        let sized = RudolphConfig {
+            hidden_size: c.hidden_size,
+            num_attention_heads: c.num_attention_heads,
+            vocab_size: c.vocab_size,
+            image_vocab_size: c.image_vocab_size,
+            ..RudolphConfig::rudolph_350m()
+        };
+        assert_eq!(*c, sized, "fixture config differs from the 350M preset beyond its sizes");
+        files
+    }
+
+    fn npy(name: &str) -> Tensor {
+        Tensor::read_npy(dir().join(name)).unwrap()
+    }
+
+    /// `(row, col)` of every position where two square 0/1 masks differ.
+    fn differences(ours: &[f32], reference: &[f32], size: usize) -> Vec<(usize, usize)> {
+        assert_eq!(ours.len(), reference.len());
+        (0..ours.len()).filter(|&i| ours[i] != reference[i]).map(|i| (i / size, i % size)).collect()
+    }
+
+    #[test]
+    fn the_350m_layer_masks_equal_the_reference_buffers() {
+        let cfg = files().config;
+        let reference: HashMap<String, Tensor> =
+            Tensor::read_npz(dir().join("masks.npz")).unwrap().into_iter().collect();
+        let kinds: Vec<i64> = (0..cfg.num_layers).map(|i| layer_mask_kind(i, cfg.num_layers) as i64).collect();
+        assert_eq!(kinds, reference["layer_kinds"].to_vec1::<i64>().unwrap(), "per-layer mask kinds");
+        let (l, grid) = (cfg.l_text_seq_length, cfg.image_tokens_per_dim);
+        for (name, mask) in ["row", "col", "conv", "last_conv"].iter().zip(layer_masks(&cfg).iter()) {
+            let want: Vec<f32> =
+                reference[*name].to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let diffs = differences(&mask.data, &want, mask.size);
+            // Name the first difference as image cells too, where it lies in the grid.
+            let cell = |p: usize| (p >= l && p < l + grid * grid).then(|| ((p - l) / grid, (p - l) % grid));
+            if let Some(&(row, col)) = diffs.first() {
+                panic!(
+                    "{name} mask: {} entries differ, first at ({row}, {col}) (image cells {:?} -> {:?}): ours {}, reference {}",
+                    diffs.len(),
+                    cell(row),
+                    cell(col),
+                    mask.get(row, col),
+                    want[row * mask.size + col]
+                );
+            }
+        }
+    }
+
+    /// The model in `dtype`, the input ids, the per-sample attention mask, the reference
+    /// logits and their largest magnitude.
+    fn case(dtype: DType) -> (Rudolph, Tensor, Tensor, Tensor, f32) {
+        let files = files();
+        let model = load_model(&files, &Device::Cpu, dtype).unwrap();
+        let r_text_masks: Vec<Vec<f32>> = npy("r_text_masks.npy").to_dtype(DType::F32).unwrap().to_vec2().unwrap();
+        let mask = attention_mask(&files.config, &r_text_masks, &Device::Cpu).unwrap();
+        let ids = npy("input_ids.npy").to_dtype(DType::U32).unwrap();
+        let reference = npy("logits.npy");
+        let scale = reference.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+        (model, ids, mask, reference, scale)
+    }
+
+    #[test]
+    fn the_350m_mask_geometry_matches_the_reference_logits() {
+        let (model, ids, mask, reference, scale) = case(DType::F32);
+        let logits = model.forward(&ids, &mask, None).unwrap();
+        let diff = max_abs_diff(&logits, &reference);
+        assert!(diff <= 1e-4 * scale, "max abs diff {diff} (largest reference logit {scale})");
+    }
+
+    /// Generation reads the mask rows a position at a time: single image tokens at the
+    /// grid's first cells, a row's end, the next row's start and the last cell, chunks
+    /// across rows, then all of r_text.
+    #[test]
+    fn cached_decoding_at_the_350m_geometry_matches_the_reference() {
+        let (model, ids, mask, reference, scale) = case(DType::F32);
+        let mut cache = model.new_cache();
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        for len in [64, 1, 1, 13, 1, 1, 16, 100, 122, 1, 64] {
+            pieces.push(model.forward(&ids.narrow(1, start, len).unwrap(), &mask, Some(&mut cache)).unwrap());
+            start += len;
+        }
+        let diff = max_abs_diff(&Tensor::cat(&pieces, 1).unwrap(), &reference);
+        assert!(diff <= 1e-4 * scale, "max abs diff {diff} (largest reference logit {scale})");
+    }
+
+    /// f16 takes the op-by-op path, which spreads the layer masks to the scores' shape.
+    #[test]
+    fn the_op_by_op_path_at_the_350m_geometry_matches_the_reference() {
+        let (model, ids, mask, reference, scale) = case(DType::F16);
+        let logits = model.forward(&ids, &mask, None).unwrap().to_dtype(DType::F32).unwrap();
+        let diff = max_abs_diff(&logits, &reference);
+        assert!(diff <= 1e-2 * scale, "max abs diff {diff} (largest reference logit {scale})");
+    }
 }

@@ -1,6 +1,7 @@
 //! The VQGAN against rudalle 1.1.3 / taming 0.0.1 (fixtures: scripts/fixtures/vqgan_fixtures.py).
 
-use borscht::model::vqgan::{convert_vqgan, load_vqgan, Vqgan, VqganConfig};
+use borscht::model::checkpoint;
+use borscht::model::vqgan::{convert_vqgan, load_vqgan, read_vqgan_config, Vqgan, VqganConfig};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,31 @@ fn decoding_matches_the_reference_pixels() {
         let images = vqgan.decode(&npy(codes).to_dtype(DType::U32).unwrap()).unwrap();
         let diff = max_abs_diff(&images, &npy(decoded));
         assert!(diff <= 1e-4, "{codes}: max abs diff {diff}");
+    }
+}
+
+#[test]
+fn decoder_output_before_the_clamp_matches_the_reference() {
+    // Most fixture pixels are clamped to 0 or 1, where decoded.npy says nothing. Scaling
+    // the decoder's last conv by a power of two scales its output exactly, brings it
+    // inside the clamp, and undoing (x + 1) / 2 and the scale gives the raw output back.
+    let scale = 1.0 / 16.0;
+    let mut tensors: std::collections::HashMap<String, Tensor> =
+        checkpoint::read_all(&fixtures().join("vqgan.ckpt"), Some("state_dict")).unwrap().into_iter().collect();
+    for name in ["decoder.conv_out.weight", "decoder.conv_out.bias"] {
+        let scaled = (&tensors[name] * scale).unwrap();
+        tensors.insert(name.to_string(), scaled);
+    }
+    let cfg = read_vqgan_config(&fixtures()).unwrap();
+    let vqgan = Vqgan::new(&cfg, VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu)).unwrap();
+    for (codes, raw) in [("codes.npy", "decoded_raw.npy"), ("random_codes.npy", "random_decoded_raw.npy")] {
+        let expected = npy(raw);
+        let largest: f32 = expected.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        assert!(largest as f64 * scale < 1.0, "{raw}: |x| up to {largest} is clamped even at scale {scale}");
+        let images = vqgan.decode(&npy(codes).to_dtype(DType::U32).unwrap()).unwrap();
+        let unscaled = ((images * 2.0).unwrap() - 1.0).unwrap().affine(1.0 / scale, 0.0).unwrap();
+        let diff = max_abs_diff(&unscaled, &expected);
+        assert!(diff <= 1e-4, "{raw}: max abs diff {diff} (values up to {largest})");
     }
 }
 

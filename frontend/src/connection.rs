@@ -4,7 +4,7 @@
 //! and a lost connection ends every open request with an error.
 
 use borscht_protocol::{
-    decode_server_message, encode, ClientMessage, ErrorCode, RequestId, ServerMessage, PROTOCOL_VERSION,
+    decode_server_message, encode, ClientMessage, Dish, ErrorCode, RequestId, ServerMessage, PROTOCOL_VERSION,
 };
 use leptos::prelude::*;
 use std::cell::{Cell, RefCell};
@@ -47,10 +47,8 @@ impl ConnectionState {
         match (self, lang) {
             (ConnectionState::Connecting, Lang::Ru) => "Подключаемся…".into(),
             (ConnectionState::Connecting, Lang::En) => "Connecting…".into(),
-            (ConnectionState::Connected { server }, Lang::Ru) => format!("На связи ({server})"),
-            (ConnectionState::Connected { server }, Lang::En) => {
-                format!("Connected ({server}, protocol {PROTOCOL_VERSION})")
-            }
+            (ConnectionState::Connected { .. }, Lang::Ru) => "В сети".into(),
+            (ConnectionState::Connected { .. }, Lang::En) => "Online".into(),
             (ConnectionState::Outdated { .. }, Lang::Ru) => "Сервер обновился — перезагрузите страницу".into(),
             (ConnectionState::Outdated { server_version }, Lang::En) => {
                 format!("The server was updated (protocol {server_version}); please reload the page")
@@ -59,12 +57,23 @@ impl ConnectionState {
             (ConnectionState::Disconnected, Lang::En) => "Offline — reconnecting…".into(),
         }
     }
+
+    /// The server and protocol, for a tooltip (not worth the header's space).
+    pub fn details(&self) -> String {
+        match self {
+            ConnectionState::Connected { server } => format!("{server}, protocol {PROTOCOL_VERSION}"),
+            ConnectionState::Outdated { server_version } => format!("server protocol {server_version}"),
+            _ => String::new(),
+        }
+    }
 }
 
 /// Handle owned by the app; copies share the same socket.
 #[derive(Clone, Copy)]
 pub struct Connection {
     pub state: ReadSignal<ConnectionState>,
+    /// The dishes the served model knows (from the server's hello; empty until then).
+    pub dishes: ReadSignal<Vec<Dish>>,
     inner: StoredValue<Rc<Inner>, LocalStorage>,
 }
 
@@ -75,6 +84,7 @@ type Handler = Closure<dyn FnMut(JsValue)>;
 
 struct Inner {
     set_state: WriteSignal<ConnectionState>,
+    set_dishes: WriteSignal<Vec<Dish>>,
     retry_ms: Cell<u32>,
     /// Set once the server announced another protocol version: stop reconnecting.
     outdated: Cell<bool>,
@@ -110,8 +120,10 @@ impl Inner {
 impl Connection {
     pub fn open() -> Self {
         let (state, set_state) = signal(ConnectionState::Connecting);
+        let (dishes, set_dishes) = signal(Vec::new());
         let inner = Rc::new(Inner {
             set_state,
+            set_dishes,
             retry_ms: Cell::new(FIRST_RETRY_MS),
             outdated: Cell::new(false),
             handlers: RefCell::new(Vec::new()),
@@ -120,7 +132,7 @@ impl Connection {
             listeners: RefCell::new(HashMap::new()),
         });
         connect(inner.clone());
-        Connection { state, inner: StoredValue::new_local(inner) }
+        Connection { state, dishes, inner: StoredValue::new_local(inner) }
     }
 
     /// Sends the request `build` makes for a fresh id; its frames go to `listener`.
@@ -157,7 +169,8 @@ fn ws_url() -> String {
     let location = web_sys::window().expect("a browser window").location();
     let scheme = if location.protocol().as_deref() == Ok("https:") { "wss" } else { "ws" };
     let host = location.host().unwrap_or_default();
-    format!("{scheme}://{host}/ws")
+    // The protocol in the URL: the server's first frame is then one this app reads.
+    format!("{scheme}://{host}/ws?protocol={PROTOCOL_VERSION}")
 }
 
 fn connect(inner: Rc<Inner>) {
@@ -184,8 +197,11 @@ fn connect(inner: Rc<Inner>) {
         Handler::new(move |event: JsValue| {
             let Some(text) = event.unchecked_into::<MessageEvent>().data().as_string() else { return };
             match decode_server_message(&text) {
-                Ok(ServerMessage::Hello { protocol_version, server, .. }) if protocol_version == PROTOCOL_VERSION => {
+                Ok(ServerMessage::Hello { protocol_version, server, dishes, .. })
+                    if protocol_version == PROTOCOL_VERSION =>
+                {
                     inner.retry_ms.set(FIRST_RETRY_MS);
+                    inner.set_dishes.set(dishes);
                     inner.set_state.set(ConnectionState::Connected { server });
                 }
                 Ok(ServerMessage::Hello { protocol_version, .. }) => {

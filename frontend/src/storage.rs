@@ -47,6 +47,18 @@ pub fn today() -> String {
     format!("{:04}-{:02}-{:02}", now.get_full_year(), now.get_month() + 1, now.get_date())
 }
 
+/// `YYYY-MM-DD` as a person reads it in `lang` ("4 декабря 2026 г." / "December 4, 2026").
+pub fn long_date(date: &str, lang: &str) -> String {
+    let parts: Vec<u32> = date.split('-').filter_map(|p| p.parse().ok()).collect();
+    let [year, month, day] = parts[..] else { return date.to_string() };
+    let when = js_sys::Date::new_with_year_month_day(year, month as i32 - 1, day as i32);
+    let options = js_sys::Object::new();
+    for (key, value) in [("day", "numeric"), ("month", "long"), ("year", "numeric")] {
+        let _ = js_sys::Reflect::set(&options, &key.into(), &value.into());
+    }
+    when.to_locale_date_string(lang, &options).as_string().unwrap_or_else(|| date.to_string())
+}
+
 /// Totals per day, newest day first: (date, kcal, protein, fat, carbs).
 pub fn daily_totals(meals: &[Meal]) -> Vec<(String, f32, f32, f32, f32)> {
     let mut days: Vec<(String, f32, f32, f32, f32)> = Vec::new();

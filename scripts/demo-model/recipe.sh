@@ -17,5 +17,6 @@ demo_all_csv() {
 demo_recipe() {
   recipe=(--config scripts/demo-model/rudolph.json --tokenizer "$1" --vqgan "$2" --epochs "$3"
     --batch-size 10 --lr 1e-3 --freeze image-embeddings --image-embeddings codebook --codebook-std 0.1
-    --dropout 0.1 --weights 0.1,1,4 --left-text-share 0.5 --val-fraction 0.05 --seed 42)
+    --dropout 0.1 --weights 0.1,1,4 --left-text-share 0.5 --val-fraction 0.05 --seed 42
+    --dish-names data/demo/foods.tsv)
 }

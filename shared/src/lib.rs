@@ -15,7 +15,11 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Version of this protocol; both peers announce it in their `hello`.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The oldest protocol a server still serves (its clients ignore what later versions
+/// add).
+pub const OLDEST_PROTOCOL_VERSION: u32 = 2;
 
 /// Identifies one request on one connection. The client picks it (unique among its
 /// requests in flight) and every answer to that request carries it.
@@ -68,6 +72,10 @@ pub enum ClientMessage {
         text: String,
         #[serde(default)]
         n: Option<u32>,
+        /// Draws the pictures of an earlier answer's `seed` again (protocol 3); without
+        /// one every request draws new pictures.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seed: Option<u64>,
     },
     /// Continue a text: answered with `texts`, ranked by perplexity.
     GenerateText {
@@ -120,14 +128,46 @@ pub struct RankedCaption {
     pub perplexity: f32,
 }
 
+/// A dish the model knows: one its training captions name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dish {
+    /// As the captions write it (Russian for RUDOLPH and the demo model).
+    pub name: String,
+    /// Its English name, when the model's data set gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub en: Option<String>,
+}
+
+/// What the model makes of a photo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// `best` is the dish (with `confidence` the probability that it is right).
+    #[default]
+    Dish,
+    /// Looks like food, but no dish is likely enough to name; `best` is only a guess.
+    NotSure,
+    /// The photo fits none of the dishes the model knows: probably not food at all.
+    NotFood,
+}
+
 /// The answer to a `recognize` request (also the HTTP API's JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recognition {
-    /// The most likely dish; `None` when no caption named one.
+    /// Whether to trust `best`: the dish, "not sure" or "not food". Servers before
+    /// protocol 3 send none (read as `dish`).
+    #[serde(default)]
+    pub verdict: Verdict,
+    /// The most likely dish; `None` when no caption named one. With a verdict other than
+    /// `dish`, a guess to show as such (or not at all).
     pub best: Option<nutrition::DishOption>,
     pub alternatives: Vec<nutrition::DishOption>,
-    /// The best dish's share of the evidence (0..1), 0 without one.
+    /// The probability that `best` is the dish, when `calibrated`; otherwise the best
+    /// dish's share of the evidence (how much the samples agreed). 0 without a dish.
     pub confidence: f32,
+    /// Whether `confidence` is a calibrated probability (the model has a calibration).
+    #[serde(default)]
+    pub calibrated: bool,
     /// Whether the best dish's numbers agree with 4P + 9F + 4C.
     pub atwater: Option<nutrition::AtwaterCheck>,
     /// The best dish's values for the requested portion.
@@ -148,6 +188,10 @@ pub struct Classification {
     pub perplexities: Vec<f32>,
     /// Index of the chosen class.
     pub label: usize,
+    /// Even the chosen class fits the photo poorly (the model's calibration says how
+    /// poorly is too poorly): the answer is "none of these".
+    #[serde(default)]
+    pub none_of_these: bool,
 }
 
 impl Classification {
@@ -186,6 +230,10 @@ pub enum ServerMessage {
         /// The model being served (a directory name or hub id); `None` while none is loaded.
         #[serde(default)]
         model: Option<String>,
+        /// The dishes the model knows (protocol 3; sent to clients that connect to
+        /// `/ws?protocol=3`, left out for older ones).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        dishes: Vec<Dish>,
     },
     Pong {
         nonce: u64,
@@ -226,6 +274,9 @@ pub enum ServerMessage {
     Images {
         id: RequestId,
         images: Vec<String>,
+        /// What draws these pictures again (protocol 3; left out for older clients).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seed: Option<u64>,
     },
     Texts {
         id: RequestId,
@@ -287,6 +338,21 @@ impl ServerMessage {
             | ServerMessage::Images { id, .. }
             | ServerMessage::Texts { id, .. }
             | ServerMessage::Cancelled { id } => Some(*id),
+        }
+    }
+
+    /// The frame as a client of protocol `version` reads it: what later versions added
+    /// left out (a frame with fields a client does not know is one it refuses).
+    pub fn for_version(self, version: u32) -> ServerMessage {
+        if version >= 3 {
+            return self;
+        }
+        match self {
+            ServerMessage::Hello { protocol_version, server, model, .. } => {
+                ServerMessage::Hello { protocol_version, server, model, dishes: Vec::new() }
+            }
+            ServerMessage::Images { id, images, .. } => ServerMessage::Images { id, images, seed: None },
+            other => other,
         }
     }
 
@@ -428,7 +494,7 @@ mod tests {
     fn messages_round_trip_with_snake_case_tags() {
         let hello = ClientMessage::Hello { protocol_version: PROTOCOL_VERSION };
         let text = encode(&hello);
-        assert_eq!(text, r#"{"type":"hello","protocol_version":2}"#);
+        assert_eq!(text, format!(r#"{{"type":"hello","protocol_version":{PROTOCOL_VERSION}}}"#));
         assert_eq!(decode_client_message(&text).unwrap(), hello);
 
         let err = ServerMessage::error(ErrorCode::MalformedJson, "bad");
@@ -444,6 +510,7 @@ mod tests {
             scores: vec![0.0; perplexities.len()],
             perplexities: perplexities.to_vec(),
             label: 0,
+            none_of_these: false,
         };
         // One class far worse than the rest (a softmax of normalised perplexities all but
         // loses the others' differences there).
@@ -500,7 +567,12 @@ mod tests {
 
         let id = 9;
         let servers = [
-            ServerMessage::Hello { protocol_version: 2, server: "x".into(), model: None },
+            ServerMessage::Hello {
+                protocol_version: 3,
+                server: "x".into(),
+                model: None,
+                dishes: vec![Dish { name: "рис".into(), en: Some("rice".into()) }],
+            },
             ServerMessage::Pong { nonce: 1 },
             ServerMessage::Accepted { id, queue_position: 0 },
             ServerMessage::Progress { id, step: 1, total: 2 },
@@ -509,9 +581,11 @@ mod tests {
             ServerMessage::Result {
                 id,
                 recognition: Recognition {
+                    verdict: Verdict::NotFood,
                     best: None,
                     alternatives: vec![],
                     confidence: 0.0,
+                    calibrated: true,
                     atwater: None,
                     portion: None,
                     candidates: vec![],
@@ -524,9 +598,10 @@ mod tests {
                     scores: vec![1.0],
                     perplexities: vec![3.0],
                     label: 0,
+                    none_of_these: true,
                 },
             },
-            ServerMessage::Images { id, images: vec![] },
+            ServerMessage::Images { id, images: vec![], seed: Some(7) },
             ServerMessage::Texts { id, texts: vec![] },
             ServerMessage::Cancelled { id },
             ServerMessage::request_error(id, ErrorCode::Busy, "m"),
@@ -539,6 +614,33 @@ mod tests {
             tags.push(value["type"].as_str().unwrap().to_string());
         }
         assert_eq!(tags, ServerMessage::TYPES);
+    }
+
+    /// Protocol 2 clients refuse frames with fields they do not know: what protocol 3
+    /// added to `hello` and `images` is left out for them, and what it added inside the
+    /// answers (which they read leniently) reads as before when an older server leaves it
+    /// out.
+    #[test]
+    fn older_clients_get_frames_they_can_read() {
+        let hello = ServerMessage::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            server: "borscht".into(),
+            model: None,
+            dishes: vec![Dish { name: "рис".into(), en: None }],
+        };
+        let images = ServerMessage::Images { id: 1, images: vec![], seed: Some(5) };
+        for (frame, field) in [(hello, "dishes"), (images, "seed")] {
+            assert!(encode(&frame.clone().for_version(3)).contains(field));
+            let old = encode(&frame.for_version(2));
+            assert!(!old.contains(field), "{old}");
+        }
+        let old_result = r#"{"type":"result","id":1,"recognition":{"best":null,"alternatives":[],"confidence":0.5,"atwater":null,"portion":null,"candidates":[]}}"#;
+        match decode_server_message(old_result).unwrap() {
+            ServerMessage::Result { recognition, .. } => {
+                assert_eq!((recognition.verdict, recognition.calibrated), (Verdict::Dish, false));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

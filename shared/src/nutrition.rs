@@ -39,24 +39,37 @@ pub struct AtwaterCheck {
     /// 4 x protein + 9 x fat + 4 x carbohydrate.
     pub expected_kcal: f32,
     pub stated_kcal: f32,
-    /// |stated - expected| / max(expected, stated, 1).
+    /// |stated - expected| / max(expected, 1): how far the stated energy is from what the
+    /// macronutrients give, as a share of the latter.
     pub relative_error: f32,
-    /// Within [`ATWATER_TOLERANCE`] (fibre, alcohol and rounding explain small gaps).
+    /// Within [`ATWATER_TOLERANCE`] of the expected energy, or within
+    /// [`ATWATER_TOLERANCE_KCAL`] of it (fibre, alcohol and rounding explain small gaps).
     pub consistent: bool,
 }
 
-/// Relative error up to which the numbers count as consistent.
-pub const ATWATER_TOLERANCE: f32 = 0.2;
+impl AtwaterCheck {
+    /// Stated minus expected kcal: positive when the stated energy is higher.
+    pub fn difference_kcal(&self) -> f32 {
+        self.stated_kcal - self.expected_kcal
+    }
+}
+
+/// Share of the expected energy up to which the numbers count as consistent...
+pub const ATWATER_TOLERANCE: f32 = 0.15;
+/// ... or this many kcal, for foods with almost none (black coffee: 1 kcal stated, 0.4 by
+/// the factors, 150 % off but nothing to worry about).
+pub const ATWATER_TOLERANCE_KCAL: f32 = 10.0;
 
 pub fn atwater(nutrition: &Nutrition) -> Option<AtwaterCheck> {
     let (p, f, c, kcal) = (nutrition.protein_g?, nutrition.fat_g?, nutrition.carbs_g?, nutrition.kcal?);
     let expected = 4.0 * p + 9.0 * f + 4.0 * c;
-    let relative_error = (kcal - expected).abs() / expected.max(kcal).max(1.0);
+    let difference = (kcal - expected).abs();
+    let relative_error = difference / expected.max(1.0);
     Some(AtwaterCheck {
         expected_kcal: expected,
         stated_kcal: kcal,
         relative_error,
-        consistent: relative_error <= ATWATER_TOLERANCE,
+        consistent: difference <= ATWATER_TOLERANCE_KCAL || relative_error <= ATWATER_TOLERANCE,
     })
 }
 

@@ -47,9 +47,15 @@ pub fn demo_model_dir() -> PathBuf {
 /// Starts `borscht serve` (web app + demo model) on a free loopback port inside this
 /// test's runtime, and waits until the model is loaded.
 pub async fn start_server() -> SocketAddr {
+    start_server_with(|_| {}).await
+}
+
+/// [`start_server`] with a config `adjust` changes first.
+pub async fn start_server_with(adjust: impl FnOnce(&mut borscht::server::ServerConfig)) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().unwrap();
-    let config = borscht::server::ServerConfig::new(addr, web_dir());
+    let mut config = borscht::server::ServerConfig::new(addr, web_dir());
+    adjust(&mut config);
     let model = demo_model_dir();
     let server = borscht::server::Server::start(
         &config,

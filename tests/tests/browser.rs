@@ -75,10 +75,12 @@ async fn take_photo_with_fake_camera_then_upload() {
     with_browser(options, |client| async move {
         client.goto(&format!("http://{server}/?lang=en")).await?;
 
-        // The WebSocket handshake (server hello with our protocol version) shows as "connected".
+        // The WebSocket handshake (server hello with our protocol version) shows as a plain
+        // "online"; the server's version only on hover.
         wait_for_state(&client, "#connection-status", "connected", Duration::from_secs(20)).await?;
-        let status = client.find(Locator::Css("#connection-status")).await?.text().await?;
-        ensure!(status.contains("Connected"), "connection status reads {status:?}");
+        let status = client.find(Locator::Css("#connection-status")).await?;
+        let (text, title) = (status.text().await?, status.attr("title").await?.unwrap_or_default());
+        ensure!(text == "Online" && title.starts_with("borscht/"), "connection status {text:?}, title {title:?}");
 
         // Before any capture the canvas is blank, so the pixel check below can fail.
         let (_, _, blank) = canvas_samples(&client).await?;
@@ -197,17 +199,22 @@ async fn snap_a_food_icon_then_scale_the_portion_and_save() {
         let truth = truth();
         client.goto(&format!("http://{server}/")).await?;
         wait_for_state(&client, "#connection-status", "connected", Duration::from_secs(20)).await?;
+        // Counts the candidates shown before the answer is done, however quickly it comes.
+        client
+            .execute(
+                "window.streamedBeforeDone = 0; new MutationObserver(() => { \
+                   const r = document.getElementById('recognition'); \
+                   if (r && r.dataset.phase !== 'done') window.streamedBeforeDone = Math.max(window.streamedBeforeDone, \
+                     document.querySelectorAll('#candidates li').length); \
+                 }).observe(document.body, { subtree: true, childList: true, attributes: true });",
+                vec![],
+            )
+            .await?;
         client.find(Locator::Css("#take-photo")).await?.click().await?;
-        // Candidates stream in before the card.
-        wait_for(
-            &client,
-            "streamed candidates",
-            Duration::from_secs(90),
-            "const r = document.getElementById('recognition'); return [r.dataset.phase, document.querySelectorAll('#candidates li').length];",
-            |v| (v[0] == "done" || v[1].as_u64().unwrap_or(0) > 0).then_some(()),
-        )
-        .await?;
         let dish = result_dish(&client).await?;
+        // Candidates streamed in before the card.
+        let streamed = client.execute("return window.streamedBeforeDone;", vec![]).await?.as_u64().unwrap_or(0);
+        ensure!(streamed > 0, "no candidate was shown before the answer");
         screenshot(&client, "snap-result").await?;
         ensure!(dish == truth.dish, "the app says {dish:?}, the table {:?}", truth.dish);
         let kcal: f64 = client
@@ -217,6 +224,36 @@ async fn snap_a_food_icon_then_scale_the_portion_and_save() {
             .unwrap_or("")
             .parse()?;
         ensure!((kcal - truth.kcal).abs() <= 0.15 * truth.kcal, "kcal {kcal} vs the table's {}", truth.kcal);
+
+        // The calorie check reads the card's own numbers as 4P + 9F + 4C.
+        let values = client
+            .execute(
+                "return ['protein', 'fat', 'carbs', 'kcal'].map(f => \
+                   parseFloat(document.querySelector(`.value-input[data-field=${f}]`).value));",
+                vec![],
+            )
+            .await?;
+        let number = |i: usize| values[i].as_f64().unwrap_or(f64::NAN);
+        let expected = 4.0 * number(0) + 9.0 * number(1) + 4.0 * number(2);
+        let line = client.find(Locator::Css("#atwater")).await?.text().await?;
+        ensure!(line.contains(&format!("= {expected:.0} ккал")), "the check {line:?} for {expected:.0} kcal");
+        let consistent = (number(3) - expected).abs() <= (0.15 * expected).max(10.0);
+        let shown = client.find(Locator::Css("#atwater")).await?.attr("data-consistent").await?;
+        ensure!(shown.as_deref() == Some(&consistent.to_string()), "consistent {consistent}, the card {shown:?}");
+        // Numbers that cannot be right are called so.
+        let kcal_input = client.find(Locator::Css(".value-input[data-field=kcal]")).await?;
+        kcal_input.clear().await?;
+        kcal_input.send_keys(&format!("{:.0}", expected * 2.0 + 50.0)).await?;
+        wait_for(
+            &client,
+            "the failed calorie check",
+            Duration::from_secs(10),
+            "const a = document.getElementById('atwater'); return [a.dataset.consistent, a.textContent];",
+            |v| (v[0] == "false" && v[1].as_str().is_some_and(|t| t.contains("не сходится"))).then_some(()),
+        )
+        .await?;
+        kcal_input.clear().await?;
+        kcal_input.send_keys(&format!("{kcal}")).await?;
 
         // Portion: the 250 g preset scales the numbers shown.
         client.find(Locator::XPath("//div[@class='presets']/button[3]")).await?.click().await?;
@@ -285,7 +322,7 @@ async fn upload_then_ask_which_dish_then_draw_one() {
         // The ranking: the answer first at full fit, down to the worst dish at none.
         let ranking = client
             .execute(
-                "return [...document.querySelectorAll('.ranking li')].map(li => [li.querySelector('span').textContent, li.dataset.fit]);",
+                "return [...document.querySelectorAll('.ranking li')].map(li => [li.dataset.dish, li.dataset.fit]);",
                 vec![],
             )
             .await?;
@@ -363,5 +400,311 @@ async fn the_widget_on_a_host_page_posts_its_result() {
     })
     .await;
     // Everything above ran under the server's Content-Security-Policy.
+    assert_no_csp_violations(server);
+}
+
+/// The card's verdict once it is there.
+async fn result_verdict(client: &Client) -> Result<String> {
+    wait_for(
+        client,
+        "the result card's verdict",
+        Duration::from_secs(90),
+        "const c = document.getElementById('result-card'); return c ? c.dataset.verdict : null;",
+        |v| v.as_str().map(str::to_string),
+    )
+    .await
+}
+
+/// On a phone: a photo of a cat is "not food" (nothing to save); a picture the browser
+/// cannot read clears the old card; grams are checked (1 to 5000); the dish shows its
+/// English name and the answer its probability; the page's title follows the language.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honest_answers_on_a_phone() {
+    let server = start_server().await;
+    with_browser(BrowserOptions { window: Some((390, 844)), ..Default::default() }, |client| async move {
+        let truth = truth();
+        client.goto(&format!("http://{server}/?lang=en")).await?;
+        wait_for_state(&client, "#connection-status", "connected", Duration::from_secs(20)).await?;
+        ensure!(client.title().await? == "Borscht — what's on your plate?", "title {:?}", client.title().await?);
+
+        // A cat (kept apart from the calibration's photos): not food, nothing to save.
+        upload(&client, &repo_root().join("data/non-food/test/chelsea.jpg")).await?;
+        ensure!(result_verdict(&client).await? == "not_food", "a cat is not food");
+        let card = client.find(Locator::Css("#result-card")).await?.text().await?;
+        ensure!(card.contains("not look like food"), "the card says {card:?}");
+        ensure!(client.find_all(Locator::Css("#save-meal")).await?.is_empty(), "nothing to save for a cat");
+        screenshot(&client, "not-food").await?;
+
+        // A dish: its English name, the probability it is right, the card in view.
+        upload(&client, &icon_path()).await?;
+        ensure!(result_dish(&client).await? == truth.dish);
+        ensure!(result_verdict(&client).await? == "dish");
+        let heading = client.find(Locator::Css("#result-dish")).await?.text().await?;
+        ensure!(heading.to_lowercase() == "pizza", "the dish in English: {heading:?}");
+        let confidence = client.find(Locator::Css("#result-confidence")).await?.text().await?;
+        ensure!(confidence.starts_with("probability it is right:"), "{confidence:?}");
+        let in_view = wait_for(
+            &client,
+            "the card scrolled into view",
+            Duration::from_secs(5),
+            "const r = document.getElementById('result-card').getBoundingClientRect(); return r.top >= -1 && r.top < innerHeight ? true : null;",
+            |v| v.as_bool(),
+        )
+        .await?;
+        ensure!(in_view);
+
+        // Grams out of range are refused, with a reason, and the meal cannot be saved then.
+        let grams = client.find(Locator::Css("#portion-grams")).await?;
+        for (typed, reason) in [("6000", "at most 5000"), ("0", "at least 1"), ("", "Enter the portion")] {
+            grams.clear().await?;
+            if !typed.is_empty() {
+                grams.send_keys(typed).await?;
+            } else {
+                // Clearing a number field fires no input event: type and delete.
+                grams.send_keys("5\u{E003}").await?;
+            }
+            let error = wait_for(
+                &client,
+                "the grams message",
+                Duration::from_secs(5),
+                "const e = document.getElementById('portion-error'); return e.classList.contains('hidden') ? null : e.textContent;",
+                |v| v.as_str().map(str::to_string),
+            )
+            .await?;
+            ensure!(error.contains(reason), "{typed:?} gives {error:?}");
+            ensure!(!client.find(Locator::Css("#save-meal")).await?.is_enabled().await?, "saving {typed:?} g");
+        }
+        grams.clear().await?;
+        grams.send_keys("250").await?;
+        ensure!(client.find(Locator::Css("#save-meal")).await?.is_enabled().await?);
+        ensure!(client.find(Locator::Css("#portion-error")).await?.attr("class").await?.unwrap_or_default().contains("hidden"));
+
+        // A file the browser cannot read: the old dish goes with it.
+        let dir = tempfile::tempdir()?;
+        let not_a_picture = dir.path().join("notes.txt");
+        std::fs::write(&not_a_picture, "not a picture")?;
+        upload(&client, &not_a_picture).await?;
+        wait_for_state(&client, "#capture-status", "failed", Duration::from_secs(10)).await?;
+        ensure!(client.find_all(Locator::Css("#result-card")).await?.is_empty(), "the old card stayed");
+        screenshot(&client, "phone-after-bad-file").await?;
+
+        // In Russian, the title follows.
+        client.find(Locator::Css("#lang-switch")).await?.click().await?;
+        ensure!(client.title().await? == "Borscht — что у вас на тарелке?", "title {:?}", client.title().await?);
+        Ok(())
+    })
+    .await;
+    assert_no_csp_violations(server);
+}
+
+/// Tabs by keyboard (arrow keys, Home, End, WAI-ARIA's roles), the known dishes in Which
+/// dish? (its photo shown, "none of these" for a photo none fits), a server error in the
+/// page's language, and drawings that can be drawn again from their number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tabs_by_keyboard_known_dishes_and_repeatable_drawings() {
+    let server = start_server().await;
+    with_browser(BrowserOptions { window: Some((1280, 900)), ..Default::default() }, |client| async move {
+        client.goto(&format!("http://{server}/")).await?;
+        wait_for_state(&client, "#connection-status", "connected", Duration::from_secs(20)).await?;
+        let roles = client
+            .execute(
+                "return [document.querySelector('.tabs').getAttribute('role'),
+                         [...document.querySelectorAll('[role=tab]')].map(t => [t.id, t.getAttribute('aria-controls'), document.getElementById(t.getAttribute('aria-controls')).getAttribute('role')])];",
+                vec![],
+            )
+            .await?;
+        ensure!(roles[0] == "tablist" && roles[1].as_array().map(Vec::len) == Some(4), "{roles}");
+        ensure!(roles[1].as_array().unwrap().iter().all(|t| t[2] == "tabpanel"), "{roles}");
+        let focused_tab = "return [document.activeElement.id, document.querySelector('[aria-selected=true]').id];";
+        client.find(Locator::Css("#tab-snap")).await?.send_keys("\u{E014}").await?; // ArrowRight
+        ensure!(client.execute(focused_tab, vec![]).await? == serde_json::json!(["tab-which", "tab-which"]));
+        client.find(Locator::Css("#tab-which")).await?.send_keys("\u{E010}").await?; // End
+        ensure!(client.execute(focused_tab, vec![]).await? == serde_json::json!(["tab-history", "tab-history"]));
+        client.find(Locator::Css("#tab-history")).await?.send_keys("\u{E014}").await?; // ArrowRight wraps
+        ensure!(client.execute(focused_tab, vec![]).await? == serde_json::json!(["tab-snap", "tab-snap"]));
+        client.find(Locator::Css("#tab-snap")).await?.send_keys("\u{E012}").await?; // ArrowLeft
+        ensure!(client.execute(focused_tab, vec![]).await? == serde_json::json!(["tab-history", "tab-history"]));
+
+        // Which dish?: the list starts with dishes the model knows, all of them offered.
+        client.find(Locator::Css("#tab-which")).await?.click().await?;
+        let (listed, known) = {
+            let v = client
+                .execute(
+                    "return [document.getElementById('dish-list').value, [...document.querySelectorAll('#known-dishes option')].map(o => o.value)];",
+                    vec![],
+                )
+                .await?;
+            (v[0].as_str().unwrap_or_default().to_string(), serde_json::from_value::<Vec<String>>(v[1].clone())?)
+        };
+        ensure!(known.len() == 62, "{} dishes offered", known.len());
+        let listed: Vec<&str> = listed.split(',').map(str::trim).collect();
+        ensure!(listed.len() == 4 && listed.iter().all(|d| known.iter().any(|k| k == d)), "{listed:?}");
+        // A rocket: the photo is shown, and none of the dishes fits it.
+        client.find(Locator::Css("#tab-snap")).await?.click().await?;
+        upload(&client, &repo_root().join("data/non-food/test/rocket.jpg")).await?;
+        result_verdict(&client).await?;
+        client.find(Locator::Css("#tab-which")).await?.click().await?;
+        ensure!(client.find(Locator::Css("#which-photo")).await?.is_displayed().await?, "the photo compared is shown");
+        client.find(Locator::Css("#classify")).await?.click().await?;
+        let none = wait_for(
+            &client,
+            "the choice",
+            Duration::from_secs(60),
+            "const a = document.getElementById('classification'); return a ? a.dataset.none : null;",
+            |v| v.as_str().map(str::to_string),
+        )
+        .await?;
+        ensure!(none == "true", "a rocket is none of these dishes");
+        screenshot(&client, "none-of-these").await?;
+        // One dish only: the server refuses, and says so in Russian here.
+        let list = client.find(Locator::Css("#dish-list")).await?;
+        list.clear().await?;
+        list.send_keys("пицца").await?;
+        client.find(Locator::Css("#classify")).await?.click().await?;
+        wait_for(
+            &client,
+            "the refusal in Russian",
+            Duration::from_secs(30),
+            "return document.querySelector('.which-dish .status-line').textContent;",
+            |v| v.as_str().is_some_and(|t| t.contains("Сервер не принял запрос")).then_some(()),
+        )
+        .await?;
+
+        // Draw: each press draws anew; the number shown draws the same pictures again.
+        client.find(Locator::Css("#tab-draw")).await?.click().await?;
+        client.find(Locator::XPath("//button[contains(@class, 'variants') and normalize-space() = '1']")).await?.click().await?;
+        let drawing = |client: Client| async move {
+            wait_for(
+                &client,
+                "a drawing",
+                Duration::from_secs(90),
+                "const i = document.querySelector('.drawn-image'); const s = document.getElementById('draw-seed').dataset.seed;
+                 return i && i.dataset.done === 'true' && s ? [i.src, s] : null;",
+                |v| serde_json::from_value::<(String, String)>(v.clone()).ok(),
+            )
+            .await
+        };
+        client.find(Locator::Css("#draw-button")).await?.click().await?;
+        let (first, seed) = drawing(client.clone()).await?;
+        client.find(Locator::Css("#draw-again")).await?.click().await?;
+        let (again, same_seed) = drawing(client.clone()).await?;
+        ensure!(again == first && same_seed == seed, "drawing {seed} again");
+        client.find(Locator::Css("#draw-button")).await?.click().await?;
+        let (_, other_seed) = drawing(client.clone()).await?;
+        ensure!(other_seed != seed, "a new press draws from a new number");
+        let shown_width = client.execute("return document.querySelector('.drawn-image').getBoundingClientRect().width;", vec![]).await?;
+        ensure!(shown_width.as_f64() == Some(192.0), "a 64 px drawing shown at 3x: {shown_width}");
+        Ok(())
+    })
+    .await;
+    assert_no_csp_violations(server);
+}
+
+/// A recipe site on another origin: the example page with the widget's two lines pointing
+/// at the Borscht server, served by a plain HTTP server of its own.
+async fn host_page_on_another_origin(borscht: std::net::SocketAddr) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let page = include_str!("../../static/embed-example.html")
+        .replace(r#"src="/widget.js""#, &format!(r#"src="http://{borscht}/widget.js""#));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let page = page.clone();
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head).await;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// The widget on a site of another origin: its frame takes the height of its content,
+/// and what it saves goes to the host page (with numbers rounded), not to a history the
+/// widget's user cannot see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_widget_grows_with_its_card_and_hands_saved_meals_to_the_site() {
+    let server = start_server().await;
+    let site = host_page_on_another_origin(server).await;
+    with_browser(BrowserOptions::default(), |client| async move {
+        client.goto(&format!("http://{site}/")).await?;
+        client
+            .execute(
+                "window.saved = null; document.addEventListener('borscht:saved', e => { window.saved = e.detail; });",
+                vec![],
+            )
+            .await?;
+        let frame_height = "return document.querySelector('#widget iframe').getBoundingClientRect().height;";
+        let frame = client.wait().for_element(Locator::Css("#widget iframe")).await?;
+        frame.clone().enter_frame().await?;
+        wait_for_state(&client, "#connection-status", "connected", Duration::from_secs(20)).await?;
+        upload(&client, &icon_path()).await?;
+        result_dish(&client).await?;
+        let content = client.execute("return document.body.scrollHeight;", vec![]).await?.as_f64().unwrap_or(0.0);
+        client.find(Locator::Css("#save-meal")).await?.click().await?;
+        let label = client.find(Locator::Css("#save-meal")).await?.text().await?;
+        ensure!(label.contains("Передано сайту"), "the button says {label:?}");
+        ensure!(
+            client.execute("return localStorage.getItem('borscht.history');", vec![]).await? == serde_json::Value::Null,
+            "the widget kept a history"
+        );
+        client.clone().enter_parent_frame().await?;
+        let height = wait_for(&client, "the frame's height", Duration::from_secs(10), frame_height, |v| {
+            v.as_f64().filter(|h| (h - content).abs() <= 2.0)
+        })
+        .await?;
+        ensure!(height > 640.0, "the card made the frame taller than its first 640 px: {height}");
+        let saved = wait_for(&client, "the saved meal", Duration::from_secs(10), "return window.saved;", |v| {
+            (!v.is_null()).then(|| v.clone())
+        })
+        .await?;
+        let kcal = saved["kcal"].as_f64().unwrap_or(f64::NAN);
+        ensure!((kcal * 10.0 - (kcal * 10.0).round()).abs() < 1e-9, "rounded to one decimal: {saved}");
+        screenshot(&client, "widget-grown").await?;
+        Ok(())
+    })
+    .await;
+    assert_no_csp_violations(server);
+}
+
+/// The app comes back by itself when the server drops its connection (here: the server
+/// closes connections idle for 2 s, as it would a phone that lost the network), and the
+/// new connection serves the next photo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_reconnects_when_the_connection_drops() {
+    let server = borscht_e2e::start_server_with(|config| config.limits.idle_timeout_s = 2).await;
+    with_browser(BrowserOptions::default(), |client| async move {
+        client.goto(&format!("http://{server}/")).await?;
+        wait_for_state(&client, "#connection-status", "connected", Duration::from_secs(20)).await?;
+        // Every state the status line shows from now on.
+        client
+            .execute(
+                "window.states = []; const s = document.getElementById('connection-status'); \
+                 new MutationObserver(() => window.states.push(s.dataset.state)) \
+                   .observe(s, { attributes: true, attributeFilter: ['data-state'] });",
+                vec![],
+            )
+            .await?;
+        let states =
+            wait_for(&client, "a drop and a reconnect", Duration::from_secs(30), "return window.states;", |v| {
+                let states: Vec<&str> = v.as_array()?.iter().filter_map(|s| s.as_str()).collect();
+                let dropped = states.iter().position(|s| *s != "connected")?;
+                states[dropped..].contains(&"connected").then(|| v.clone())
+            })
+            .await?;
+        ensure!(states.as_array().is_some_and(|s| !s.is_empty()), "{states}");
+        wait_for_state(&client, "#connection-status", "connected", Duration::from_secs(20)).await?;
+        upload(&client, &icon_path()).await?;
+        let dish = result_dish(&client).await?;
+        ensure!(dish == truth().dish, "after reconnecting the app says {dish:?}");
+        Ok(())
+    })
+    .await;
     assert_no_csp_violations(server);
 }

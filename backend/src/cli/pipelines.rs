@@ -6,14 +6,13 @@ use std::path::PathBuf;
 
 use crate::imaging::{open_image, ImageLimits};
 use crate::model::device::{parse_device, parse_dtype};
-use crate::nutrition::parse_caption;
 use crate::pipelines::generation::CAPTION_TEMPLATE;
 use crate::pipelines::generation::{generate_image, generate_texts, CaptionOptions, GenerationEvent, ImageOptions};
-use crate::pipelines::recognize::{recognize, Recognition};
+use crate::pipelines::recognize::recognize;
 use crate::pipelines::sampling::SamplingParams;
 use crate::pipelines::scoring::{classify_with, default_class_template, DEFAULT_BATCH};
 use crate::pipelines::Engine;
-use borscht_protocol::ClassifyMethod;
+use borscht_protocol::{ClassifyMethod, Verdict};
 
 #[derive(Debug, clap::Args)]
 pub struct EngineArgs {
@@ -85,29 +84,31 @@ pub fn run_caption(args: CaptionArgs) -> Result<()> {
         ..Default::default()
     };
     let quiet = args.engine.json;
-    let Recognition { candidates: scored, answer } = recognize(&engine, &codes, &options, |event| {
+    let recognition = recognize(&engine, &codes, &options, |event| {
         if let (GenerationEvent::Text { text, .. }, false) = (&event, quiet) {
             eprintln!("  candidate: {text}");
         }
     })?;
+    // The same answer the server gives, in the same words.
+    let answer = recognition.to_protocol(args.portion_g);
     if args.engine.json {
-        let candidates: Vec<_> = scored
-            .iter()
-            .map(|s| serde_json::json!({ "text": s.caption, "ppl_image": s.ppl_image, "nutrition": parse_caption(&s.caption) }))
-            .collect();
-        let portion = match (&answer, args.portion_g) {
-            (Some(a), Some(g)) => Some(a.best.nutrition.for_portion(g)),
-            _ => None,
-        };
-        println!("{}", serde_json::json!({ "candidates": candidates, "answer": answer, "portion": portion }));
+        println!("{}", serde_json::to_string(&answer)?);
         return Ok(());
     }
-    match answer {
-        None => println!("No dish recognised ({} captions, none named a dish).", scored.len()),
-        Some(answer) => {
-            let best = &answer.best;
+    let probability = if answer.calibrated { "probability right" } else { "of the samples agreed" };
+    match (&answer.best, answer.verdict) {
+        (None, _) => println!("No dish recognised ({} captions, none named a dish).", answer.candidates.len()),
+        (Some(best), Verdict::NotFood) => {
+            println!("Probably not food (the closest dish, {}, fits the photo poorly).", best.dish)
+        }
+        (Some(best), Verdict::NotSure) => println!(
+            "Not sure: perhaps {} ({:.0}% {probability}), but no dish is likely enough to name.",
+            best.dish,
+            answer.confidence * 100.0
+        ),
+        (Some(best), Verdict::Dish) => {
             let show = |v: Option<f32>| v.map_or("?".to_string(), |x| format!("{x:.1}"));
-            println!("{} ({:.0}% confident)", best.dish, best.confidence * 100.0);
+            println!("{} ({:.0}% {probability})", best.dish, answer.confidence * 100.0);
             let n = &best.nutrition;
             println!(
                 "  per 100 g: protein {} g, fat {} g, carbohydrate {} g, {} kcal",
@@ -123,8 +124,7 @@ pub fn run_caption(args: CaptionArgs) -> Result<()> {
                     check.expected_kcal, check.stated_kcal
                 );
             }
-            if let Some(g) = args.portion_g {
-                let p = n.for_portion(g);
+            if let (Some(g), Some(p)) = (args.portion_g, &answer.portion) {
                 println!(
                     "  for {g} g: protein {} g, fat {} g, carbohydrate {} g, {} kcal",
                     show(p.protein_g),
@@ -134,7 +134,7 @@ pub fn run_caption(args: CaptionArgs) -> Result<()> {
                 );
             }
             for alt in &answer.alternatives {
-                println!("  or: {} ({:.0}%)", alt.dish, alt.confidence * 100.0);
+                println!("  or: {} ({:.0}% of the evidence)", alt.dish, alt.confidence * 100.0);
             }
         }
     }
@@ -187,12 +187,17 @@ pub fn run_classify(args: ClassifyArgs) -> Result<()> {
                 "classes": classes,
                 "scores": result.scores,
                 "perplexities": result.perplexities,
+                "none_of_these": result.none_of_these,
             })
         );
     } else {
         let mut ranked: Vec<(usize, f32)> = result.scores.iter().copied().enumerate().collect();
         ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
-        println!("{}", classes[result.label]);
+        if result.none_of_these {
+            println!("none of these (the closest, {}, fits the photo poorly)", classes[result.label]);
+        } else {
+            println!("{}", classes[result.label]);
+        }
         for (i, score) in ranked {
             println!("  {:<30} score {score:.4}  perplexity {:.2}", classes[i], result.perplexities[i]);
         }

@@ -1,6 +1,6 @@
 //! `borscht train`: fine-tune RUDOLPH on a food CSV (or train one from scratch).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -77,6 +77,10 @@ pub struct TrainArgs {
     /// Share of rows that also get their dish name as left text (teaches text-to-image).
     #[arg(long, default_value_t = 0.0)]
     pub left_text_share: f64,
+    /// A table of English dish names (tab-separated, columns `dish` and `en`, like
+    /// data/demo/foods.tsv) for the model's list of known dishes (dishes.json).
+    #[arg(long)]
+    pub dish_names: Option<PathBuf>,
     /// Augmented renderings per picture (zoom, shift, rotation, mirror, colour), encoded
     /// once; each epoch shows every picture as itself or one of them. 0 = none.
     #[arg(long, default_value_t = 0)]
@@ -188,6 +192,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         stop,
         max_steps: None,
         left_text_share: args.left_text_share,
+        dish_names: args.dish_names.clone(),
         augment: args.augment,
         augment_styles: args.augment_styles,
         code_noise: CodeNoise { rate: args.code_noise, neighbours: args.code_noise_neighbours },
@@ -261,6 +266,46 @@ pub fn prepare_demo_data(args: PrepareDemoDataArgs) -> Result<()> {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct DishesArgs {
+    /// Training CSVs whose captions name the dishes (the training CSV formats).
+    #[arg(long, required = true)]
+    pub csv: Vec<PathBuf>,
+    /// A table of English dish names (columns `dish` and `en`).
+    #[arg(long)]
+    pub names: Option<PathBuf>,
+    /// The model directory to write dishes.json into.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `borscht dishes`: the list of dishes a model knows, from its training CSVs (what
+/// `borscht train` writes itself).
+pub fn dishes(args: DishesArgs) -> Result<()> {
+    let english = match &args.names {
+        Some(table) => crate::pipelines::dishes::english_names(table)?,
+        None => Default::default(),
+    };
+    let mut captions = Vec::new();
+    for csv in &args.csv {
+        let dataset = crate::train::data::read_csv(csv, csv.parent().unwrap_or(std::path::Path::new(".")))?;
+        captions.extend(dataset.samples.into_iter().map(|s| s.caption));
+    }
+    let dishes = crate::pipelines::dishes::dishes_of(captions.iter().map(String::as_str), &english);
+    crate::pipelines::dishes::save(&args.out, &dishes)?;
+    eprintln!("{} dishes into {}", dishes.len(), args.out.join(crate::pipelines::dishes::DISHES_FILE).display());
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PrepareNonFoodArgs {
+    /// The `skimage/data` folder of the scikit-image 0.26.0 wheel.
+    #[arg(long)]
+    pub skimage_data: PathBuf,
+    #[arg(long, default_value = "data/non-food")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct EvaluateArgs {
     #[command(flatten)]
     pub engine: super::pipelines::EngineArgs,
@@ -285,6 +330,44 @@ pub struct EvaluateArgs {
     /// Also write the full report (every picture's outcome) here as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Pictures of anything but food (every image file in the folder): the honesty
+    /// figures count how many are answered "not food" or "not sure".
+    #[arg(long)]
+    pub non_food: Option<PathBuf>,
+    /// Views of each non-food picture: the picture, then random square crops of it.
+    #[arg(long, default_value_t = 12)]
+    pub views: usize,
+    /// Generated non-food pictures (noise, blotches, flat colours) besides the folder's.
+    #[arg(long, default_value_t = 0)]
+    pub noise: usize,
+    /// Fit the model's calibration on these pictures (food and non-food) and write it as
+    /// calibration.json into the model directory.
+    #[arg(long)]
+    pub calibrate: bool,
+    /// With --calibrate: the share of right answers the verdicts must keep answered.
+    #[arg(long, default_value_t = 0.95)]
+    pub keep_right: f64,
+}
+
+/// The image files of a folder, sorted by name.
+fn pictures_in(dir: &std::path::Path) -> Result<Vec<(String, image::DynamicImage)>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| ["png", "jpg", "jpeg", "webp", "gif", "bmp"].contains(&e.to_lowercase().as_str()))
+        })
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let picture = crate::imaging::open_image(&p, crate::imaging::ImageLimits::default())?;
+            Ok((p.file_name().unwrap_or_default().to_string_lossy().into_owned(), picture))
+        })
+        .collect()
 }
 
 pub fn evaluate(args: EvaluateArgs) -> Result<()> {
@@ -296,13 +379,35 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
     eprintln!("{}", dataset.summary());
     let options = EvalOptions {
         captions: CaptionOptions { count: args.n, seed: args.seed, ..Default::default() },
+        non_food_views: args.views,
         zero_shot_classes: args.zero_shot_classes,
         class_template: args.class_template.clone(),
         seed: args.seed,
     };
-    let bar = crate::train::progress_bar(dataset.samples.len() as u64, "evaluate");
+    let mut non_food = match &args.non_food {
+        Some(dir) => pictures_in(dir)?,
+        None => Vec::new(),
+    };
+    non_food.extend(crate::train::evaluate::noise_pictures(args.noise, 256, args.seed));
+    let pictures = dataset.samples.len() + non_food.len() * args.views.max(1);
+    let bar = crate::train::progress_bar(pictures as u64, "evaluate");
     let report = evaluate(&engine, &dataset.samples, &options, |_| bar.inc(1))?;
+    let mut items = report.items;
+    if !non_food.is_empty() {
+        let mut dishes: Vec<String> = items.iter().map(|i| i.dish.clone()).collect();
+        dishes.sort();
+        dishes.dedup();
+        items.extend(crate::train::evaluate::evaluate_non_food(&engine, &non_food, &dishes, &options, |_| bar.inc(1))?);
+    }
     bar.finish_and_clear();
+    if args.calibrate {
+        let dir = crate::cli::model_dir(std::path::Path::new(&args.engine.model));
+        anyhow::ensure!(dir.is_dir(), "--calibrate writes into a model directory; {} is not one", dir.display());
+        let calibration = crate::train::evaluate::calibrate(&mut items, args.keep_right)?;
+        calibration.save(&dir)?;
+        eprintln!("wrote {}", dir.join(crate::pipelines::honesty::CALIBRATION_FILE).display());
+    }
+    let report = crate::train::evaluate::report_of(items, options.zero_shot_classes);
     if let Some(path) = &args.report {
         crate::train::write_atomically(path, |p| Ok(std::fs::write(p, serde_json::to_string_pretty(&report)?)?))?;
     }
@@ -315,6 +420,7 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
         "image_fit_accuracy": report.image_fit_accuracy,
         "caption_fit_accuracy": report.caption_fit_accuracy,
         "zero_shot_classes": report.zero_shot_classes,
+        "honesty": report.honesty,
     });
     println!("{summary}");
     Ok(())

@@ -155,7 +155,7 @@ pub struct TrainVqganArgs {
     /// Folder of training images (searched recursively).
     #[arg(long)]
     pub data: PathBuf,
-    /// Output directory: config.json, model.safetensors, training_state.json, reconstructions/.
+    /// Output directory: config.json, model.safetensors, training_state.json, optimizer.safetensors, reconstructions/.
     #[arg(long)]
     pub out: PathBuf,
     /// `sber` (the full f8 model), `small` (ch 64, f8, 1024 codes), a VQGAN config file or a folder holding config.json.
@@ -227,6 +227,7 @@ pub fn train(args: TrainVqganArgs) -> Result<()> {
         quantizer: args.quantizer,
         commitment_weight: args.commitment,
         resume: args.resume,
+        stop_after_epochs: None,
         show_progress: true,
     };
     let history = train_vqgan(&training, &parse_device(&args.device)?)?;

@@ -61,9 +61,12 @@ pub fn read_all(path: &Path, state_key: Option<&str>) -> Result<Vec<(String, Ten
     if path.extension().is_some_and(|e| e == "safetensors") {
         return Ok(candle_core::safetensors::load(path, &Device::Cpu)?.into_iter().collect());
     }
-    let read = |p: &Path| match state_key {
-        Some(key) => candle_core::pickle::read_all_with_key(p, Some(key)),
-        None => candle_core::pickle::read_all(p),
+    let read = |p: &Path| -> Result<Vec<(String, Tensor)>> {
+        check_torch_file(p, state_key)?;
+        Ok(match state_key {
+            Some(key) => candle_core::pickle::read_all_with_key(p, Some(key)),
+            None => candle_core::pickle::read_all(p),
+        }?)
     };
     match read(path) {
         Ok(tensors) => Ok(tensors),
@@ -81,24 +84,268 @@ fn open_pth(
     path: &Path,
     state_key: Option<&str>,
 ) -> Result<(candle_core::pickle::PthTensors, Option<tempfile::NamedTempFile>)> {
-    match candle_core::pickle::PthTensors::new(path, state_key) {
+    let open = |p: &Path| -> Result<candle_core::pickle::PthTensors> {
+        check_torch_file(p, state_key)?;
+        Ok(candle_core::pickle::PthTensors::new(p, state_key)?)
+    };
+    match open(path) {
         Ok(tensors) => Ok((tensors, None)),
         Err(first) => {
             let copy = readable_copy(path)
                 .with_context(|| format!("cannot read torch checkpoint {}: {first}", path.display()))?;
-            let tensors = candle_core::pickle::PthTensors::new(copy.path(), state_key)
-                .with_context(|| format!("cannot read torch checkpoint {}", path.display()))?;
+            let tensors =
+                open(copy.path()).with_context(|| format!("cannot read torch checkpoint {}", path.display()))?;
             Ok((tensors, Some(copy)))
         }
     }
 }
 
+/// Largest pickle a checkpoint may hold: a real one takes some 150 bytes a tensor.
+const MAX_PICKLE_BYTES: u64 = 16 << 20;
+/// Most memory the objects candle builds from a pickle may take (as [`scan_pickle`]
+/// estimates it): a few times the pickle's size for a real checkpoint.
+const MAX_PICKLE_OBJECT_BYTES: u64 = 512 << 20;
+/// Deepest nesting of pickled objects (candle clones and drops them recursively); a
+/// state dict nests some ten deep.
+const MAX_PICKLE_DEPTH: u32 = 256;
+
+/// Checks a torch zip checkpoint before candle reads it. Candle's pickle reader trusts
+/// the file: it allocates a string's or a tensor's claimed length before reading it,
+/// clones memoised objects however often they are referenced, recurses as deep as they
+/// nest, and panics on short argument tuples. A corrupt or hostile file is refused here
+/// with an error instead.
+pub fn check_torch_file(path: &Path, state_key: Option<&str>) -> Result<()> {
+    let file_len = std::fs::metadata(path)?.len();
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(path)?).context("not a torch zip checkpoint")?;
+    for i in 0..archive.len() {
+        let entry = archive.by_index(i)?;
+        if entry.name()?.ends_with("data.pkl") {
+            scan_pickle(&read_pickle(entry)?)?;
+        }
+    }
+    // The pickle now builds within bounds; what candle still panics on becomes an error.
+    let infos = std::panic::catch_unwind(|| candle_core::pickle::read_pth_tensor_info(path, false, state_key))
+        .map_err(|_| anyhow::anyhow!("malformed pickle: a tensor's arguments are not what torch writes"))??;
+    let (mut claimed, mut stored) = (0u64, std::collections::HashMap::new());
+    for info in infos {
+        let entry = archive.by_name(&info.path).with_context(|| format!("tensor `{}`'s data", info.name))?;
+        // A stored entry (torch compresses none) gives at most its compressed bytes, and
+        // those lie in the file.
+        let available = entry.size().min(entry.compressed_size()).min(file_len);
+        // Products of the nonzero sides (candle forms them checking contiguity) must fit too.
+        let elements = info
+            .layout
+            .dims()
+            .iter()
+            .try_fold(1u64, |product, &side| product.checked_mul(side.max(1) as u64))
+            .map(|product| if info.layout.dims().contains(&0) { 0 } else { product });
+        let needed = elements
+            .and_then(|n| n.checked_mul(info.dtype.size_in_bytes() as u64))
+            .and_then(|n| n.checked_add(info.layout.start_offset() as u64));
+        match needed {
+            Some(needed) if needed <= available => {
+                claimed += needed;
+                stored.insert(info.path, available);
+            }
+            _ => anyhow::bail!(
+                "tensor `{}` claims shape {:?} from offset {}, more than the {available} bytes of its data",
+                info.name,
+                info.layout.dims(),
+                info.layout.start_offset()
+            ),
+        }
+    }
+    // Views may share storage (tied weights), but not without bound.
+    let stored: u64 = stored.values().sum();
+    anyhow::ensure!(claimed <= stored.saturating_mul(4), "tensors claim {claimed} bytes of {stored} stored");
+    Ok(())
+}
+
+/// A pickle entry's bytes, up to [`MAX_PICKLE_BYTES`].
+fn read_pickle(entry: impl Read) -> Result<Vec<u8>> {
+    let mut pickle = Vec::new();
+    entry.take(MAX_PICKLE_BYTES + 1).read_to_end(&mut pickle)?;
+    anyhow::ensure!(pickle.len() as u64 <= MAX_PICKLE_BYTES, "the pickle is over {MAX_PICKLE_BYTES} bytes");
+    Ok(pickle)
+}
+
+/// What [`scan_pickle`] knows of an object candle would build.
+#[derive(Clone, Copy)]
+struct Built {
+    /// About its memory, its parts included.
+    bytes: u64,
+    depth: u32,
+    mark: bool,
+}
+
+impl Built {
+    /// About one candle `Object`.
+    const OBJECT: u64 = 64;
+
+    fn leaf(extra: u64) -> Built {
+        Built { bytes: Built::OBJECT + extra, depth: 1, mark: false }
+    }
+
+    fn parent(parts: &[Built]) -> Built {
+        Built {
+            bytes: Built::OBJECT + parts.iter().map(|p| p.bytes).sum::<u64>(),
+            depth: 1 + parts.iter().map(|p| p.depth).max().unwrap_or(0),
+            mark: false,
+        }
+    }
+}
+
+fn malformed(what: &str) -> anyhow::Error {
+    anyhow::anyhow!("malformed pickle: {what}")
+}
+
+/// The next `n` bytes of the pickle.
+fn take<'a>(pickle: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8]> {
+    let bytes = pickle.get(*at..at.saturating_add(n)).ok_or_else(|| malformed("an argument runs past its end"))?;
+    *at += n;
+    Ok(bytes)
+}
+
+fn take_u32(pickle: &[u8], at: &mut usize) -> Result<u32> {
+    Ok(u32::from_le_bytes(take(pickle, at, 4)?.try_into().expect("four bytes")))
+}
+
+fn pop(stack: &mut Vec<Built>, n: usize) -> Result<Vec<Built>> {
+    anyhow::ensure!(stack.len() >= n, malformed("an opcode pops an empty stack"));
+    Ok(stack.split_off(stack.len() - n))
+}
+
+fn pop_to_mark(stack: &mut Vec<Built>) -> Result<Vec<Built>> {
+    let mark = stack.iter().rposition(|b| b.mark).ok_or_else(|| malformed("no MARK to pop to"))?;
+    let parts = stack.split_off(mark + 1);
+    stack.pop();
+    Ok(parts)
+}
+
+/// Runs a pickle's opcodes as candle's reader does (the ones it knows), building only
+/// each object's size and depth, and refuses it when an argument runs past its end or
+/// the objects would take over [`MAX_PICKLE_OBJECT_BYTES`] or nest over
+/// [`MAX_PICKLE_DEPTH`]. What candle refuses (an unknown opcode, an empty stack) is
+/// refused too.
+fn scan_pickle(pickle: &[u8]) -> Result<()> {
+    let mut stack: Vec<Built> = Vec::new();
+    let mut memo: std::collections::HashMap<u32, Built> = std::collections::HashMap::new();
+    // Bytes of the objects built so far, clones for the memo included.
+    let mut built = 0u64;
+    let mut at = 0usize;
+    loop {
+        let op = take(pickle, &mut at, 1).map_err(|_| malformed("it ends before STOP"))?[0];
+        let pushed = match op {
+            0x80 => {
+                take(pickle, &mut at, 1)?;
+                None
+            }
+            b'c' => {
+                // Module and class, a line each.
+                let mut length = 0;
+                for _ in 0..2 {
+                    let rest = &pickle[at..];
+                    let line = rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |n| n + 1);
+                    take(pickle, &mut at, line)?;
+                    length += line as u64;
+                }
+                Some(Built::leaf(length))
+            }
+            b'K' | b'M' | b'J' | b'G' => {
+                let width = match op {
+                    b'K' => 1,
+                    b'M' => 2,
+                    b'J' => 4,
+                    _ => 8,
+                };
+                take(pickle, &mut at, width)?;
+                Some(Built::leaf(0))
+            }
+            b'X' => {
+                let length = take_u32(pickle, &mut at)?;
+                take(pickle, &mut at, length as usize)?;
+                Some(Built::leaf(length as u64))
+            }
+            0x8a => {
+                let length = take(pickle, &mut at, 1)?[0];
+                take(pickle, &mut at, length as usize)?;
+                Some(Built::leaf(0))
+            }
+            b'N' | 0x88 | 0x89 | b'}' | b'd' | b')' | b']' => Some(Built::leaf(0)),
+            b'(' => Some(Built { mark: true, ..Built::leaf(0) }),
+            0x85..=0x87 => Some(Built::parent(&pop(&mut stack, (op - 0x84) as usize)?)),
+            b'Q' => Some(Built::parent(&pop(&mut stack, 1)?)),
+            b'R' | 0x81 | b'b' => Some(Built::parent(&pop(&mut stack, 2)?)),
+            b't' => Some(Built::parent(&pop_to_mark(&mut stack)?)),
+            b'a' | b's' | b'e' | b'u' => {
+                let parts = match op {
+                    b'a' => pop(&mut stack, 1)?,
+                    b's' => pop(&mut stack, 2)?,
+                    _ => pop_to_mark(&mut stack)?,
+                };
+                // Added to the list or dict below them.
+                let items = Built::parent(&parts);
+                let last = stack.last_mut().ok_or_else(|| malformed("nothing to add items to"))?;
+                last.bytes += items.bytes - Built::OBJECT;
+                last.depth = last.depth.max(items.depth);
+                anyhow::ensure!(last.depth <= MAX_PICKLE_DEPTH, malformed("objects nest too deep"));
+                None
+            }
+            b'h' | b'j' => {
+                let id = if op == b'h' { take(pickle, &mut at, 1)?[0] as u32 } else { take_u32(pickle, &mut at)? };
+                let object = *memo.get(&id).ok_or_else(|| malformed("a memo reference to nothing"))?;
+                built += object.bytes; // candle clones it
+                Some(object)
+            }
+            b'q' | b'r' => {
+                let id = if op == b'q' { take(pickle, &mut at, 1)?[0] as u32 } else { take_u32(pickle, &mut at)? };
+                let object = *stack.last().ok_or_else(|| malformed("memoising an empty stack"))?;
+                built += object.bytes; // candle clones it
+                memo.insert(id, object);
+                None
+            }
+            b'.' => return Ok(()),
+            other => return Err(malformed(&format!("unknown opcode {other:#04x}"))),
+        };
+        if let Some(object) = pushed {
+            built += Built::OBJECT;
+            anyhow::ensure!(object.depth <= MAX_PICKLE_DEPTH, malformed("objects nest too deep"));
+            stack.push(object);
+        }
+        anyhow::ensure!(built <= MAX_PICKLE_OBJECT_BYTES, malformed("its objects would take too much memory"));
+    }
+}
+
 /// Writes through a temporary file and a rename, so a crash never leaves half a checkpoint.
 pub fn write_atomically(target: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
-    let temp = target.with_file_name(format!(".{name}.tmp"));
-    write(&temp)?;
-    std::fs::rename(&temp, target).with_context(|| format!("cannot move {} into place", target.display()))
+    write_all_atomically(vec![(target.to_path_buf(), Box::new(write))])
+}
+
+/// How one file of a [`write_all_atomically`] set is written (to the path it is given).
+pub type FileWriter<'a> = Box<dyn FnOnce(&Path) -> Result<()> + 'a>;
+
+/// Writes several files as one: each goes to a temporary beside it first, and only when
+/// all are written are they moved into place, in order (so the last, a training state
+/// say, lands last). A failure while writing (a full disk, a permission) removes the
+/// temporaries and leaves every file as it was.
+pub fn write_all_atomically(files: Vec<(std::path::PathBuf, FileWriter<'_>)>) -> Result<()> {
+    let mut written: Vec<(std::path::PathBuf, std::path::PathBuf)> = Vec::with_capacity(files.len());
+    for (target, write) in files {
+        let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
+        let temp = target.with_file_name(format!(".{name}.tmp"));
+        if let Err(e) = write(&temp).with_context(|| format!("cannot write {}", target.display())) {
+            let _ = std::fs::remove_file(&temp);
+            for (temp, _) in &written {
+                let _ = std::fs::remove_file(temp);
+            }
+            return Err(e);
+        }
+        written.push((temp, target));
+    }
+    for (temp, target) in written {
+        std::fs::rename(&temp, &target).with_context(|| format!("cannot move {} into place", target.display()))?;
+    }
+    Ok(())
 }
 
 /// Dict subclasses that checkpoints pickle and candle cannot rebuild.
@@ -120,8 +367,7 @@ pub fn readable_copy(path: &Path) -> Result<tempfile::NamedTempFile> {
         let entry = archive.by_index(i)?;
         let name = entry.name()?.into_owned();
         if name.ends_with("data.pkl") {
-            let mut pickle = Vec::new();
-            entry.take(u64::MAX).read_to_end(&mut pickle)?;
+            let pickle = read_pickle(entry)?;
             let rewritten = rewrite_dict_subclasses(&pickle);
             changed |= rewritten != pickle;
             let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);

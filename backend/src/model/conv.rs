@@ -43,6 +43,11 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
+        self.forward_within(x, differentiable, IM2COL_BUDGET_BYTES)
+    }
+
+    /// [`Conv2d::forward`] with whole-batch im2col matrices of at most `budget` bytes.
+    fn forward_within(&self, x: &Tensor, differentiable: bool, budget: usize) -> Result<Tensor> {
         let (out_c, in_c, k, _) = self.weight.dims4()?;
         let (b, _, h, w) = x.dims4()?;
         if !fused::applies(x) {
@@ -59,11 +64,13 @@ impl Conv2d {
         // The im2col matrix is k*k times the input: for a big batch of large pictures
         // (16 Sber-VQGAN photos at 256 px: 4.8 GB for one convolution) go a few at a time.
         let per_image = in_c * k * k * out_h * out_w * std::mem::size_of::<f32>();
-        let images_at_once = (IM2COL_BUDGET_BYTES / per_image.max(1)).max(1);
+        let images_at_once = (budget / per_image.max(1)).max(1);
         if b > images_at_once {
             let parts = (0..b)
                 .step_by(images_at_once)
-                .map(|start| self.forward(&x.narrow(0, start, images_at_once.min(b - start))?, differentiable))
+                .map(|start| {
+                    self.forward_within(&x.narrow(0, start, images_at_once.min(b - start))?, differentiable, budget)
+                })
                 .collect::<Result<Vec<_>>>()?;
             return Tensor::cat(&parts, 0);
         }
@@ -418,16 +425,17 @@ mod tests {
 
     #[test]
     fn a_batch_too_big_for_one_im2col_goes_in_parts() {
-        // 3 images of 64 channels at 512x512: 576 x 262144 floats (600 MB) each, in the
-        // training path's whole-batch im2col (inference goes tile by tile).
-        let (conv, dev) = random_conv(2, 64, 3, 1, 1);
-        let x = Tensor::randn(0f32, 1.0, (3, 64, 512, 512), &dev).unwrap();
+        // 5 images of 8 channels at 16x16: 72 x 256 floats (72 KiB) each in the training
+        // path's whole-batch im2col; a budget of two images takes them in parts of 2, 2, 1.
+        let (conv, dev) = random_conv(2, 8, 3, 1, 1);
+        let x = Tensor::randn(0f32, 1.0, (5, 8, 16, 16), &dev).unwrap();
         let reference = conv.forward_with_candle(&x).unwrap();
-        for differentiable in [true, false] {
-            let ours = conv.forward(&x, differentiable).unwrap();
-            assert_eq!(ours.dims(), &[3, 2, 512, 512]);
+        let per_image = 8 * 9 * 16 * 16 * std::mem::size_of::<f32>();
+        for budget in [per_image * 2, per_image, 1, usize::MAX] {
+            let ours = conv.forward_within(&x, true, budget).unwrap();
+            assert_eq!(ours.dims(), &[5, 2, 16, 16]);
             let diff = max_diff(&ours, &reference);
-            assert!(diff < 1e-3, "differentiable {differentiable}: differs by {diff}");
+            assert!(diff < 1e-4, "budget {budget}: differs by {diff}");
         }
     }
 

@@ -26,3 +26,9 @@ pub mod transformer;
 pub mod vector_math;
 pub mod vqgan;
 pub mod weights;
+
+/// Side of the square pictures a model reads: its image codes per side times the VQGAN's
+/// downsampling factor.
+pub fn image_side(model: &config::RudolphConfig, vqgan: &vqgan::VqganConfig) -> u32 {
+    (model.image_tokens_per_dim * vqgan.downsample_factor()) as u32
+}

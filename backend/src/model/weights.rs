@@ -3,8 +3,8 @@
 //! A model is a directory with `config.json` (our [`RudolphConfig`], or the
 //! reference's `{"model_params": {...}}`) and `model.safetensors` or the hub's
 //! `pytorch_model.bin` (a torch zip pickle). `--model owner/name` downloads the
-//! official files from the Hugging Face hub into a cache (the official repos ship
-//! no config: their preset is known).
+//! official files from the Hugging Face hub into its cache ([`hub`], docs/hub.md; the
+//! official repos ship no config: their preset is known).
 
 use crate::model::config::RudolphConfig;
 use crate::model::transformer::Rudolph;
@@ -13,6 +13,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+pub mod hub;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const SAFETENSORS_FILE: &str = "model.safetensors";
@@ -53,12 +55,12 @@ pub fn local_model(dir: &Path) -> Result<ModelFiles> {
     Ok(ModelFiles { config, weights })
 }
 
-/// Options for fetching from the Hugging Face hub.
+/// Options for fetching from the Hugging Face hub (see [`hub::Hub::new`] for the defaults).
 #[derive(Debug, Clone, Default)]
 pub struct HubOptions {
-    /// Cache folder (default: `$HF_HOME/hub`, as huggingface_hub uses).
+    /// Cache folder (default: `$HF_HUB_CACHE`, or `$HF_HOME/hub`, as huggingface_hub uses).
     pub cache_dir: Option<PathBuf>,
-    /// Hub address (default `https://huggingface.co`, or `$HF_ENDPOINT`).
+    /// Hub address (default `$HF_ENDPOINT`, or `https://huggingface.co`).
     pub endpoint: Option<String>,
 }
 
@@ -71,16 +73,11 @@ pub fn resolve_model(spec: &str, hub: &HubOptions) -> Result<ModelFiles> {
     if !is_hub_id(spec) {
         bail!("model {spec:?} is neither a directory nor a hub id of the form owner/name");
     }
-    let repo = hub_repo(spec, hub)?;
-    let weights = repo.get(SAFETENSORS_FILE).or_else(|_| repo.get(PTH_FILE)).map_err(|e| {
-        anyhow!("cannot download {PTH_FILE} of {spec} from the hub ({e}); offline, pass a local directory to --model")
-    })?;
-    let config = match repo.get(CONFIG_FILE) {
-        Ok(path) => read_config(&path)?,
-        Err(_) => RudolphConfig::for_hub_repo(spec)
-            .ok_or_else(|| anyhow!("{spec} has no {CONFIG_FILE} and is not an official RUDOLPH repository"))?,
-    };
-    Ok(ModelFiles { config, weights })
+    let files = hub::Hub::new(hub)?.model(spec)?;
+    // Only the header is read: a damaged or mismatched download is reported here, with
+    // whether the cached file is still what the hub served.
+    check_checkpoint(&files.weights, &files.config).map_err(|e| hub::explain_load_failure(&files.weights, e))?;
+    Ok(files)
 }
 
 /// `owner/name`, not a path (`./x/y`, `/x`, `~/x`).
@@ -88,22 +85,9 @@ pub fn is_hub_id(spec: &str) -> bool {
     spec.split('/').count() == 2 && !spec.starts_with(['.', '/', '~'])
 }
 
-fn hub_repo(spec: &str, hub: &HubOptions) -> Result<hf_hub::api::sync::ApiRepo> {
-    let mut builder = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true);
-    if let Some(dir) = &hub.cache_dir {
-        builder = builder.with_cache_dir(dir.clone());
-    }
-    if let Some(endpoint) = hub.endpoint.clone().or_else(|| std::env::var("HF_ENDPOINT").ok()) {
-        builder = builder.with_endpoint(endpoint);
-    }
-    Ok(builder.build().context("cannot set up the Hugging Face hub client")?.model(spec.to_string()))
-}
-
 /// One file of a hub repository: downloaded once, then read from the cache.
 pub fn hub_file(repo: &str, file: &str, hub: &HubOptions) -> Result<PathBuf> {
-    hub_repo(repo, hub)?
-        .get(file)
-        .map_err(|e| anyhow!("cannot download {file} of {repo} from the hub ({e}); offline, pass a local directory"))
+    hub::Hub::new(hub)?.file(repo, file)
 }
 
 /// Where the official tokenizer and VQGAN live (RUDOLPH repositories hold only the transformer).
@@ -158,6 +142,9 @@ pub fn stored_tensor_shapes(path: &Path) -> Result<HashMap<String, Vec<usize>>> 
             .with_context(|| format!("cannot read safetensors file {}", path.display()))?;
         Ok(st.tensors().into_iter().map(|(name, view)| (name, view.shape().to_vec())).collect())
     } else {
+        // Candle's pickle reader trusts the file: refuse what it would panic or run out of memory on.
+        crate::model::checkpoint::check_torch_file(path, None)
+            .with_context(|| format!("cannot read torch checkpoint {}", path.display()))?;
         let infos = candle_core::pickle::read_pth_tensor_info(path, false, None)
             .with_context(|| format!("cannot read torch checkpoint {}", path.display()))?;
         Ok(infos.into_iter().map(|i| (i.name, i.layout.shape().dims().to_vec())).collect())

@@ -3,20 +3,22 @@
 //! A model directory holds the three parts side by side:
 //! `config.json` + `model.safetensors` (or `pytorch_model.bin`) for RUDOLPH,
 //! `bpe.model` for the tokenizer and `vqgan/` (config.json + weights) for the VQGAN.
+//! A hub id fetches the parts from their official repositories instead ([`HubBundle`],
+//! docs/hub.md).
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use image::DynamicImage;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::decoder::StepPool;
+use super::honesty::Calibration;
 use crate::imaging;
 use crate::model::tokenizer::TextTokenizer;
 use crate::model::transformer::Rudolph;
 use crate::model::vqgan::{load_vqgan, load_vqgan_file, Vqgan, VqganConfig};
-use crate::model::weights::{
-    hub_file, is_hub_id, load_model, local_model, resolve_model, HubOptions, OFFICIAL_BPE, OFFICIAL_VQGAN,
-};
+use crate::model::weights::hub::{explain_load_failure, Hub};
+use crate::model::weights::{is_hub_id, load_model, local_model, HubOptions, ModelFiles, OFFICIAL_BPE, OFFICIAL_VQGAN};
 
 pub const BPE_FILE: &str = "bpe.model";
 pub const VQGAN_DIR: &str = "vqgan";
@@ -28,6 +30,10 @@ pub struct Engine {
     pub device: Device,
     /// Static decoding steps (CUDA graphs) kept between requests.
     pub(crate) steps: StepPool,
+    /// How sure the model's answers are (`calibration.json` beside the model), if known.
+    pub calibration: Option<Calibration>,
+    /// The dishes the model knows (`dishes.json` beside the model; empty if unknown).
+    pub dishes: Vec<borscht_protocol::Dish>,
 }
 
 /// The VQGAN runs in f32 whatever the transformer's dtype, as the reference keeps it: in
@@ -43,23 +49,33 @@ impl Engine {
             .with_context(|| format!("model directory {} needs its tokenizer", dir.display()))?;
         let vqgan = load_vqgan(&dir.join(VQGAN_DIR), device, VQGAN_DTYPE)
             .with_context(|| format!("model directory {} needs its VQGAN in {VQGAN_DIR}/", dir.display()))?;
-        Self::from_parts(model, tokenizer, vqgan)
+        let mut engine = Self::from_parts(model, tokenizer, vqgan)?;
+        engine.calibration = Calibration::load(dir)?;
+        engine.dishes = super::dishes::load(dir)?;
+        Ok(engine)
     }
 
-    /// A model directory, or a hub id such as `sberbank-ai/RuDOLPH-350M`: the transformer
-    /// from that repository, the tokenizer from its repository or the official one, and
-    /// the official Sber VQGAN. Downloads happen once; the hub cache serves them offline.
+    /// A model directory, or a hub id such as `sberbank-ai/RuDOLPH-350M` (see [`HubBundle::fetch`]).
+    /// Downloads happen once; the hub cache serves them offline.
     pub fn resolve(spec: &str, hub: &HubOptions, device: &Device, dtype: DType) -> Result<Self> {
         let path = Path::new(spec);
         if path.exists() || !is_hub_id(spec) {
             return Self::load(path, device, dtype);
         }
-        let files = resolve_model(spec, hub)?;
-        let model = load_model(&files, device, dtype)?;
-        let bpe = hub_file(spec, BPE_FILE, hub).or_else(|_| hub_file(OFFICIAL_BPE.0, OFFICIAL_BPE.1, hub))?;
-        let tokenizer = TextTokenizer::load(&bpe).with_context(|| format!("cannot read {}", bpe.display()))?;
-        let ckpt = hub_file(OFFICIAL_VQGAN.0, OFFICIAL_VQGAN.1, hub)?;
-        let vqgan = load_vqgan_file(&ckpt, &VqganConfig::sber(), device, VQGAN_DTYPE)?;
+        Self::from_bundle(&HubBundle::fetch(spec, hub)?, device, dtype)
+    }
+
+    /// Loads fetched parts with the configs the bundle names. A part that will not load is
+    /// checked against the hub's hash: a damaged cached file is removed and said so.
+    pub fn from_bundle(bundle: &HubBundle, device: &Device, dtype: DType) -> Result<Self> {
+        let model =
+            load_model(&bundle.model, device, dtype).map_err(|e| explain_load_failure(&bundle.model.weights, e))?;
+        let tokenizer = TextTokenizer::load(&bundle.bpe)
+            .with_context(|| format!("cannot read the tokenizer {}", bundle.bpe.display()))
+            .map_err(|e| explain_load_failure(&bundle.bpe, e))?;
+        let vqgan = load_vqgan_file(&bundle.vqgan, &bundle.vqgan_config, device, VQGAN_DTYPE)
+            .with_context(|| format!("cannot load the VQGAN {}", bundle.vqgan.display()))
+            .map_err(|e| explain_load_failure(&bundle.vqgan, e))?;
         Self::from_parts(model, tokenizer, vqgan)
     }
 
@@ -79,12 +95,20 @@ impl Engine {
             bail!("the VQGAN has {} codes but the model expects {}", vqgan.config().n_embed, cfg.image_vocab_size);
         }
         let device = model.device().clone();
-        Ok(Engine { model, tokenizer, vqgan, device, steps: StepPool::default() })
+        Ok(Engine {
+            model,
+            tokenizer,
+            vqgan,
+            device,
+            steps: StepPool::default(),
+            calibration: None,
+            dishes: Vec::new(),
+        })
     }
 
     /// Side of the square photos are prepared at (codes per side x the VQGAN's factor).
     pub fn image_size(&self) -> u32 {
-        (self.model.config().image_tokens_per_dim * self.vqgan.config().downsample_factor()) as u32
+        crate::model::image_side(self.model.config(), self.vqgan.config())
     }
 
     /// The photo's image codes `[1, I]` (argmax codes, deterministic).
@@ -113,6 +137,35 @@ impl Engine {
         } else {
             Err(UnknownCharacters { text: text.to_string(), chars: unknown })
         }
+    }
+}
+
+/// A hub model's three parts, in the hub cache, not yet loaded.
+#[derive(Debug, Clone)]
+pub struct HubBundle {
+    /// The transformer: weights from the model repository, with its config.json or the
+    /// official preset (the official repositories ship none).
+    pub model: ModelFiles,
+    /// The repository's own bpe.model, or the official one.
+    pub bpe: PathBuf,
+    /// Sber's VQGAN checkpoint, shared by every RUDOLPH.
+    pub vqgan: PathBuf,
+    /// Its shape: known, as its repository ships no config either.
+    pub vqgan_config: VqganConfig,
+}
+
+impl HubBundle {
+    /// Finds in the hub cache, or downloads, what hub id `spec` needs: `config.json` (if
+    /// any) and `model.safetensors` or `pytorch_model.bin` from `spec`, `bpe.model` from
+    /// `spec` or else `shonenkov/rudalle-utils`, and `vqgan.gumbelf8-sber.model.ckpt`
+    /// from `sberbank-ai/rudalle-utils`. Nothing is requested for files already cached
+    /// or known to be absent.
+    pub fn fetch(spec: &str, options: &HubOptions) -> Result<Self> {
+        let hub = Hub::new(options)?;
+        let model = hub.model(spec)?;
+        let bpe = hub.first_of(&[(spec, BPE_FILE), OFFICIAL_BPE])?;
+        let vqgan = hub.file(OFFICIAL_VQGAN.0, OFFICIAL_VQGAN.1)?;
+        Ok(HubBundle { model, bpe, vqgan, vqgan_config: VqganConfig::sber() })
     }
 }
 

@@ -8,11 +8,14 @@
 //! - [`scoring`]: re-ranking by image or by text, zero-shot classification, text ranking;
 //! - [`generation`]: captions, l-text continuation and text-to-image, with events as
 //!   results appear;
-//! - [`recognize`]: captions re-ranked and grouped into the dish answer.
+//! - [`recognize`]: captions re-ranked and grouped into the dish answer;
+//! - [`honesty`]: how sure that answer is ("not food", "not sure", calibrated confidence).
 
 pub mod decoder;
+pub mod dishes;
 pub mod engine;
 pub mod generation;
+pub mod honesty;
 pub mod perplexity;
 pub mod recognize;
 pub mod sampling;

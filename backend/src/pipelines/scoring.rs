@@ -20,6 +20,10 @@ pub struct TextImageScore {
     pub ppl_text: f32,
     /// Of the image positions: how well the image fits the text (lower is better).
     pub ppl_image: f32,
+    /// Re-ranking by image only: of the text again as right text after the photo, its end
+    /// included: how sure the model is of the text given the photo alone (the right text
+    /// does not see the left). NaN where not measured.
+    pub ppl_caption: f32,
 }
 
 /// The zero-shot answer.
@@ -30,6 +34,8 @@ pub struct Classification {
     pub scores: Vec<f32>,
     /// Each class's perplexity as scored, which the scores keep only up to a factor.
     pub perplexities: Vec<f32>,
+    /// Even the chosen class fits poorly (by the model's calibration): "none of these".
+    pub none_of_these: bool,
 }
 
 fn r_text_mask(encoded: &[u32]) -> Vec<f32> {
@@ -91,8 +97,13 @@ pub fn rerank_pairs(engine: &Engine, pairs: &[(&str, &[u32])], batch: usize) -> 
         let ppl_image = image_ppl(engine, &hidden, &ids)?;
         let l_text_logits = logits_at(engine, &hidden, 0, l - 1, Head::Text)?;
         let ppl_text = ce_to_ppl(&token_ce(&l_text_logits, &ids.narrow(1, 1, l - 1)?, Some(0))?);
+        let ppl_caption = r_text_ppl(engine, &hidden, &ids, true)?;
         scores.extend(
-            ppl_text.into_iter().zip(ppl_image).map(|(ppl_text, ppl_image)| TextImageScore { ppl_text, ppl_image }),
+            ppl_text
+                .into_iter()
+                .zip(ppl_image)
+                .zip(ppl_caption)
+                .map(|((ppl_text, ppl_image), ppl_caption)| TextImageScore { ppl_text, ppl_image, ppl_caption }),
         );
     }
     Ok(scores)
@@ -140,9 +151,11 @@ fn score_images_by_text(
         let ids = ids_tensor(engine, &rows)?;
         let ppl_image = image_ppl(engine, &hidden, &ids)?;
         let ppl_text = r_text_ppl(engine, &hidden, &ids, score_end)?;
-        scores.extend(
-            ppl_text.into_iter().zip(ppl_image).map(|(ppl_text, ppl_image)| TextImageScore { ppl_text, ppl_image }),
-        );
+        scores.extend(ppl_text.into_iter().zip(ppl_image).map(|(ppl_text, ppl_image)| TextImageScore {
+            ppl_text,
+            ppl_image,
+            ppl_caption: f32::NAN,
+        }));
     }
     Ok(scores)
 }
@@ -268,7 +281,7 @@ fn classification_of(ppl: &[f32]) -> Classification {
     let total: f32 = exps.iter().sum();
     let scores: Vec<f32> = exps.iter().map(|e| e / total).collect();
     let label = scores.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
-    Classification { label, scores, perplexities: ppl.to_vec() }
+    Classification { label, scores, perplexities: ppl.to_vec(), none_of_these: false }
 }
 
 /// Zero-shot by image fit: each class text around the photo (`self_reranking_by_image`),
@@ -287,7 +300,9 @@ pub fn classify_by_image(
     Ok(classification_of(&ppl))
 }
 
-/// "Which of these dishes?" by either method.
+/// "Which of these dishes?" by either method. With caption fit (the default) and a
+/// calibrated model, the answer is "none of these" when even the chosen dish's caption
+/// fits the photo worse than the calibration allows.
 pub fn classify_with(
     method: ClassifyMethod,
     engine: &Engine,
@@ -296,11 +311,17 @@ pub fn classify_with(
     template: &str,
     batch: usize,
 ) -> Result<Classification> {
-    match method {
-        ClassifyMethod::CaptionFit => classify_as_caption(engine, codes, classes, template, batch, false),
-        ClassifyMethod::ZeroShot => classify(engine, codes, classes, template, batch),
-        ClassifyMethod::ImageFit => classify_by_image(engine, codes, classes, template, batch),
+    let mut result = match method {
+        ClassifyMethod::CaptionFit => classify_as_caption(engine, codes, classes, template, batch, false)?,
+        ClassifyMethod::ZeroShot => classify(engine, codes, classes, template, batch)?,
+        ClassifyMethod::ImageFit => classify_by_image(engine, codes, classes, template, batch)?,
+    };
+    let threshold = engine.calibration.as_ref().and_then(|c| c.none_of_these_above);
+    if let (ClassifyMethod::CaptionFit, Some(threshold)) = (method, threshold) {
+        let best = result.perplexities.get(result.label).copied().unwrap_or(f32::INFINITY);
+        result.none_of_these = best.ln() > threshold;
     }
+    Ok(result)
 }
 
 /// `generate_texts`' ranking: l_text perplexity of each text alone (text-to-text mask).

@@ -15,7 +15,7 @@ use borscht_protocol::{ErrorCode, ServerMessage};
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
 
-use super::client::{ClientKey, ClientSlot};
+use super::client::{ClientKey, ClientSlot, Peer};
 use super::job::{
     classify_task, decode_picture, generate_image_task, recognize_task, CancelFlag, Job, Rejection, Task,
 };
@@ -95,6 +95,29 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+/// Refuses an API call beyond the client's rate ([`super::caps`]) with 429 and the
+/// seconds to wait, before its body is read.
+pub async fn rate_limit(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let client = state.client(request.headers(), peer.as_ref());
+    match state.caps.api_call(&client) {
+        Ok(()) => next.run(request).await,
+        Err(wait_s) => {
+            state.metrics.rejected_rate.inc();
+            let mut e = ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!("too many requests from your address; try again in {wait_s} s"),
+            );
+            e.retry_after_s = Some(wait_s);
+            e.into_response()
+        }
     }
 }
 
@@ -290,10 +313,26 @@ pub async fn classify(
 pub struct GenerateBody {
     pub text: String,
     pub n: Option<u32>,
+    /// Draws an earlier answer's pictures again (its `X-Borscht-Seed`).
+    pub seed: Option<u64>,
 }
 
-/// `POST /api/v1/generate` with `{"text": "борщ", "n": 1}`: one picture comes back as
-/// `image/png`; several as JSON `{"images": [base64 PNG, ...]}`.
+/// The header holding the seed that draws a picture again.
+const SEED_HEADER: header::HeaderName = header::HeaderName::from_static("x-borscht-seed");
+
+/// `GET /api/v1/dishes`: the dishes the model knows (its training captions name them).
+pub async fn dishes(State(state): State<AppState>) -> Result<Response, ApiError> {
+    match state.worker.status() {
+        super::worker::ModelStatus::Ready { name, dishes } => {
+            Ok(Json(serde_json::json!({ "model": name, "dishes": *dishes })).into_response())
+        }
+        _ => Err(ApiError::new(ErrorCode::Unavailable, "the model is not loaded yet")),
+    }
+}
+
+/// `POST /api/v1/generate` with `{"text": "борщ", "n": 1, "seed": 7}` (`seed` repeats an
+/// earlier drawing): one picture comes back as `image/png` with its seed in
+/// `X-Borscht-Seed`; several as JSON `{"images": [base64 PNG, ...], "seed": 7}`.
 pub async fn generate(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let caller = Caller::admit(&state, &request)?;
     let body = Bytes::from_request(request, &state).await.map_err(|e| ApiError::body(&e, e.status(), "body"))?;
@@ -301,15 +340,19 @@ pub async fn generate(State(state): State<AppState>, request: Request) -> Result
         let text = borscht_protocol::clip(&e.to_string(), 200);
         ApiError::new(ErrorCode::InvalidMessage, format!("expected {{\"text\": ..., \"n\": ...}}: {text}"))
     })?;
-    let task = generate_image_task(&request.text, request.n, &state.limits)?;
+    let task = generate_image_task(&request.text, request.n, request.seed, &state.limits)?;
     match run(&state, caller, task).await? {
-        ServerMessage::Images { images, .. } if images.len() == 1 => {
+        ServerMessage::Images { images, seed, .. } if images.len() == 1 => {
             let png = base64::engine::general_purpose::STANDARD
                 .decode(&images[0])
                 .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-            Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+            let seed = seed.map(HeaderValue::from).unwrap_or(HeaderValue::from_static(""));
+            Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("image/png")), (SEED_HEADER, seed)], png)
+                .into_response())
         }
-        ServerMessage::Images { images, .. } => Ok(Json(serde_json::json!({ "images": images })).into_response()),
+        ServerMessage::Images { images, seed, .. } => {
+            Ok(Json(serde_json::json!({ "images": images, "seed": seed })).into_response())
+        }
         other => Err(ApiError::new(ErrorCode::Internal, format!("unexpected answer {other:?}"))),
     }
 }

@@ -33,11 +33,13 @@ pub enum Task {
         template: String,
         method: ClassifyMethod,
     },
-    /// `n` pictures, each the best of `best_of` drawn (the server's `--image-best-of`).
+    /// `n` pictures, each the best of `best_of` drawn (the server's `--image-best-of`),
+    /// from `seed` (a fresh one when None).
     GenerateImage {
         text: String,
         n: usize,
         best_of: usize,
+        seed: Option<u64>,
     },
     GenerateText {
         prompt: String,
@@ -174,7 +176,10 @@ pub fn decode_base64_image(data: &str, limits: &Limits, side: u32) -> Result<Dyn
     decode_picture(&bytes, limits, side)
 }
 
-/// Side a picture is shrunk to while the model (whose input side decides) still loads.
+/// Side a picture is shrunk to while the model (whose input side decides) still loads and
+/// its side was not known beforehand ([`crate::server::ServerConfig::input_side`]). Such a
+/// picture, if larger, is resampled twice (to this side, then to the model's), so its
+/// answer may differ slightly from the same picture sent later.
 pub const LOADING_SIDE: u32 = 512;
 
 /// Decodes an uploaded picture within the limits (bytes, then header pixels) and shrinks
@@ -186,6 +191,9 @@ pub fn decode_picture(bytes: &[u8], limits: &Limits, side: u32) -> Result<Dynami
         return Err(Rejection::new(ErrorCode::InvalidImage, "the image is empty"));
     }
     let decoded = decode_image(bytes, limits.image_limits())?;
+    // Never enlarge: a picture smaller than `side` keeps its pixels, and the model's own
+    // preparation enlarges it just as it would have, whatever side was known when it came.
+    let side = side.min(decoded.width().min(decoded.height()));
     Ok(DynamicImage::ImageRgb8(crate::imaging::square_rgb(&decoded, side)))
 }
 
@@ -252,11 +260,12 @@ pub fn classify_task(
     Ok(Task::Classify { image, classes, template, method })
 }
 
-pub fn generate_image_task(text: &str, n: Option<u32>, limits: &Limits) -> Result<Task, Rejection> {
+pub fn generate_image_task(text: &str, n: Option<u32>, seed: Option<u64>, limits: &Limits) -> Result<Task, Rejection> {
     Ok(Task::GenerateImage {
         text: check_text("text", text, limits)?,
         n: check_count("image", n, DEFAULT_IMAGES, limits.max_images)?,
         best_of: limits.image_best_of as usize,
+        seed,
     })
 }
 
@@ -275,7 +284,7 @@ pub fn task_of(message: &ClientMessage, limits: &Limits, side: u32) -> Option<Re
             .and_then(|image| recognize_task(image, template.as_deref(), *n, *portion_g, limits)),
         ClientMessage::Classify { image, classes, template, method, .. } => decode_base64_image(image, limits, side)
             .and_then(|image| classify_task(image, classes, template.as_deref(), method.unwrap_or_default(), limits)),
-        ClientMessage::GenerateImage { text, n, .. } => generate_image_task(text, *n, limits),
+        ClientMessage::GenerateImage { text, n, seed, .. } => generate_image_task(text, *n, *seed, limits),
         ClientMessage::GenerateText { prompt, n, .. } => generate_text_task(prompt, *n, limits),
         _ => return None,
     })
@@ -288,8 +297,10 @@ mod tests {
     #[test]
     fn a_drawing_request_takes_the_servers_best_of() {
         let limits = Limits { image_best_of: 3, ..Limits::default() };
-        match generate_image_task("борщ", Some(2), &limits) {
-            Ok(Task::GenerateImage { text, n, best_of }) => assert_eq!((text.as_str(), n, best_of), ("борщ", 2, 3)),
+        match generate_image_task("борщ", Some(2), Some(9), &limits) {
+            Ok(Task::GenerateImage { text, n, best_of, seed }) => {
+                assert_eq!((text.as_str(), n, best_of, seed), ("борщ", 2, 3, Some(9)))
+            }
             other => panic!("{:?}", other.map(|t| t.kind())),
         }
     }

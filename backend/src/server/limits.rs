@@ -67,6 +67,17 @@ pub struct Limits {
     /// Seconds a client may take to send a request's body.
     #[arg(long, env = "BORSCHT_BODY_TIMEOUT_S", default_value_t = 30)]
     pub body_timeout_s: u64,
+    /// WebSocket connections open at once; beyond them a new one is told to come back
+    /// later (close code 1013).
+    #[arg(long, env = "BORSCHT_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// WebSocket connections one client (IP address) may hold open.
+    #[arg(long, env = "BORSCHT_MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
+    pub max_connections_per_ip: usize,
+    /// HTTP API requests one client (IP address) may make a minute: a burst of this many,
+    /// refilled evenly; beyond it 429 with Retry-After. 0: no limit.
+    #[arg(long, env = "BORSCHT_API_REQUESTS_PER_MINUTE", default_value_t = 120)]
+    pub api_requests_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -92,6 +103,9 @@ impl Default for Limits {
             outbox_max_bytes: 8 << 20,
             header_timeout_s: 15,
             body_timeout_s: 30,
+            max_connections: 1024,
+            max_connections_per_ip: 64,
+            api_requests_per_minute: 120,
         }
     }
 }

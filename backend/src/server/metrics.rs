@@ -19,7 +19,12 @@ pub struct Metrics {
     /// Finished requests by kind and outcome (ok, cancelled, error).
     pub requests: IntCounterVec,
     pub rejected_busy: IntCounter,
+    /// API calls refused by the per-client rate, and WebSockets refused by the caps.
+    pub rejected_rate: IntCounter,
+    pub rejected_connections: IntCounter,
     pub connections: IntGauge,
+    /// The server's resident memory, read when the metrics are (Linux).
+    resident_bytes: IntGauge,
     /// What browsers reported the Content-Security-Policy blocked.
     pub csp_violations: IntCounter,
 }
@@ -50,7 +55,15 @@ impl Metrics {
             IntCounterVec::new(Opts::new("requests_total", "Finished requests"), &["kind", "outcome"]).expect("valid");
         let rejected_busy = IntCounter::new("rejected_busy_total", "Requests refused because the queue was full")
             .expect("valid metric");
+        let rejected_rate =
+            IntCounter::new("rejected_rate_total", "API calls refused because their client called too often")
+                .expect("valid metric");
+        let rejected_connections =
+            IntCounter::new("rejected_connections_total", "WebSockets refused by the connection caps")
+                .expect("valid metric");
         let connections = IntGauge::new("websocket_connections", "Open WebSocket connections").expect("valid metric");
+        let resident_bytes =
+            IntGauge::new("process_resident_bytes", "Resident memory of the server process").expect("valid metric");
         let csp_violations =
             IntCounter::new("csp_violations_total", "Content-Security-Policy violations browsers reported")
                 .expect("valid metric");
@@ -62,7 +75,10 @@ impl Metrics {
             Box::new(queue_wait.clone()),
             Box::new(requests.clone()),
             Box::new(rejected_busy.clone()),
+            Box::new(rejected_rate.clone()),
+            Box::new(rejected_connections.clone()),
             Box::new(connections.clone()),
+            Box::new(resident_bytes.clone()),
             Box::new(csp_violations.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
@@ -76,13 +92,19 @@ impl Metrics {
             queue_wait,
             requests,
             rejected_busy,
+            rejected_rate,
+            rejected_connections,
             connections,
+            resident_bytes,
             csp_violations,
         }
     }
 
     /// The text exposition format.
     pub fn render(&self) -> String {
+        if let Some(bytes) = resident_bytes() {
+            self.resident_bytes.set(bytes as i64);
+        }
         let mut buffer = Vec::new();
         prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding");
         String::from_utf8(buffer).expect("prometheus text is UTF-8")
@@ -93,4 +115,13 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Resident memory of this process: the second field of `/proc/self/statm`, in pages.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    (page > 0).then(|| pages * page as u64)
 }

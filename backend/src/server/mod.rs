@@ -11,6 +11,7 @@
 //!   `/healthz` (the process is up), `/readyz` (the model is loaded), `/metrics`.
 
 pub mod api;
+pub mod caps;
 pub mod client;
 pub mod headers;
 pub mod job;
@@ -65,6 +66,9 @@ pub struct ServerConfig {
     /// A header holding the client's address, set by the operator's reverse proxy
     /// (e.g. `X-Forwarded-For`); without it a client is the connection's peer.
     pub client_ip_header: Option<String>,
+    /// The side the model reads pictures at, when known before it loads (from its
+    /// configs): pictures sent while it loads are then shrunk to it at once, as later.
+    pub input_side: Option<u32>,
 }
 
 impl ServerConfig {
@@ -78,6 +82,7 @@ impl ServerConfig {
             embed_ancestors: vec!["*".into()],
             ws_origins: Vec::new(),
             client_ip_header: None,
+            input_side: None,
         }
     }
 }
@@ -96,6 +101,8 @@ pub struct AppState {
     pub clients: ClientSlots,
     pub client_ip_header: Option<Arc<str>>,
     pub origins: Arc<OriginPolicy>,
+    /// Connections open and API calls made ([`caps`]).
+    pub caps: caps::Caps,
 }
 
 impl AppState {
@@ -170,7 +177,8 @@ impl Server {
         let metrics = Metrics::new();
         let limits = &config.limits;
         let (queue, receiver) = Queue::new(limits.queue_capacity, limits.queue_max_bytes, metrics.clone());
-        let (worker, worker_thread) = spawn_worker(load, receiver, metrics.clone(), limits.max_batch);
+        let (worker, worker_thread) =
+            spawn_worker(load, receiver, metrics.clone(), limits.max_batch, config.input_side);
         let state = AppState {
             queue,
             worker,
@@ -181,6 +189,7 @@ impl Server {
             clients: ClientSlots::new(limits.max_requests_per_ip),
             client_ip_header: config.client_ip_header.as_deref().map(Arc::from),
             origins: Arc::new(OriginPolicy::new(&config.ws_origins, &config.embed_ancestors)),
+            caps: caps::Caps::new(limits),
         };
         Server { router: router(config, state.clone()), state, worker_thread }
     }
@@ -194,6 +203,8 @@ pub fn router(config: &ServerConfig, state: AppState) -> Router {
         .route("/api/v1/recognize", post(api::recognize))
         .route("/api/v1/classify", post(api::classify))
         .route("/api/v1/generate", post(api::generate))
+        .route("/api/v1/dishes", get(api::dishes))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), api::rate_limit))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(config.limits.body_timeout()))
         .layer(cors(&config.cors_origins));
@@ -237,9 +248,9 @@ fn cors(origins: &[String]) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(allow)
-        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers([header::CONTENT_TYPE])
-        .expose_headers([header::RETRY_AFTER])
+        .expose_headers([header::RETRY_AFTER, HeaderName::from_static("x-borscht-seed")])
         .max_age(Duration::from_secs(3600))
 }
 
@@ -256,7 +267,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         _ if state.shutting_down.load(Ordering::SeqCst) => {
             (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "shutting_down" }))
         }
-        ModelStatus::Ready { name } => (StatusCode::OK, serde_json::json!({ "status": "ready", "model": name })),
+        ModelStatus::Ready { name, .. } => (StatusCode::OK, serde_json::json!({ "status": "ready", "model": name })),
         ModelStatus::Loading => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "loading" })),
         ModelStatus::Failed(e) => {
             (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "failed", "message": e }))
@@ -441,14 +452,18 @@ mod tests {
     async fn a_model_that_fails_to_load_is_reported_not_ready() {
         let dir = tempfile::tempdir().unwrap();
         let app = app(dir.path().into());
-        let mut answer = (StatusCode::OK, String::new());
-        for _ in 0..100 {
-            answer = get_text(app.clone(), "/readyz").await;
-            if answer.1.contains("failed") {
-                break;
+        // The loader runs on its own thread: however long it takes to fail, wait for it.
+        let answer = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let answer = get_text(app.clone(), "/readyz").await;
+                if answer.1.contains("failed") {
+                    return answer;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await
+        .expect("the failed load is reported");
         assert_eq!(answer.0, StatusCode::SERVICE_UNAVAILABLE);
         assert!(answer.1.contains("no model in this test"), "{}", answer.1);
     }

@@ -8,8 +8,7 @@
 
 use anyhow::Result;
 use base64::Engine as _;
-use borscht_protocol::nutrition::Nutrition;
-use borscht_protocol::{Classification, ErrorCode, RankedCaption, RankedText, Recognition, ServerMessage};
+use borscht_protocol::{Classification, ErrorCode, RankedText, ServerMessage};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -30,7 +29,11 @@ use crate::pipelines::Engine;
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelStatus {
     Loading,
-    Ready { name: String },
+    /// Serving `name`, which knows `dishes`.
+    Ready {
+        name: String,
+        dishes: Arc<Vec<borscht_protocol::Dish>>,
+    },
     Failed(String),
 }
 
@@ -80,11 +83,12 @@ pub fn spawn_worker(
     receiver: QueueReceiver,
     metrics: Metrics,
     max_batch: usize,
+    input_side: Option<u32>,
 ) -> (WorkerHandle, std::thread::JoinHandle<()>) {
     let handle = WorkerHandle {
         status: Arc::new(RwLock::new(ModelStatus::Loading)),
         in_flight: Arc::new(AtomicUsize::new(0)),
-        input_side: Arc::new(AtomicU32::new(0)),
+        input_side: Arc::new(AtomicU32::new(input_side.unwrap_or(0))),
     };
     let worker = Worker { receiver, metrics, max_batch: max_batch.max(1), handle: handle.clone() };
     let thread = std::thread::Builder::new()
@@ -111,7 +115,7 @@ impl Worker {
             Ok((engine, name)) => {
                 tracing::info!(model = %name, "model loaded");
                 self.handle.input_side.store(engine.image_size(), Ordering::Relaxed);
-                self.set_status(ModelStatus::Ready { name });
+                self.set_status(ModelStatus::Ready { name, dishes: Arc::new(engine.dishes.clone()) });
                 engine
             }
             Err(e) => {
@@ -235,7 +239,7 @@ impl Worker {
         match answers(engine, photos) {
             Ok(recognitions) => {
                 for ((job, portion_g), result) in sampled.into_iter().zip(recognitions) {
-                    let recognition = recognition_message(result, portion_g);
+                    let recognition = result.to_protocol(portion_g);
                     self.finish(job, Outcome::Done(Box::new(ServerMessage::Result { id: job.id, recognition })));
                 }
             }
@@ -283,21 +287,29 @@ impl Worker {
                         scores: result.scores,
                         perplexities: result.perplexities,
                         label: result.label,
+                        none_of_these: result.none_of_these,
                     },
                 }
             }
-            Task::GenerateImage { text, n, best_of } => {
+            Task::GenerateImage { text, n, best_of, seed } => {
+                // A fresh seed unless the client asks to repeat one: each press draws anew.
+                // (Seeds stay below 2^53, so JavaScript clients keep them exact.)
+                let seed = seed.unwrap_or_else(|| rand::random::<u32>() as u64);
                 let rows = engine.model.config().image_tokens_per_dim;
                 let options = ImageOptions {
                     count: *n,
                     best_of: *best_of,
                     sampling: SamplingParams { top_k: 512, top_p: 0.99, temperature: 1.0 },
-                    seed: id,
+                    seed,
                     preview_every_rows: (rows / 4).max(1),
                     stop: Some(job.cancel.clone()),
                 };
                 let images = generate_image(engine, text, &options, progress)?;
-                ServerMessage::Images { id, images: images.pngs.iter().map(|p| base64_png(p)).collect() }
+                ServerMessage::Images {
+                    id,
+                    images: images.pngs.iter().map(|p| base64_png(p)).collect(),
+                    seed: Some(seed),
+                }
             }
             Task::GenerateText { prompt, n } => {
                 let sampling = SamplingParams { top_k: 32, top_p: 0.8, temperature: 1.0 };
@@ -335,34 +347,4 @@ impl Outcome {
 
 fn base64_png(png: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(png)
-}
-
-/// The pipeline's answer in the protocol's words.
-pub fn recognition_message(result: crate::pipelines::recognize::Recognition, portion_g: Option<f32>) -> Recognition {
-    let mut candidates: Vec<RankedCaption> = result
-        .candidates
-        .iter()
-        .map(|c| RankedCaption {
-            text: c.caption.clone(),
-            nutrition: parse_caption(&c.caption),
-            perplexity: c.ppl_image,
-        })
-        .collect();
-    candidates.sort_by(|a, b| a.perplexity.total_cmp(&b.perplexity));
-    let (best, alternatives) = match result.answer {
-        Some(answer) => (Some(answer.best), answer.alternatives),
-        None => (None, Vec::new()),
-    };
-    let portion: Option<Nutrition> = match (&best, portion_g) {
-        (Some(best), Some(g)) => Some(best.nutrition.for_portion(g)),
-        _ => None,
-    };
-    Recognition {
-        confidence: best.as_ref().map_or(0.0, |b| b.confidence),
-        atwater: best.as_ref().and_then(|b| b.atwater),
-        best,
-        alternatives,
-        portion,
-        candidates,
-    }
 }

@@ -20,7 +20,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use borscht_protocol::{
-    decode_client_message, encode, ClientMessage, ErrorCode, RequestId, ServerMessage, PROTOCOL_VERSION,
+    decode_client_message, encode, ClientMessage, ErrorCode, RequestId, ServerMessage, OLDEST_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
 };
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
@@ -39,10 +40,19 @@ const KEEP_ALIVE: Duration = Duration::from_secs(20);
 /// Frames waiting for the writer (their bytes are bounded apart, by the outbox budget).
 const OUTBOX: usize = 1024;
 
+/// `/ws?protocol=3`: the protocol the client speaks, so that the server's first frame is
+/// one it reads (clients before protocol 3 send no query and get protocol 2's frames).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Connect {
+    #[serde(default)]
+    protocol: Option<u32>,
+}
+
 pub async fn upgrade(
     State(state): State<AppState>,
     Peer(peer): Peer,
     headers: HeaderMap,
+    connect: Result<axum::extract::Query<Connect>, axum::extract::rejection::QueryRejection>,
     ws: WebSocketUpgrade,
 ) -> Response {
     if let Some(refusal) = state.origins.refusal(&headers) {
@@ -51,9 +61,38 @@ pub async fn upgrade(
         return (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
     }
     let client = state.client(&headers, peer.as_ref());
+    let version = connect
+        .ok()
+        .and_then(|c| c.protocol)
+        .unwrap_or(OLDEST_PROTOCOL_VERSION)
+        .clamp(OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION);
+    let permit = match state.caps.connect(&client) {
+        Ok(permit) => permit,
+        Err(reason) => {
+            state.metrics.rejected_connections.inc();
+            tracing::debug!(%client, "refused a WebSocket: {reason}");
+            return ws.on_upgrade(move |socket| refuse_connection(socket, reason, version));
+        }
+    };
     // Frames up to twice the limit are read and refused politely; larger ones end the connection.
     ws.max_message_size(state.limits.max_frame_bytes() * 2)
-        .on_upgrade(move |socket| handle_connection(socket, state, client))
+        .on_upgrade(move |socket| handle_connection(socket, state, client, version, permit))
+}
+
+/// A connection over the caps: told why (an `unavailable` error a client shows, and the
+/// close reason), then closed with 1013, "try again later".
+async fn refuse_connection(mut socket: WebSocket, reason: String, version: u32) {
+    let notice = frame(ServerMessage::error(ErrorCode::Unavailable, reason.clone()), version);
+    let close = Message::Close(Some(axum::extract::ws::CloseFrame {
+        code: 1013,
+        // A close reason holds at most 123 bytes.
+        reason: borscht_protocol::clip(&reason, 100).into(),
+    }));
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = socket.send(notice).await;
+        let _ = socket.send(close).await;
+    })
+    .await;
 }
 
 type InFlight = Arc<Mutex<HashMap<RequestId, CancelFlag>>>;
@@ -68,6 +107,11 @@ struct Connection {
     in_flight: InFlight,
 }
 
+/// A frame as the connection's client reads it ([`ServerMessage::for_version`]).
+fn frame(message: ServerMessage, version: u32) -> Message {
+    Message::Text(encode(&message.for_version(version)).into())
+}
+
 /// The writer's queue: frames in order, their bytes bounded by a budget that each frame
 /// takes from before it is queued and gives back once it is on the socket.
 #[derive(Clone)]
@@ -75,6 +119,8 @@ struct Outbox {
     frames: mpsc::Sender<Outgoing>,
     budget: Arc<Semaphore>,
     max_bytes: usize,
+    /// The protocol the client speaks.
+    version: u32,
 }
 
 impl Outbox {
@@ -96,13 +142,19 @@ impl Outbox {
     }
 }
 
-async fn handle_connection(socket: WebSocket, state: AppState, client: ClientKey) {
+async fn handle_connection(
+    socket: WebSocket,
+    state: AppState,
+    client: ClientKey,
+    version: u32,
+    _permit: super::caps::ConnectionPermit,
+) {
     state.metrics.connections.inc();
     let (mut sink, mut stream) = socket.split();
     let (frames, mut outgoing) = mpsc::channel::<Outgoing>(OUTBOX);
     let max_bytes = state.limits.outbox_max_bytes.clamp(1, u32::MAX as usize);
     let budget = Arc::new(Semaphore::new(max_bytes));
-    let outbox = Outbox { frames, budget: budget.clone(), max_bytes };
+    let outbox = Outbox { frames, budget: budget.clone(), max_bytes, version };
     let send_timeout = state.limits.send_timeout();
     let writer = tokio::spawn(async move {
         while let Some((message, permit)) = outgoing.recv().await {
@@ -123,11 +175,12 @@ async fn handle_connection(socket: WebSocket, state: AppState, client: ClientKey
     });
     let connection =
         Connection { state: state.clone(), client, outbox, in_flight: Arc::new(Mutex::new(HashMap::new())) };
-    let model = match state.worker.status() {
-        super::worker::ModelStatus::Ready { name } => Some(name),
-        _ => None,
+    let (model, dishes) = match state.worker.status() {
+        super::worker::ModelStatus::Ready { name, dishes } => (Some(name), dishes.to_vec()),
+        _ => (None, Vec::new()),
     };
-    connection.send(ServerMessage::Hello { protocol_version: PROTOCOL_VERSION, server: server_name(), model }).await;
+    let hello = ServerMessage::Hello { protocol_version: version, server: server_name(), model, dishes };
+    connection.send(hello).await;
 
     // Ticks often enough to notice a short idle timeout too.
     let tick = KEEP_ALIVE.min(state.limits.idle_timeout() / 2).max(Duration::from_millis(100));
@@ -185,7 +238,7 @@ async fn handle_connection(socket: WebSocket, state: AppState, client: ClientKey
 
 impl Connection {
     async fn send(&self, message: ServerMessage) {
-        let _ = self.outbox.send(Message::Text(encode(&message).into())).await;
+        let _ = self.outbox.send(frame(message, self.outbox.version)).await;
     }
 
     async fn on_text(&self, text: &str) {
@@ -206,10 +259,12 @@ impl Connection {
             }
         };
         match message {
-            ClientMessage::Hello { protocol_version } if protocol_version == PROTOCOL_VERSION => {}
+            ClientMessage::Hello { protocol_version }
+                if (OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol_version) => {}
             ClientMessage::Hello { protocol_version } => {
                 let text = format!(
-                    "server speaks protocol {PROTOCOL_VERSION}, client speaks {protocol_version}; reload the page"
+                    "server speaks protocols {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION}, client speaks \
+                     {protocol_version}; reload the page"
                 );
                 self.send(ServerMessage::error(ErrorCode::ProtocolMismatch, text)).await
             }
@@ -304,7 +359,7 @@ async fn forward(
             // Free the slot first: a client may send its next request the moment it reads this.
             in_flight.lock().expect("in-flight lock").remove(&id);
         }
-        if outbox.send(Message::Text(encode(&message).into())).await.is_err() {
+        if outbox.send(frame(message, outbox.version)).await.is_err() {
             cancel.store(true, Ordering::SeqCst);
             break;
         }

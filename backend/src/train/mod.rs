@@ -7,6 +7,7 @@ pub mod data;
 pub mod demo_data;
 pub mod evaluate;
 pub mod init;
+pub mod non_food;
 pub mod optim;
 pub mod rudolph;
 pub mod vqgan;

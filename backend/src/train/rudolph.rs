@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::imaging::{self, ImageLimits};
+use crate::model::checkpoint::{write_all_atomically, FileWriter};
 use crate::model::config::RudolphConfig;
 use crate::model::masks::causal_mask;
 use crate::model::tokenizer::TextTokenizer;
@@ -96,6 +97,8 @@ pub struct TrainOptions {
     pub csv: PathBuf,
     pub images: PathBuf,
     pub out: PathBuf,
+    /// A table of English dish names (columns `dish` and `en`) for the model's dish list.
+    pub dish_names: Option<PathBuf>,
     /// Start from this model directory; `None` starts from scratch with `config`.
     pub init: Option<PathBuf>,
     /// For training from scratch: the shape, plus the tokenizer and VQGAN to use.
@@ -242,11 +245,35 @@ fn encode_samples(
 ) -> Result<Vec<(Sample, Vec<Vec<u32>>)>> {
     let cache_path = options.out.join("image_codes.safetensors");
     let mut cache: HashMap<String, Tensor> = if cache_path.is_file() {
-        candle_core::safetensors::load(&cache_path, &Device::Cpu).unwrap_or_default()
+        candle_core::safetensors::load(&cache_path, &Device::Cpu).unwrap_or_else(|e| {
+            eprintln!(
+                "the cached image codes in {} are unreadable ({e}); encoding the pictures again",
+                cache_path.display()
+            );
+            HashMap::new()
+        })
     } else {
         HashMap::new()
     };
-    let size = (cfg.image_tokens_per_dim * parts.vqgan.config().downsample_factor()) as u32;
+    // A cached entry is trusted only if it is what the VQGAN gives: one code per image
+    // position, each a code of its codebook.
+    let (positions, codebook) = (cfg.image_seq_length(), parts.vqgan.config().n_embed);
+    let valid = |codes: &Tensor| {
+        codes.dtype() == DType::U32
+            && codes.dims() == [positions]
+            && codes.to_vec1::<u32>().is_ok_and(|c| c.iter().all(|&code| (code as usize) < codebook))
+    };
+    let cached = cache.len();
+    cache.retain(|_, codes| valid(codes));
+    if cache.len() < cached {
+        eprintln!(
+            "{} cached image codes in {} are not codes of this VQGAN (a damaged file?); encoding them again",
+            cached - cache.len(),
+            cache_path.display()
+        );
+    }
+    let mut changed = cache.len() < cached;
+    let size = crate::model::image_side(cfg, parts.vqgan.config());
     let vqgan_stamp = std::fs::metadata(parts.vqgan_dir.join(crate::model::vqgan::VQGAN_WEIGHTS_FILE))
         .or_else(|_| std::fs::metadata(&parts.vqgan_dir))
         .map(|m| format!("{}-{:?}", m.len(), m.modified().ok()))
@@ -260,7 +287,6 @@ fn encode_samples(
     if !options.show_progress {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let mut changed = false;
     let mut encoded = Vec::with_capacity(samples.len());
     for sample in samples {
         bar.inc(1);
@@ -333,6 +359,13 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
     let parts = parts(options, device)?;
     let cfg = parts.cfg.clone();
     std::fs::create_dir_all(&options.out).with_context(|| format!("cannot create {}", options.out.display()))?;
+    // The dishes the model will know: what its captions name.
+    let english = match &options.dish_names {
+        Some(table) => crate::pipelines::dishes::english_names(table)?,
+        None => Default::default(),
+    };
+    let dishes = crate::pipelines::dishes::dishes_of(dataset.samples.iter().map(|s| s.caption.as_str()), &english);
+    crate::pipelines::dishes::save(&options.out, &dishes)?;
     let mut encoded = encode_samples(dataset.samples, &parts, &cfg, options, device)?;
     if encoded.is_empty() {
         bail!("no readable images among the rows of {}", options.csv.display());
@@ -423,8 +456,22 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar.set_position(state.step as u64);
+    // The step of the checkpoint on disk, so that a failed save can say what is intact.
+    let last_saved = std::cell::Cell::new(resuming.then_some(state.step));
     let save = |state: &TrainState, optimizer: &AdamW, varmap: &VarMap, logs: &[StepLog]| -> Result<()> {
-        save_checkpoint(options, &parts, &cfg, state, optimizer, varmap, logs)
+        save_checkpoint(options, &parts, &cfg, state, optimizer, varmap, logs).with_context(|| {
+            let out = options.out.display();
+            match last_saved.get() {
+                Some(step) => format!(
+                    "could not save the checkpoint of step {}; the one of step {step} in {out} is intact \
+                     (continue from it with --resume once the disk is fixed)",
+                    state.step
+                ),
+                None => format!("could not save the checkpoint of step {}; nothing was saved in {out} yet", state.step),
+            }
+        })?;
+        last_saved.set(Some(state.step));
+        Ok(())
     };
     let mut interrupted = false;
     'epochs: while state.epoch < options.epochs {
@@ -646,10 +693,16 @@ fn save_checkpoint(
     logs: &[StepLog],
 ) -> Result<()> {
     let out = &options.out;
-    write_atomically(&out.join(SAFETENSORS_FILE), |p| Ok(varmap.save(p)?))?;
-    write_atomically(&out.join(OPTIMIZER_FILE), |p| Ok(candle_core::safetensors::save(&optimizer.state()?, p)?))?;
-    write_atomically(&out.join(CONFIG_FILE), |p| Ok(std::fs::write(p, serde_json::to_string_pretty(cfg)?)?))?;
-    write_atomically(&out.join(STATE_FILE), |p| Ok(std::fs::write(p, serde_json::to_string_pretty(state)?)?))?;
+    // What a resume reads, as one: all of it written before any of it replaces the last
+    // checkpoint, the state (the step it is at) last.
+    let files: Vec<(PathBuf, FileWriter)> = vec![
+        (out.join(SAFETENSORS_FILE), Box::new(|p: &Path| Ok(varmap.save(p)?))),
+        (out.join(OPTIMIZER_FILE), Box::new(|p: &Path| Ok(candle_core::safetensors::save(&optimizer.state()?, p)?))),
+        (out.join(CONFIG_FILE), Box::new(|p: &Path| Ok(std::fs::write(p, serde_json::to_string_pretty(cfg)?)?))),
+        (out.join(LOG_FILE), Box::new(|p: &Path| write_log(p, logs))),
+        (out.join(STATE_FILE), Box::new(|p: &Path| Ok(std::fs::write(p, serde_json::to_string_pretty(state)?)?))),
+    ];
+    write_all_atomically(files)?;
     // A complete model directory: the tokenizer and the VQGAN travel with the weights.
     if parts.tokenizer_file != out.join(BPE_FILE) {
         std::fs::copy(&parts.tokenizer_file, out.join(BPE_FILE))?;
@@ -664,19 +717,16 @@ fn save_checkpoint(
             }
         }
     }
-    write_log(&out.join(LOG_FILE), logs)?;
     plot_losses(&out.join(CURVE_FILE), logs)
 }
 
 fn write_log(path: &Path, logs: &[StepLog]) -> Result<()> {
-    write_atomically(path, |p| {
-        let mut writer = csv::Writer::from_path(p)?;
-        for log in logs {
-            writer.serialize(log)?;
-        }
-        writer.flush()?;
-        Ok(())
-    })
+    let mut writer = csv::Writer::from_path(path)?;
+    for log in logs {
+        writer.serialize(log)?;
+    }
+    writer.flush()?;
+    Ok(())
 }
 
 fn read_log(path: &Path) -> Result<Vec<StepLog>> {

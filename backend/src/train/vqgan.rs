@@ -11,24 +11,29 @@
 //!   training: in 620 CPU steps the demo's codes only kept colour blobs.
 //!
 //! The loss is L1 reconstruction plus the quantiser's terms.
-//! Each epoch writes a checkpoint (atomically) and a PNG of originals above their
+//! Each epoch writes a checkpoint (atomically: weights, the optimiser's moments and the
+//! code-usage counts, so `--resume` continues exactly) and a PNG of originals above their
 //! hard-code reconstructions, so progress can be seen, not only read.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use candle_nn::VarMap;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::imaging::{self, ImageLimits};
+use crate::model::checkpoint::{write_all_atomically, FileWriter};
 use crate::model::vqgan::{Vqgan, VqganConfig, VQGAN_CONFIG_FILE, VQGAN_WEIGHTS_FILE};
-use crate::train::{list_images, progress_bar, write_atomically};
+use crate::train::optim::AdamW;
+use crate::train::{list_images, progress_bar};
 
 /// How many images the per-epoch picture shows.
 const GRID_IMAGES: usize = 8;
 const STATE_FILE: &str = "training_state.json";
+/// The optimiser's moments, beside the weights (a training file, not part of the model).
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
 /// How the codes are learnt (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -62,8 +67,11 @@ pub struct VqganTraining {
     pub quantizer: Quantizer,
     /// Weight of the nearest-code commitment term (VQ-VAE's beta).
     pub commitment_weight: f64,
-    /// Continue from `out/` (weights and epoch counter) instead of starting afresh.
+    /// Continue from `out/` exactly where it stopped instead of starting afresh.
     pub resume: bool,
+    /// Stop once this many epochs are done, as an interrupted run would (the checkpoint
+    /// then continues with `resume`).
+    pub stop_after_epochs: Option<usize>,
     pub show_progress: bool,
 }
 
@@ -84,6 +92,9 @@ struct TrainingState {
     epochs_done: usize,
     steps_done: usize,
     history: Vec<EpochReport>,
+    /// How often each code was picked since the last restart (nearest-code training).
+    #[serde(default)]
+    code_usage: Vec<usize>,
 }
 
 fn load_images(training: &VqganTraining, device: &Device) -> Result<Tensor> {
@@ -119,7 +130,11 @@ pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<Epoc
     let mut model =
         Vqgan::new(&training.model, super::init::seeded_var_builder(&varmap, training.seed, DType::F32, device))?;
     model.set_differentiable(true);
-    let mut state = TrainingState { epochs_done: 0, steps_done: 0, history: Vec::new() };
+    let mut state = TrainingState { epochs_done: 0, steps_done: 0, history: Vec::new(), code_usage: Vec::new() };
+    let mut params: Vec<(String, candle_core::Var)> =
+        varmap.data().lock().expect("varmap lock").iter().map(|(name, var)| (name.clone(), var.clone())).collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut optimizer = AdamW::new(params, training.learning_rate, 0.0)?;
     let weights = training.out.join(VQGAN_WEIGHTS_FILE);
     if training.resume && weights.is_file() {
         varmap.load(&weights).with_context(|| format!("cannot resume from {}", weights.display()))?;
@@ -127,11 +142,15 @@ pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<Epoc
         if let Ok(text) = std::fs::read_to_string(&state_path) {
             state = serde_json::from_str(&text).with_context(|| format!("{} is corrupt", state_path.display()))?;
         }
+        let moments = training.out.join(OPTIMIZER_FILE);
+        if moments.is_file() {
+            let saved = candle_core::safetensors::load(&moments, device)
+                .with_context(|| format!("cannot read {}", moments.display()))?;
+            optimizer.load_state(&saved).with_context(|| format!("{} does not fit this model", moments.display()))?;
+        } else {
+            eprintln!("{} is missing: the optimiser starts afresh", moments.display());
+        }
     }
-    let mut optimizer = AdamW::new(
-        varmap.all_vars(),
-        ParamsAdamW { lr: training.learning_rate, weight_decay: 0.0, ..Default::default() },
-    )?;
 
     let steps_per_epoch = count.div_ceil(training.batch_size);
     let total_steps = (steps_per_epoch * training.epochs).max(1);
@@ -139,7 +158,8 @@ pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<Epoc
     let grid_count = count.min(GRID_IMAGES);
     let grid_originals = images.narrow(0, 0, grid_count)?;
     // How often each code was picked since the last restart (nearest-code training).
-    let mut usage = vec![0usize; training.model.n_embed];
+    let mut usage = std::mem::take(&mut state.code_usage);
+    usage.resize(training.model.n_embed, 0);
 
     for epoch in state.epochs_done..training.epochs {
         let mut rng = rand::rngs::StdRng::seed_from_u64(training.seed.wrapping_add(epoch as u64));
@@ -182,7 +202,7 @@ pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<Epoc
             };
             let l1 = (decoded - ((&target * 2.0)? - 1.0)?)?.abs()?.mean_all()?;
             let loss = (l1 + quantizer_loss)?;
-            optimizer.backward_step(&loss)?;
+            optimizer.step(&loss.backward()?)?;
             let value: f32 = loss.to_scalar()?;
             if !value.is_finite() {
                 bail!("the loss became {value} at step {}; lower the learning rate", state.steps_done);
@@ -234,7 +254,11 @@ pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<Epoc
 
         state.epochs_done = epoch + 1;
         state.history.push(report);
-        save_checkpoint(training, &varmap, &state)?;
+        state.code_usage = usage.clone();
+        save_checkpoint(training, &varmap, &optimizer, &state)?;
+        if training.stop_after_epochs.is_some_and(|stop| state.epochs_done >= stop) {
+            break;
+        }
     }
     Ok(state.history)
 }
@@ -266,10 +290,23 @@ fn set_nearest_projection(model: &Vqgan, varmap: &VarMap) -> Result<()> {
     Ok(())
 }
 
-fn save_checkpoint(training: &VqganTraining, varmap: &VarMap, state: &TrainingState) -> Result<()> {
-    write_atomically(&training.out.join(VQGAN_WEIGHTS_FILE), |p| Ok(varmap.save(p)?))?;
-    write_atomically(&training.out.join(VQGAN_CONFIG_FILE), |p| {
-        Ok(std::fs::write(p, serde_json::to_string_pretty(&training.model)?)?)
-    })?;
-    write_atomically(&training.out.join(STATE_FILE), |p| Ok(std::fs::write(p, serde_json::to_string_pretty(state)?)?))
+fn save_checkpoint(training: &VqganTraining, varmap: &VarMap, optimizer: &AdamW, state: &TrainingState) -> Result<()> {
+    let out = &training.out;
+    // All of it written before any of it replaces the last checkpoint, the state last.
+    let files: Vec<(PathBuf, FileWriter)> = vec![
+        (out.join(VQGAN_WEIGHTS_FILE), Box::new(|p: &Path| Ok(varmap.save(p)?))),
+        (out.join(OPTIMIZER_FILE), Box::new(|p: &Path| Ok(candle_core::safetensors::save(&optimizer.state()?, p)?))),
+        (
+            out.join(VQGAN_CONFIG_FILE),
+            Box::new(|p: &Path| Ok(std::fs::write(p, serde_json::to_string_pretty(&training.model)?)?)),
+        ),
+        (out.join(STATE_FILE), Box::new(|p: &Path| Ok(std::fs::write(p, serde_json::to_string_pretty(state)?)?))),
+    ];
+    write_all_atomically(files).with_context(|| {
+        format!(
+            "could not save the checkpoint of epoch {} in {}; the one before it is intact",
+            state.epochs_done,
+            out.display()
+        )
+    })
 }

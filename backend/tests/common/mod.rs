@@ -25,11 +25,27 @@ pub struct TestServer {
 pub fn gated_tiny_model(wait: mpsc::Receiver<()>) -> borscht::server::worker::EngineLoader {
     Box::new(move || {
         let _ = wait.recv();
-        Ok((
-            borscht::bench::random_engine("tiny", &candle_core::Device::Cpu, candle_core::DType::F32)?,
-            "tiny-random".into(),
-        ))
+        let mut engine = borscht::bench::random_engine("tiny", &candle_core::Device::Cpu, candle_core::DType::F32)?;
+        engine.dishes = vec![borscht_protocol::Dish { name: "борщ".into(), en: Some("borscht".into()) }];
+        Ok((engine, "tiny-random".into()))
     })
+}
+
+/// The bundled demo model (models/demo), loaded when `wait` receives: a model that names
+/// a dish for its own icons, where a random one rarely does.
+pub fn gated_demo_model(wait: mpsc::Receiver<()>) -> borscht::server::worker::EngineLoader {
+    Box::new(move || {
+        let _ = wait.recv();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/demo");
+        let engine = borscht::pipelines::Engine::load(&dir, &candle_core::Device::Cpu, candle_core::DType::F32)?;
+        Ok((engine, "demo".into()))
+    })
+}
+
+/// A demo-model icon the model answers with its dish: pizza, twemoji style.
+pub fn pizza_icon_png() -> Vec<u8> {
+    std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/demo/images/twemoji/1f355-0.png"))
+        .unwrap()
 }
 
 impl TestServer {
@@ -39,12 +55,26 @@ impl TestServer {
 
     /// A server whose config `adjust` changes first.
     pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        TestServer::start_model(adjust, gated_tiny_model).await
+    }
+
+    /// A server on the demo model, serving at once.
+    pub async fn start_demo() -> TestServer {
+        let mut server = TestServer::start_model(|_| {}, gated_demo_model).await;
+        server.open();
+        server
+    }
+
+    async fn start_model(
+        adjust: impl FnOnce(&mut ServerConfig),
+        model: fn(mpsc::Receiver<()>) -> borscht::server::worker::EngineLoader,
+    ) -> TestServer {
         let (gate, wait) = mpsc::channel::<()>();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = ServerConfig::new(addr, std::env::temp_dir().join("borscht-no-web-app"));
         adjust(&mut config);
-        let server = Server::start(&config, gated_tiny_model(wait));
+        let server = Server::start(&config, model(wait));
         let header_timeout = config.limits.header_timeout();
         tokio::spawn(serve_on(listener, server.router, std::future::pending(), header_timeout));
         TestServer { addr, gate: Some(gate), state: server.state }
@@ -67,7 +97,7 @@ impl TestServer {
         socket.bind(format!("{local_ip}:0").parse().unwrap()).unwrap();
         let stream = socket.connect(self.addr).await.unwrap();
         let (mut ws, _) = tokio_tungstenite::client_async(
-            format!("ws://{}/ws", self.addr),
+            format!("ws://{}/ws?protocol={PROTOCOL_VERSION}", self.addr),
             tokio_tungstenite::MaybeTlsStream::Plain(stream),
         )
         .await

@@ -1,13 +1,14 @@
 use leptos::prelude::*;
+use wasm_bindgen::JsCast;
 
 use super::connection_status::ConnectionStatus;
 use super::draw::Draw;
-use super::embed::Embed;
+use super::embed::{Embed, Embedded};
 use super::history::History;
 use super::recognize::Recognize;
-use super::which_dish::WhichDish;
+use super::which_dish::{KnownDishes, WhichDish};
 use crate::connection::Connection;
-use crate::i18n::{tr, Lang};
+use crate::i18n::{set_title, tr, Lang};
 use crate::storage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,8 +19,45 @@ enum Tab {
     History,
 }
 
+impl Tab {
+    const ALL: [Tab; 4] = [Tab::Snap, Tab::WhichDish, Tab::Draw, Tab::History];
+
+    fn id(self) -> &'static str {
+        match self {
+            Tab::Snap => "tab-snap",
+            Tab::WhichDish => "tab-which",
+            Tab::Draw => "tab-draw",
+            Tab::History => "tab-history",
+        }
+    }
+
+    fn panel(self) -> &'static str {
+        match self {
+            Tab::Snap => "panel-snap",
+            Tab::WhichDish => "panel-which",
+            Tab::Draw => "panel-draw",
+            Tab::History => "panel-history",
+        }
+    }
+
+    fn label(self, lang: Lang) -> &'static str {
+        match self {
+            Tab::Snap => tr(lang, "Снимок", "Snap"),
+            Tab::WhichDish => tr(lang, "Какое блюдо?", "Which dish?"),
+            Tab::Draw => tr(lang, "Нарисовать", "Draw"),
+            Tab::History => tr(lang, "Дневник", "History"),
+        }
+    }
+
+    /// The tab `step` places away, wrapping round (arrow keys).
+    fn step(self, step: isize) -> Tab {
+        let at = Tab::ALL.iter().position(|t| *t == self).unwrap_or(0) as isize;
+        Tab::ALL[(at + step).rem_euclid(Tab::ALL.len() as isize) as usize]
+    }
+}
+
 fn is_embed() -> bool {
-    web_sys::window().and_then(|w| w.location().pathname().ok()).is_some_and(|p| p.starts_with("/embed"))
+    web_sys::window().and_then(|w| w.location().pathname().ok()).is_some_and(|p| p == "/embed")
 }
 
 /// The page: header (connection, language), the mode tabs, then the chosen screen.
@@ -30,7 +68,10 @@ pub fn App() -> impl IntoView {
     lang.get_untracked().save();
     provide_context(lang);
     provide_context(RwSignal::new(storage::load_history()));
+    Effect::new(move || set_title(lang.get()));
     let connection = Connection::open();
+    provide_context(connection.dishes);
+    provide_context(Embedded(is_embed()));
     if is_embed() {
         return view! {
             <header class="top-bar compact">
@@ -43,17 +84,43 @@ pub fn App() -> impl IntoView {
     }
     let tab = RwSignal::new(Tab::Snap);
     let photo = RwSignal::new(None::<String>);
-    let tab_button = move |which: Tab, id: &'static str, ru: &'static str, en: &'static str| {
+    // Arrow keys move between the tabs (and focus the new one), as WAI-ARIA's tab
+    // pattern has it; only the selected tab is in the Tab order.
+    let on_key = move |event: web_sys::KeyboardEvent| {
+        let next = match event.key().as_str() {
+            "ArrowRight" => tab.get_untracked().step(1),
+            "ArrowLeft" => tab.get_untracked().step(-1),
+            "Home" => Tab::ALL[0],
+            "End" => Tab::ALL[Tab::ALL.len() - 1],
+            _ => return,
+        };
+        event.prevent_default();
+        tab.set(next);
+        if let Some(button) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.get_element_by_id(next.id()))
+        {
+            let _ = button.unchecked_into::<web_sys::HtmlElement>().focus();
+        }
+    };
+    let tab_button = move |which: Tab| {
         view! {
             <button
-                id=id
+                id=which.id()
                 role="tab"
                 class="tab"
+                aria-controls=which.panel()
                 aria-selected=move || (tab.get() == which).to_string()
+                tabindex=move || if tab.get() == which { "0" } else { "-1" }
                 on:click=move |_| tab.set(which)
             >
-                {move || tr(lang.get(), ru, en)}
+                {move || which.label(lang.get())}
             </button>
+        }
+    };
+    let panel = move |which: Tab, content: AnyView| {
+        view! {
+            <div id=which.panel() role="tabpanel" aria-labelledby=which.id() class:hidden=move || tab.get() != which>
+                {content}
+            </div>
         }
     };
     let switch_lang = move |_| {
@@ -69,25 +136,15 @@ pub fn App() -> impl IntoView {
                 {move || if lang.get() == Lang::Ru { "EN" } else { "RU" }}
             </button>
         </header>
-        <nav class="tabs" role="tablist">
-            {tab_button(Tab::Snap, "tab-snap", "Снимок", "Snap")}
-            {tab_button(Tab::WhichDish, "tab-which", "Какое блюдо?", "Which dish?")}
-            {tab_button(Tab::Draw, "tab-draw", "Нарисовать", "Draw")}
-            {tab_button(Tab::History, "tab-history", "Дневник", "History")}
+        <nav class="tabs" role="tablist" aria-label=move || tr(lang.get(), "Разделы", "Sections") on:keydown=on_key>
+            {Tab::ALL.map(tab_button).collect_view()}
         </nav>
+        <KnownDishes />
         <main class="screen">
-            <div class:hidden=move || tab.get() != Tab::Snap role="tabpanel">
-                <Recognize connection=connection photo=photo />
-            </div>
-            <div class:hidden=move || tab.get() != Tab::WhichDish role="tabpanel">
-                <WhichDish connection=connection photo=photo />
-            </div>
-            <div class:hidden=move || tab.get() != Tab::Draw role="tabpanel">
-                <Draw connection=connection />
-            </div>
-            <div class:hidden=move || tab.get() != Tab::History role="tabpanel">
-                <History />
-            </div>
+            {panel(Tab::Snap, view! { <Recognize connection=connection photo=photo /> }.into_any())}
+            {panel(Tab::WhichDish, view! { <WhichDish connection=connection photo=photo /> }.into_any())}
+            {panel(Tab::Draw, view! { <Draw connection=connection /> }.into_any())}
+            {panel(Tab::History, view! { <History /> }.into_any())}
         </main>
     }
     .into_any()

@@ -23,7 +23,13 @@ const FIRST_FRAME_TIMEOUT_MS: i32 = 8_000;
 enum CaptureState {
     Idle,
     StartingCamera,
-    Captured { width: u32, height: u32, source: &'static str },
+    /// The browser decodes and scales a chosen picture (a large one takes a moment).
+    Processing,
+    Captured {
+        width: u32,
+        height: u32,
+        source: &'static str,
+    },
     Failed(String),
 }
 
@@ -38,7 +44,15 @@ fn photo_data_url(canvas: &HtmlCanvasElement) -> Option<String> {
 }
 
 #[component]
-pub fn Camera(#[prop(into)] on_photo: Callback<String>) -> impl IntoView {
+pub fn Camera(
+    /// Gets each photo, as a data URL.
+    #[prop(into)]
+    on_photo: Callback<String>,
+    /// Told when a new photo is being taken or read, before it is there (or fails), so
+    /// the old photo's answer goes.
+    #[prop(into)]
+    on_attempt: Callback<()>,
+) -> impl IntoView {
     let lang = use_lang();
     let video_ref = NodeRef::<html::Video>::new();
     let canvas_ref = NodeRef::<html::Canvas>::new();
@@ -48,6 +62,7 @@ pub fn Camera(#[prop(into)] on_photo: Callback<String>) -> impl IntoView {
 
     let take_photo = move |_| {
         let (Some(video), Some(canvas)) = (video_ref.get(), canvas_ref.get()) else { return };
+        on_attempt.run(());
         set_state.set(CaptureState::StartingCamera);
         set_camera_on.set(true);
         let lang = lang.get_untracked();
@@ -82,6 +97,8 @@ pub fn Camera(#[prop(into)] on_photo: Callback<String>) -> impl IntoView {
     let show_file = move |file: web_sys::File| {
         let Some(canvas) = canvas_ref.get() else { return };
         let lang = lang.get_untracked();
+        on_attempt.run(());
+        set_state.set(CaptureState::Processing);
         spawn_local(async move {
             match draw_file(&file, &canvas, lang).await {
                 Ok((width, height)) => {
@@ -145,7 +162,7 @@ pub fn Camera(#[prop(into)] on_photo: Callback<String>) -> impl IntoView {
                     id="take-photo"
                     class="primary"
                     on:click=take_photo
-                    disabled=move || state.get() == CaptureState::StartingCamera
+                    disabled=move || matches!(state.get(), CaptureState::StartingCamera | CaptureState::Processing)
                 >
                     {move || tr(lang.get(), "Сфотографировать", "Take photo")}
                 </button>
@@ -172,12 +189,14 @@ pub fn Camera(#[prop(into)] on_photo: Callback<String>) -> impl IntoView {
             <p id="capture-status" class="capture-status" role="status" aria-live="polite" data-state=move || match state.get() {
                 CaptureState::Idle => "idle",
                 CaptureState::StartingCamera => "starting",
+                CaptureState::Processing => "processing",
                 CaptureState::Captured { .. } => "captured",
                 CaptureState::Failed(_) => "failed",
             }>
                 {move || match (state.get(), lang.get()) {
                     (CaptureState::Idle, lang) => tr(lang, "Сфотографируйте блюдо или загрузите снимок (можно перетащить).", "Take a photo of your meal or upload one (drag and drop works too).").to_string(),
                     (CaptureState::StartingCamera, lang) => tr(lang, "Включаем камеру…", "Starting the camera…").to_string(),
+                    (CaptureState::Processing, lang) => tr(lang, "Обрабатываем снимок…", "Processing the photo…").to_string(),
                     (CaptureState::Captured { width, height, source }, Lang::Ru) => format!("Снимок готов ({width}×{height}, {}).", if source == "camera" { "камера" } else { "файл" }),
                     (CaptureState::Captured { width, height, source }, Lang::En) => format!("Photo ready ({width}×{height}, from {source})."),
                     (CaptureState::Failed(message), _) => message,

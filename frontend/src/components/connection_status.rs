@@ -3,7 +3,7 @@ use leptos::prelude::*;
 use crate::connection::ConnectionState;
 use crate::i18n::use_lang;
 
-/// A small badge telling whether the server is reachable; announced to screen readers.
+/// A dot and a word: whether the server is reachable (the server's version on hover).
 #[component]
 pub fn ConnectionStatus(state: ReadSignal<ConnectionState>) -> impl IntoView {
     let lang = use_lang();
@@ -11,9 +11,8 @@ pub fn ConnectionStatus(state: ReadSignal<ConnectionState>) -> impl IntoView {
         <p
             id="connection-status"
             class="connection-status"
-            role="status"
-            aria-live="polite"
             data-state=move || state.get().key()
+            title=move || state.get().details()
         >
             {move || state.get().label(lang.get())}
         </p>

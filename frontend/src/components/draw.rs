@@ -1,13 +1,14 @@
-//! Text to dish (for desktop users): type a dish, choose how many variants, watch them
-//! appear row by row, download the ones you like. The server draws several for each and
-//! keeps those that best fit the name, so a finished picture may differ from its preview.
+//! Text to dish (for desktop users): type a dish (the model's own are suggested), choose
+//! how many variants, watch them appear row by row, download the ones you like. The
+//! server draws several for each and keeps those that best fit the name, so a finished
+//! picture may differ from its preview. Each press draws new pictures; the seed shown
+//! draws the same ones again.
 
 use borscht_protocol::{ClientMessage, RequestId, ServerMessage};
 use leptos::prelude::*;
 
-use super::recognize::error_text;
 use crate::connection::Connection;
-use crate::i18n::{tr, use_lang};
+use crate::i18n::{error_text, tr, use_lang};
 
 /// How many variants one may ask for (the server's `--max-images` defaults to 4).
 const VARIANT_CHOICES: [u32; 3] = [1, 2, 4];
@@ -23,15 +24,18 @@ pub fn Draw(connection: Connection) -> impl IntoView {
     let done = RwSignal::new(false);
     let status = RwSignal::new(String::new());
     let request = RwSignal::new(None::<RequestId>);
-    let draw = move |_| {
+    // The seed of the pictures on screen (what draws them again).
+    let seed = RwSignal::new(None::<u64>);
+    let draw = move |repeat: Option<u64>| {
         let lang = lang.get_untracked();
         let prompt = text.get_untracked();
         pictures.set(Vec::new());
+        seed.set(None);
         done.set(false);
         status.set(tr(lang, "Рисуем…", "Drawing…").into());
         let as_urls = |images: Vec<String>| images.iter().map(|png| format!("data:image/png;base64,{png}")).collect();
         let sent = connection.request(
-            |id| ClientMessage::GenerateImage { id, text: prompt, n: Some(count.get_untracked()) },
+            |id| ClientMessage::GenerateImage { id, text: prompt, n: Some(count.get_untracked()), seed: repeat },
             move |message| match message {
                 ServerMessage::ImagePreview { images, rows_done, rows_total, .. } => {
                     pictures.set(as_urls(images));
@@ -45,8 +49,9 @@ pub fn Draw(connection: Connection) -> impl IntoView {
                         )
                     ));
                 }
-                ServerMessage::Images { images, .. } => {
+                ServerMessage::Images { images, seed: drawn_from, .. } => {
                     pictures.set(as_urls(images));
+                    seed.set(drawn_from);
                     done.set(true);
                     status.set(String::new());
                 }
@@ -64,7 +69,7 @@ pub fn Draw(connection: Connection) -> impl IntoView {
         <section class="draw" aria-labelledby="draw-title">
             <h2 id="draw-title">{move || tr(lang.get(), "Нарисовать блюдо", "Draw a dish")}</h2>
             <label for="draw-text">{move || tr(lang.get(), "Название блюда", "Name of the dish, in Russian (the model reads Russian)")}</label>
-            <input id="draw-text" type="text" maxlength="200" prop:value=move || text.get() on:input=move |e| text.set(event_target_value(&e)) />
+            <input id="draw-text" type="text" maxlength="200" list="known-dishes" prop:value=move || text.get() on:input=move |e| text.set(event_target_value(&e)) />
             <div class="presets" role="group" aria-labelledby="variants-label">
                 <span id="variants-label" class="muted">{move || tr(lang.get(), "Вариантов:", "Variants:")}</span>
                 {VARIANT_CHOICES
@@ -77,12 +82,19 @@ pub fn Draw(connection: Connection) -> impl IntoView {
                     .collect_view()}
             </div>
             <div class="capture-actions">
-                <button id="draw-button" class="primary" on:click=draw>{move || tr(lang.get(), "Нарисовать", "Draw")}</button>
+                <button id="draw-button" class="primary" on:click=move |_| draw(None)>{move || tr(lang.get(), "Нарисовать", "Draw")}</button>
                 <button class="secondary" on:click=move |_| if let Some(id) = request.get_untracked() { connection.cancel(id) }>
                     {move || tr(lang.get(), "Отмена", "Cancel")}
                 </button>
             </div>
             <p class="status-line" role="status">{move || status.get()}</p>
+            <p id="draw-seed" class="muted small-print" class:hidden=move || seed.get().is_none() data-seed=move || seed.get().map(|s| s.to_string()).unwrap_or_default()>
+                {move || format!("{} {}", tr(lang.get(), "Номер рисунка:", "Drawing number:"), seed.get().unwrap_or_default())}
+                " "
+                <button id="draw-again" class="secondary small" on:click=move |_| draw(seed.get_untracked())>
+                    {move || tr(lang.get(), "Нарисовать эти же снова", "Draw these again")}
+                </button>
+            </p>
             <div class="drawings">
                 {move || pictures.get().into_iter().enumerate().map(|(i, src)| view! {
                     <figure class="drawing">

@@ -1,33 +1,48 @@
-//! The embeddable widget (`/embed`): snap or upload, the result card, and the result
-//! posted to the host page (`static/widget.js` listens for it).
+//! The embeddable widget (`/embed`): snap or upload and the result card. Its results and
+//! saved meals go to the host page ([`crate::host`]), and so does its height, so that the
+//! host's frame grows with the card instead of scrolling.
 
 use leptos::prelude::*;
-use serde::Serialize;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
 
 use super::recognize::Recognize;
 use crate::connection::Connection;
 
-/// Posts `{type, data}` to the page embedding us (any origin may listen: the data is
-/// the person's own result, and which sites may embed us is the server's
-/// `frame-ancestors` setting).
-pub fn post_to_host<T: Serialize>(kind: &str, data: &T) {
-    let Some(window) = web_sys::window() else { return };
-    let Ok(Some(parent)) = window.parent() else { return };
-    if parent == window {
-        return;
+/// Whether the app runs as the widget (provided as context by the app).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Embedded(pub bool);
+
+/// True inside the widget.
+pub fn embedded() -> bool {
+    use_context::<Embedded>().is_some_and(|e| e.0)
+}
+
+/// Tells the host page the page's height whenever it changes.
+fn report_height() {
+    let Some(document) = web_sys::window().and_then(|w| w.document()) else { return };
+    let Some(root) = document.document_element() else { return };
+    let post = Closure::<dyn FnMut()>::new(move || {
+        if let Some(body) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.body()) {
+            crate::host::post("borscht:height", &serde_json::json!({ "height": body.scroll_height() }));
+        }
+    });
+    let callback = post.as_ref().unchecked_ref::<js_sys::Function>().clone();
+    if let Ok(observer) = web_sys::ResizeObserver::new(&callback) {
+        observer.observe(&root);
+        // The observer lives as long as the page.
+        std::mem::forget(observer);
     }
-    let payload = serde_json::json!({ "type": kind, "data": data }).to_string();
-    if let Ok(value) = js_sys::JSON::parse(&payload) {
-        let _ = parent.post_message(&value, "*");
-    }
+    post.forget();
 }
 
 #[component]
 pub fn Embed(connection: Connection) -> impl IntoView {
     let photo = RwSignal::new(None::<String>);
+    report_height();
     view! {
         <main class="screen embed">
-            <Recognize connection=connection photo=photo embedded=true />
+            <Recognize connection=connection photo=photo />
         </main>
     }
 }

@@ -3,13 +3,14 @@
 
 use leptos::prelude::*;
 
-use crate::i18n::{tr, use_lang, Lang};
+use crate::i18n::{dish_name, tr, use_dishes, use_lang, Lang};
 use crate::storage::{self, Meal};
 
 #[component]
 pub fn History() -> impl IntoView {
     let lang = use_lang();
     let history = expect_context::<RwSignal<Vec<Meal>>>();
+    let dishes = use_dishes();
     let remove = move |index: usize| {
         history.update(|meals| {
             if index < meals.len() {
@@ -35,6 +36,7 @@ pub fn History() -> impl IntoView {
             {move || {
                 let meals = history.get();
                 let lang = lang.get();
+                let known = dishes.get();
                 storage::daily_totals(&meals).into_iter().map(|(date, kcal, p, f, c)| {
                     // Each meal with its place in the whole history, which removal needs.
                     let day: Vec<(usize, Meal)> =
@@ -42,16 +44,16 @@ pub fn History() -> impl IntoView {
                     view! {
                         <div class="day" data-date=date.clone()>
                             <h3>
-                                {date.clone()} " — "
+                                {storage::long_date(&date, lang.code())} " — "
                                 <span class="day-total" data-kcal=format!("{kcal:.0}")>{day_total(lang, kcal, p, f, c)}</span>
                             </h3>
                             <ul class="meals">
                                 {day.into_iter().map(|(index, meal)| view! {
                                     <li>
-                                        <span>{meal_line(lang, &meal)}</span>
+                                        <span>{meal_line(lang, &meal, &dish_name(lang, &meal.dish, &known))}</span>
                                         <button
                                             class="remove-meal"
-                                            aria-label=format!("{} {}", tr(lang, "Удалить", "Remove"), meal.dish)
+                                            aria-label=format!("{} {}", tr(lang, "Удалить", "Remove"), dish_name(lang, &meal.dish, &known))
                                             on:click=move |_| remove(index)
                                         >
                                             "✕"
@@ -77,9 +79,9 @@ fn day_total(lang: Lang, kcal: f32, protein: f32, fat: f32, carbs: f32) -> Strin
     }
 }
 
-fn meal_line(lang: Lang, meal: &Meal) -> String {
+fn meal_line(lang: Lang, meal: &Meal, dish: &str) -> String {
     match lang {
-        Lang::Ru => format!("{} — {:.0} г, {:.0} ккал", meal.dish, meal.grams, meal.kcal),
-        Lang::En => format!("{} — {:.0} g, {:.0} kcal", meal.dish, meal.grams, meal.kcal),
+        Lang::Ru => format!("{dish} — {:.0} г, {:.0} ккал", meal.grams, meal.kcal),
+        Lang::En => format!("{dish} — {:.0} g, {:.0} kcal", meal.grams, meal.kcal),
     }
 }

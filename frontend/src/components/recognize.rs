@@ -1,13 +1,14 @@
 //! Snap mode: the photo goes to the server, candidates appear as they stream, then
 //! the result card. A cancel button stops the work on the server.
 
-use borscht_protocol::{ClientMessage, ErrorCode, Recognition, RequestId, ServerMessage};
+use borscht_protocol::{ClientMessage, Recognition, RequestId, ServerMessage};
 use leptos::prelude::*;
 
 use super::camera::Camera;
+use super::embed::embedded;
 use super::result_card::ResultCard;
 use crate::connection::Connection;
-use crate::i18n::{tr, use_lang, Lang};
+use crate::i18n::{error_text, tr, use_lang, Lang};
 
 /// Captions asked for per photo.
 const CAPTIONS: u32 = 12;
@@ -32,38 +33,6 @@ impl Phase {
             Phase::Cancelled => "cancelled",
             Phase::Failed(_) => "failed",
         }
-    }
-}
-
-/// A server error in the person's words.
-pub fn error_text(lang: Lang, code: ErrorCode, message: &str) -> String {
-    match code {
-        ErrorCode::Busy => {
-            tr(lang, "Сервер занят — попробуйте через пару секунд.", "The server is busy; try again in a few seconds.")
-                .into()
-        }
-        ErrorCode::Unavailable => format!("{} ({message})", tr(lang, "Сервер недоступен", "The server is unavailable")),
-        ErrorCode::InvalidImage => tr(
-            lang,
-            "Не удалось прочитать снимок — попробуйте другой.",
-            "The photo could not be read; try another one.",
-        )
-        .into(),
-        ErrorCode::ImageTooLarge => tr(lang, "Снимок слишком большой.", "The photo is too large.").into(),
-        ErrorCode::UnknownCharacters => {
-            // The server quotes the text, then each character it cannot spell, in «».
-            let quoted: Vec<&str> = message.split('«').skip(1).filter_map(|s| s.split('»').next()).collect();
-            let chars = if quoted.len() > 1 { quoted[1..].join(" ") } else { message.to_string() };
-            format!(
-                "{} {chars}",
-                tr(
-                    lang,
-                    "Модель читает по-русски и не знает этих знаков:",
-                    "The model reads Russian and does not know these characters:"
-                )
-            )
-        }
-        _ => message.to_string(),
     }
 }
 
@@ -108,30 +77,58 @@ pub fn start_recognition(
     }
 }
 
+/// Brings the result card into view (on a phone it is below the photo, out of sight).
+fn show_result_card() {
+    let Some(card) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.get_element_by_id("result-card"))
+    else {
+        return;
+    };
+    let options = web_sys::ScrollIntoViewOptions::new();
+    options.set_behavior(web_sys::ScrollBehavior::Smooth);
+    options.set_block(web_sys::ScrollLogicalPosition::Start);
+    card.scroll_into_view_with_scroll_into_view_options(&options);
+}
+
 #[component]
 pub fn Recognize(
     connection: Connection,
     /// The last photo (shared with "which dish?").
     photo: RwSignal<Option<String>>,
-    /// Compact layout for the embedded widget; results are also posted to the host page.
-    #[prop(optional)]
-    embedded: bool,
 ) -> impl IntoView {
     let lang = use_lang();
+    let embedded = embedded();
     let phase = RwSignal::new(Phase::Idle);
     let candidates = RwSignal::new(Vec::<String>::new());
     let result = RwSignal::new(None::<Recognition>);
     let request = RwSignal::new(None::<RequestId>);
 
+    // A new photo is on its way: the old one's answer goes at once (a failed upload must
+    // not leave the previous dish on screen, with its Save button).
+    let on_attempt = move |_| {
+        if let Some(id) = request.get_untracked() {
+            connection.cancel(id);
+        }
+        request.set(None);
+        photo.set(None);
+        result.set(None);
+        candidates.set(Vec::new());
+        phase.set(Phase::Idle);
+    };
     let on_photo = move |image: String| {
         photo.set(Some(image.clone()));
         let post = move |recognition: &Recognition| {
             if embedded {
-                super::embed::post_to_host("borscht:result", recognition);
+                crate::host::post("borscht:result", recognition);
             }
         };
         request.set(start_recognition(connection, image, phase, candidates, result, lang.get_untracked(), post));
     };
+    Effect::new(move || {
+        if result.with(Option::is_some) {
+            // After the card is drawn.
+            request_animation_frame(show_result_card);
+        }
+    });
     let cancel = move |_| {
         if let Some(id) = request.get_untracked() {
             connection.cancel(id);
@@ -140,30 +137,27 @@ pub fn Recognize(
     let busy = move || matches!(phase.get(), Phase::Queued(_) | Phase::Running { .. });
 
     view! {
-        <Camera on_photo=on_photo />
-        <section class="recognition" aria-live="polite" data-phase=move || phase.get().key() id="recognition">
+        <Camera on_photo=on_photo on_attempt=on_attempt />
+        <section class="recognition" data-phase=move || phase.get().key() id="recognition">
             <div class="progress-row" class:hidden=move || !busy()>
                 <progress
                     id="recognition-progress"
                     max=move || match phase.get() { Phase::Running { total, .. } => total.max(1), _ => 1 }
                     value=move || match phase.get() { Phase::Running { step, .. } => step, _ => 0 }
                 ></progress>
-                <span class="muted">
-                    {move || match (phase.get(), lang.get()) {
-                        (Phase::Queued(0), l) => tr(l, "Распознаём…", "Recognising…").to_string(),
-                        (Phase::Queued(n), Lang::Ru) => format!("В очереди: перед вами {n}"),
-                        (Phase::Queued(n), Lang::En) => format!("Queued: {n} ahead of you"),
-                        (_, l) => tr(l, "Подбираем подписи…", "Writing captions…").to_string(),
-                    }}
-                </span>
                 <button id="cancel-recognition" class="secondary small" on:click=cancel>
                     {move || tr(lang.get(), "Отмена", "Cancel")}
                 </button>
             </div>
-            <p class="status-line" class:hidden=move || !matches!(phase.get(), Phase::Cancelled | Phase::Failed(_))>
-                {move || match phase.get() {
-                    Phase::Cancelled => tr(lang.get(), "Отменено.", "Cancelled.").to_string(),
-                    Phase::Failed(message) => message,
+            // The one live region: what is happening now, in a sentence.
+            <p id="recognition-status" class="status-line" role="status">
+                {move || match (phase.get(), lang.get()) {
+                    (Phase::Queued(0), l) => tr(l, "Распознаём…", "Recognising…").to_string(),
+                    (Phase::Queued(n), Lang::Ru) => format!("В очереди: перед вами {n}"),
+                    (Phase::Queued(n), Lang::En) => format!("Queued: {n} ahead of you"),
+                    (Phase::Running { .. }, l) => tr(l, "Подбираем подписи…", "Writing captions…").to_string(),
+                    (Phase::Cancelled, l) => tr(l, "Отменено.", "Cancelled.").to_string(),
+                    (Phase::Failed(message), _) => message,
                     _ => String::new(),
                 }}
             </p>
@@ -172,7 +166,7 @@ pub fn Recognize(
                     <li>{candidate}</li>
                 </For>
             </ul>
-            {move || result.get().map(|recognition| view! { <ResultCard recognition=recognition embedded=embedded /> })}
+            {move || result.get().map(|recognition| view! { <ResultCard recognition=recognition /> })}
         </section>
     }
 }

@@ -3,12 +3,12 @@
 //! [`Bpe`] reads and writes the YTTM `bpe.model` text format and encodes exactly
 //! like `youtokentome==1.0.6` with dropout 0; [`TextTokenizer`] adds the
 //! semantics of rudalle's `YTTMTokenizerWrapper` (`[BOS] ids [EOS]`, zero
-//! padding, decoding without special ids). [`Bpe::train`] learns a vocabulary of
-//! our own (not YTTM's merge order, but a file YTTM loads and encodes identically).
+//! padding, decoding without special ids). [`Bpe::train`] learns the vocabulary
+//! `yttm.BPE.train(..., n_threads=1)` learns, down to the bytes of the model file.
 //!
-//! The model file: `n_chars n_rules`, then `n_chars` lines `codepoint id`, then
-//! `n_rules` lines `x y z` (merge x + y into z; earlier lines win), then
-//! `unk_id pad_id bos_id eos_id` (-1 for an unused one).
+//! The model file: `n_chars n_rules`, then `n_chars` lines `codepoint id` (YTTM writes
+//! them in its hash table's order), then `n_rules` lines `x y z` (merge x + y into z;
+//! earlier lines win), then `unk_id pad_id bos_id eos_id` (-1 for an unused one).
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::cmp::Reverse;
@@ -70,6 +70,8 @@ pub struct MergeRule {
 pub struct Bpe {
     /// Code point -> id, for every character the model knows (the word marker included).
     char_ids: HashMap<u32, u32>,
+    /// The same pairs in the order the model file lists them.
+    char_order: Vec<(u32, u32)>,
     rules: Vec<MergeRule>,
     /// (x, y) -> index of its rule; a later duplicate overrides, as in YTTM.
     rule_index: HashMap<(u32, u32), u32>,
@@ -86,8 +88,14 @@ enum ModelPart {
     Rule(usize),
 }
 
-/// Marks a run of unknown characters while a word is merged (larger than any real id).
+/// Marks a run of unknown characters while a word is merged (larger than any id a
+/// model may have).
 const UNKNOWN_RUN: u32 = 1_000_000_000;
+
+/// Most characters all the model's pieces may spell out together: each rule's piece is
+/// two earlier ones joined, so a few dozen lines could otherwise ask for terabytes. A
+/// real vocabulary (16 384 ids) spells out some hundred thousand.
+const MAX_PIECE_CHARS: usize = 1 << 24;
 
 fn is_space(c: u32) -> bool {
     // C's isspace() in the C/UTF-8 locales: \t \n \v \f \r and ' '; plus the word marker.
@@ -110,7 +118,10 @@ impl Bpe {
         let mut pieces: HashMap<u32, Vec<u32>> =
             HashMap::with_capacity_and_hasher(chars.len() + rules.len(), Default::default());
         let specials: HashSet<u32> = special.iter().collect();
-        for (i, (codepoint, id)) in chars.into_iter().enumerate() {
+        for (i, &(codepoint, id)) in chars.iter().enumerate() {
+            if id >= UNKNOWN_RUN {
+                return Err((ModelPart::Char(i), format!("id {id} of character {codepoint} is too large")));
+            }
             if char_ids.insert(codepoint, id).is_some() {
                 return Err((ModelPart::Char(i), format!("character {codepoint} is listed twice")));
             }
@@ -122,11 +133,23 @@ impl Bpe {
             (ModelPart::Chars, format!("the word marker U+2581 ({}) is not among the characters", SPACE_TOKEN as u32))
         })?;
         let mut rule_index = HashMap::with_capacity_and_hasher(rules.len(), Default::default());
+        let mut piece_chars = chars.len();
         for (i, rule) in rules.iter().enumerate() {
             let (Some(x), Some(y)) = (pieces.get(&rule.x), pieces.get(&rule.y)) else {
                 let message = format!("rule {} {} {} merges an id not defined before it", rule.x, rule.y, rule.z);
                 return Err((ModelPart::Rule(i), message));
             };
+            if rule.z >= UNKNOWN_RUN {
+                return Err((
+                    ModelPart::Rule(i),
+                    format!("rule {} {} {} produces too large an id", rule.x, rule.y, rule.z),
+                ));
+            }
+            piece_chars += x.len() + y.len();
+            if piece_chars > MAX_PIECE_CHARS {
+                let message = format!("the pieces spell out over {MAX_PIECE_CHARS} characters by rule {}", i + 1);
+                return Err((ModelPart::Rule(i), message));
+            }
             let merged = [x.as_slice(), y.as_slice()].concat();
             if specials.contains(&rule.z) || pieces.insert(rule.z, merged).is_some() {
                 let message = format!("rule {} {} {} produces an id that is already taken", rule.x, rule.y, rule.z);
@@ -134,7 +157,7 @@ impl Bpe {
             }
             rule_index.insert((rule.x, rule.y), i as u32);
         }
-        Ok(Bpe { char_ids, rules, rule_index, special, pieces, space_id })
+        Ok(Bpe { char_ids, char_order: chars, rules, rule_index, special, pieces, space_id })
     }
 
     /// Reads a YTTM `bpe.model` file.
@@ -171,15 +194,16 @@ impl Bpe {
         let (header_line, header) = next_numbers(2, "the header `n_chars n_rules`")?;
         let n_chars = as_u32(header[0], header_line, "character count")? as usize;
         let n_rules = as_u32(header[1], header_line, "rule count")? as usize;
-        let mut chars = Vec::with_capacity(n_chars);
-        let mut char_lines = Vec::with_capacity(n_chars);
+        // The counts are the file's word: reserve no more than it has lines for.
+        let mut chars = Vec::with_capacity(n_chars.min(last_line));
+        let mut char_lines = Vec::with_capacity(n_chars.min(last_line));
         for _ in 0..n_chars {
             let (line, v) = next_numbers(2, "a character line `codepoint id`")?;
             chars.push((as_u32(v[0], line, "code point")?, as_u32(v[1], line, "id")?));
             char_lines.push(line);
         }
-        let mut rules = Vec::with_capacity(n_rules);
-        let mut rule_lines = Vec::with_capacity(n_rules);
+        let mut rules = Vec::with_capacity(n_rules.min(last_line));
+        let mut rule_lines = Vec::with_capacity(n_rules.min(last_line));
         for _ in 0..n_rules {
             let (line, v) = next_numbers(3, "a merge rule `x y z`")?;
             rules.push(MergeRule {
@@ -210,12 +234,11 @@ impl Bpe {
         })
     }
 
-    /// Writes the model in YTTM's format (characters sorted by id, rules in priority order).
+    /// Writes the model in YTTM's format (characters in the order they were given, rules
+    /// in priority order), so a loaded YTTM file is written back byte for byte.
     pub fn to_model_string(&self) -> String {
-        let mut chars: Vec<(u32, u32)> = self.char_ids.iter().map(|(&c, &id)| (c, id)).collect();
-        chars.sort_by_key(|&(c, id)| (id, c));
-        let mut out = format!("{} {}\n", chars.len(), self.rules.len());
-        for (c, id) in chars {
+        let mut out = format!("{} {}\n", self.char_order.len(), self.rules.len());
+        for &(c, id) in &self.char_order {
             let _ = writeln!(out, "{c} {id}");
         }
         for r in &self.rules {
@@ -376,88 +399,25 @@ impl Bpe {
         Ok(text)
     }
 
-    /// Learns a vocabulary of `vocab_size` ids from `corpus` (one sentence per line).
-    ///
-    /// Ids: 0-3 are pad, unk, bos, eos; then every character of the corpus (most
-    /// frequent first); then merges of the most frequent adjacent pair, ties broken by
-    /// the smaller ids, skipping pairs that would spell an existing token. Deterministic.
+    /// Learns a vocabulary of at most `vocab_size` ids from `corpus` (one sentence per
+    /// line) with every character kept: the model `yttm.BPE.train(corpus, model,
+    /// vocab_size, n_threads=1)` writes (coverage 1.0 is YTTM's default).
     pub fn train(corpus: &str, vocab_size: usize) -> Result<Bpe, TokenizerError> {
-        let special = SpecialTokens::RUDALLE;
-        let n_special = 4u32;
-        // Word types with counts; each word is the marker then its characters.
-        let mut word_counts: HashMap<Vec<u32>, u64> = HashMap::default();
-        for line in corpus.lines() {
-            let chars: Vec<u32> = line.chars().map(|c| c as u32).collect();
-            for word in chars.split(|&c| is_space(c)).filter(|w| !w.is_empty()) {
-                let mut symbols = Vec::with_capacity(word.len() + 1);
-                symbols.push(SPACE_TOKEN as u32);
-                symbols.extend_from_slice(word);
-                *word_counts.entry(symbols).or_default() += 1;
-            }
-        }
-        if word_counts.is_empty() {
-            return Err(TokenizerError::Training("the corpus has no words".into()));
-        }
-        let mut char_counts: HashMap<u32, u64> = HashMap::default();
-        for (word, &count) in &word_counts {
-            for &c in word {
-                *char_counts.entry(c).or_default() += count;
-            }
-        }
-        let mut chars: Vec<(u32, u64)> = char_counts.into_iter().collect();
-        chars.sort_by_key(|&(c, n)| (Reverse(n), c));
-        let min_size = chars.len() + n_special as usize;
-        if vocab_size < min_size {
-            return Err(TokenizerError::Training(format!(
-                "vocab size {vocab_size} is smaller than the {} characters of the corpus plus 4 special ids",
-                chars.len()
-            )));
-        }
-        let char_ids: Vec<(u32, u32)> =
-            chars.iter().enumerate().map(|(i, &(c, _))| (c, n_special + i as u32)).collect();
-        let id_of: HashMap<u32, u32> = char_ids.iter().copied().collect();
+        Self::train_with_coverage(corpus, vocab_size, 1.0)
+    }
 
-        let mut words: Vec<(Vec<u32>, u64)> =
-            word_counts.into_iter().map(|(w, n)| (w.iter().map(|c| id_of[c]).collect(), n)).collect();
-        words.sort(); // determinism independent of hash order
-        let mut spelled: HashMap<u32, Vec<u32>> = char_ids.iter().map(|&(c, id)| (id, vec![c])).collect();
-        let mut known_spellings: HashSet<Vec<u32>> = spelled.values().cloned().collect();
-        let mut rules = Vec::new();
-        let mut next_id = n_special + char_ids.len() as u32;
-        while (next_id as usize) < vocab_size {
-            let mut pair_counts: HashMap<(u32, u32), u64> = HashMap::default();
-            for (word, count) in &words {
-                for pair in word.windows(2) {
-                    *pair_counts.entry((pair[0], pair[1])).or_default() += count;
-                }
-            }
-            let best = pair_counts
-                .into_iter()
-                .filter(|&((x, y), _)| !known_spellings.contains(&[spelled[&x].as_slice(), &spelled[&y]].concat()))
-                .max_by_key(|&((x, y), n)| (n, Reverse((x, y))));
-            let Some(((x, y), _)) = best else { break };
-            let z = next_id;
-            next_id += 1;
-            let spelling = [spelled[&x].as_slice(), &spelled[&y]].concat();
-            known_spellings.insert(spelling.clone());
-            spelled.insert(z, spelling);
-            rules.push(MergeRule { x, y, z });
-            for (word, _) in &mut words {
-                let mut merged = Vec::with_capacity(word.len());
-                let mut i = 0;
-                while i < word.len() {
-                    if i + 1 < word.len() && word[i] == x && word[i + 1] == y {
-                        merged.push(z);
-                        i += 2;
-                    } else {
-                        merged.push(word[i]);
-                        i += 1;
-                    }
-                }
-                *word = merged;
-            }
+    /// Like [`Bpe::train`], but the rarest characters, up to `1 - coverage` of the
+    /// corpus (whitespace counted), get no id (YTTM's `coverage`).
+    ///
+    /// Ids: 0-3 are pad, unk, bos, eos; 4 the word marker; then the characters, most
+    /// frequent first; then merges of the most frequent adjacent pair, as YTTM picks
+    /// them (the module `yttm_trainer` below). Ends early when no pair is left.
+    pub fn train_with_coverage(corpus: &str, vocab_size: usize, coverage: f64) -> Result<Bpe, TokenizerError> {
+        if !(coverage > 0.0 && coverage <= 1.0) {
+            return Err(TokenizerError::Training(format!("coverage {coverage} is not in (0, 1]")));
         }
-        Bpe::new(char_ids, rules, special).map_err(TokenizerError::Training)
+        let learned = yttm_trainer::learn(corpus, vocab_size, coverage).map_err(TokenizerError::Training)?;
+        Bpe::new(learned.chars, learned.rules, SpecialTokens::RUDALLE).map_err(TokenizerError::Training)
     }
 }
 
@@ -504,6 +464,8 @@ impl TextTokenizer {
         self.bpe.decode(ids, &[Self::EOS, Self::BOS, Self::UNK, Self::PAD])
     }
 }
+
+mod yttm_trainer;
 
 #[cfg(test)]
 mod tests {
@@ -578,6 +540,41 @@ mod tests {
         }
     }
 
+    /// The header's counts were trusted for reserving memory: "4294967295 0" asked for
+    /// 64 GB before reading the first character line.
+    #[test]
+    fn a_header_claiming_four_billion_characters_is_an_error_not_an_allocation() {
+        let (line, message) = Bpe::parse("4294967295 4294967295\n9601 4\n").unwrap_err();
+        assert_eq!(line, 2, "{message}");
+        assert!(message.contains("file ends"), "{message}");
+    }
+
+    /// Each rule's piece joins two earlier ones: forty rules doubling one character spelt
+    /// out 2^40 characters (terabytes) while the file was read.
+    #[test]
+    fn rules_that_double_a_piece_again_and_again_are_refused() {
+        let mut text = String::from("2 40\n9601 4\n97 5\n5 5 6\n");
+        for z in 7..6 + 40 {
+            text.push_str(&format!("{} {} {z}\n", z - 1, z - 1));
+        }
+        text.push_str("1 0 2 3\n");
+        let (line, message) = Bpe::parse(&text).unwrap_err();
+        assert!(message.contains("spell out over"), "{message}");
+        assert_eq!(line, 4 + 23, "the rule whose piece passes 2^24 characters: {message}");
+    }
+
+    /// An id from 10^9 up was taken for a run of unknown characters: a model giving `a` such
+    /// an id encoded "a" as UNK.
+    #[test]
+    fn ids_a_model_cannot_have_are_refused() {
+        let (line, message) = Bpe::parse("2 0\n9601 4\n97 1000000000\n1 0 2 3\n").unwrap_err();
+        assert_eq!(line, 3);
+        assert!(message.contains("too large"), "{message}");
+        let (line, message) = Bpe::parse("2 1\n9601 4\n97 5\n4 5 1000000000\n1 0 2 3\n").unwrap_err();
+        assert_eq!(line, 4);
+        assert!(message.contains("too large"), "{message}");
+    }
+
     #[test]
     fn training_learns_frequent_pairs_and_round_trips() {
         let corpus = "борщ борщ борщ\nщи и борщ\nborscht 12,5 ккал\n";
@@ -592,5 +589,26 @@ mod tests {
         }
         assert!(Bpe::train("", 10).is_err());
         assert!(Bpe::train("abcdef", 5).is_err());
+    }
+
+    #[test]
+    fn a_model_file_is_written_back_as_it_was_read() {
+        // YTTM lists the characters in its hash table's order, not by id.
+        let text = "3 1\n97 6\n9601 4\n98 5\n6 5 7\n1 0 2 3\n";
+        assert_eq!(Bpe::parse(text).unwrap().to_model_string(), text);
+    }
+
+    #[test]
+    fn training_gives_character_ids_as_youtokentome_does() {
+        // a 4, b 2, c 2, d 1 of 14 characters: at coverage 0.9 'd' is dropped (even from
+        // its word); the marker comes first, then the most frequent, a tie larger code point first.
+        let bpe = Bpe::train_with_coverage("aaa bb cc a\nd\n", 8, 0.9).unwrap();
+        let ids: Vec<Option<u32>> =
+            ['\u{2581}', 'a', 'c', 'b', 'd'].iter().map(|&c| bpe.char_ids.get(&(c as u32)).copied()).collect();
+        assert_eq!(ids, [Some(4), Some(5), Some(6), Some(7), None]);
+        assert_eq!(bpe.encode("d"), vec![4, TextTokenizer::UNK]);
+        for coverage in [0.0, 1.5, f64::NAN] {
+            assert!(Bpe::train_with_coverage("a b", 10, coverage).is_err(), "{coverage}");
+        }
     }
 }
