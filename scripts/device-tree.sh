@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The device tool carries the working tree (tracked and untracked-not-ignored files) plus
-# the carried paths, 64 MiB in all. The tracked tree is about 61 MiB, so with the CUDA
+# A GPU machine gets the working tree (tracked and untracked-not-ignored files) plus
+# the copied binaries, 64 MiB in all. The tracked tree is about 61 MiB, so with the CUDA
 # binary it is over. The GPU checks need none of the training-only pictures, so for the
 # call they are left out of the index (the files stay on disk) and ignored locally:
 #

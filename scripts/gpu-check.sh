@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# The one prepared script for a lent GPU machine (it has the NVIDIA driver and PyTorch's
-# CUDA 13 libraries, but no Rust toolchain): carry the binary built by
-# scripts/build-cuda.sh, compressed so that it and the repository fit the 64 MiB the
-# device tool carries, and run this from the repository root:
+# The one prepared script for a GPU machine that has the NVIDIA driver and PyTorch's
+# CUDA 13 libraries but no Rust toolchain: copy the binary built by scripts/build-cuda.sh
+# there, compressed so that it and the repository fit a 64 MiB upload, and run this from
+# the repository root:
 #
 #   xz -T2 -6 -k -c target/cuda/release/borscht > target/cuda/borscht.xz
 #   scripts/device-tree.sh shrink      # the tree alone is about 61 MiB
-#   run(command="bash scripts/gpu-check.sh", carry=["target/cuda/borscht.xz", "target/cuda/borscht-base.xz"])
+#   # copy the tree with target/cuda/borscht.xz (and target/cuda/borscht-base.xz), then there:
+#   bash scripts/gpu-check.sh
 #   scripts/device-tree.sh restore
 #
 # An earlier build carried as target/cuda/borscht-base.xz is timed too, in the same call
-# (lent machines differ by up to 40 %).
+# (GPU machines of one kind differ by up to 40 %).
 #
 # In order of importance, each step bounded in time so that what ran comes back:
 # 1. device-check per dtype: the reference fixtures, every fused CUDA kernel against

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Kernel times of one 350M bench key on a lent GPU (Nsight Compute, one metric, so each
+# Kernel times of one 350M bench key on a GPU machine (Nsight Compute, one metric, so each
 # kernel runs once): which kernels the time goes to. Carry the binary as for
 # scripts/gpu-check.sh. ONLY picks the key (forward_16_rows), PRESET the preset (350M).
 # The bench's warm-up run and its setup (random weights, one VQGAN encoding) are counted

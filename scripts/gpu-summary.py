@@ -48,7 +48,7 @@ if gpu is not None and cpu is not None:
 else:
     failed = True
 
-# key: (reference seconds on the H100, what the target covers)
+# key: (reference seconds on the H100, what the target covers)
 reference = {
     "captions_16": 1.34,
     "captions_16_rerank": 1.34 + 0.055,

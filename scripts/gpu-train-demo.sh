@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Held-out runs of the demo model's recipe (scripts/train-demo-model.sh: RUDOLPH trained
-# without the noto style, then evaluated on its 124 pictures) on a lent GPU, several side
+# without the noto style, then evaluated on its 124 pictures) on a GPU machine, several side
 # by side: recipe experiments that take 45 minutes each on our 2-core CPU. Carry the CUDA
 # build (see gpu-check.sh) and run from the repository root:
 #

@@ -58,11 +58,11 @@ pub enum ClientMessage {
         id: RequestId,
         image: String,
         classes: Vec<String>,
-        /// How a class is written, `{}` standing for it (default: the dish alone for
-        /// `image_fit`, `блюдо: {}` for `zero_shot`).
+        /// How a class is written, `{}` standing for it (default: `блюдо: {};` for
+        /// `caption_fit`, `блюдо: {}` for `zero_shot`, the dish alone for `image_fit`).
         #[serde(default)]
         template: Option<String>,
-        /// How to choose (default `image_fit`).
+        /// How to choose (default `caption_fit`).
         #[serde(default)]
         method: Option<ClassifyMethod>,
     },
