@@ -1,6 +1,6 @@
 //! Encoding 10k captions with the fixture vocabulary (compare: youtokentome, see README).
 
-use borscht::model::tokenizer::TextTokenizer;
+use borscht_model::tokenizer::TextTokenizer;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::path::Path;
 

@@ -1,10 +1,10 @@
 //! One full forward and one cached decode step of a small RUDOLPH (random weights, CPU f32).
 //! The PyTorch reference on the same config: scripts/fixtures/bench_reference.py.
 
-use borscht::bench::random_weights;
-use borscht::model::config::RudolphConfig;
-use borscht::model::masks::causal_mask;
-use borscht::model::transformer::Rudolph;
+use borscht_model::config::RudolphConfig;
+use borscht_model::init::random_weights;
+use borscht_model::masks::causal_mask;
+use borscht_model::transformer::Rudolph;
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 

@@ -1,8 +1,8 @@
 //! VQGAN encode/decode on CPU (random weights). The PyTorch reference on the same
 //! configs: scripts/fixtures/bench_reference.py.
 
-use borscht::bench::random_weights;
-use borscht::model::vqgan::{Vqgan, VqganConfig};
+use borscht_model::init::random_weights;
+use borscht_model::vqgan::{Vqgan, VqganConfig};
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 

@@ -1,124 +1,34 @@
 //! `borscht bench`: the pipelines timed on a randomly initialised model (no files),
 //! under the keys the reference harness uses, so the numbers can sit side by side.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use std::time::Instant;
 
-use crate::model::config::RudolphConfig;
-use crate::model::tokenizer::{Bpe, TextTokenizer};
-use crate::model::transformer::Rudolph;
-use crate::model::vqgan::{DdConfig, Vqgan, VqganConfig};
-use crate::pipelines::engine::VQGAN_DTYPE;
-use crate::pipelines::generation::{caption, generate_codes, CaptionOptions, ImageOptions};
-use crate::pipelines::sampling::SamplingParams;
-use crate::pipelines::scoring::{classify, rerank_by_image, DEFAULT_BATCH};
-use crate::pipelines::Engine;
-
-/// The reference harness's `tiny` model: 4 layers, hidden 128, L = R = 16, 8x8 codes.
-pub fn tiny_configs() -> (RudolphConfig, VqganConfig) {
-    let model = RudolphConfig {
-        num_layers: 4,
-        hidden_size: 128,
-        num_attention_heads: 4,
-        l_text_seq_length: 16,
-        image_tokens_per_dim: 8,
-        r_text_seq_length: 16,
-        vocab_size: 1024 + 16,
-        image_vocab_size: 512,
-        ..RudolphConfig::rudolph_350m()
-    };
-    let vqgan = VqganConfig {
-        ddconfig: DdConfig {
-            ch: 32,
-            out_ch: 3,
-            ch_mult: vec![1, 1, 2, 4],
-            num_res_blocks: 2,
-            attn_resolutions: vec![32],
-            z_channels: 256,
-            resolution: 64,
-            in_channels: 3,
-            double_z: false,
-            dropout: 0.0,
-            norm_groups: 32,
-        },
-        n_embed: 512,
-        embed_dim: 256,
-    };
-    (model, vqgan)
-}
-
-/// A vocabulary of at most `size` ids learnt from a built-in food corpus.
-fn bench_tokenizer(size: usize) -> Result<TextTokenizer> {
-    let dishes = "борщ щи пельмени блины сырники оливье винегрет шаурма плов солянка гречка котлета каша уха окрошка \
-                  картошка селёдка творог хачапури пицца суши гамбургер яблоко банан яйцо рис хлеб сыр брокколи";
-    let mut corpus = String::new();
-    for (i, dish) in dishes.split_whitespace().enumerate() {
-        for j in 0..20 {
-            corpus.push_str(&format!(
-                "блюдо: {dish}; белков: {}.{}; жиров: {}; углеводов: {},{}; ккал: {};\n",
-                i % 30,
-                j,
-                (i * 7 + j) % 40,
-                (i * 3 + j) % 60,
-                j % 10,
-                (i * 37 + j * 11) % 500
-            ));
-        }
-    }
-    Ok(TextTokenizer::new(Bpe::train(&corpus, size)?))
-}
-
-/// Randomly initialised weights for whatever `build` creates, as plain tensors: weights
-/// that are variables make every op record its inputs for a backward pass, which kept
-/// all of a forward's activations (and a KV cache's history) alive.
-/// Random weights as plain tensors, as a loaded checkpoint has them (built with
-/// `build`'s initialisers). Variables would make every op keep its inputs for a backward
-/// pass and take the training paths.
-pub fn random_weights(
-    dtype: DType,
-    device: &Device,
-    build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
-) -> Result<VarBuilder<'static>> {
-    let varmap = VarMap::new();
-    build(VarBuilder::from_varmap(&varmap, dtype, device))?;
-    let tensors: std::collections::HashMap<String, Tensor> =
-        varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
-    Ok(VarBuilder::from_tensors(tensors, dtype, device))
-}
-
-/// Builds a random engine for a preset: `tiny` or `350M` (with the Sber VQGAN).
-pub fn random_engine(preset: &str, device: &Device, dtype: DType) -> Result<Engine> {
-    let (model_cfg, vqgan_cfg) = match preset {
-        "tiny" => tiny_configs(),
-        "350M" => (RudolphConfig::rudolph_350m(), VqganConfig::sber()),
-        other => bail!("unknown bench preset {other:?}: use tiny or 350M"),
-    };
-    let model =
-        Rudolph::new(&model_cfg, random_weights(dtype, device, |vb| Rudolph::new(&model_cfg, vb).map(|_| ()))?)?;
-    let vqgan =
-        Vqgan::new(&vqgan_cfg, random_weights(VQGAN_DTYPE, device, |vb| Vqgan::new(&vqgan_cfg, vb).map(|_| ()))?)?;
-    let tokenizer = bench_tokenizer(model_cfg.vocab_size - model_cfg.l_text_seq_length)?;
-    Engine::from_parts(model, tokenizer, vqgan)
-}
+use borscht_model::config::RudolphConfig;
+use borscht_model::transformer::Rudolph;
+use borscht_pipelines::generation::{caption, generate_codes, CaptionOptions, ImageOptions, CAPTION_TEMPLATE};
+use borscht_pipelines::random_model::random_engine;
+use borscht_pipelines::sampling::SamplingParams;
+use borscht_pipelines::scoring::{classify, rerank_by_image, DEFAULT_BATCH};
 
 /// One fine-tuning step as the article takes it: batch 10, attention and MLP frozen,
 /// weighted loss, backward, clipping, AdamW.
 struct TrainingStep {
     model: Rudolph,
-    optimizer: crate::train::optim::AdamW,
+    optimizer: borscht_train::optim::AdamW,
     ids: Tensor,
     mask: Tensor,
-    weights: crate::model::transformer::LossWeights,
+    weights: borscht_model::transformer::LossWeights,
 }
 
 impl TrainingStep {
     fn new(cfg: &RudolphConfig, device: &Device, dtype: DType) -> Result<Self> {
-        use crate::model::masks::causal_mask;
-        use crate::model::transformer::LossWeights;
-        use crate::train::optim::AdamW;
-        use crate::train::rudolph::Freeze;
+        use borscht_model::masks::causal_mask;
+        use borscht_model::transformer::LossWeights;
+        use borscht_train::optim::AdamW;
+        use borscht_train::rudolph::Freeze;
         let varmap = VarMap::new();
         let mut model = Rudolph::new(cfg, VarBuilder::from_varmap(&varmap, dtype, device))?;
         model.set_differentiable(true);
@@ -151,7 +61,7 @@ impl TrainingStep {
     fn step(&mut self) -> Result<()> {
         let mut grads = self.gradients()?;
         let vars: Vec<&candle_core::Var> = self.optimizer.params().iter().map(|(_, v)| v).collect();
-        crate::train::optim::clip_grad_norm(&mut grads, &vars, 1.0)?;
+        borscht_train::optim::clip_grad_norm(&mut grads, &vars, 1.0)?;
         self.optimizer.step(&grads)
     }
 }
@@ -184,7 +94,7 @@ pub fn run(preset: &str, device: &Device, dtype: DType, runs: usize, only: &[Str
     let article = SamplingParams::ARTICLE;
     // The reference samples every r_text position; so do these runs.
     let captions = |count: usize, seed: u64| CaptionOptions {
-        template: "блюдо:".into(),
+        template: CAPTION_TEMPLATE.into(),
         count,
         sampling: article,
         seed,
@@ -200,9 +110,9 @@ pub fn run(preset: &str, device: &Device, dtype: DType, runs: usize, only: &[Str
         if !wanted(key) {
             return Ok(());
         }
-        crate::model::device::reset_memory_peak(device);
+        borscht_model::device::reset_memory_peak(device);
         let value = time(device, runs, bench)?;
-        match crate::model::device::memory_peak(device) {
+        match borscht_model::device::memory_peak(device) {
             // On a GPU: [median, min, peak bytes allocated].
             Some(peak) => {
                 eprintln!(
@@ -224,7 +134,7 @@ pub fn run(preset: &str, device: &Device, dtype: DType, runs: usize, only: &[Str
     // The product's recognition: 16 captions, then all of them re-ranked by the photo.
     record("captions_16_rerank", &mut || {
         let sampled = caption(&engine, &codes, &captions(16, 1), |_| {})?;
-        crate::pipelines::recognize::answer(&engine, &codes, sampled).map(|_| ())
+        borscht_pipelines::recognize::answer(&engine, &codes, sampled).map(|_| ())
     })?;
     record("captions_4_seed_settings", &mut || caption(&engine, &codes, &captions(4, 42), |_| {}).map(|_| ()))?;
     record("rerank_by_image_16", &mut || rerank_by_image(&engine, &texts, &codes, DEFAULT_BATCH).map(|_| ()))?;
@@ -232,7 +142,7 @@ pub fn run(preset: &str, device: &Device, dtype: DType, runs: usize, only: &[Str
     let image_options = ImageOptions {
         count: 4,
         best_of: 1,
-        sampling: SamplingParams { top_k: 512, top_p: 0.99, temperature: 1.0 },
+        sampling: SamplingParams::IMAGE,
         seed: 1,
         preview_every_rows: 0,
         stop: None,
@@ -251,8 +161,8 @@ pub fn run(preset: &str, device: &Device, dtype: DType, runs: usize, only: &[Str
     // step replayed from a CUDA graph: next to decode_step_16, the launch overhead saved),
     // the logits copied to the host included.
     if wanted("decode_step_16_static") {
-        use crate::model::transformer::Head;
-        use crate::pipelines::decoder::{DecodeSpec, Decoding, MaskKind};
+        use borscht_model::transformer::Head;
+        use borscht_pipelines::decoder::{DecodeSpec, Decoding, MaskKind};
         let (l, i) = (cfg.l_text_seq_length, cfg.image_seq_length());
         let spec =
             DecodeSpec { mask: MaskKind::Causal, head: Head::Image, vocab: 0..cfg.image_vocab_size, capacity: l + i };
@@ -269,7 +179,7 @@ pub fn run(preset: &str, device: &Device, dtype: DType, runs: usize, only: &[Str
         (16, cfg.total_seq_length()),
         device,
     )?;
-    let mask = crate::model::masks::causal_mask(&cfg, 1, device)?;
+    let mask = borscht_model::masks::causal_mask(&cfg, 1, device)?;
     record("forward_16_rows", &mut || Ok(engine.model.forward(&rows, &mask, None).map(|_| ())?))?;
     if wanted("decode_step_16") {
         let past = cfg.total_seq_length() - 1;

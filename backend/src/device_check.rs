@@ -11,10 +11,10 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use std::path::Path;
 
-use crate::model::masks::attention_mask;
-use crate::model::vqgan::load_vqgan;
-use crate::model::weights::{load_model, local_model};
-use crate::pipelines::engine::VQGAN_DTYPE;
+use borscht_model::masks::attention_mask;
+use borscht_model::vqgan::load_vqgan;
+use borscht_model::weights::{load_model, local_model};
+use borscht_pipelines::engine::VQGAN_DTYPE;
 
 /// How far one device/dtype may drift from the reference: the absolute error,
 /// relative to the largest reference magnitude (so logits and pixels share a rule).
@@ -119,7 +119,7 @@ pub fn run(fixtures: &Path, device: &Device, dtype: DType) -> Result<Report> {
 
     let kernels = kernel_checks(device, dtype)?;
     let (decoding, graphs_captured) = decoding_checks(device, dtype)?;
-    let graphs_expected = device.is_cuda() && crate::model::graph::graphs_enabled();
+    let graphs_expected = device.is_cuda() && borscht_model::graph::graphs_enabled();
     let ok = checks.iter().chain(&kernels).chain(&decoding).all(|c| c.ok)
         && vqgan_code_agreement == 1.0
         && (graphs_captured > 0 || !graphs_expected);
@@ -150,7 +150,7 @@ fn relative(a: &Tensor, b: &Tensor, reference: &Tensor) -> Result<f32> {
 type OpOutputs<'a> = dyn Fn(&Device, DType) -> Result<Vec<(String, Tensor)>> + 'a;
 
 fn kernel_comparisons(what: &str, device: &Device, dtype: DType, run: &OpOutputs) -> Result<Vec<Comparison>> {
-    use crate::model::fused::set_cuda_kernels;
+    use borscht_model::fused::set_cuda_kernels;
     set_cuda_kernels(true);
     let ours = run(device, dtype);
     set_cuda_kernels(false);
@@ -191,7 +191,7 @@ fn gradients(output: &Tensor, inputs: &[&candle_core::Var], device: &Device, dty
 }
 
 fn kernel_checks(device: &Device, dtype: DType) -> Result<Vec<Comparison>> {
-    use crate::model::fused::{self, AttentionMask, NormWeights};
+    use borscht_model::fused::{self, AttentionMask, NormWeights};
     use candle_core::Var;
     let mut all = Vec::new();
     // Masked softmax over a decoding-like and a prefill-like shape, forward and backward.
@@ -255,9 +255,9 @@ fn kernel_checks(device: &Device, dtype: DType) -> Result<Vec<Comparison>> {
 /// fed fixed ids: ordinary steps, static steps run eagerly, and static steps replayed
 /// from CUDA graphs. Returns the comparisons and how many graphs were captured.
 fn decoding_checks(device: &Device, dtype: DType) -> Result<(Vec<Comparison>, usize)> {
-    use crate::model::transformer::Head;
-    use crate::pipelines::decoder::{DecodeSpec, Decoding, MaskKind};
-    let engine = crate::bench::random_engine("tiny", device, dtype)?;
+    use borscht_model::transformer::Head;
+    use borscht_pipelines::decoder::{DecodeSpec, Decoding, MaskKind};
+    let engine = borscht_pipelines::random_model::random_engine("tiny", device, dtype)?;
     let cfg = engine.model.config().clone();
     let (l, i) = (cfg.l_text_seq_length, cfg.image_seq_length());
     let codes: Vec<u32> = (0..i as u32).map(|k| k * 7 % 512).collect();
@@ -296,20 +296,20 @@ fn decoding_checks(device: &Device, dtype: DType) -> Result<(Vec<Comparison>, us
         let flat: Vec<f32> = all.into_iter().flatten().flatten().collect();
         Ok(Tensor::new(flat, &Device::Cpu)?)
     };
-    let graphs = crate::model::graph::graphs_enabled();
+    let graphs = borscht_model::graph::graphs_enabled();
     let mut comparisons = Vec::new();
     for (what, spec, prompts, rows) in specs {
-        crate::model::graph::set_graphs_enabled(false);
-        engine.steps.set_static_on_cpu(false);
+        borscht_model::graph::set_graphs_enabled(false);
+        engine.static_steps().set_static_on_cpu(false);
         let ordinary = decode(&spec, &prompts, &rows);
-        crate::model::graph::set_graphs_enabled(true);
-        engine.steps.set_static_on_cpu(true);
-        engine.steps.set_capture(false);
+        borscht_model::graph::set_graphs_enabled(true);
+        engine.static_steps().set_static_on_cpu(true);
+        engine.static_steps().set_capture(false);
         let eager_static = decode(&spec, &prompts, &rows);
-        engine.steps.set_capture(true);
+        engine.static_steps().set_capture(true);
         let replayed = decode(&spec, &prompts, &rows);
-        engine.steps.set_static_on_cpu(false);
-        crate::model::graph::set_graphs_enabled(graphs);
+        engine.static_steps().set_static_on_cpu(false);
+        borscht_model::graph::set_graphs_enabled(graphs);
         let (ordinary, eager_static, replayed) = (ordinary?, eager_static?, replayed?);
         let static_vs_ordinary = relative(&eager_static, &ordinary, &ordinary)?;
         comparisons.push(Comparison {
@@ -328,5 +328,5 @@ fn decoding_checks(device: &Device, dtype: DType) -> Result<(Vec<Comparison>, us
             ok: replay_vs_eager == 0.0,
         });
     }
-    Ok((comparisons, engine.steps.captured()))
+    Ok((comparisons, engine.static_steps().captured()))
 }

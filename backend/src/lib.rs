@@ -1,23 +1,16 @@
-//! Borscht: recognise a dish and its nutrition from a photo with RUDOLPH.
+//! The `borscht` command. The layers it puts together, each its own crate:
 //!
-//! Module map (one room per part of the architecture):
-//! - [`cli`]: the `borscht` command and its subcommands; [`bench`]: `borscht bench`;
-//!   [`device_check`]: `borscht device-check` (a GPU against the reference fixtures).
-//! - [`imaging`]: decoding photos safely, preparing them for the VQGAN, PNG output.
-//! - [`model`]: RUDOLPH itself: tokenizer, transformer, VQGAN, checkpoints.
-//! - [`nutrition`]: reading captions, the Atwater check, the final answer.
-//! - [`pipelines`]: captioning, re-ranking, zero-shot, text and image generation.
-//! - [`train`]: training our VQGAN and RUDOLPH, the demo data set, evaluation.
-//! - [`process`]: allocator and thread-pool settings made at start-up.
-//! - [`server`]: the axum HTTP/WebSocket service: bounded queue, batching model worker, API.
+//! - `borscht-model`: RUDOLPH itself: tokenizer, transformer, VQGAN, kernels, weights;
+//! - `borscht-pipelines`: captioning, re-ranking, zero-shot, text and image generation,
+//!   the dish answer, nutrition and pictures;
+//! - `borscht-train`: training our VQGAN and RUDOLPH, the demo data sets, evaluation;
+//! - `borscht-server`: the HTTP/WebSocket service (queue, batching worker, API).
+//!
+//! Here: [`cli`], the command and its subcommands; [`bench`], `borscht bench`;
+//! [`device_check`], `borscht device-check` (a GPU against the reference fixtures);
+//! [`process`], allocator and thread-pool settings made at start-up.
 
 pub mod bench;
 pub mod cli;
 pub mod device_check;
-pub mod imaging;
-pub mod model;
-pub mod nutrition;
-pub mod pipelines;
 pub mod process;
-pub mod server;
-pub mod train;

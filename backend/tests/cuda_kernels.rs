@@ -1,4 +1,4 @@
-//! Our CUDA kernels (`backend/kernels/transformer.cu`) without a GPU:
+//! Our CUDA kernels (`backend/model/kernels/transformer.cu`) without a GPU:
 //! - they compile to PTX with nvcc for sm_90 (a kernel that does not compile never lands);
 //! - run on the CPU under `kernels/emulate.h` (every block's threads as OS threads, with
 //!   barriers for `__syncthreads` and warp shuffles), with the launch shapes the Rust side
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn kernels() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("model/kernels")
 }
 
 /// `BORSCHT_NVCC` (scripts/env.sh sets it to the nvcc that scripts/install-tools.sh

@@ -399,7 +399,7 @@ fn every_client_message_survives_encoding_and_decoding() {
 // ---------------------------------------------------------------------------------------
 // Pictures: image files, EXIF, base64 and data URLs.
 
-use borscht::imaging::{decode_image, ImageInputError, ImageLimits};
+use borscht_pipelines::imaging::{decode_image, ImageInputError, ImageLimits};
 use image::{DynamicImage, ImageFormat, RgbImage};
 
 /// Tight limits, so that mutated headers claiming large sizes cost little here.
@@ -635,12 +635,12 @@ fn huge_headers() -> Vec<(&'static str, Vec<u8>)> {
 
 #[test]
 fn a_header_claiming_a_huge_picture_is_refused_before_allocating() {
-    let limits = borscht::server::limits::Limits::default();
+    let limits = borscht_server::limits::Limits::default();
     for (name, bytes) in huge_headers() {
         let (result, largest) = largest_allocation(|| decode_image(&bytes, limits.image_limits()));
         assert!(matches!(result, Err(ImageInputError::TooManyPixels { .. })), "{name}: {result:?}");
         assert!(largest < MIB, "{name}: allocated {largest} bytes");
-        let (result, largest) = largest_allocation(|| borscht::server::job::decode_picture(&bytes, &limits, 384));
+        let (result, largest) = largest_allocation(|| borscht_server::job::decode_picture(&bytes, &limits, 384));
         assert_eq!(result.unwrap_err().code, borscht_protocol::ErrorCode::ImageTooLarge, "{name}");
         assert!(largest < MIB, "{name}: allocated {largest} bytes");
     }
@@ -649,7 +649,7 @@ fn a_header_claiming_a_huge_picture_is_refused_before_allocating() {
 /// What the server does with a picture: the model's square RGB, or a refusal coded as a
 /// picture problem.
 fn served_picture(
-    result: Result<DynamicImage, borscht::server::job::Rejection>,
+    result: Result<DynamicImage, borscht_server::job::Rejection>,
     side: u32,
 ) -> Result<(), TestCaseError> {
     use borscht_protocol::ErrorCode;
@@ -698,8 +698,8 @@ fn base64_picture() -> impl Strategy<Value = String> {
 
 #[test]
 fn base64_and_data_url_pictures_decode_to_the_model_input_or_fail_cleanly() {
-    use borscht::server::job::decode_base64_image;
-    let limits = borscht::server::limits::Limits::default();
+    use borscht_server::job::decode_base64_image;
+    let limits = borscht_server::limits::Limits::default();
     check("base64_any", 1024, &["refused"], any::<String>(), |text| {
         served_picture(decode_base64_image(&text, &limits, 384), 384)
     });
@@ -714,8 +714,8 @@ fn base64_and_data_url_pictures_decode_to_the_model_input_or_fail_cleanly() {
 
 #[test]
 fn uploaded_pictures_decode_within_the_server_limits_or_fail_cleanly() {
-    use borscht::server::job::decode_picture;
-    let limits = borscht::server::limits::Limits::default();
+    use borscht_server::job::decode_picture;
+    let limits = borscht_server::limits::Limits::default();
     let bound = limits.max_pixels as usize * 8 + MIB;
     check("picture_uploads", 512, &["served", "refused"], mutated_image(), |case| {
         let bytes = apply_image_mutation(&case);
@@ -880,8 +880,8 @@ impl ApiCall {
 
 /// The router with a model that failed to load: every request the API accepts ends in
 /// 503, so anything else is its parsing's verdict.
-fn refusing_server() -> (tokio::runtime::Runtime, borscht::server::Router) {
-    use borscht::server::{Server, ServerConfig};
+fn refusing_server() -> (tokio::runtime::Runtime, borscht_server::Router) {
+    use borscht_server::{Server, ServerConfig};
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let _context = runtime.enter();
     let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), std::env::temp_dir().join("borscht-no-web-app"));
@@ -936,7 +936,7 @@ fn api_requests_of_any_shape_get_a_json_error_and_never_a_500() {
 // ---------------------------------------------------------------------------------------
 // The BPE model file and the tokenizer.
 
-use borscht::model::tokenizer::{Bpe, TextTokenizer};
+use borscht_model::tokenizer::{Bpe, TextTokenizer};
 
 fn is_space(c: char) -> bool {
     matches!(c as u32, 9..=13 | 32) || c == '\u{2581}'
@@ -1230,7 +1230,7 @@ fn bpe_model_files_parse_or_name_the_bad_line() {
 // ---------------------------------------------------------------------------------------
 // Checkpoints: torch zip pickles (`.bin`, Lightning `.ckpt`) and safetensors.
 
-use borscht::model::{checkpoint, weights};
+use borscht_model::{checkpoint, weights};
 
 /// The entries of a zip file, in order.
 fn zip_entries(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
@@ -1666,7 +1666,7 @@ fn training_csvs_give_valid_samples_or_an_error() {
     let csv = dir.path().join("data.csv");
     let reads = |bytes: &[u8]| -> Result<(), TestCaseError> {
         std::fs::write(&csv, bytes).unwrap();
-        let (result, largest) = largest_allocation(|| borscht::train::data::read_csv(&csv, dir.path()));
+        let (result, largest) = largest_allocation(|| borscht_train::data::read_csv(&csv, dir.path()));
         prop_assert!(largest <= 64 * bytes.len() + MIB, "allocated {} bytes", largest);
         match result {
             Ok(data) => {
@@ -1690,7 +1690,7 @@ fn training_csvs_give_valid_samples_or_an_error() {
         }
         Ok(())
     };
-    assert!(borscht::train::data::read_csv(&csv, dir.path()).is_err(), "no file yet");
+    assert!(borscht_train::data::read_csv(&csv, dir.path()).is_err(), "no file yet");
     check("csv_mutated", 1024, &["read", "refused"], (any::<bool>(), mutations(6)), |(article, m)| {
         reads(&mutate(if article { ARTICLE_CSV } else { PAIRS_CSV }.as_bytes(), &m))
     });

@@ -1,8 +1,8 @@
 //! The committed demo data set (data/demo, made by scripts/prepare-demo-data.sh).
 
-use borscht::nutrition::parse_caption;
-use borscht::train::data::read_csv;
-use borscht::train::data::Dataset;
+use borscht_pipelines::nutrition::parse_caption;
+use borscht_train::data::read_csv;
+use borscht_train::data::Dataset;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -52,7 +52,7 @@ fn the_more_styles_draw_known_dishes_in_other_icon_sets_only() {
     }
     let credits: String =
         folders.iter().map(|(root, _)| std::fs::read_to_string(root.join("CREDITS.md")).unwrap()).collect();
-    for (style, licence) in borscht::train::demo_data::MORE_STYLES {
+    for (style, licence) in borscht_train::demo_data::MORE_STYLES {
         let count = more.iter().filter(|s| s.image.to_string_lossy().contains(&format!("/{style}/"))).count();
         // streamline-emojis draws only 24 of the 62 dishes (8 renderings each); the others 44-62.
         let least = if style == "streamline-emojis" { 24 * 8 } else { 200 };
@@ -60,7 +60,7 @@ fn the_more_styles_draw_known_dishes_in_other_icon_sets_only() {
         assert!(credits.contains(&format!("`{style}`: {licence}")), "{style}'s licence is credited");
     }
     // None of the data set's own four styles: holding one out must keep it out of training.
-    for (style, _) in borscht::train::demo_data::STYLES {
+    for (style, _) in borscht_train::demo_data::STYLES {
         let path = format!("/{style}/");
         assert!(!more.iter().any(|s| s.image.to_string_lossy().contains(&path)), "{style} is not here");
     }

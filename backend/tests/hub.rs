@@ -13,14 +13,14 @@
 
 mod common_hub;
 
-use borscht::model::config::RudolphConfig;
-use borscht::model::transformer::Rudolph;
-use borscht::model::vqgan::{read_vqgan_config, VqganConfig};
-use borscht::model::weights::{
+use borscht_model::config::RudolphConfig;
+use borscht_model::transformer::Rudolph;
+use borscht_model::vqgan::{read_vqgan_config, VqganConfig};
+use borscht_model::weights::{
     check_checkpoint, expected_tensors, hub_file, read_config, resolve_model, stored_tensor_shapes, HubOptions,
 };
-use borscht::pipelines::engine::HubBundle;
-use borscht::pipelines::Engine;
+use borscht_pipelines::engine::HubBundle;
+use borscht_pipelines::Engine;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use common_hub::{commit_of, fixtures, sha256_hex, Fault, Request, StandIn, OFFICIAL_MODEL};
@@ -168,7 +168,7 @@ fn a_download_cut_on_every_try_fails_naming_the_file_and_the_next_run_resumes() 
     let message = error_of(hub_file(OFFICIAL_MODEL, "pytorch_model.bin", &opts));
     assert_mentions(&message, &["pytorch_model.bin", OFFICIAL_MODEL, "bytes are kept", "run again to resume"]);
     let tries = ranges_from(&hub.take_requests());
-    assert_eq!(tries.len(), 1 + borscht::model::weights::hub::RETRIES, "{tries:?}");
+    assert_eq!(tries.len(), 1 + borscht_model::weights::hub::RETRIES, "{tries:?}");
     assert!(tries.windows(2).all(|w| w[1] > w[0]), "each try resumes further on: {tries:?}");
 
     hub.clear_faults();

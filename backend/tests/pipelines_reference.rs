@@ -1,16 +1,16 @@
 //! The pipelines against rudolph 0.0.1rc4 (fixtures: scripts/fixtures/pipeline_fixtures.py).
 
-use borscht::imaging::{decode_image, ImageLimits};
-use borscht::pipelines::generation::{
+use borscht_pipelines::generation::{
     caption, caption_batch, generate_codes, generate_image, generate_texts, Cancelled, CaptionJob, CaptionOptions,
     GenerationEvent, ImageOptions,
 };
-use borscht::pipelines::perplexity::ce_to_ppl;
-use borscht::pipelines::sampling::{filter_top_k_top_p, SamplingParams};
-use borscht::pipelines::scoring::{
+use borscht_pipelines::imaging::{decode_image, ImageLimits};
+use borscht_pipelines::perplexity::ce_to_ppl;
+use borscht_pipelines::sampling::{filter_top_k_top_p, SamplingParams};
+use borscht_pipelines::scoring::{
     caption_fit_of_images, classify, classify_with, rerank_by_image, rerank_by_text, text_perplexities,
 };
-use borscht::pipelines::Engine;
+use borscht_pipelines::Engine;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -210,13 +210,13 @@ fn reranking_several_photos_at_once_equals_each_alone() {
     let texts: Vec<String> = ["блюдо: борщ", "блюдо: пицца; ккал: 266", "суп"].iter().map(|t| t.to_string()).collect();
     let pairs: Vec<(&str, &[u32])> =
         texts.iter().map(|t| (t.as_str(), codes.as_slice())).chain([(texts[0].as_str(), other.as_slice())]).collect();
-    let together = borscht::pipelines::scoring::rerank_pairs(&engine, &pairs, 2).unwrap();
+    let together = borscht_pipelines::scoring::rerank_pairs(&engine, &pairs, 2).unwrap();
     let alone = [
         rerank_by_image(&engine, &texts, &codes, 8).unwrap(),
         rerank_by_image(&engine, &texts[..1], &other, 8).unwrap(),
     ]
     .concat();
-    let image = |s: &[borscht::pipelines::scoring::TextImageScore]| s.iter().map(|x| x.ppl_image).collect::<Vec<_>>();
+    let image = |s: &[borscht_pipelines::scoring::TextImageScore]| s.iter().map(|x| x.ppl_image).collect::<Vec<_>>();
     assert_close(&image(&together), &image(&alone), "image perplexities, batched across photos");
 }
 

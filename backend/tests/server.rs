@@ -7,9 +7,9 @@
 mod common;
 use common::*;
 
-use borscht::server::limits::Limits;
-use borscht::server::{serve_on, Server, ServerConfig};
 use borscht_protocol::{encode, ClientMessage, ErrorCode, ServerMessage};
+use borscht_server::limits::Limits;
+use borscht_server::{serve_on, Server, ServerConfig};
 use futures::{SinkExt, StreamExt};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -192,7 +192,7 @@ async fn each_bad_input_gets_its_error_and_the_server_keeps_serving() {
     let mut ws = server.connect().await;
     let big_picture = {
         let image = image::RgbImage::from_pixel(100, 100, image::Rgb([200, 40, 40]));
-        borscht::imaging::encode_png(&image)
+        borscht_pipelines::imaging::encode_png(&image)
     };
     let cases: Vec<(String, ErrorCode)> = vec![
         (encode(&recognize(1, b"\x89PNG\r\n\x1a\nnot really a png", 2)), ErrorCode::InvalidImage),
@@ -535,7 +535,7 @@ async fn a_silent_connection_is_told_and_closed_after_the_idle_timeout() {
 async fn clients_of_the_older_protocol_get_frames_they_can_read() {
     let mut server = TestServer::start(Limits::default()).await;
     server.open();
-    while !matches!(server.state.worker.status(), borscht::server::worker::ModelStatus::Ready { .. }) {
+    while !matches!(server.state.worker.status(), borscht_server::worker::ModelStatus::Ready { .. }) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A protocol-2 client names no protocol when it connects, and says 2 in its hello.
@@ -702,7 +702,7 @@ async fn classify_takes_its_method_and_template_over_both_apis() {
     assert_ne!(caption_fit, zero_shot);
     assert_ne!(zero_shot, image_fit);
     assert_eq!(ask(Some(ClassifyMethod::CaptionFit), None).await, caption_fit, "caption fit is the default");
-    let named = borscht::pipelines::scoring::default_class_template(ClassifyMethod::ZeroShot);
+    let named = borscht_pipelines::scoring::default_class_template(ClassifyMethod::ZeroShot);
     assert_eq!(ask(Some(ClassifyMethod::ZeroShot), Some(named)).await, zero_shot, "its default: {named}");
     let other_template = ask(Some(ClassifyMethod::ZeroShot), Some("суп или {}")).await;
     assert_ne!(other_template, zero_shot, "the template is what is scored");

@@ -5,8 +5,8 @@
 mod common;
 use common::*;
 
-use borscht::server::limits::Limits;
 use borscht_protocol::ServerMessage;
+use borscht_server::limits::Limits;
 
 /// `VmRSS` or `VmHWM` of this process, in MiB.
 fn memory_mib(field: &str) -> f64 {

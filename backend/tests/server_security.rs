@@ -6,8 +6,8 @@
 mod common;
 use common::*;
 
-use borscht::server::limits::Limits;
 use borscht_protocol::{ClientMessage, ErrorCode, ServerMessage};
+use borscht_server::limits::Limits;
 use futures::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,7 +31,7 @@ fn flat_png(side: u32) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_pictures_are_shrunk_and_the_queue_is_bounded_by_bytes() {
     // While the model loads, pictures wait shrunk to 512 x 512 RGB: 786 432 bytes each.
-    let side = borscht::server::job::LOADING_SIDE as usize;
+    let side = borscht_server::job::LOADING_SIDE as usize;
     let limits = Limits { queue_max_bytes: 2 * side * side * 3, ..Limits::default() };
     let mut server = TestServer::start(limits).await;
     let mut ws = server.connect().await;

@@ -1,6 +1,6 @@
 //! The tokenizer against youtokentome 1.0.6 (fixtures: scripts/fixtures/tokenizer_fixtures.py).
 
-use borscht::model::tokenizer::{Bpe, TextTokenizer};
+use borscht_model::tokenizer::{Bpe, TextTokenizer};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

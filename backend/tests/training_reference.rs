@@ -1,6 +1,6 @@
 //! Training pieces against torch (fixtures: scripts/fixtures/training_fixtures.py).
 
-use borscht::train::optim::{clip_grad_norm, AdamW, OneCycle};
+use borscht_train::optim::{clip_grad_norm, AdamW, OneCycle};
 use candle_core::{Device, Tensor, Var};
 use serde_json::Value;
 use std::path::Path;

@@ -1,13 +1,13 @@
 //! `borscht train` on a tiny synthetic set: it must learn the captions, resume exactly
 //! and report bad rows.
 
-use borscht::model::config::RudolphConfig;
-use borscht::model::tokenizer::Bpe;
-use borscht::model::transformer::{LossWeights, Rudolph};
-use borscht::pipelines::generation::{caption, CaptionOptions};
-use borscht::pipelines::sampling::SamplingParams;
-use borscht::pipelines::Engine;
-use borscht::train::rudolph::{train, CodeNoise, Freeze, ImageEmbeddingInit, TrainOptions};
+use borscht_model::config::RudolphConfig;
+use borscht_model::tokenizer::Bpe;
+use borscht_model::transformer::{LossWeights, Rudolph};
+use borscht_pipelines::generation::{caption, CaptionOptions};
+use borscht_pipelines::sampling::SamplingParams;
+use borscht_pipelines::Engine;
+use borscht_train::rudolph::{train, CodeNoise, Freeze, ImageEmbeddingInit, TrainOptions};
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use image::{Rgb, RgbImage};
@@ -61,7 +61,7 @@ fn dataset(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn tiny_config(bpe: &Path) -> RudolphConfig {
-    let vocab = borscht::model::tokenizer::TextTokenizer::load(bpe).unwrap().vocab_size();
+    let vocab = borscht_model::tokenizer::TextTokenizer::load(bpe).unwrap().vocab_size();
     RudolphConfig {
         num_layers: 2,
         hidden_size: 64,
@@ -301,7 +301,7 @@ fn codebook_initialised_image_embeddings_mirror_the_vqgan_and_can_stay_frozen() 
     let (early, late) = (run("early", 1), run("late", 6));
     let key = "image_embeddings.weight";
     let codebook =
-        borscht::model::vqgan::load_vqgan(&vqgan_fixture(), &Device::Cpu, DType::F32).unwrap().codebook().clone();
+        borscht_model::vqgan::load_vqgan(&vqgan_fixture(), &Device::Cpu, DType::F32).unwrap().codebook().clone();
     let n_embed = codebook.dim(0).unwrap();
     let embeddings = late[key].narrow(0, 0, n_embed).unwrap();
     // Codes close in the codebook are close as embeddings (a random init gives about 0;

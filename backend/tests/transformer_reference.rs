@@ -1,9 +1,9 @@
 //! The transformer against rudolph 0.0.1rc4 (fixtures: scripts/fixtures/transformer_fixtures.py).
 
-use borscht::model::config::RudolphConfig;
-use borscht::model::masks::{attention_mask, layer_mask_kind, layer_masks, t2t_attention_mask};
-use borscht::model::transformer::{LossWeights, Rudolph};
-use borscht::model::weights::{load_model, load_trainable, local_model, ModelFiles};
+use borscht_model::config::RudolphConfig;
+use borscht_model::masks::{attention_mask, layer_mask_kind, layer_masks, t2t_attention_mask};
+use borscht_model::transformer::{LossWeights, Rudolph};
+use borscht_model::weights::{load_model, load_trainable, local_model, ModelFiles};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use std::path::{Path, PathBuf};
 

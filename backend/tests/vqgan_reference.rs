@@ -1,7 +1,7 @@
 //! The VQGAN against rudalle 1.1.3 / taming 0.0.1 (fixtures: scripts/fixtures/vqgan_fixtures.py).
 
-use borscht::model::checkpoint;
-use borscht::model::vqgan::{convert_vqgan, load_vqgan, read_vqgan_config, Vqgan, VqganConfig};
+use borscht_model::checkpoint;
+use borscht_model::vqgan::{convert_vqgan, load_vqgan, read_vqgan_config, Vqgan, VqganConfig};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use std::path::{Path, PathBuf};

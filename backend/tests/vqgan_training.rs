@@ -1,7 +1,7 @@
 //! `borscht vqgan encode|decode` through the binary, and VQGAN training on a tiny synthetic set.
 
-use borscht::model::vqgan::{load_vqgan, DdConfig, VqganConfig};
-use borscht::train::vqgan::{train_vqgan, Quantizer, VqganTraining};
+use borscht_model::vqgan::{load_vqgan, DdConfig, VqganConfig};
+use borscht_train::vqgan::{train_vqgan, Quantizer, VqganTraining};
 use candle_core::{DType, Device, Tensor};
 use image::{Rgb, RgbImage};
 use std::path::{Path, PathBuf};
@@ -187,7 +187,7 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
         let full = run(straight.path(), None, false);
         assert_eq!(run(interrupted.path(), Some(5), false).len(), 5, "{quantizer:?}: stops after five epochs");
         let resumed = run(interrupted.path(), None, true);
-        let losses = |h: &[borscht::train::vqgan::EpochReport]| h.iter().map(|e| e.loss).collect::<Vec<_>>();
+        let losses = |h: &[borscht_train::vqgan::EpochReport]| h.iter().map(|e| e.loss).collect::<Vec<_>>();
         assert_eq!(losses(&resumed), losses(&full), "{quantizer:?}: the same losses, epoch by epoch");
         let weights = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
         assert!(
@@ -266,11 +266,11 @@ fn training_gradients_match_finite_differences() {
     let mut cfg = tiny_config();
     cfg.ddconfig.attn_resolutions = vec![8];
     let varmap = VarMap::new();
-    let vb = borscht::train::init::seeded_var_builder(&varmap, 5, DType::F32, &Device::Cpu);
-    let mut vqgan = borscht::model::vqgan::Vqgan::new(&cfg, vb).unwrap();
+    let vb = borscht_model::init::seeded_var_builder(&varmap, 5, DType::F32, &Device::Cpu);
+    let mut vqgan = borscht_model::vqgan::Vqgan::new(&cfg, vb).unwrap();
     vqgan.set_differentiable(true);
     let images = pseudo_random_images(2);
-    let loss = |v: &borscht::model::vqgan::Vqgan| -> Tensor {
+    let loss = |v: &borscht_model::vqgan::Vqgan| -> Tensor {
         // Soft codes at a fixed seed: a smooth function of every weight.
         let rec = v.reconstruct(&images, 1.0, 5, false).unwrap();
         rec.images.sqr().unwrap().mean_all().unwrap()

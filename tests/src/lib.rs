@@ -51,28 +51,28 @@ pub async fn start_server() -> SocketAddr {
 }
 
 /// [`start_server`] with a config `adjust` changes first.
-pub async fn start_server_with(adjust: impl FnOnce(&mut borscht::server::ServerConfig)) -> SocketAddr {
+pub async fn start_server_with(adjust: impl FnOnce(&mut borscht_server::ServerConfig)) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().unwrap();
-    let mut config = borscht::server::ServerConfig::new(addr, web_dir());
+    let mut config = borscht_server::ServerConfig::new(addr, web_dir());
     adjust(&mut config);
     let model = demo_model_dir();
-    let server = borscht::server::Server::start(
+    let server = borscht_server::Server::start(
         &config,
         Box::new(move || {
-            let engine = borscht::pipelines::Engine::load(&model, &candle_core::Device::Cpu, candle_core::DType::F32)?;
+            let engine = borscht_pipelines::Engine::load(&model, &candle_core::Device::Cpu, candle_core::DType::F32)?;
             Ok((engine, "demo".into()))
         }),
     );
     let state = server.state.clone();
     let header_timeout = config.limits.header_timeout();
-    tokio::spawn(borscht::server::serve_on(listener, server.router, std::future::pending(), header_timeout));
+    tokio::spawn(borscht_server::serve_on(listener, server.router, std::future::pending(), header_timeout));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match state.worker.status() {
-            borscht::server::worker::ModelStatus::Ready { .. } => break,
-            borscht::server::worker::ModelStatus::Failed(e) => panic!("the demo model does not load: {e}"),
-            borscht::server::worker::ModelStatus::Loading => {}
+            borscht_server::worker::ModelStatus::Ready { .. } => break,
+            borscht_server::worker::ModelStatus::Failed(e) => panic!("the demo model does not load: {e}"),
+            borscht_server::worker::ModelStatus::Loading => {}
         }
         assert!(Instant::now() < deadline, "the demo model did not load within 60 s");
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -6,8 +6,9 @@
 //! - [`pipelines`]: `caption`, `classify`, `generate`, `texts`;
 //! - [`train`]: `train` (RUDOLPH fine-tuning), `evaluate`, `prepare-demo-data`;
 //! - [`loadtest`]: `loadtest` (concurrent WebSocket clients against a server);
-//! - `serve` lives here, a thin call into [`crate::server`].
+//! - `serve` lives here, a thin call into [`borscht_server`].
 
+pub mod limits;
 pub mod loadtest;
 mod model;
 mod pipelines;
@@ -19,7 +20,7 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::server::{self, ServerConfig};
+use borscht_server::ServerConfig;
 
 #[derive(Debug, Parser)]
 #[command(name = "borscht", version, about = "Recognise a dish and its nutrition from a photo (RUDOLPH)")]
@@ -137,7 +138,7 @@ pub struct ServeArgs {
     #[arg(long, env = "BORSCHT_CLIENT_IP_HEADER")]
     pub client_ip_header: Option<String>,
     #[command(flatten)]
-    pub limits: server::limits::Limits,
+    pub limits: limits::LimitArgs,
 }
 
 /// The bundled demo model, relative to the repository root.
@@ -149,22 +150,22 @@ pub fn load_engine(
     spec: &str,
     device: &candle_core::Device,
     dtype: candle_core::DType,
-) -> anyhow::Result<crate::pipelines::Engine> {
+) -> anyhow::Result<borscht_pipelines::Engine> {
     if let Some(preset) = spec.strip_prefix("random:") {
-        return crate::bench::random_engine(preset, device, dtype);
+        return borscht_pipelines::random_model::random_engine(preset, device, dtype);
     }
     let dir = model_dir(std::path::Path::new(spec));
     let spec = dir.to_str().unwrap_or(spec);
-    crate::pipelines::Engine::resolve(spec, &Default::default(), device, dtype)
+    borscht_pipelines::Engine::resolve(spec, &Default::default(), device, dtype)
 }
 
 /// The side a local model directory reads pictures at, from its configs alone (known
 /// before the weights load); `None` for a hub model not yet fetched or a random one.
 fn model_input_side(spec: &str) -> Option<u32> {
     let dir = model_dir(std::path::Path::new(spec));
-    let model = crate::model::weights::read_config(&dir.join(crate::model::weights::CONFIG_FILE)).ok()?;
-    let vqgan = crate::model::vqgan::read_vqgan_config(&dir.join(crate::pipelines::engine::VQGAN_DIR)).ok()?;
-    Some(crate::model::image_side(&model, &vqgan))
+    let model = borscht_model::weights::read_config(&dir.join(borscht_model::weights::CONFIG_FILE)).ok()?;
+    let vqgan = borscht_model::vqgan::read_vqgan_config(&dir.join(borscht_pipelines::engine::VQGAN_DIR)).ok()?;
+    Some(borscht_model::image_side(&model, &vqgan))
 }
 
 /// `dir` as given, except that the default demo model is also found from outside the
@@ -198,20 +199,20 @@ impl Cli {
             Command::Train(args) => train::run(args),
             Command::PrepareDemoData(args) => train::prepare_demo_data(args),
             Command::Dishes(args) => train::dishes(args),
-            Command::PrepareNonFood(args) => crate::train::non_food::prepare_non_food(&args.skimage_data, &args.out),
+            Command::PrepareNonFood(args) => borscht_train::non_food::prepare_non_food(&args.skimage_data, &args.out),
             Command::Evaluate(args) => train::evaluate(args),
             Command::Loadtest(args) => loadtest::main(args),
             Command::DeviceCheck(args) => {
-                let device = crate::model::device::parse_device(&args.device)?;
-                let dtype = crate::model::device::parse_dtype(&args.dtype)?;
+                let device = borscht_model::device::parse_device(&args.device)?;
+                let dtype = borscht_model::device::parse_dtype(&args.dtype)?;
                 let report = crate::device_check::run(&args.fixtures, &device, dtype)?;
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 anyhow::ensure!(report.ok, "{} {} is off the reference beyond tolerance", report.device, report.dtype);
                 Ok(())
             }
             Command::Bench(args) => {
-                let device = crate::model::device::parse_device(&args.device)?;
-                let dtype = crate::model::device::parse_dtype(&args.dtype)?;
+                let device = borscht_model::device::parse_device(&args.device)?;
+                let dtype = borscht_model::device::parse_dtype(&args.dtype)?;
                 println!("{}", crate::bench::run(&args.preset, &device, dtype, args.runs, &args.only)?);
                 Ok(())
             }
@@ -220,13 +221,13 @@ impl Cli {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    use crate::model::device::{parse_device, parse_dtype};
+    use borscht_model::device::{parse_device, parse_dtype};
     let device = parse_device(&args.device)?;
     let dtype = parse_dtype(&args.dtype)?;
     let config = ServerConfig {
         addr: args.addr,
         web_dir: args.web_dir,
-        limits: args.limits,
+        limits: args.limits.into(),
         cors_origins: args.cors_origins,
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout_s),
         embed_ancestors: args.embed_ancestors,
@@ -235,9 +236,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         input_side: model_input_side(&args.model),
     };
     let model = args.model;
-    let load: server::worker::EngineLoader = Box::new(move || Ok((load_engine(&model, &device, dtype)?, model)));
+    let load: borscht_server::worker::EngineLoader =
+        Box::new(move || Ok((load_engine(&model, &device, dtype)?, model)));
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(server::serve(config, load))
+    runtime.block_on(borscht_server::serve(config, load))
 }
 
 fn init_tracing() {

@@ -5,11 +5,11 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::path::PathBuf;
 
-use crate::model::config::RudolphConfig;
-use crate::model::device::{parse_device, parse_dtype};
-use crate::model::masks::{attention_mask, causal_mask, t2t_attention_mask};
-use crate::model::transformer::LossWeights;
-use crate::model::weights::{self, HubOptions, ModelFiles};
+use borscht_model::config::RudolphConfig;
+use borscht_model::device::{parse_device, parse_dtype};
+use borscht_model::masks::{attention_mask, causal_mask, t2t_attention_mask};
+use borscht_model::transformer::LossWeights;
+use borscht_model::weights::{self, HubOptions, ModelFiles};
 
 /// Which model, where, in which precision.
 #[derive(Debug, clap::Args)]
@@ -176,7 +176,7 @@ pub fn loss(args: LossArgs) -> Result<()> {
 pub fn convert(args: ConvertArgs) -> Result<()> {
     let dtype = parse_dtype(&args.dtype)?;
     match (&args.model, &args.vqgan) {
-        (_, Some(vqgan)) => crate::model::vqgan::convert_vqgan(vqgan, &args.out, dtype)?,
+        (_, Some(vqgan)) => borscht_model::vqgan::convert_vqgan(vqgan, &args.out, dtype)?,
         (Some(model), None) => {
             let files = weights::resolve_model(model, &HubOptions { cache_dir: args.hub_cache, endpoint: None })?;
             weights::convert(&files, &args.out, dtype)?;

@@ -4,14 +4,14 @@
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
-use crate::imaging::{open_image, ImageLimits};
-use crate::model::device::{parse_device, parse_dtype};
-use crate::pipelines::generation::CAPTION_TEMPLATE;
-use crate::pipelines::generation::{generate_image, generate_texts, CaptionOptions, GenerationEvent, ImageOptions};
-use crate::pipelines::recognize::recognize;
-use crate::pipelines::sampling::SamplingParams;
-use crate::pipelines::scoring::{classify_with, default_class_template, DEFAULT_BATCH};
-use crate::pipelines::Engine;
+use borscht_model::device::{parse_device, parse_dtype};
+use borscht_pipelines::generation::{generate_image, generate_texts, CaptionOptions, GenerationEvent, ImageOptions};
+use borscht_pipelines::generation::{CAPTION_TEMPLATE, DEFAULT_CAPTIONS};
+use borscht_pipelines::imaging::{open_image, ImageLimits};
+use borscht_pipelines::recognize::recognize;
+use borscht_pipelines::sampling::{SamplingParams, DEFAULT_SEED};
+use borscht_pipelines::scoring::{classify_with, default_class_template, DEFAULT_BATCH};
+use borscht_pipelines::Engine;
 use borscht_protocol::{ClassifyMethod, Verdict};
 
 #[derive(Debug, clap::Args)]
@@ -35,21 +35,32 @@ impl EngineArgs {
     }
 }
 
+/// The sampling flags every generating command shares; those not given take the
+/// command's preset (captions: the article's 16 / 0.6 / 0.8; images: 512 / 0.99 / 1.0;
+/// texts: 32 / 0.8 / 1.0).
 #[derive(Debug, clap::Args)]
 pub struct SamplingArgs {
-    #[arg(long, default_value_t = 16)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 0.6)]
-    pub top_p: f32,
-    #[arg(long, default_value_t = 0.8)]
-    pub temperature: f32,
-    #[arg(long, default_value_t = 42)]
+    /// Keep the K most likely ids (0: no limit) [default: the command's preset].
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Keep the most likely ids up to this probability [default: the command's preset].
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// [default: the command's preset]
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
 }
 
 impl SamplingArgs {
-    fn params(&self) -> SamplingParams {
-        SamplingParams { top_k: self.top_k, top_p: self.top_p, temperature: self.temperature }
+    /// `preset` with the flags given put over it.
+    fn over(&self, preset: SamplingParams) -> SamplingParams {
+        SamplingParams {
+            top_k: self.top_k.unwrap_or(preset.top_k),
+            top_p: self.top_p.unwrap_or(preset.top_p),
+            temperature: self.temperature.unwrap_or(preset.temperature),
+        }
     }
 }
 
@@ -63,7 +74,7 @@ pub struct CaptionArgs {
     #[arg(long, default_value = CAPTION_TEMPLATE)]
     pub template: String,
     /// How many captions to sample.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = DEFAULT_CAPTIONS)]
     pub n: usize,
     /// Also give the values for a portion of this many grams.
     #[arg(long)]
@@ -79,7 +90,7 @@ pub fn run_caption(args: CaptionArgs) -> Result<()> {
     let options = CaptionOptions {
         template: args.template.clone(),
         count: args.n,
-        sampling: args.sampling.params(),
+        sampling: args.sampling.over(SamplingParams::ARTICLE),
         seed: args.sampling.seed,
         ..Default::default()
     };
@@ -90,7 +101,7 @@ pub fn run_caption(args: CaptionArgs) -> Result<()> {
         }
     })?;
     // The same answer the server gives, in the same words.
-    let answer = recognition.to_protocol(args.portion_g);
+    let answer = borscht_server::wire::recognition(&recognition, args.portion_g);
     if args.engine.json {
         println!("{}", serde_json::to_string(&answer)?);
         return Ok(());
@@ -221,14 +232,8 @@ pub struct GenerateArgs {
     /// Folder for image-N.png.
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 512)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 0.99)]
-    pub top_p: f32,
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f32,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 }
 
 pub fn run_generate(args: GenerateArgs) -> Result<()> {
@@ -236,8 +241,8 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
     let options = ImageOptions {
         count: args.n,
         best_of: args.best_of as usize,
-        sampling: SamplingParams { top_k: args.top_k, top_p: args.top_p, temperature: args.temperature },
-        seed: args.seed,
+        sampling: args.sampling.over(SamplingParams::IMAGE),
+        seed: args.sampling.seed,
         preview_every_rows: 0,
         stop: None,
     };
@@ -270,20 +275,14 @@ pub struct TextsArgs {
     pub prompt: String,
     #[arg(long, default_value_t = 16)]
     pub n: usize,
-    #[arg(long, default_value_t = 32)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 0.8)]
-    pub top_p: f32,
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f32,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 }
 
 pub fn run_texts(args: TextsArgs) -> Result<()> {
     let engine = args.engine.load()?;
-    let sampling = SamplingParams { top_k: args.top_k, top_p: args.top_p, temperature: args.temperature };
-    let ranked = generate_texts(&engine, &args.prompt, args.n, &sampling, args.seed, |_| {})?;
+    let sampling = args.sampling.over(SamplingParams::TEXT);
+    let ranked = generate_texts(&engine, &args.prompt, args.n, &sampling, args.sampling.seed, |_| {})?;
     if args.engine.json {
         let list: Vec<_> = ranked.iter().map(|r| serde_json::json!({ "text": r.text, "ppl": r.ppl })).collect();
         println!("{}", serde_json::json!({ "texts": list }));

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use std::path::PathBuf;
 
-use crate::model::tokenizer::{Bpe, TextTokenizer};
+use borscht_model::tokenizer::{Bpe, TextTokenizer};
 
 #[derive(Debug, clap::Args)]
 pub struct TokenizeArgs {

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::model::config::RudolphConfig;
-use crate::model::device::parse_device;
-use crate::model::transformer::LossWeights;
-use crate::model::weights::read_config;
-use crate::train::rudolph::{train, CodeNoise, Freeze, ImageEmbeddingInit, TrainOptions};
+use borscht_model::config::RudolphConfig;
+use borscht_model::device::parse_device;
+use borscht_model::transformer::LossWeights;
+use borscht_model::weights::read_config;
+use borscht_train::rudolph::{train, CodeNoise, Freeze, ImageEmbeddingInit, TrainOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
@@ -244,7 +244,7 @@ pub struct PrepareDemoDataArgs {
 }
 
 pub fn prepare_demo_data(args: PrepareDemoDataArgs) -> Result<()> {
-    use crate::train::demo_data::{prepare, PrepareOptions};
+    use borscht_train::demo_data::{prepare, PrepareOptions};
     let report = prepare(&PrepareOptions {
         node_modules: args.node_modules,
         foods: args.foods,
@@ -253,7 +253,7 @@ pub fn prepare_demo_data(args: PrepareDemoDataArgs) -> Result<()> {
         size: args.size,
         per_style: args.per_style,
         seed: args.seed,
-        styles: args.styles.unwrap_or_else(crate::train::demo_data::default_styles),
+        styles: args.styles.unwrap_or_else(borscht_train::demo_data::default_styles),
     })?;
     eprintln!("{} pictures of {} dishes in {}", report.images, report.dishes, args.out.display());
     for missing in &report.missing_icons {
@@ -282,17 +282,17 @@ pub struct DishesArgs {
 /// `borscht train` writes itself).
 pub fn dishes(args: DishesArgs) -> Result<()> {
     let english = match &args.names {
-        Some(table) => crate::pipelines::dishes::english_names(table)?,
+        Some(table) => borscht_pipelines::dishes::english_names(table)?,
         None => Default::default(),
     };
     let mut captions = Vec::new();
     for csv in &args.csv {
-        let dataset = crate::train::data::read_csv(csv, csv.parent().unwrap_or(std::path::Path::new(".")))?;
+        let dataset = borscht_train::data::read_csv(csv, csv.parent().unwrap_or(std::path::Path::new(".")))?;
         captions.extend(dataset.samples.into_iter().map(|s| s.caption));
     }
-    let dishes = crate::pipelines::dishes::dishes_of(captions.iter().map(String::as_str), &english);
-    crate::pipelines::dishes::save(&args.out, &dishes)?;
-    eprintln!("{} dishes into {}", dishes.len(), args.out.join(crate::pipelines::dishes::DISHES_FILE).display());
+    let dishes = borscht_pipelines::dishes::dishes_of(captions.iter().map(String::as_str), &english);
+    borscht_pipelines::dishes::save(&args.out, &dishes)?;
+    eprintln!("{} dishes into {}", dishes.len(), args.out.join(borscht_pipelines::dishes::DISHES_FILE).display());
     Ok(())
 }
 
@@ -364,18 +364,19 @@ fn pictures_in(dir: &std::path::Path) -> Result<Vec<(String, image::DynamicImage
     paths
         .into_iter()
         .map(|p| {
-            let picture = crate::imaging::open_image(&p, crate::imaging::ImageLimits::default())?;
+            let picture =
+                borscht_pipelines::imaging::open_image(&p, borscht_pipelines::imaging::ImageLimits::default())?;
             Ok((p.file_name().unwrap_or_default().to_string_lossy().into_owned(), picture))
         })
         .collect()
 }
 
 pub fn evaluate(args: EvaluateArgs) -> Result<()> {
-    use crate::pipelines::generation::CaptionOptions;
-    use crate::train::evaluate::{evaluate, EvalOptions};
+    use borscht_pipelines::generation::CaptionOptions;
+    use borscht_train::evaluate::{evaluate, EvalOptions};
 
     let engine = args.engine.load()?;
-    let dataset = crate::train::data::read_csv(&args.csv, &args.images)?;
+    let dataset = borscht_train::data::read_csv(&args.csv, &args.images)?;
     eprintln!("{}", dataset.summary());
     let options = EvalOptions {
         captions: CaptionOptions { count: args.n, seed: args.seed, ..Default::default() },
@@ -388,28 +389,29 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
         Some(dir) => pictures_in(dir)?,
         None => Vec::new(),
     };
-    non_food.extend(crate::train::evaluate::noise_pictures(args.noise, 256, args.seed));
+    non_food.extend(borscht_train::evaluate::noise_pictures(args.noise, 256, args.seed));
     let pictures = dataset.samples.len() + non_food.len() * args.views.max(1);
-    let bar = crate::train::progress_bar(pictures as u64, "evaluate");
+    let bar = borscht_train::progress_bar(pictures as u64, "evaluate");
     let report = evaluate(&engine, &dataset.samples, &options, |_| bar.inc(1))?;
     let mut items = report.items;
     if !non_food.is_empty() {
         let mut dishes: Vec<String> = items.iter().map(|i| i.dish.clone()).collect();
         dishes.sort();
         dishes.dedup();
-        items.extend(crate::train::evaluate::evaluate_non_food(&engine, &non_food, &dishes, &options, |_| bar.inc(1))?);
+        items
+            .extend(borscht_train::evaluate::evaluate_non_food(&engine, &non_food, &dishes, &options, |_| bar.inc(1))?);
     }
     bar.finish_and_clear();
     if args.calibrate {
         let dir = crate::cli::model_dir(std::path::Path::new(&args.engine.model));
         anyhow::ensure!(dir.is_dir(), "--calibrate writes into a model directory; {} is not one", dir.display());
-        let calibration = crate::train::evaluate::calibrate(&mut items, args.keep_right)?;
+        let calibration = borscht_train::evaluate::calibrate(&mut items, args.keep_right)?;
         calibration.save(&dir)?;
-        eprintln!("wrote {}", dir.join(crate::pipelines::honesty::CALIBRATION_FILE).display());
+        eprintln!("wrote {}", dir.join(borscht_pipelines::honesty::CALIBRATION_FILE).display());
     }
-    let report = crate::train::evaluate::report_of(items, options.zero_shot_classes);
+    let report = borscht_train::evaluate::report_of(items, options.zero_shot_classes);
     if let Some(path) = &args.report {
-        crate::train::write_atomically(path, |p| Ok(std::fs::write(p, serde_json::to_string_pretty(&report)?)?))?;
+        borscht_train::write_atomically(path, |p| Ok(std::fs::write(p, serde_json::to_string_pretty(&report)?)?))?;
     }
     let summary = serde_json::json!({
         "samples": report.samples,

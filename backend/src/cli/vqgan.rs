@@ -5,10 +5,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::path::PathBuf;
 
-use crate::imaging::{self, ImageLimits};
-use crate::model::device::{parse_device, parse_dtype};
-use crate::model::vqgan::{load_vqgan, read_vqgan_config, read_vqgan_config_file, VqganConfig};
-use crate::train::vqgan::{train_vqgan, Quantizer, VqganTraining};
+use borscht_model::device::{parse_device, parse_dtype};
+use borscht_model::vqgan::{load_vqgan, read_vqgan_config, read_vqgan_config_file, VqganConfig};
+use borscht_pipelines::imaging::{self, ImageLimits};
+use borscht_train::vqgan::{train_vqgan, Quantizer, VqganTraining};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum VqganCommand {
@@ -150,6 +150,13 @@ fn decode(args: DecodeArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--quantizer`: how the codes are learnt (borscht-train's [`Quantizer`]).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum QuantizerArg {
+    Nearest,
+    Gumbel,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct TrainVqganArgs {
     /// Folder of training images (searched recursively).
@@ -183,8 +190,8 @@ pub struct TrainVqganArgs {
     pub usage_weight: f64,
     /// How codes are learnt: `nearest` (VQ-VAE, sharp codes in a short training) or
     /// `gumbel` (the reference's relaxation; the options below apply to it).
-    #[arg(long, value_enum, default_value_t = Quantizer::Nearest)]
-    pub quantizer: Quantizer,
+    #[arg(long, value_enum, default_value_t = QuantizerArg::Nearest)]
+    pub quantizer: QuantizerArg,
     /// Weight of the nearest-code commitment term.
     #[arg(long, default_value_t = 0.25)]
     pub commitment: f64,
@@ -224,7 +231,10 @@ pub fn train(args: TrainVqganArgs) -> Result<()> {
         kl_weight: args.kl_weight,
         usage_weight: args.usage_weight,
         straight_through: args.straight_through,
-        quantizer: args.quantizer,
+        quantizer: match args.quantizer {
+            QuantizerArg::Nearest => Quantizer::Nearest,
+            QuantizerArg::Gumbel => Quantizer::Gumbel,
+        },
         commitment_weight: args.commitment,
         resume: args.resume,
         stop_after_epochs: None,

@@ -4,9 +4,9 @@
 #![allow(dead_code)] // each test file uses part of it
 
 use base64::Engine as _;
-use borscht::server::limits::Limits;
-use borscht::server::{serve_on, Server, ServerConfig};
 use borscht_protocol::{decode_server_message, encode, ClientMessage, ServerMessage, PROTOCOL_VERSION};
+use borscht_server::limits::Limits;
+use borscht_server::{serve_on, Server, ServerConfig};
 use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::mpsc;
@@ -18,14 +18,15 @@ pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTls
 pub struct TestServer {
     pub addr: SocketAddr,
     gate: Option<mpsc::Sender<()>>,
-    pub state: borscht::server::AppState,
+    pub state: borscht_server::AppState,
 }
 
 /// A tiny random model that finishes loading when `wait` receives (or its sender drops).
-pub fn gated_tiny_model(wait: mpsc::Receiver<()>) -> borscht::server::worker::EngineLoader {
+pub fn gated_tiny_model(wait: mpsc::Receiver<()>) -> borscht_server::worker::EngineLoader {
     Box::new(move || {
         let _ = wait.recv();
-        let mut engine = borscht::bench::random_engine("tiny", &candle_core::Device::Cpu, candle_core::DType::F32)?;
+        let mut engine =
+            borscht_pipelines::random_model::random_engine("tiny", &candle_core::Device::Cpu, candle_core::DType::F32)?;
         engine.dishes = vec![borscht_protocol::Dish { name: "борщ".into(), en: Some("borscht".into()) }];
         Ok((engine, "tiny-random".into()))
     })
@@ -33,11 +34,11 @@ pub fn gated_tiny_model(wait: mpsc::Receiver<()>) -> borscht::server::worker::En
 
 /// The bundled demo model (models/demo), loaded when `wait` receives: a model that names
 /// a dish for its own icons, where a random one rarely does.
-pub fn gated_demo_model(wait: mpsc::Receiver<()>) -> borscht::server::worker::EngineLoader {
+pub fn gated_demo_model(wait: mpsc::Receiver<()>) -> borscht_server::worker::EngineLoader {
     Box::new(move || {
         let _ = wait.recv();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/demo");
-        let engine = borscht::pipelines::Engine::load(&dir, &candle_core::Device::Cpu, candle_core::DType::F32)?;
+        let engine = borscht_pipelines::Engine::load(&dir, &candle_core::Device::Cpu, candle_core::DType::F32)?;
         Ok((engine, "demo".into()))
     })
 }
@@ -67,7 +68,7 @@ impl TestServer {
 
     async fn start_model(
         adjust: impl FnOnce(&mut ServerConfig),
-        model: fn(mpsc::Receiver<()>) -> borscht::server::worker::EngineLoader,
+        model: fn(mpsc::Receiver<()>) -> borscht_server::worker::EngineLoader,
     ) -> TestServer {
         let (gate, wait) = mpsc::channel::<()>();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

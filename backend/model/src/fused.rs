@@ -1,0 +1,916 @@
+//! The transformer's fused ops. Each is one function that picks its implementation from
+//! its inputs, so callers never branch on the device ([`path`]):
+//! - our CPU kernels for f32 on the CPU: one parallel pass over rows, each with its own
+//!   backward pass (training through candle's composite ops spent four fifths of a step in
+//!   single-threaded element-wise backward ops);
+//! - our CUDA kernels (`backend/model/kernels/transformer.cu`) on a GPU: one launch where the
+//!   op-by-op path takes three to five (a decoding step is bound by launches, not
+//!   arithmetic);
+//! - candle's composite ops otherwise (other dtypes on the CPU, or with the CUDA kernels
+//!   switched off by [`set_cuda_kernels`] / `BORSCHT_CUDA_KERNELS=0`).
+//!
+//! The VQGAN's softmax, convolution and GroupNorm kernels share the CPU helpers here.
+
+use crate::vector_math::{exp, lane_dot, lane_max, lane_sum, tanh, vectorized};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Masked attention scores are pushed to this (not -inf), as the reference does.
+pub const MASK_VALUE: f32 = 10000.0;
+
+/// Where an op runs for given inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Our CPU kernels (f32 on the CPU).
+    Cpu,
+    /// Our CUDA kernels (f32, f16, bf16 on a GPU).
+    Cuda,
+    /// candle's op-by-op implementation.
+    Composite,
+}
+
+/// 0: not read yet, 1: on, 2: off.
+static CUDA_KERNELS: AtomicU8 = AtomicU8::new(0);
+
+/// Whether our CUDA kernels are used on GPUs (default on; `BORSCHT_CUDA_KERNELS=0` turns
+/// them off, to compare with candle's ops).
+pub fn cuda_kernels() -> bool {
+    match CUDA_KERNELS.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("BORSCHT_CUDA_KERNELS").map_or(true, |v| v != "0");
+            CUDA_KERNELS.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+            on
+        }
+        state => state == 1,
+    }
+}
+
+/// Turns our CUDA kernels on or off for the whole process (`device-check` compares both).
+pub fn set_cuda_kernels(on: bool) {
+    CUDA_KERNELS.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// The implementation the fused ops take for `x`.
+pub fn path(x: &Tensor) -> Path {
+    match (x.device(), x.dtype()) {
+        (Device::Cpu, DType::F32) => Path::Cpu,
+        (Device::Cuda(_), DType::F32 | DType::F16 | DType::BF16) if cfg!(feature = "cuda") && cuda_kernels() => {
+            Path::Cuda
+        }
+        _ => Path::Composite,
+    }
+}
+
+/// Whether the CPU kernels apply to this tensor (the VQGAN's convolution and GroupNorm
+/// have CPU kernels only).
+pub fn applies(x: &Tensor) -> bool {
+    path(x) == Path::Cpu
+}
+
+/// The f32 data of a contiguous CPU tensor (what the CPU kernels here and in
+/// [`crate::conv`] and [`crate::group_norm`] take).
+pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else { candle_core::bail!("{what} expects f32") };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what} expects a contiguous input"),
+    }
+}
+
+/// Rows per parallel task: enough work to amortise the scheduling.
+fn rows_per_task(row_len: usize) -> usize {
+    (16 * 1024 / row_len.max(1)).max(1)
+}
+
+// ---------------------------------------------------------------------------------------
+// Masked softmax
+
+/// Largest mask (in bytes) that the composite path spreads to the scores' full shape.
+const SPREAD_MASK_BYTES: usize = 256 << 20;
+
+/// One layer kind's attention mask for the new positions, made once per forward and
+/// shared by the layers of that kind: `keep` is 1 where a position may be seen.
+///
+/// Our kernels read it as `[b or 1, 1, n, past + n]`. The composite path instead spreads
+/// it (and `penalty = 10000 * (1 - keep)`) to the scores' `[b, heads, n, past + n]` (up to
+/// [`SPREAD_MASK_BYTES`]): candle's kernels for broadcast operands index every element
+/// through per-dimension strides, and on an H100 those masking products took 96 of the
+/// 246 ms of kernel time in a profiled 350M bench forward.
+#[derive(Debug, Clone)]
+pub struct AttentionMask {
+    keep: Tensor,
+    penalty: Option<Tensor>,
+}
+
+impl AttentionMask {
+    pub fn new(keep: &Tensor, batch: usize, heads: usize) -> Result<Self> {
+        if path(keep) != Path::Composite {
+            return Ok(AttentionMask { keep: keep.contiguous()?, penalty: None });
+        }
+        let (_, _, n, total) = keep.dims4()?;
+        let spread_bytes = batch * heads * n * total * keep.dtype().size_in_bytes();
+        let keep = if spread_bytes <= SPREAD_MASK_BYTES {
+            keep.broadcast_as((batch, heads, n, total))?.contiguous()?
+        } else {
+            keep.clone()
+        };
+        let penalty = ((keep.ones_like()? - &keep)? * MASK_VALUE as f64)?;
+        Ok(AttentionMask { keep, penalty: Some(penalty) })
+    }
+
+    /// The 0/1 mask as given (`[b or 1, 1, n, t]`, or spread on the composite path).
+    pub fn keep(&self) -> &Tensor {
+        &self.keep
+    }
+}
+
+/// `softmax(scores * m - 10000 * (1 - m))` over the last dim. `scores`: `[b, h, n, t]`.
+/// Equal to the reference's masking followed by softmax (the PB-relax shift by a
+/// per-matrix constant leaves a softmax unchanged). With `train`, differentiable.
+pub fn masked_softmax(scores: &Tensor, mask: &AttentionMask, train: bool) -> Result<Tensor> {
+    match &mask.penalty {
+        None => {
+            let scores = scores.contiguous()?;
+            if train {
+                scores.apply_op2(&mask.keep, MaskedSoftmax)
+            } else {
+                scores.apply_op2_no_bwd(&mask.keep, &MaskedSoftmax)
+            }
+        }
+        Some(penalty) => {
+            let masked = scores.broadcast_mul(&mask.keep)?.broadcast_sub(penalty)?;
+            if train {
+                candle_nn::ops::softmax(&masked, D::Minus1)
+            } else {
+                candle_nn::ops::softmax_last_dim(&masked)
+            }
+        }
+    }
+}
+
+struct MaskedSoftmax;
+
+/// `(b, h, n, t, mask batch)` of a scores/mask pair, checked.
+fn attention_dims(scores: &Layout, mask: &Layout) -> Result<(usize, usize, usize, usize, usize)> {
+    let (b, h, n, t) = scores.shape().dims4()?;
+    let (mb, one, mn, mt) = mask.shape().dims4()?;
+    if !(mb == 1 || mb == b) || one != 1 || mn != n || mt != t {
+        candle_core::bail!("masked softmax: mask {:?} does not fit scores {:?}", mask.shape(), scores.shape());
+    }
+    Ok((b, h, n, t, mb))
+}
+
+/// The mask row for row `row` of the flattened `[b*h*n, t]` scores.
+fn mask_row(mask: &[f32], row: usize, (h, n, t, mb): (usize, usize, usize, usize)) -> &[f32] {
+    let (sample, position) = (row / (h * n), row % n);
+    let sample = if mb == 1 { 0 } else { sample };
+    &mask[(sample * n + position) * t..(sample * n + position + 1) * t]
+}
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "masked-softmax"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let scores = contiguous_f32(s1, l1, "masked softmax")?;
+        let mask = contiguous_f32(s2, l2, "masked softmax")?;
+        let (_, h, n, t, mb) = attention_dims(l1, l2)?;
+        let mut out = vec![0f32; scores.len()];
+        let chunk = rows_per_task(t) * t;
+        out.par_chunks_mut(chunk).zip(scores.par_chunks(chunk)).enumerate().for_each(|(task, (dst, src))| {
+            let first_row = task * chunk / t;
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (i, (d, s)) in dst.chunks_mut(t).zip(src.chunks(t)).enumerate() {
+                        let m = mask_row(mask, first_row + i, (h, n, t, mb));
+                        for ((d, &s), &m) in d.iter_mut().zip(s).zip(m) {
+                            *d = s * m - MASK_VALUE * (1.0 - m);
+                        }
+                        normalise_exp(d);
+                    }
+                },
+            )
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda_kernels::masked_softmax(s1, l1, s2, l2, attention_dims(l1, l2)?)
+    }
+
+    fn bwd(
+        &self,
+        _scores: &Tensor,
+        mask: &Tensor,
+        probs: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = probs.apply_op3_no_bwd(&grad.contiguous()?, mask, &MaskedSoftmaxBackward)?;
+        Ok((Some(grad), None))
+    }
+}
+
+/// `d scores = m * p * (g - sum(p * g))` per row.
+struct MaskedSoftmaxBackward;
+
+impl CustomOp3 for MaskedSoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "masked-softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let probs = contiguous_f32(s1, l1, "masked softmax backward")?;
+        let grad = contiguous_f32(s2, l2, "masked softmax backward")?;
+        let mask = contiguous_f32(s3, l3, "masked softmax backward")?;
+        let (_, h, n, t, mb) = attention_dims(l1, l3)?;
+        let mut out = vec![0f32; probs.len()];
+        let chunk = rows_per_task(t) * t;
+        out.par_chunks_mut(chunk).enumerate().for_each(|(task, dst)| {
+            let first = task * chunk;
+            for (i, d) in dst.chunks_mut(t).enumerate() {
+                let row = first / t + i;
+                let (p, g) = (&probs[row * t..(row + 1) * t], &grad[row * t..(row + 1) * t]);
+                let m = mask_row(mask, row, (h, n, t, mb));
+                let dot = lane_dot(p, g);
+                for (((d, &p), &g), &m) in d.iter_mut().zip(p).zip(g).zip(m) {
+                    *d = m * p * (g - dot);
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dims = attention_dims(l1, l3)?;
+        crate::cuda_kernels::masked_softmax_backward((s1, l1), (s2, l2), (s3, l3), dims)
+    }
+}
+
+/// `row = exp(row - max(row)) / sum`, in place.
+#[inline(always)]
+pub(crate) fn normalise_exp(row: &mut [f32]) {
+    let max = lane_max(row);
+    for d in row.iter_mut() {
+        *d = exp(*d - max);
+    }
+    let inv = 1.0 / lane_sum(row);
+    for d in row.iter_mut() {
+        *d *= inv;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Softmax
+
+/// Softmax over the last dim (the VQGAN's attention), with a one-pass backward.
+pub fn softmax_last_dim(x: &Tensor, differentiable: bool) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    if differentiable {
+        x.apply_op1(Softmax)
+    } else {
+        x.apply_op1_no_bwd(&Softmax)
+    }
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let mut out = contiguous_f32(storage, layout, "softmax")?.to_vec();
+        let t = layout.shape().dims().last().copied().unwrap_or(1).max(1);
+        out.par_chunks_mut(rows_per_task(t) * t).for_each(|rows| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for row in rows.chunks_mut(t) {
+                        normalise_exp(row);
+                    }
+                },
+            )
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, probs: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(probs.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward)?))
+    }
+}
+
+/// `d x = p * (g - sum(p * g))` per row.
+struct SoftmaxBackward;
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let probs = contiguous_f32(s1, l1, "softmax backward")?;
+        let grad = contiguous_f32(s2, l2, "softmax backward")?;
+        let t = l1.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; probs.len()];
+        let chunk = rows_per_task(t) * t;
+        out.par_chunks_mut(chunk).zip(probs.par_chunks(chunk).zip(grad.par_chunks(chunk))).for_each(|(dst, (p, g))| {
+            for ((d, p), g) in dst.chunks_mut(t).zip(p.chunks(t)).zip(g.chunks(t)) {
+                let dot = lane_dot(p, g);
+                d.iter_mut().zip(p.iter().zip(g)).for_each(|(d, (&p, &g))| *d = p * (g - dot));
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// LayerNorm
+
+/// LayerNorm over the last dim with torch's semantics (biased variance, eps inside the
+/// root). With `train`, differentiable in all three inputs through our kernels' backward
+/// (candle's own fused LayerNorm has none); otherwise candle's fused forward.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, train: bool) -> Result<Tensor> {
+    match (train, path(x)) {
+        (true, Path::Cpu | Path::Cuda) => {
+            x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNorm { eps: eps as f32 })
+        }
+        (true, Path::Composite) => candle_nn::ops::layer_norm_slow(x, weight, bias, eps as f32),
+        (false, _) => candle_nn::ops::layer_norm(&x.contiguous()?, weight, bias, eps as f32),
+    }
+}
+
+struct LayerNorm {
+    eps: f32,
+}
+
+/// Mean and 1/std of one row (biased variance, eps inside the root).
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let len = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / len;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / len;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "layer norm")?;
+        let (w, b) = (contiguous_f32(s2, l2, "layer norm")?, contiguous_f32(s3, l3, "layer norm")?);
+        let h = w.len();
+        if h == 0 || l1.shape().dims().last() != Some(&h) || b.len() != h {
+            candle_core::bail!("layer norm: weight {:?} does not fit input {:?}", l2.shape(), l1.shape());
+        }
+        let mut out = vec![0f32; x.len()];
+        let chunk = rows_per_task(h) * h;
+        out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(dst, src)| {
+            for (d, s) in dst.chunks_mut(h).zip(src.chunks(h)) {
+                let (mean, rstd) = row_stats(s, self.eps);
+                for (((d, &s), &w), &b) in d.iter_mut().zip(s).zip(w).zip(b) {
+                    *d = (s - mean) * rstd * w + b;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if l1.shape().dims().last() != Some(&l2.shape().elem_count()) {
+            candle_core::bail!("layer norm: weight {:?} does not fit input {:?}", l2.shape(), l1.shape());
+        }
+        crate::cuda_kernels::layer_norm((s1, l1), (s2, l2), (s3, l3), self.eps)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let h = weight.elem_count();
+        let rows = x.elem_count() / h;
+        let grad = grad.contiguous()?;
+        if x.device().is_cuda() {
+            // [dx, g * xhat]; the parameters' gradients are column sums.
+            let packed = x.apply_op3_no_bwd(weight, &grad, &LayerNormBackward { eps: self.eps })?;
+            let dx = packed.get(0)?.reshape(x.shape())?;
+            let dw = packed.get(1)?.sum(0)?;
+            let db = grad.reshape((rows, h))?.sum(0)?;
+            return Ok((Some(dx), Some(dw), Some(db)));
+        }
+        let packed = x.apply_op3_no_bwd(weight, &grad, &LayerNormBackward { eps: self.eps })?;
+        let dx = packed.narrow(0, 0, rows * h)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, rows * h, h)?;
+        let db = packed.narrow(0, rows * h + h, h)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// On the CPU, packs `[dx (rows*h), dw (h), db (h)]` into one vector; on a GPU,
+/// `[dx, g * xhat]` as `[2, rows, h]`.
+struct LayerNormBackward {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormBackward {
+    fn name(&self) -> &'static str {
+        "layer-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "layer norm backward")?;
+        let w = contiguous_f32(s2, l2, "layer norm backward")?;
+        let grad = contiguous_f32(s3, l3, "layer norm backward")?;
+        let h = w.len();
+        let mut out = vec![0f32; x.len() + 2 * h];
+        let (dx, _) = out.split_at_mut(x.len());
+        let chunk = rows_per_task(h) * h;
+        // Each task returns its partial dw, db; they are summed after.
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk).zip(grad.par_chunks(chunk)))
+            .map(|(dst, (src, g))| {
+                let mut acc = vec![0f32; 2 * h];
+                let (dw, db) = acc.split_at_mut(h);
+                for ((d, s), g) in dst.chunks_mut(h).zip(src.chunks(h)).zip(g.chunks(h)) {
+                    let (mean, rstd) = row_stats(s, self.eps);
+                    let (mut mean_gw, mut mean_gw_xhat) = (0f32, 0f32);
+                    for (k, (&s, &g)) in s.iter().zip(g).enumerate() {
+                        let xhat = (s - mean) * rstd;
+                        let gw = g * w[k];
+                        mean_gw += gw;
+                        mean_gw_xhat += gw * xhat;
+                        dw[k] += g * xhat;
+                        db[k] += g;
+                    }
+                    mean_gw /= h as f32;
+                    mean_gw_xhat /= h as f32;
+                    for (k, (d, (&s, &g))) in d.iter_mut().zip(s.iter().zip(g)).enumerate() {
+                        let xhat = (s - mean) * rstd;
+                        *d = rstd * (g * w[k] - mean_gw - xhat * mean_gw_xhat);
+                    }
+                }
+                acc
+            })
+            .collect();
+        let tail = &mut out[x.len()..];
+        for partial in partials {
+            tail.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
+        }
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda_kernels::layer_norm_backward((s1, l1), (s2, l2), (s3, l3), self.eps)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Residual + sandwich norms (inference)
+
+/// A LayerNorm's weight and bias.
+#[derive(Debug, Clone, Copy)]
+pub struct NormWeights<'a> {
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+}
+
+/// What a layer does after its attention or MLP output `y`: `r = x + LN_a(y + bias)` (the
+/// bias and the sandwich norm `LN_a` optional), then `n = LN_b(r)`, the next block's
+/// input. Returns `(r, n)`; one kernel at inference on a GPU.
+pub fn residual_norm(
+    x: &Tensor,
+    y: &Tensor,
+    bias: Option<&Tensor>,
+    norm_a: Option<NormWeights>,
+    norm_b: NormWeights,
+    eps: f64,
+    train: bool,
+) -> Result<(Tensor, Tensor)> {
+    if !train && path(x) == Path::Cuda {
+        let op = ResidualNorm {
+            bias: bias.cloned(),
+            norm_a: norm_a.map(|n| (n.weight.clone(), n.bias.clone())),
+            norm_b: (norm_b.weight.clone(), norm_b.bias.clone()),
+            eps: eps as f32,
+        };
+        let packed = x.contiguous()?.apply_op2_no_bwd(&y.contiguous()?, &op)?;
+        return Ok((packed.get(0)?.reshape(x.shape())?, packed.get(1)?.reshape(x.shape())?));
+    }
+    let mut a = match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y.clone(),
+    };
+    if let Some(n) = norm_a {
+        a = layer_norm(&a, n.weight, n.bias, eps, train)?;
+    }
+    let r = (x + a)?;
+    let n = layer_norm(&r, norm_b.weight, norm_b.bias, eps, train)?;
+    Ok((r, n))
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // read by the CUDA launch only
+struct ResidualNorm {
+    bias: Option<Tensor>,
+    norm_a: Option<(Tensor, Tensor)>,
+    norm_b: (Tensor, Tensor),
+    eps: f32,
+}
+
+impl CustomOp2 for ResidualNorm {
+    fn name(&self) -> &'static str {
+        "residual-norm"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("residual-norm runs on GPUs only")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("residual norm: {:?} and {:?} differ", l1.shape(), l2.shape());
+        }
+        let params = crate::cuda_kernels::ResidualNormParams {
+            bias: self.bias.as_ref(),
+            norm_a: self.norm_a.as_ref().map(|(w, b)| (w, b)),
+            norm_b: (&self.norm_b.0, &self.norm_b.1),
+            eps: self.eps,
+        };
+        crate::cuda_kernels::residual_norm((s1, l1), (s2, l2), &params)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The q/k/v split into a KV cache (inference)
+
+/// The attention's q/k/v split at inference: `qkv` `[b, n, 3 * heads * d]` (the product
+/// before its bias) gives q `[b, heads, n, d]` times `q_scale`, and writes k and v into
+/// `kv` `[2, cache_b, heads, capacity, d]` at positions `position..position + n`.
+/// `position` is a one-element u32 tensor on the model's device, so a captured CUDA graph
+/// replays with the position of each step. One kernel on a GPU.
+pub fn qkv_split(
+    qkv: &Tensor,
+    bias: &Tensor,
+    kv: &Tensor,
+    position: &Tensor,
+    heads: usize,
+    q_scale: f64,
+) -> Result<Tensor> {
+    let (b, n, three_hd) = qkv.dims3()?;
+    let d = three_hd / (3 * heads);
+    if path(qkv) == Path::Cuda {
+        let op = QkvSplit { bias: bias.contiguous()?, kv: kv.clone(), position: position.clone(), heads, q_scale };
+        return qkv.contiguous()?.apply_op1_no_bwd(&op);
+    }
+    let qkv = qkv.broadcast_add(bias)?.reshape((b, n, 3, heads, d))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+    let q = if q_scale == 1.0 { qkv.get(0)? } else { (qkv.get(0)? * q_scale)? };
+    let start = position.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<u32>()?[0] as usize;
+    kv.slice_set(&qkv.narrow(0, 1, 2)?, 3, start)?;
+    Ok(q)
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // read by the CUDA launch only
+struct QkvSplit {
+    bias: Tensor,
+    kv: Tensor,
+    position: Tensor,
+    heads: usize,
+    q_scale: f64,
+}
+
+impl CustomOp1 for QkvSplit {
+    fn name(&self) -> &'static str {
+        "qkv-split"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("qkv-split runs on GPUs only")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let params = crate::cuda_kernels::QkvSplitParams {
+            bias: &self.bias,
+            kv: &self.kv,
+            position: &self.position,
+            heads: self.heads,
+            q_scale: self.q_scale as f32,
+        };
+        crate::cuda_kernels::qkv_split(s, l, &params)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Product with a frozen weight
+
+/// `x · weightᵀ` for `x` `[rows, in]` and `weight` `[out, in]`, whose backward gives the
+/// input's gradient only (candle's matmul would compute the weight's as well).
+pub fn frozen_product(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(FrozenProduct { weight: weight.detach() })
+}
+
+struct FrozenProduct {
+    weight: Tensor,
+}
+
+impl CustomOp1 for FrozenProduct {
+    fn name(&self) -> &'static str {
+        "frozen-product"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = Tensor::from_slice(contiguous_f32(storage, layout, "frozen product")?, layout.shape(), &Device::Cpu)?;
+        let y = x.matmul(&self.weight.t()?)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1()?), shape))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight)?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// GELU (tanh approximation, the reference's gelu_jit)
+
+const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
+const GELU_CUBIC: f32 = 0.044715;
+
+/// The tanh GELU, differentiable (our kernels with their backward, or candle's).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    match path(x) {
+        Path::Cpu | Path::Cuda => x.contiguous()?.apply_op1(Gelu),
+        Path::Composite => x.gelu(),
+    }
+}
+
+/// `gelu(x + bias)` for `x` `[rows, cols]` and `bias` `[cols]`: one kernel at inference on
+/// a GPU (the MLP's first product, its bias and the activation).
+pub fn bias_gelu(x: &Tensor, bias: &Tensor, train: bool) -> Result<Tensor> {
+    if !train && path(x) == Path::Cuda {
+        return x.contiguous()?.apply_op1_no_bwd(&BiasGelu { bias: bias.contiguous()? });
+    }
+    gelu(&x.broadcast_add(bias)?)
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // read by the CUDA launch only
+struct BiasGelu {
+    bias: Tensor,
+}
+
+impl CustomOp1 for BiasGelu {
+    fn name(&self) -> &'static str {
+        "bias-gelu"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("bias-gelu runs on GPUs only")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda_kernels::bias_gelu(s, l, &self.bias)
+    }
+}
+
+struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "gelu-tanh"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, "gelu")?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024)).for_each(|(d, s)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (d, &v) in d.iter_mut().zip(s) {
+                        *d = 0.5 * v * (1.0 + tanh(SQRT_TWO_OVER_PI * v * (1.0 + GELU_CUBIC * v * v)));
+                    }
+                },
+            )
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda_kernels::gelu((s, l), None)
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluBackward)?))
+    }
+}
+
+struct GeluBackward;
+
+impl CustomOp2 for GeluBackward {
+    fn name(&self) -> &'static str {
+        "gelu-tanh-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "gelu backward")?;
+        let grad = contiguous_f32(s2, l2, "gelu backward")?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024).zip(grad.par_chunks(16 * 1024))).for_each(
+            |(d, (s, g))| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((d, &v), &g) in d.iter_mut().zip(s).zip(g) {
+                            let tanh = tanh(SQRT_TWO_OVER_PI * v * (1.0 + GELU_CUBIC * v * v));
+                            let inner = SQRT_TWO_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * v * v);
+                            *d = g * (0.5 * (1.0 + tanh) + 0.5 * v * (1.0 - tanh * tanh) * inner);
+                        }
+                    },
+                )
+            },
+        );
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda_kernels::gelu((s1, l1), Some((s2, l2)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// Forward values and gradients (of every var) of `fused` and `composite` agree, under
+    /// a loss weighing every output differently, so a misplaced gradient shows.
+    fn same_values_and_gradients(vars: &[&Var], fused: impl Fn() -> Tensor, composite: impl Fn() -> Tensor, tol: f32) {
+        let (a, b) = (fused(), composite());
+        assert!(max_diff(&a, &b) < tol, "forward differs by {}", max_diff(&a, &b));
+        let weights = Tensor::randn(0f32, 1.0, a.shape(), a.device()).unwrap();
+        let ga = (a * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (b * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        for (i, var) in vars.iter().enumerate() {
+            let diff = max_diff(ga.get(var.as_tensor()).unwrap(), gb.get(var.as_tensor()).unwrap());
+            assert!(diff < tol, "gradient of input {i} differs by {diff}");
+        }
+    }
+
+    #[test]
+    fn masked_softmax_equals_mask_then_softmax() {
+        let dev = Device::Cpu;
+        for mask_batch in [1, 2] {
+            let scores = Var::randn(0f32, 3.0, (2, 3, 5, 7), &dev).unwrap();
+            let mask = Tensor::rand(0f32, 1.0, (mask_batch, 1, 5, 7), &dev).unwrap().ge(0.3).unwrap();
+            let mask = mask.to_dtype(DType::F32).unwrap();
+            same_values_and_gradients(
+                &[&scores],
+                || masked_softmax(scores.as_tensor(), &AttentionMask::new(&mask, 2, 3).unwrap(), true).unwrap(),
+                || {
+                    let penalty = ((mask.ones_like().unwrap() - &mask).unwrap() * MASK_VALUE as f64).unwrap();
+                    let masked = scores.broadcast_mul(&mask).unwrap().broadcast_sub(&penalty).unwrap();
+                    candle_nn::ops::softmax(&masked, D::Minus1).unwrap()
+                },
+                1e-5,
+            );
+        }
+    }
+
+    #[test]
+    fn layer_norm_equals_the_composite() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0.3f32, 2.0, (3, 4, 16), &dev).unwrap();
+        let w = Var::randn(1f32, 0.5, 16, &dev).unwrap();
+        let b = Var::randn(0f32, 0.5, 16, &dev).unwrap();
+        same_values_and_gradients(
+            &[&x, &w, &b],
+            || layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5, true).unwrap(),
+            || candle_nn::ops::layer_norm_slow(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap(),
+            1e-4,
+        );
+    }
+
+    #[test]
+    fn frozen_product_gives_the_input_gradient_only() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, (6, 5), &dev).unwrap();
+        let w = Var::randn(0f32, 1.0, (3, 5), &dev).unwrap();
+        same_values_and_gradients(
+            &[&x],
+            || frozen_product(x.as_tensor(), w.as_tensor()).unwrap(),
+            || x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap(),
+            1e-5,
+        );
+        let grads = frozen_product(x.as_tensor(), w.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(x.as_tensor()).is_some());
+        assert!(grads.get(w.as_tensor()).is_none(), "no gradient for the frozen weight");
+    }
+
+    #[test]
+    fn softmax_equals_candles() {
+        let dev = Device::Cpu;
+        // 37 columns: lane loops with a remainder; large values: the max shift matters.
+        let x = Var::randn(0f32, 30.0, (3, 5, 37), &dev).unwrap();
+        same_values_and_gradients(
+            &[&x],
+            || softmax_last_dim(x.as_tensor(), true).unwrap(),
+            || candle_nn::ops::softmax(x.as_tensor(), D::Minus1).unwrap(),
+            1e-6,
+        );
+    }
+
+    #[test]
+    fn gelu_equals_candles() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 3.0, (4, 300), &dev).unwrap();
+        same_values_and_gradients(&[&x], || gelu(x.as_tensor()).unwrap(), || x.as_tensor().gelu().unwrap(), 1e-5);
+    }
+}

@@ -1,0 +1,342 @@
+//! The model worker: one OS thread owns the model and serves the queue.
+//!
+//! Recognise requests waiting together form one batch: their captions are rows of
+//! the same forward passes ([`caption_batch`]), each request keeping its own random
+//! stream and getting its candidates as they finish. Other requests run one at a
+//! time between batches. Cancelled requests (or ones whose client left) are dropped
+//! at the next decoding step.
+
+use anyhow::Result;
+use base64::Engine as _;
+use borscht_protocol::{ErrorCode, ServerMessage};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use super::job::{Job, Task};
+use super::metrics::Metrics;
+use super::queue::QueueReceiver;
+use super::wire;
+use borscht_pipelines::engine::UnknownCharacters;
+use borscht_pipelines::generation::{
+    caption_batch, generate_image, generate_texts, Cancelled, CaptionJob, CaptionOptions, GenerationEvent, ImageOptions,
+};
+use borscht_pipelines::nutrition::parse_caption;
+use borscht_pipelines::recognize::answers;
+use borscht_pipelines::sampling::{SamplingParams, DEFAULT_SEED};
+use borscht_pipelines::scoring::{classify_with, DEFAULT_BATCH};
+use borscht_pipelines::Engine;
+
+/// Whether the model can serve (`/readyz`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelStatus {
+    Loading,
+    /// Serving `name`, which knows `dishes`.
+    Ready {
+        name: String,
+        dishes: Arc<Vec<borscht_protocol::Dish>>,
+    },
+    Failed(String),
+}
+
+/// The worker's state as the rest of the server sees it.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    status: Arc<RwLock<ModelStatus>>,
+    /// Jobs queued or running; shutdown waits for it to reach zero.
+    in_flight: Arc<AtomicUsize>,
+    /// The side of the square pictures the model reads (0 while it loads).
+    input_side: Arc<AtomicU32>,
+}
+
+impl WorkerHandle {
+    pub fn status(&self) -> ModelStatus {
+        self.status.read().expect("status lock").clone()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The side uploads are shrunk to: the model's input side once it is loaded.
+    pub fn input_side(&self) -> u32 {
+        match self.input_side.load(Ordering::Relaxed) {
+            0 => super::job::LOADING_SIDE,
+            side => side,
+        }
+    }
+
+    /// Call when a job is queued; the worker counts it down when the job ends.
+    pub fn job_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn job_refused(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Builds the engine on the worker thread (loading can take a while) and names it.
+pub type EngineLoader = Box<dyn FnOnce() -> Result<(Engine, String)> + Send>;
+
+/// Starts the worker thread; it ends when every queue sender is gone.
+pub fn spawn_worker(
+    load: EngineLoader,
+    receiver: QueueReceiver,
+    metrics: Metrics,
+    max_batch: usize,
+    input_side: Option<u32>,
+) -> (WorkerHandle, std::thread::JoinHandle<()>) {
+    let handle = WorkerHandle {
+        status: Arc::new(RwLock::new(ModelStatus::Loading)),
+        in_flight: Arc::new(AtomicUsize::new(0)),
+        input_side: Arc::new(AtomicU32::new(input_side.unwrap_or(0))),
+    };
+    let worker = Worker { receiver, metrics, max_batch: max_batch.max(1), handle: handle.clone() };
+    let thread = std::thread::Builder::new()
+        .name("model-worker".into())
+        .spawn(move || worker.run(load))
+        .expect("the model worker thread starts");
+    (handle, thread)
+}
+
+struct Worker {
+    receiver: QueueReceiver,
+    metrics: Metrics,
+    max_batch: usize,
+    handle: WorkerHandle,
+}
+
+impl Worker {
+    fn set_status(&self, status: ModelStatus) {
+        *self.handle.status.write().expect("status lock") = status;
+    }
+
+    fn run(mut self, load: EngineLoader) {
+        let engine = match load() {
+            Ok((engine, name)) => {
+                tracing::info!(model = %name, "model loaded");
+                self.handle.input_side.store(engine.image_size(), Ordering::Relaxed);
+                self.set_status(ModelStatus::Ready { name, dishes: Arc::new(engine.dishes.clone()) });
+                engine
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                tracing::error!("cannot load the model: {message}");
+                self.set_status(ModelStatus::Failed(message.clone()));
+                while let Some(job) = self.receiver.blocking_next() {
+                    self.finish(&job, Outcome::Error(ErrorCode::Unavailable, format!("no model loaded: {message}")));
+                }
+                return;
+            }
+        };
+        let is_recognize = |job: &Job| matches!(job.task, Task::Recognize { .. });
+        while let Some(first) = self.receiver.blocking_next() {
+            if !is_recognize(&first) {
+                self.run_one(&engine, first);
+                continue;
+            }
+            // Recognise requests waiting now join this batch (in the queue's fair order);
+            // others wait their turn.
+            let mut batch = vec![first];
+            while batch.len() < self.max_batch {
+                match self.receiver.try_next_where(is_recognize) {
+                    Some(job) => batch.push(job),
+                    None => break,
+                }
+            }
+            self.run_recognize_batch(&engine, batch);
+        }
+        tracing::info!("model worker stopped");
+    }
+
+    fn finish(&self, job: &Job, outcome: Outcome) {
+        let kind = job.task.kind();
+        let (label, message) = match outcome {
+            Outcome::Done(message) => ("ok", *message),
+            Outcome::Cancelled => ("cancelled", ServerMessage::Cancelled { id: job.id }),
+            Outcome::Error(code, text) => ("error", ServerMessage::request_error(job.id, code, text)),
+        };
+        if let ServerMessage::Error { code, message: text, .. } = &message {
+            // The server's own failures are for the operator; a client's bad request is
+            // its own business (one connection can send thousands a second).
+            if matches!(code, ErrorCode::Internal) {
+                tracing::warn!(id = job.id, kind, client = %job.client, "request failed: {text}");
+            } else {
+                tracing::debug!(id = job.id, kind, client = %job.client, "request refused ({code:?}): {text}");
+            }
+        }
+        // Counted before the answer goes out, so a client that reads it sees the metrics agree.
+        self.metrics.requests.with_label_values(&[kind, label]).inc();
+        self.metrics.latency.with_label_values(&[kind]).observe(job.enqueued.elapsed().as_secs_f64());
+        job.send(message);
+        self.handle.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn started(&self, job: &Job) {
+        self.metrics.queue_wait.observe(job.enqueued.elapsed().as_secs_f64());
+    }
+
+    fn run_recognize_batch(&self, engine: &Engine, batch: Vec<Job>) {
+        let mut live: Vec<(Job, Vec<u32>, CaptionOptions, Option<f32>)> = Vec::new();
+        for job in batch {
+            self.started(&job);
+            if job.is_cancelled() {
+                self.finish(&job, Outcome::Cancelled);
+                continue;
+            }
+            let Task::Recognize { image, template, n, portion_g } = &job.task else {
+                unreachable!("batch of recognise")
+            };
+            let codes = engine.photo_codes(image);
+            match codes {
+                Ok(codes) => {
+                    // A fixed seed: the same photo gets the same answer.
+                    let options = CaptionOptions {
+                        template: template.clone(),
+                        count: *n,
+                        seed: DEFAULT_SEED,
+                        ..Default::default()
+                    };
+                    let portion = *portion_g;
+                    live.push((job, codes, options, portion));
+                }
+                Err(e) => self.finish(&job, Outcome::Error(ErrorCode::Internal, format!("{e:#}"))),
+            }
+        }
+        if live.is_empty() {
+            return;
+        }
+        self.metrics.batch_requests.observe(live.len() as f64);
+        let jobs: Vec<CaptionJob> = live
+            .iter()
+            .map(|(job, codes, options, _)| CaptionJob { codes, options, stop: Some(job.cancel.as_ref()) })
+            .collect();
+        let results = caption_batch(engine, &jobs, |k, event| {
+            let job = &live[k].0;
+            match event {
+                GenerationEvent::Text { text, .. } => {
+                    let nutrition = parse_caption(&text);
+                    job.send(ServerMessage::Candidate { id: job.id, text, nutrition });
+                }
+                GenerationEvent::Progress { step, total, .. } => {
+                    job.send(ServerMessage::Progress { id: job.id, step: step as u32, total: total as u32 });
+                }
+                GenerationEvent::ImagePreview { .. } => {}
+            }
+            if job.events.is_closed() {
+                job.cancel.store(true, Ordering::Relaxed);
+            }
+        });
+        // The captions of every request that got them are re-ranked in shared batches too.
+        let (mut sampled, mut photos) = (Vec::new(), Vec::new());
+        for ((job, codes, _, portion_g), captions) in live.iter().zip(results) {
+            match captions {
+                Ok(captions) => {
+                    sampled.push((job, *portion_g));
+                    photos.push((codes.as_slice(), captions));
+                }
+                Err(e) => self.finish(job, Outcome::of(Err(e))),
+            }
+        }
+        if sampled.is_empty() {
+            return;
+        }
+        match answers(engine, photos) {
+            Ok(recognitions) => {
+                for ((job, portion_g), result) in sampled.into_iter().zip(recognitions) {
+                    let recognition = wire::recognition(&result, portion_g);
+                    self.finish(job, Outcome::Done(Box::new(ServerMessage::Result { id: job.id, recognition })));
+                }
+            }
+            Err(e) => {
+                for (job, _) in sampled {
+                    self.finish(job, Outcome::Error(ErrorCode::Internal, format!("{e:#}")));
+                }
+            }
+        }
+    }
+
+    fn run_one(&self, engine: &Engine, job: Job) {
+        self.started(&job);
+        if job.is_cancelled() {
+            self.finish(&job, Outcome::Cancelled);
+            return;
+        }
+        self.metrics.batch_requests.observe(1.0);
+        self.finish(&job, Outcome::of(self.serve(engine, &job)));
+    }
+
+    fn serve(&self, engine: &Engine, job: &Job) -> Result<ServerMessage> {
+        let id = job.id;
+        let progress = |event: GenerationEvent| match event {
+            GenerationEvent::Progress { step, total, .. } => {
+                job.send(ServerMessage::Progress { id, step: step as u32, total: total as u32 })
+            }
+            GenerationEvent::ImagePreview { rows_done, rows_total, pngs } => job.send(ServerMessage::ImagePreview {
+                id,
+                rows_done: rows_done as u32,
+                rows_total: rows_total as u32,
+                images: pngs.iter().map(|p| base64_png(p)).collect(),
+            }),
+            GenerationEvent::Text { .. } => {}
+        };
+        Ok(match &job.task {
+            Task::Recognize { .. } => unreachable!("recognise requests run in batches"),
+            Task::Classify { image, classes, template, method } => {
+                let codes = engine.photo_codes(image)?;
+                let result = classify_with(*method, engine, &codes, classes, template, DEFAULT_BATCH)?;
+                ServerMessage::Classification { id, classification: wire::classification(classes, result) }
+            }
+            Task::GenerateImage { text, n, best_of, seed } => {
+                // A fresh seed unless the client asks to repeat one: each press draws anew.
+                // (Seeds stay below 2^53, so JavaScript clients keep them exact.)
+                let seed = seed.unwrap_or_else(|| rand::random::<u32>() as u64);
+                let rows = engine.model.config().image_tokens_per_dim;
+                let options = ImageOptions {
+                    count: *n,
+                    best_of: *best_of,
+                    sampling: SamplingParams::IMAGE,
+                    seed,
+                    preview_every_rows: (rows / 4).max(1),
+                    stop: Some(job.cancel.clone()),
+                };
+                let images = generate_image(engine, text, &options, progress)?;
+                ServerMessage::Images {
+                    id,
+                    images: images.pngs.iter().map(|p| base64_png(p)).collect(),
+                    seed: Some(seed),
+                }
+            }
+            Task::GenerateText { prompt, n } => {
+                let ranked = generate_texts(engine, prompt, *n, &SamplingParams::TEXT, id, progress)?;
+                if job.is_cancelled() {
+                    return Err(Cancelled.into());
+                }
+                ServerMessage::Texts { id, texts: wire::ranked_texts(ranked) }
+            }
+        })
+    }
+}
+
+enum Outcome {
+    Done(Box<ServerMessage>),
+    Cancelled,
+    Error(ErrorCode, String),
+}
+
+impl Outcome {
+    /// A pipeline's result: its final frame, a cancellation, or a model failure.
+    fn of(result: Result<ServerMessage>) -> Outcome {
+        match result {
+            Ok(message) => Outcome::Done(Box::new(message)),
+            Err(e) if e.is::<Cancelled>() => Outcome::Cancelled,
+            // The request's text, not the model, is at fault.
+            Err(e) if e.is::<UnknownCharacters>() => Outcome::Error(ErrorCode::UnknownCharacters, e.to_string()),
+            Err(e) => Outcome::Error(ErrorCode::Internal, format!("{e:#}")),
+        }
+    }
+}
+
+fn base64_png(png: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(png)
+}
