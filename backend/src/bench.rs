@@ -20,13 +20,13 @@ struct TrainingStep {
     optimizer: borscht_train::optim::AdamW,
     ids: Tensor,
     mask: Tensor,
-    weights: borscht_model::transformer::LossWeights,
+    weights: borscht_train::loss::LossWeights,
 }
 
 impl TrainingStep {
     fn new(cfg: &RudolphConfig, device: &Device, dtype: DType) -> Result<Self> {
         use borscht_model::masks::causal_mask;
-        use borscht_model::transformer::LossWeights;
+        use borscht_train::loss::LossWeights;
         use borscht_train::optim::AdamW;
         use borscht_train::rudolph::Freeze;
         let varmap = VarMap::new();
@@ -51,7 +51,7 @@ impl TrainingStep {
     }
 
     fn loss(&self) -> Result<Tensor> {
-        Ok(self.model.loss(&self.ids, &self.mask, self.weights)?.loss)
+        Ok(borscht_train::loss::loss(&self.model, &self.ids, &self.mask, self.weights)?.loss)
     }
 
     fn gradients(&self) -> Result<candle_core::backprop::GradStore> {

@@ -3,10 +3,11 @@
 
 use borscht_model::config::RudolphConfig;
 use borscht_model::tokenizer::Bpe;
-use borscht_model::transformer::{LossWeights, Rudolph};
+use borscht_model::transformer::Rudolph;
 use borscht_pipelines::generation::{caption, CaptionOptions};
 use borscht_pipelines::sampling::SamplingParams;
 use borscht_pipelines::Engine;
+use borscht_train::loss::LossWeights;
 use borscht_train::rudolph::{train, CodeNoise, Freeze, ImageEmbeddingInit, TrainOptions};
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};

@@ -2,8 +2,9 @@
 
 use borscht_model::config::RudolphConfig;
 use borscht_model::masks::{attention_mask, layer_mask_kind, layer_masks, t2t_attention_mask};
-use borscht_model::transformer::{LossWeights, Rudolph};
+use borscht_model::transformer::Rudolph;
 use borscht_model::weights::{load_model, load_trainable, local_model, ModelFiles};
+use borscht_train::loss::{loss, LossWeights};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use std::path::{Path, PathBuf};
 
@@ -113,7 +114,7 @@ fn losses_match_the_reference() {
         let e = &expected[key];
         let w: Vec<f64> = serde_json::from_value(e["weights"].clone()).unwrap();
         let weights = LossWeights { l_text: w[0], image: w[1], r_text: w[2] };
-        let losses = model.loss(&input_ids(), &sample_masks(), weights).unwrap();
+        let losses = loss(&model, &input_ids(), &sample_masks(), weights).unwrap();
         let loss: f32 = losses.loss.to_scalar().unwrap();
         for (name, ours) in [
             ("loss", loss),
@@ -136,7 +137,7 @@ fn gradients_of_embeddings_and_layernorms_match_torch() {
         model.set_differentiable(true);
         model.freeze_blocks(frozen, frozen);
         let weights = LossWeights { l_text: 0.01, image: 1.0, r_text: 7.0 };
-        let losses = model.loss(&input_ids(), &sample_masks(), weights).unwrap();
+        let losses = loss(&model, &input_ids(), &sample_masks(), weights).unwrap();
         let grads = losses.loss.backward().unwrap();
         let reference = Tensor::read_npz(fixtures().join("grads.npz")).unwrap();
         assert!(reference.len() >= 6 + 4 * 5 * 2, "fixture holds embeddings and every LayerNorm");

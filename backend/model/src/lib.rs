@@ -4,7 +4,8 @@
 //! - [`config`]: hyper-parameters under the reference's names, with presets.
 //! - [`device`]: `--device` / `--dtype` parsing.
 //! - [`masks`]: the sparse layer masks and the per-sample attention masks.
-//! - [`transformer`]: the decoder itself, its KV cache and its training loss;
+//! - [`transformer`]: the decoder itself and its KV cache (the training loss is
+//!   `borscht-train`'s);
 //!   [`fused`]: its CPU kernels (masked softmax, LayerNorm, GELU) with backward passes.
 //! - [`conv`], [`group_norm`], [`spatial_attention`]: the VQGAN's CPU kernels.
 //! - [`vector_math`]: a vectorisable `exp` and run-time SIMD dispatch for those kernels.

@@ -1,8 +1,6 @@
 //! Perplexities as rudolph's pipelines compute them.
 
-use candle_core::{Result, Tensor};
-
-use borscht_model::transformer::token_cross_entropy;
+use candle_core::{DType, Result, Tensor, D};
 
 /// `ce_to_ppl`: each non-zero per-token cross-entropy becomes its perplexity `exp(ce)`,
 /// averaged over the non-zero entries of the row (ignored positions have ce = 0).
@@ -38,4 +36,11 @@ mod tests {
         assert!((ppl[0] - (0.5f32.exp() + 1.5f32.exp()) / 2.0).abs() < 1e-6);
         assert!((ppl[1] - (2.0f32.exp() + 0.25f32.exp()) / 2.0).abs() < 1e-6);
     }
+}
+
+/// Per-token cross-entropy `[b, n]` (labels of any value in range; no ignoring).
+pub fn token_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = log_probs.gather(&labels.to_dtype(DType::U32)?.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?;
+    picked.squeeze(D::Minus1)?.neg()
 }

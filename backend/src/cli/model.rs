@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use borscht_model::config::RudolphConfig;
 use borscht_model::device::{parse_device, parse_dtype};
 use borscht_model::masks::{attention_mask, causal_mask, t2t_attention_mask};
-use borscht_model::transformer::LossWeights;
 use borscht_model::weights::{self, HubOptions, ModelFiles};
+use borscht_train::loss::{self as training_loss, LossWeights};
 
 /// Which model, where, in which precision.
 #[derive(Debug, clap::Args)]
@@ -162,7 +162,7 @@ pub fn loss(args: LossArgs) -> Result<()> {
     let ids = read_ids(&args.input.input_ids, &device)?;
     check_ids(&files.config, &ids)?;
     let mask = sample_mask(&files.config, ids.dim(0)?, &args.input.r_text_masks, &device)?.to_dtype(dtype)?;
-    let losses = model.loss(&ids, &mask, weights)?;
+    let losses = training_loss::loss(&model, &ids, &mask, weights)?;
     let json = serde_json::json!({
         "loss": losses.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
         "l_text_loss": losses.l_text,

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use borscht_model::config::RudolphConfig;
 use borscht_model::device::parse_device;
-use borscht_model::transformer::LossWeights;
 use borscht_model::weights::read_config;
+use borscht_train::loss::LossWeights;
 use borscht_train::rudolph::{train, CodeNoise, Freeze, ImageEmbeddingInit, TrainOptions};
 
 #[derive(Debug, clap::Args)]

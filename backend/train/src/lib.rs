@@ -6,6 +6,7 @@ pub mod augment;
 pub mod data;
 pub mod demo_data;
 pub mod evaluate;
+pub mod loss;
 pub mod non_food;
 pub mod optim;
 pub mod rudolph;

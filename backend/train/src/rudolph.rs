@@ -21,13 +21,14 @@ use std::sync::Arc;
 
 use crate::augment::{Augmentation, StyleChanges};
 use crate::data::{read_csv, Sample};
+use crate::loss::{loss_against, LossWeights};
 use crate::optim::{clip_grad_norm, AdamW, OneCycle};
 use crate::{progress_bar, write_atomically};
 use borscht_model::checkpoint::{write_all_atomically, FileWriter};
 use borscht_model::config::RudolphConfig;
 use borscht_model::masks::causal_mask;
 use borscht_model::tokenizer::TextTokenizer;
-use borscht_model::transformer::{DropoutDraw, LossWeights, Rudolph};
+use borscht_model::transformer::{DropoutDraw, Rudolph};
 use borscht_model::vqgan::{load_vqgan, Vqgan};
 use borscht_model::weights::{self, CONFIG_FILE, SAFETENSORS_FILE};
 use borscht_pipelines::engine::{BPE_FILE, VQGAN_DIR};
@@ -519,7 +520,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
             let ids = Tensor::from_vec(rows, (batch.len(), seq), device)?;
             // Seeded by step like the left texts: a resumed run drops the same units.
             model.set_dropout(Some(dropout_at(state.step)).filter(|d| d.embedding + d.attention + d.output > 0.0));
-            let losses = model.loss_against(inputs.as_ref().unwrap_or(&ids), &ids, &mask, options.loss_weights)?;
+            let losses = loss_against(&model, inputs.as_ref().unwrap_or(&ids), &ids, &mask, options.loss_weights)?;
             let loss_value: f32 = losses.loss.to_scalar()?;
             if !loss_value.is_finite() {
                 bail!("the loss became {loss_value} at step {}; lower the learning rate", state.step);
