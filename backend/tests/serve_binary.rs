@@ -102,3 +102,35 @@ async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
     stream.read_to_string(&mut response).await.unwrap();
     response
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_one_worker_per_device_and_refuses_an_unknown_one() {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _serving = Serving(
+        Command::new(env!("CARGO_BIN_EXE_borscht"))
+            .args(["serve", "--model", "random:tiny", "--device", "cpu,cpu", "--addr", &addr.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let body = loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let (status, body) = reqwest_get(addr, "/readyz").await;
+            if status == 200 && !body.contains("loading") {
+                break body;
+            }
+        }
+        assert!(Instant::now() < deadline, "the server never became ready on {addr}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body.matches(r#"{"device":"cpu","status":"ready"}"#).count(), 2, "{body}");
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_borscht"))
+        .args(["serve", "--model", "random:tiny", "--device", "cpu,gpu", "--addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains(r#"unknown device "gpu""#), "{stderr}");
+}

@@ -26,6 +26,13 @@ pub fn token_ce(logits: &Tensor, labels: &Tensor, ignore: Option<u32>) -> Result
     ce.to_device(&candle_core::Device::Cpu)?.to_vec2()
 }
 
+/// Per-token cross-entropy `[b, n]` (labels of any value in range; no ignoring).
+pub fn token_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = log_probs.gather(&labels.to_dtype(DType::U32)?.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?;
+    picked.squeeze(D::Minus1)?.neg()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,11 +43,4 @@ mod tests {
         assert!((ppl[0] - (0.5f32.exp() + 1.5f32.exp()) / 2.0).abs() < 1e-6);
         assert!((ppl[1] - (2.0f32.exp() + 0.25f32.exp()) / 2.0).abs() < 1e-6);
     }
-}
-
-/// Per-token cross-entropy `[b, n]` (labels of any value in range; no ignoring).
-pub fn token_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let picked = log_probs.gather(&labels.to_dtype(DType::U32)?.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?;
-    picked.squeeze(D::Minus1)?.neg()
 }

@@ -49,7 +49,7 @@ use self::limits::Limits;
 use self::metrics::Metrics;
 use self::origin::OriginPolicy;
 use self::queue::{Queue, SubmitError};
-use self::worker::{spawn_worker, EngineLoader, ModelStatus, WorkerHandle};
+use self::worker::{spawn_workers, DeviceLoader, EngineLoader, ModelStatus, WorkerHandle};
 
 /// Everything `borscht serve` needs to start.
 #[derive(Debug, Clone)]
@@ -166,21 +166,27 @@ impl AppState {
     }
 }
 
-/// The running service: its router, shared state and the model worker thread.
+/// The running service: its router, shared state and the model worker threads.
 pub struct Server {
     pub router: Router,
     pub state: AppState,
-    pub worker_thread: std::thread::JoinHandle<()>,
+    pub worker_threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
-    /// Starts the worker (which loads the model in the background) and builds the router.
+    /// Starts one worker on one device (which loads the model in the background) and
+    /// builds the router.
     pub fn start(config: &ServerConfig, load: EngineLoader) -> Server {
+        Server::start_on(config, vec![DeviceLoader { device: "default".into(), load }])
+    }
+
+    /// Starts one worker per device, all serving the one queue, and builds the router.
+    pub fn start_on(config: &ServerConfig, loaders: Vec<DeviceLoader>) -> Server {
         let metrics = Metrics::new();
         let limits = &config.limits;
         let (queue, receiver) = Queue::new(limits.queue_capacity, limits.queue_max_bytes, metrics.clone());
-        let (worker, worker_thread) =
-            spawn_worker(load, receiver, metrics.clone(), limits.max_batch, config.input_side);
+        let (worker, worker_threads) =
+            spawn_workers(loaders, receiver, metrics.clone(), limits.max_batch, config.input_side);
         let state = AppState {
             queue,
             worker,
@@ -193,7 +199,7 @@ impl Server {
             origins: Arc::new(OriginPolicy::new(&config.ws_origins, &config.embed_ancestors)),
             caps: caps::Caps::new(limits),
         };
-        Server { router: router(config, state.clone()), state, worker_thread }
+        Server { router: router(config, state.clone()), state, worker_threads }
     }
 }
 
@@ -269,13 +275,33 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         _ if state.shutting_down.load(Ordering::SeqCst) => {
             (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "shutting_down" }))
         }
-        ModelStatus::Ready { name, .. } => (StatusCode::OK, serde_json::json!({ "status": "ready", "model": name })),
+        ModelStatus::Ready { name, .. } => (
+            StatusCode::OK,
+            serde_json::json!({ "status": "ready", "model": name, "devices": device_statuses(&state) }),
+        ),
         ModelStatus::Loading => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "loading" })),
         ModelStatus::Failed(e) => {
             (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "failed", "message": e }))
         }
     };
     (status, Json(body))
+}
+
+/// Each model worker's device and status, for `/readyz` (a device that failed while
+/// others serve is named here and in the log).
+fn device_statuses(state: &AppState) -> Vec<serde_json::Value> {
+    state
+        .worker
+        .device_statuses()
+        .into_iter()
+        .map(|(device, status)| match status {
+            ModelStatus::Ready { .. } => serde_json::json!({ "device": device, "status": "ready" }),
+            ModelStatus::Loading => serde_json::json!({ "device": device, "status": "loading" }),
+            ModelStatus::Failed(message) => {
+                serde_json::json!({ "device": device, "status": "failed", "message": message })
+            }
+        })
+        .collect()
 }
 
 /// A browser's report of what the Content-Security-Policy blocked: counted, and logged
@@ -294,11 +320,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Binds `config.addr` and serves until Ctrl-C / SIGTERM. Shutdown refuses new requests,
 /// lets those in flight finish (up to `drain_timeout`), then closes.
-pub async fn serve(config: ServerConfig, load: EngineLoader) -> anyhow::Result<()> {
+pub async fn serve(config: ServerConfig, loaders: Vec<DeviceLoader>) -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(config.addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.addr))?;
     tracing::info!("Borscht listening on http://{}", listener.local_addr()?);
-    let server = Server::start(&config, load);
+    let server = Server::start_on(&config, loaders);
     let state = server.state.clone();
     let drain = config.drain_timeout;
     let shutdown = async move {

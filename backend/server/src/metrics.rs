@@ -18,6 +18,8 @@ pub struct Metrics {
     pub queue_wait: Histogram,
     /// Finished requests by kind and outcome (ok, cancelled, error).
     pub requests: IntCounterVec,
+    /// Finished requests by the worker (and device) that ran them.
+    pub device_requests: IntCounterVec,
     pub rejected_busy: IntCounter,
     /// API calls refused by the per-client rate, and WebSockets refused by the caps.
     pub rejected_rate: IntCounter,
@@ -53,6 +55,11 @@ impl Metrics {
         .expect("valid metric");
         let requests =
             IntCounterVec::new(Opts::new("requests_total", "Finished requests"), &["kind", "outcome"]).expect("valid");
+        let device_requests = IntCounterVec::new(
+            Opts::new("device_requests_total", "Finished requests by the model worker and device that ran them"),
+            &["worker", "device", "kind"],
+        )
+        .expect("valid");
         let rejected_busy = IntCounter::new("rejected_busy_total", "Requests refused because the queue was full")
             .expect("valid metric");
         let rejected_rate =
@@ -74,6 +81,7 @@ impl Metrics {
             Box::new(latency.clone()),
             Box::new(queue_wait.clone()),
             Box::new(requests.clone()),
+            Box::new(device_requests.clone()),
             Box::new(rejected_busy.clone()),
             Box::new(rejected_rate.clone()),
             Box::new(rejected_connections.clone()),
@@ -91,6 +99,7 @@ impl Metrics {
             latency,
             queue_wait,
             requests,
+            device_requests,
             rejected_busy,
             rejected_rate,
             rejected_connections,

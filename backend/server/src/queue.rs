@@ -26,8 +26,9 @@ pub struct Queue {
     metrics: Metrics,
 }
 
-/// The worker's end. Dropping every [`Queue`] handle closes the queue: the worker takes
-/// what is left, then hears `None`.
+/// The workers' end (one clone per worker). Dropping every [`Queue`] handle closes the
+/// queue: the workers take what is left, then hear `None`.
+#[derive(Clone)]
 pub struct QueueReceiver {
     shared: Arc<Shared>,
 }

@@ -1,4 +1,6 @@
-//! The model worker: one OS thread owns the model and serves the queue.
+//! The model workers: one OS thread per device owns a copy of the model, and all of
+//! them serve the one queue (`borscht serve --device cuda:0,cuda:1`). Each takes its
+//! own batches, so a batch never spans devices.
 //!
 //! Recognise requests waiting together form one batch: their captions are rows of
 //! the same forward passes ([`caption_batch`]), each request keeping its own random
@@ -38,10 +40,15 @@ pub enum ModelStatus {
     Failed(String),
 }
 
-/// The worker's state as the rest of the server sees it.
+/// The workers' state as the rest of the server sees it: ready once one device has
+/// loaded the model (the others join as they load), failed when every device failed.
 #[derive(Clone)]
 pub struct WorkerHandle {
-    status: Arc<RwLock<ModelStatus>>,
+    /// Each device's status, in the order the devices were given.
+    statuses: Arc<Vec<RwLock<ModelStatus>>>,
+    devices: Arc<Vec<String>>,
+    /// Workers that have not failed; the last one to fail answers what waits.
+    alive: Arc<AtomicUsize>,
     /// Jobs queued or running; shutdown waits for it to reach zero.
     in_flight: Arc<AtomicUsize>,
     /// The side of the square pictures the model reads (0 while it loads).
@@ -50,7 +57,32 @@ pub struct WorkerHandle {
 
 impl WorkerHandle {
     pub fn status(&self) -> ModelStatus {
-        self.status.read().expect("status lock").clone()
+        let statuses = self.device_statuses();
+        if let Some((_, ready)) = statuses.iter().find(|(_, s)| matches!(s, ModelStatus::Ready { .. })) {
+            return ready.clone();
+        }
+        if statuses.iter().all(|(_, s)| matches!(s, ModelStatus::Failed(_))) {
+            let several = statuses.len() > 1;
+            let messages: Vec<String> = statuses
+                .into_iter()
+                .map(|(device, status)| match status {
+                    ModelStatus::Failed(message) if several => format!("{device}: {message}"),
+                    ModelStatus::Failed(message) => message,
+                    _ => unreachable!("all failed"),
+                })
+                .collect();
+            return ModelStatus::Failed(messages.join("; "));
+        }
+        ModelStatus::Loading
+    }
+
+    /// Each device with its worker's status, in the order the devices were given.
+    pub fn device_statuses(&self) -> Vec<(String, ModelStatus)> {
+        self.devices
+            .iter()
+            .cloned()
+            .zip(self.statuses.iter().map(|status| status.read().expect("status lock").clone()))
+            .collect()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -78,25 +110,48 @@ impl WorkerHandle {
 /// Builds the engine on the worker thread (loading can take a while) and names it.
 pub type EngineLoader = Box<dyn FnOnce() -> Result<(Engine, String)> + Send>;
 
-/// Starts the worker thread; it ends when every queue sender is gone.
-pub fn spawn_worker(
-    load: EngineLoader,
+/// One device's worker: what it is called in logs and metrics, and how it loads its
+/// copy of the model.
+pub struct DeviceLoader {
+    pub device: String,
+    pub load: EngineLoader,
+}
+
+/// Starts one worker thread per device; each ends when every queue sender is gone.
+pub fn spawn_workers(
+    loaders: Vec<DeviceLoader>,
     receiver: QueueReceiver,
     metrics: Metrics,
     max_batch: usize,
     input_side: Option<u32>,
-) -> (WorkerHandle, std::thread::JoinHandle<()>) {
+) -> (WorkerHandle, Vec<std::thread::JoinHandle<()>>) {
+    assert!(!loaders.is_empty(), "at least one device");
     let handle = WorkerHandle {
-        status: Arc::new(RwLock::new(ModelStatus::Loading)),
+        statuses: Arc::new(loaders.iter().map(|_| RwLock::new(ModelStatus::Loading)).collect()),
+        devices: Arc::new(loaders.iter().map(|l| l.device.clone()).collect()),
+        alive: Arc::new(AtomicUsize::new(loaders.len())),
         in_flight: Arc::new(AtomicUsize::new(0)),
         input_side: Arc::new(AtomicU32::new(input_side.unwrap_or(0))),
     };
-    let worker = Worker { receiver, metrics, max_batch: max_batch.max(1), handle: handle.clone() };
-    let thread = std::thread::Builder::new()
-        .name("model-worker".into())
-        .spawn(move || worker.run(load))
-        .expect("the model worker thread starts");
-    (handle, thread)
+    let threads = loaders
+        .into_iter()
+        .enumerate()
+        .map(|(index, DeviceLoader { device, load })| {
+            let worker = Worker {
+                receiver: receiver.clone(),
+                metrics: metrics.clone(),
+                max_batch: max_batch.max(1),
+                handle: handle.clone(),
+                index,
+                device,
+            };
+            std::thread::Builder::new()
+                .name(format!("model-worker-{index}"))
+                .spawn(move || worker.run(load))
+                .expect("the model worker thread starts")
+        })
+        .collect();
+    (handle, threads)
 }
 
 struct Worker {
@@ -104,25 +159,42 @@ struct Worker {
     metrics: Metrics,
     max_batch: usize,
     handle: WorkerHandle,
+    /// This worker's place among the devices, and its device.
+    index: usize,
+    device: String,
 }
 
 impl Worker {
     fn set_status(&self, status: ModelStatus) {
-        *self.handle.status.write().expect("status lock") = status;
+        *self.handle.statuses[self.index].write().expect("status lock") = status;
+    }
+
+    /// Counts a request this worker ended, under its device.
+    fn count_on_device(&self, kind: &str) {
+        let worker = self.index.to_string();
+        self.metrics.device_requests.with_label_values(&[&worker, &self.device, kind]).inc();
     }
 
     fn run(mut self, load: EngineLoader) {
         let engine = match load() {
             Ok((engine, name)) => {
-                tracing::info!(model = %name, "model loaded");
+                tracing::info!(model = %name, device = %self.device, "model loaded");
                 self.handle.input_side.store(engine.image_size(), Ordering::Relaxed);
                 self.set_status(ModelStatus::Ready { name, dishes: Arc::new(engine.dishes.clone()) });
                 engine
             }
             Err(e) => {
                 let message = format!("{e:#}");
-                tracing::error!("cannot load the model: {message}");
+                tracing::error!(device = %self.device, "cannot load the model: {message}");
                 self.set_status(ModelStatus::Failed(message.clone()));
+                if self.handle.alive.fetch_sub(1, Ordering::SeqCst) > 1 {
+                    // Another device serves (or may yet): leave the queue to it.
+                    return;
+                }
+                let message = match self.handle.status() {
+                    ModelStatus::Failed(every_device) => every_device,
+                    _ => message,
+                };
                 while let Some(job) = self.receiver.blocking_next() {
                     self.finish(&job, Outcome::Error(ErrorCode::Unavailable, format!("no model loaded: {message}")));
                 }
@@ -146,7 +218,7 @@ impl Worker {
             }
             self.run_recognize_batch(&engine, batch);
         }
-        tracing::info!("model worker stopped");
+        tracing::info!(device = %self.device, "model worker stopped");
     }
 
     fn finish(&self, job: &Job, outcome: Outcome) {
@@ -167,6 +239,7 @@ impl Worker {
         }
         // Counted before the answer goes out, so a client that reads it sees the metrics agree.
         self.metrics.requests.with_label_values(&[kind, label]).inc();
+        self.count_on_device(kind);
         self.metrics.latency.with_label_values(&[kind]).observe(job.enqueued.elapsed().as_secs_f64());
         job.send(message);
         self.handle.in_flight.fetch_sub(1, Ordering::SeqCst);

@@ -115,6 +115,8 @@ pub struct ServeArgs {
     /// `random:350M` / `random:tiny` (random weights, for load tests).
     #[arg(long, env = "BORSCHT_MODEL", default_value = DEFAULT_MODEL_DIR)]
     pub model: String,
+    /// Where the model runs: cpu, cuda or cuda:N; several comma-separated (e.g.
+    /// `cuda:0,cuda:1`) run one model worker per device, all fed by the one queue.
     #[arg(long, env = "BORSCHT_DEVICE", default_value = "cpu")]
     pub device: String,
     #[arg(long, env = "BORSCHT_DTYPE", default_value = "f32")]
@@ -222,8 +224,11 @@ impl Cli {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     use borscht_model::device::{parse_device, parse_dtype};
-    let device = parse_device(&args.device)?;
     let dtype = parse_dtype(&args.dtype)?;
+    // One worker per device, each with its own copy of the model; every device is
+    // checked before anything loads.
+    let specs: Vec<String> = args.device.split(',').map(|d| d.trim().to_string()).collect();
+    let devices = specs.iter().map(|spec| parse_device(spec)).collect::<anyhow::Result<Vec<_>>>()?;
     let config = ServerConfig {
         addr: args.addr,
         web_dir: args.web_dir,
@@ -235,11 +240,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         client_ip_header: args.client_ip_header,
         input_side: model_input_side(&args.model),
     };
-    let model = args.model;
-    let load: borscht_server::worker::EngineLoader =
-        Box::new(move || Ok((load_engine(&model, &device, dtype)?, model)));
+    let loaders = specs
+        .into_iter()
+        .zip(devices)
+        .map(|(spec, device)| {
+            let model = args.model.clone();
+            let load: borscht_server::worker::EngineLoader =
+                Box::new(move || Ok((load_engine(&model, &device, dtype)?, model)));
+            borscht_server::worker::DeviceLoader { device: spec, load }
+        })
+        .collect();
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(borscht_server::serve(config, load))
+    runtime.block_on(borscht_server::serve(config, loaders))
 }
 
 fn init_tracing() {

@@ -17,7 +17,8 @@ pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTls
 
 pub struct TestServer {
     pub addr: SocketAddr,
-    gate: Option<mpsc::Sender<()>>,
+    /// One gate per model worker.
+    gates: Vec<mpsc::Sender<()>>,
     pub state: borscht_server::AppState,
 }
 
@@ -71,20 +72,45 @@ impl TestServer {
         model: fn(mpsc::Receiver<()>) -> borscht_server::worker::EngineLoader,
     ) -> TestServer {
         let (gate, wait) = mpsc::channel::<()>();
+        TestServer::start_workers(adjust, vec![("default".into(), model(wait))], vec![gate]).await
+    }
+
+    /// A server with one tiny-model worker per named device (the devices are names only:
+    /// every worker runs on the CPU); each finishes loading when the test opens it.
+    pub async fn start_on_devices(devices: &[&str], adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let (gates, loaders): (Vec<_>, Vec<_>) = devices
+            .iter()
+            .map(|device| {
+                let (gate, wait) = mpsc::channel::<()>();
+                (gate, (device.to_string(), gated_tiny_model(wait)))
+            })
+            .unzip();
+        TestServer::start_workers(adjust, loaders, gates).await
+    }
+
+    /// A server whose workers load what `loaders` load, each once the test opens its gate.
+    pub async fn start_workers(
+        adjust: impl FnOnce(&mut ServerConfig),
+        loaders: Vec<(String, borscht_server::worker::EngineLoader)>,
+        gates: Vec<mpsc::Sender<()>>,
+    ) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = ServerConfig::new(addr, std::env::temp_dir().join("borscht-no-web-app"));
         adjust(&mut config);
-        let server = Server::start(&config, model(wait));
+        let loaders =
+            loaders.into_iter().map(|(device, load)| borscht_server::worker::DeviceLoader { device, load }).collect();
+        let server = Server::start_on(&config, loaders);
         let header_timeout = config.limits.header_timeout();
         tokio::spawn(serve_on(listener, server.router, std::future::pending(), header_timeout));
-        TestServer { addr, gate: Some(gate), state: server.state }
+        TestServer { addr, gates, state: server.state }
     }
 
-    /// Lets the model finish loading; queued requests are served from now on.
+    /// Lets the model finish loading (on every worker); queued requests are served from
+    /// now on.
     pub fn open(&mut self) {
-        if let Some(gate) = self.gate.take() {
-            gate.send(()).unwrap();
+        for gate in self.gates.drain(..) {
+            let _ = gate.send(());
         }
     }
 
