@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::augment::{Augmentation, StyleChanges};
-use crate::data::{read_csv, Sample};
+use crate::data::{read_csv, Dataset, Sample};
 use crate::loss::{loss_against, LossWeights};
 use crate::optim::{clip_grad_norm, AdamW, OneCycle};
 use crate::{progress_bar, write_atomically};
@@ -339,7 +339,15 @@ fn encode_samples(
 }
 
 /// Trains; returns the final state. The output directory holds a loadable model.
+/// Runs the article's fine-tuning (or training from scratch) as `options` say, resuming
+/// from the checkpoint in `options.out` when asked.
 pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
+    check(options)?;
+    Trainer::new(options, device)?.run()
+}
+
+/// Refuses options that cannot make a run, before anything is read.
+fn check(options: &TrainOptions) -> Result<()> {
     if options.batch_size == 0 || options.epochs == 0 {
         bail!("batch size and epochs must be positive");
     }
@@ -355,227 +363,327 @@ pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
     if options.augment_styles && options.augment == 0 {
         bail!("--augment-styles changes the augmented renderings: give --augment N as well");
     }
-    let dataset = read_csv(&options.csv, &options.images)?;
-    eprintln!("data: {}", dataset.summary());
-    let parts = parts(options, device)?;
-    let cfg = parts.cfg.clone();
-    std::fs::create_dir_all(&options.out).with_context(|| format!("cannot create {}", options.out.display()))?;
-    // The dishes the model will know: what its captions name.
-    let english = match &options.dish_names {
-        Some(table) => borscht_pipelines::dishes::english_names(table)?,
-        None => Default::default(),
-    };
-    let dishes = borscht_pipelines::dishes::dishes_of(dataset.samples.iter().map(|s| s.caption.as_str()), &english);
-    borscht_pipelines::dishes::save(&options.out, &dishes)?;
-    let mut encoded = encode_samples(dataset.samples, &parts, &cfg, options, device)?;
-    if encoded.is_empty() {
-        bail!("no readable images among the rows of {}", options.csv.display());
-    }
-
-    // Deterministic split: shuffle once with the seed, the tail is validation.
-    encoded.shuffle(&mut rand::rngs::StdRng::seed_from_u64(options.seed));
-    let val_count =
-        ((encoded.len() as f64 * options.val_fraction).round() as usize).min(encoded.len().saturating_sub(1));
-    // Validation reads the pictures as they are.
-    let (validation, val_codes): (Vec<Sample>, Vec<Vec<u32>>) =
-        encoded.split_off(encoded.len() - val_count).into_iter().map(|(s, mut c)| (s, c.swap_remove(0))).unzip();
-    let (samples, codes): (Vec<Sample>, Vec<Vec<Vec<u32>>>) = encoded.into_iter().unzip();
-    let captions: Vec<Vec<u32>> =
-        samples.iter().map(|s| parts.tokenizer.encode_text(&s.caption, cfg.r_text_seq_length)).collect();
-    let l = cfg.l_text_seq_length;
-    // The dish name as left text, for the rows that get one (captions without a dish get none).
-    let dish_texts: Vec<Option<Vec<u32>>> = samples
-        .iter()
-        .map(|s| {
-            borscht_pipelines::nutrition::parse_caption(&s.caption)
-                .dish
-                .map(|dish| parts.tokenizer.encode_text(&dish, l))
-        })
-        .collect();
     if !(0.0..=1.0).contains(&options.left_text_share) {
         bail!("the left-text share must be between 0 and 1, not {}", options.left_text_share);
     }
+    Ok(())
+}
 
-    // The model as trainable variables.
-    let resume_from = options.out.join(SAFETENSORS_FILE);
-    let resuming = options.resume && resume_from.is_file();
-    let (mut varmap, mut model) = match (&options.init, resuming) {
-        (Some(dir), false) => weights::load_trainable(&weights::local_model(dir)?, device)?,
-        _ => {
-            let varmap = VarMap::new();
-            let model =
-                Rudolph::new(&cfg, borscht_model::init::seeded_var_builder(&varmap, options.seed, DType::F32, device))?;
-            if let ImageEmbeddingInit::Codebook { std } = options.image_embeddings {
-                init_image_embeddings_from_codebook(&varmap, &parts.vqgan, std, options.seed)?;
-            }
-            (varmap, model)
+/// The rows a run trains and validates on, encoded once.
+struct TrainingData {
+    /// Each training row's caption as right-text ids.
+    captions: Vec<Vec<u32>>,
+    /// Each training row's image codes: the picture's, then its augmented renderings'.
+    codes: Vec<Vec<Vec<u32>>>,
+    /// The dish name as left text, for the rows that may get one (captions without a
+    /// dish get none).
+    dish_texts: Vec<Option<Vec<u32>>>,
+    /// Validation rows with the codes of their pictures as they are.
+    validation: Vec<Sample>,
+    val_codes: Vec<Vec<u32>>,
+}
+
+impl TrainingData {
+    /// Writes the model's dish list, encodes every picture and splits off validation
+    /// (the same split for the same seed).
+    fn prepare(dataset: Dataset, options: &TrainOptions, parts: &Parts, device: &Device) -> Result<Self> {
+        let cfg = &parts.cfg;
+        std::fs::create_dir_all(&options.out).with_context(|| format!("cannot create {}", options.out.display()))?;
+        // The dishes the model will know: what its captions name.
+        let english = match &options.dish_names {
+            Some(table) => borscht_pipelines::dishes::english_names(table)?,
+            None => Default::default(),
+        };
+        let dishes = borscht_pipelines::dishes::dishes_of(dataset.samples.iter().map(|s| s.caption.as_str()), &english);
+        borscht_pipelines::dishes::save(&options.out, &dishes)?;
+        let mut encoded = encode_samples(dataset.samples, parts, cfg, options, device)?;
+        if encoded.is_empty() {
+            bail!("no readable images among the rows of {}", options.csv.display());
         }
-    };
-    if resuming {
-        varmap.load(&resume_from).with_context(|| format!("cannot resume from {}", resume_from.display()))?;
-    }
-    model.set_differentiable(true);
-    model.freeze_blocks(options.freeze.attention, options.freeze.mlp);
-    let mut named: Vec<(String, Var)> =
-        varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    let trainable: Vec<(String, Var)> = named.into_iter().filter(|(name, _)| !options.freeze.is_frozen(name)).collect();
-    if trainable.is_empty() {
-        bail!("every weight is frozen: nothing to train");
-    }
-    let mut optimizer = AdamW::new(trainable, options.max_lr, options.weight_decay)?;
-    let mut state = TrainState::default();
-    if resuming {
-        let saved = candle_core::safetensors::load(options.out.join(OPTIMIZER_FILE), device)
-            .context("cannot read the optimiser state to resume")?;
-        optimizer.load_state(&saved)?;
-        state = serde_json::from_str(&std::fs::read_to_string(options.out.join(STATE_FILE))?)?;
+        // Deterministic split: shuffle once with the seed, the tail is validation.
+        encoded.shuffle(&mut rand::rngs::StdRng::seed_from_u64(options.seed));
+        let val_count =
+            ((encoded.len() as f64 * options.val_fraction).round() as usize).min(encoded.len().saturating_sub(1));
+        // Validation reads the pictures as they are.
+        let (validation, val_codes): (Vec<Sample>, Vec<Vec<u32>>) =
+            encoded.split_off(encoded.len() - val_count).into_iter().map(|(s, mut c)| (s, c.swap_remove(0))).unzip();
+        let (samples, codes): (Vec<Sample>, Vec<Vec<Vec<u32>>>) = encoded.into_iter().unzip();
+        let captions = samples.iter().map(|s| parts.tokenizer.encode_text(&s.caption, cfg.r_text_seq_length)).collect();
+        let l = cfg.l_text_seq_length;
+        let dish_texts = samples
+            .iter()
+            .map(|s| parse_caption(&s.caption).dish.map(|dish| parts.tokenizer.encode_text(&dish, l)))
+            .collect();
+        Ok(TrainingData { captions, codes, dish_texts, validation, val_codes })
     }
 
-    let steps_per_epoch = samples.len().div_ceil(options.batch_size);
-    let schedule = OneCycle {
-        total_steps: steps_per_epoch * options.epochs,
-        max_lr: options.max_lr,
-        pct_start: options.pct_start,
-        div_factor: options.div_factor,
-        final_div_factor: options.final_div_factor,
-    };
-    let replacements = if options.code_noise.rate > 0.0 {
-        Some(CodeReplacements::new(parts.vqgan.codebook(), options.code_noise.neighbours)?)
-    } else {
-        None
-    };
-    let mask = causal_mask(&cfg, 1, device)?;
-    let dropout_at = |step: usize| {
-        let mut draw = DropoutDraw::from_config(&cfg, options.seed ^ (0xd409_0000 + step as u64));
-        if let Some(p) = options.dropout {
+    fn rows(&self) -> usize {
+        self.captions.len()
+    }
+}
+
+/// One run: its data, the model as trainable variables, the optimiser, where it is, and
+/// its log. Every random draw of a step is seeded by the step, so a resumed run repeats
+/// the steps it missed exactly.
+struct Trainer<'a> {
+    options: &'a TrainOptions,
+    device: &'a Device,
+    parts: Parts,
+    data: TrainingData,
+    varmap: VarMap,
+    model: Rudolph,
+    optimizer: AdamW,
+    schedule: OneCycle,
+    state: TrainState,
+    logs: Vec<StepLog>,
+    replacements: Option<CodeReplacements>,
+    mask: Tensor,
+    /// The step of the checkpoint on disk, so that a failed save can say what is intact.
+    last_saved: Option<usize>,
+}
+
+impl<'a> Trainer<'a> {
+    /// Prepares the data, builds (or restores) the model and the optimiser.
+    fn new(options: &'a TrainOptions, device: &'a Device) -> Result<Self> {
+        let dataset = read_csv(&options.csv, &options.images)?;
+        eprintln!("data: {}", dataset.summary());
+        let parts = parts(options, device)?;
+        let data = TrainingData::prepare(dataset, options, &parts, device)?;
+        let cfg = parts.cfg.clone();
+        let resume_from = options.out.join(SAFETENSORS_FILE);
+        let resuming = options.resume && resume_from.is_file();
+        let (mut varmap, mut model) = match (&options.init, resuming) {
+            (Some(dir), false) => weights::load_trainable(&weights::local_model(dir)?, device)?,
+            _ => {
+                let varmap = VarMap::new();
+                let model = Rudolph::new(
+                    &cfg,
+                    borscht_model::init::seeded_var_builder(&varmap, options.seed, DType::F32, device),
+                )?;
+                if let ImageEmbeddingInit::Codebook { std } = options.image_embeddings {
+                    init_image_embeddings_from_codebook(&varmap, &parts.vqgan, std, options.seed)?;
+                }
+                (varmap, model)
+            }
+        };
+        if resuming {
+            varmap.load(&resume_from).with_context(|| format!("cannot resume from {}", resume_from.display()))?;
+        }
+        model.set_differentiable(true);
+        model.freeze_blocks(options.freeze.attention, options.freeze.mlp);
+        let mut named: Vec<(String, Var)> =
+            varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let trainable: Vec<(String, Var)> =
+            named.into_iter().filter(|(name, _)| !options.freeze.is_frozen(name)).collect();
+        if trainable.is_empty() {
+            bail!("every weight is frozen: nothing to train");
+        }
+        let mut optimizer = AdamW::new(trainable, options.max_lr, options.weight_decay)?;
+        let mut state = TrainState::default();
+        if resuming {
+            let saved = candle_core::safetensors::load(options.out.join(OPTIMIZER_FILE), device)
+                .context("cannot read the optimiser state to resume")?;
+            optimizer.load_state(&saved)?;
+            state = serde_json::from_str(&std::fs::read_to_string(options.out.join(STATE_FILE))?)?;
+        }
+        let schedule = OneCycle {
+            total_steps: data.rows().div_ceil(options.batch_size) * options.epochs,
+            max_lr: options.max_lr,
+            pct_start: options.pct_start,
+            div_factor: options.div_factor,
+            final_div_factor: options.final_div_factor,
+        };
+        let replacements = if options.code_noise.rate > 0.0 {
+            Some(CodeReplacements::new(parts.vqgan.codebook(), options.code_noise.neighbours)?)
+        } else {
+            None
+        };
+        let mask = causal_mask(&cfg, 1, device)?;
+        let mut logs = read_log(&options.out.join(LOG_FILE)).unwrap_or_default();
+        if !resuming {
+            logs.clear();
+        }
+        let last_saved = resuming.then_some(state.step);
+        Ok(Trainer {
+            options,
+            device,
+            parts,
+            data,
+            varmap,
+            model,
+            optimizer,
+            schedule,
+            state,
+            logs,
+            replacements,
+            mask,
+            last_saved,
+        })
+    }
+
+    /// Epochs of shuffled batches from where the state stands, validating and saving
+    /// after each epoch; Ctrl-C or `max_steps` saves and stops after the current step.
+    fn run(mut self) -> Result<TrainOutcome> {
+        let options = self.options;
+        let bar = progress_bar(self.schedule.total_steps as u64, "train");
+        if !options.show_progress {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        bar.set_position(self.state.step as u64);
+        let mut interrupted = false;
+        'epochs: while self.state.epoch < options.epochs {
+            let mut order: Vec<usize> = (0..self.data.rows()).collect();
+            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
+                options.seed.wrapping_add(1 + self.state.epoch as u64),
+            ));
+            let batches: Vec<&[usize]> = order.chunks(options.batch_size).collect();
+            while self.state.batch_in_epoch < batches.len() {
+                let log = self.step(batches[self.state.batch_in_epoch])?;
+                bar.inc(1);
+                bar.set_message(format!("epoch {} loss {:.4} lr {:.2e}", self.state.epoch + 1, log.loss, log.lr));
+                if options.save_every > 0 && self.state.step.is_multiple_of(options.save_every) {
+                    self.save()?;
+                }
+                if options.stop.load(Ordering::SeqCst) || options.max_steps.is_some_and(|m| self.state.step >= m) {
+                    interrupted = true;
+                    self.save()?;
+                    break 'epochs;
+                }
+            }
+            self.state.epoch += 1;
+            self.state.batch_in_epoch = 0;
+            self.validate_if_due(&bar)?;
+            self.save()?;
+        }
+        bar.finish_and_clear();
+        Ok(TrainOutcome { state: self.state, interrupted, logs: self.logs })
+    }
+
+    /// The batch's rows as ids `[b, S]`, and the inputs the model reads when code noise
+    /// corrupts them (the ids stay the targets).
+    fn batch_ids(&self, batch: &[usize]) -> Result<(Tensor, Option<Tensor>)> {
+        let (options, cfg, data) = (self.options, &self.parts.cfg, &self.data);
+        let l = cfg.l_text_seq_length;
+        // Seeded by step, so a resumed run draws the same left texts.
+        let mut left_rng = rand::rngs::StdRng::seed_from_u64(options.seed ^ (0x1e57 + self.state.step as u64));
+        let rows: Vec<u32> = batch
+            .iter()
+            .flat_map(|&k| {
+                let left = match &data.dish_texts[k] {
+                    Some(text) if left_rng.random_bool(options.left_text_share) => text.clone(),
+                    _ => vec![0u32; l],
+                };
+                let variant = if data.codes[k].len() > 1 { left_rng.random_range(0..data.codes[k].len()) } else { 0 };
+                [left, data.codes[k][variant].clone(), data.captions[k].clone()].concat()
+            })
+            .collect();
+        let seq = cfg.total_seq_length();
+        let inputs = match &self.replacements {
+            // Seeded by step too, so a resumed run corrupts the same codes.
+            Some(replacements) => {
+                let mut noise_rng =
+                    rand::rngs::StdRng::seed_from_u64(options.seed ^ (0xc0de_0000 + self.state.step as u64));
+                let mut corrupted = rows.clone();
+                for row in corrupted.chunks_mut(seq) {
+                    replacements.corrupt(
+                        &mut row[l..l + cfg.image_seq_length()],
+                        options.code_noise.rate,
+                        &mut noise_rng,
+                    );
+                }
+                Some(Tensor::from_vec(corrupted, (batch.len(), seq), self.device)?)
+            }
+            None => None,
+        };
+        Ok((Tensor::from_vec(rows, (batch.len(), seq), self.device)?, inputs))
+    }
+
+    /// This step's dropout, seeded by the step like the left texts: a resumed run drops
+    /// the same units.
+    fn dropout(&self) -> Option<DropoutDraw> {
+        let mut draw =
+            DropoutDraw::from_config(&self.parts.cfg, self.options.seed ^ (0xd409_0000 + self.state.step as u64));
+        if let Some(p) = self.options.dropout {
             (draw.embedding, draw.attention, draw.output) = (p, p, p);
         }
-        draw
-    };
-    let mut logs = read_log(&options.out.join(LOG_FILE)).unwrap_or_default();
-    if !resuming {
-        logs.clear();
+        Some(draw).filter(|d| d.embedding + d.attention + d.output > 0.0)
     }
-    let bar = progress_bar(schedule.total_steps as u64, "train");
-    if !options.show_progress {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+
+    /// One optimiser step on `batch`: the loss, its gradients clipped, AdamW at the
+    /// schedule's rate; logged.
+    fn step(&mut self, batch: &[usize]) -> Result<StepLog> {
+        let options = self.options;
+        let (ids, inputs) = self.batch_ids(batch)?;
+        self.model.set_dropout(self.dropout());
+        let losses =
+            loss_against(&self.model, inputs.as_ref().unwrap_or(&ids), &ids, &self.mask, options.loss_weights)?;
+        let loss_value: f32 = losses.loss.to_scalar()?;
+        if !loss_value.is_finite() {
+            bail!("the loss became {loss_value} at step {}; lower the learning rate", self.state.step);
+        }
+        let mut grads = losses.loss.backward()?;
+        let vars: Vec<&Var> = self.optimizer.params().iter().map(|(_, v)| v).collect();
+        clip_grad_norm(&mut grads, &vars, options.clip)?;
+        let (lr, beta1) = self.schedule.at(self.state.step.min(self.schedule.total_steps - 1));
+        self.optimizer.lr = lr;
+        self.optimizer.beta1 = beta1;
+        self.optimizer.step(&grads)?;
+        let log = StepLog {
+            step: self.state.step + 1,
+            epoch: self.state.epoch + 1,
+            lr,
+            loss: loss_value,
+            l_text_loss: losses.l_text,
+            image_loss: losses.image,
+            r_text_loss: losses.r_text,
+        };
+        self.logs.push(log.clone());
+        self.state.step += 1;
+        self.state.batch_in_epoch += 1;
+        Ok(log)
     }
-    bar.set_position(state.step as u64);
-    // The step of the checkpoint on disk, so that a failed save can say what is intact.
-    let last_saved = std::cell::Cell::new(resuming.then_some(state.step));
-    let save = |state: &TrainState, optimizer: &AdamW, varmap: &VarMap, logs: &[StepLog]| -> Result<()> {
-        save_checkpoint(options, &parts, &cfg, state, optimizer, varmap, logs).with_context(|| {
-            let out = options.out.display();
-            match last_saved.get() {
-                Some(step) => format!(
-                    "could not save the checkpoint of step {}; the one of step {step} in {out} is intact \
-                     (continue from it with --resume once the disk is fixed)",
-                    state.step
-                ),
-                None => format!("could not save the checkpoint of step {}; nothing was saved in {out} yet", state.step),
-            }
-        })?;
-        last_saved.set(Some(state.step));
+
+    /// Greedy-captions the validation rows after the epoch just ended, when it is due
+    /// (every `validate_every`-th epoch, and always the last).
+    fn validate_if_due(&mut self, bar: &indicatif::ProgressBar) -> Result<()> {
+        let (options, epoch) = (self.options, self.state.epoch);
+        let due = epoch == options.epochs || (options.validate_every > 0 && epoch % options.validate_every == 0);
+        if self.data.validation.is_empty() || !due {
+            return Ok(());
+        }
+        let report = validate(&self.model, &self.parts, &self.data.validation, &self.data.val_codes, epoch)?;
+        let line = format!(
+            "epoch {}: dish accuracy {:.1}%, kcal MAE {}, Atwater violations {}/{}",
+            report.epoch,
+            report.dish_accuracy * 100.0,
+            report.kcal_mae.map_or("n/a".into(), |m| format!("{m:.1}")),
+            report.atwater_violations,
+            report.samples
+        );
+        // Printed even when the bar is hidden (stderr not a terminal).
+        bar.suspend(|| eprintln!("{line}"));
+        self.state.validations.push(report);
         Ok(())
-    };
-    let mut interrupted = false;
-    'epochs: while state.epoch < options.epochs {
-        let mut order: Vec<usize> = (0..samples.len()).collect();
-        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(options.seed.wrapping_add(1 + state.epoch as u64)));
-        let batches: Vec<&[usize]> = order.chunks(options.batch_size).collect();
-        while state.batch_in_epoch < batches.len() {
-            let batch = batches[state.batch_in_epoch];
-            // Seeded by step, so a resumed run draws the same left texts.
-            let mut left_rng = rand::rngs::StdRng::seed_from_u64(options.seed ^ (0x1e57 + state.step as u64));
-            let rows: Vec<u32> = batch
-                .iter()
-                .flat_map(|&k| {
-                    let left = match &dish_texts[k] {
-                        Some(text) if left_rng.random_bool(options.left_text_share) => text.clone(),
-                        _ => vec![0u32; l],
-                    };
-                    let variant = if codes[k].len() > 1 { left_rng.random_range(0..codes[k].len()) } else { 0 };
-                    [left, codes[k][variant].clone(), captions[k].clone()].concat()
-                })
-                .collect();
-            let seq = cfg.total_seq_length();
-            let inputs = match &replacements {
-                // Seeded by step too, so a resumed run corrupts the same codes.
-                Some(replacements) => {
-                    let mut noise_rng =
-                        rand::rngs::StdRng::seed_from_u64(options.seed ^ (0xc0de_0000 + state.step as u64));
-                    let mut corrupted = rows.clone();
-                    for row in corrupted.chunks_mut(seq) {
-                        replacements.corrupt(
-                            &mut row[l..l + cfg.image_seq_length()],
-                            options.code_noise.rate,
-                            &mut noise_rng,
-                        );
-                    }
-                    Some(Tensor::from_vec(corrupted, (batch.len(), seq), device)?)
-                }
-                None => None,
-            };
-            let ids = Tensor::from_vec(rows, (batch.len(), seq), device)?;
-            // Seeded by step like the left texts: a resumed run drops the same units.
-            model.set_dropout(Some(dropout_at(state.step)).filter(|d| d.embedding + d.attention + d.output > 0.0));
-            let losses = loss_against(&model, inputs.as_ref().unwrap_or(&ids), &ids, &mask, options.loss_weights)?;
-            let loss_value: f32 = losses.loss.to_scalar()?;
-            if !loss_value.is_finite() {
-                bail!("the loss became {loss_value} at step {}; lower the learning rate", state.step);
-            }
-            let mut grads = losses.loss.backward()?;
-            let vars: Vec<&Var> = optimizer.params().iter().map(|(_, v)| v).collect();
-            clip_grad_norm(&mut grads, &vars, options.clip)?;
-            let (lr, beta1) = schedule.at(state.step.min(schedule.total_steps - 1));
-            optimizer.lr = lr;
-            optimizer.beta1 = beta1;
-            optimizer.step(&grads)?;
-            logs.push(StepLog {
-                step: state.step + 1,
-                epoch: state.epoch + 1,
-                lr,
-                loss: loss_value,
-                l_text_loss: losses.l_text,
-                image_loss: losses.image,
-                r_text_loss: losses.r_text,
-            });
-            state.step += 1;
-            state.batch_in_epoch += 1;
-            bar.inc(1);
-            bar.set_message(format!("epoch {} loss {loss_value:.4} lr {lr:.2e}", state.epoch + 1));
-            if options.save_every > 0 && state.step % options.save_every == 0 {
-                save(&state, &optimizer, &varmap, &logs)?;
-            }
-            if options.stop.load(Ordering::SeqCst) || options.max_steps.is_some_and(|m| state.step >= m) {
-                interrupted = true;
-                save(&state, &optimizer, &varmap, &logs)?;
-                break 'epochs;
-            }
-        }
-        state.epoch += 1;
-        state.batch_in_epoch = 0;
-        let due =
-            state.epoch == options.epochs || (options.validate_every > 0 && state.epoch % options.validate_every == 0);
-        if !validation.is_empty() && due {
-            let report = validate(&model, &parts, &validation, &val_codes, state.epoch)?;
-            let line = format!(
-                "epoch {}: dish accuracy {:.1}%, kcal MAE {}, Atwater violations {}/{}",
-                report.epoch,
-                report.dish_accuracy * 100.0,
-                report.kcal_mae.map_or("n/a".into(), |m| format!("{m:.1}")),
-                report.atwater_violations,
-                report.samples
-            );
-            // Printed even when the bar is hidden (stderr not a terminal).
-            bar.suspend(|| eprintln!("{line}"));
-            state.validations.push(report);
-        }
-        save(&state, &optimizer, &varmap, &logs)?;
     }
-    bar.finish_and_clear();
-    Ok(TrainOutcome { state, interrupted, logs })
+
+    /// Writes the checkpoint; when that fails, says which earlier one is intact.
+    fn save(&mut self) -> Result<()> {
+        let (options, step) = (self.options, self.state.step);
+        save_checkpoint(options, &self.parts, &self.parts.cfg, &self.state, &self.optimizer, &self.varmap, &self.logs)
+            .with_context(|| {
+                let out = options.out.display();
+                match self.last_saved {
+                    Some(saved) => format!(
+                        "could not save the checkpoint of step {step}; the one of step {saved} in {out} is intact \
+                         (continue from it with --resume once the disk is fixed)"
+                    ),
+                    None => format!("could not save the checkpoint of step {step}; nothing was saved in {out} yet"),
+                }
+            })?;
+        self.last_saved = Some(step);
+        Ok(())
+    }
 }
 
 /// What `CodeNoise` may put in place of each image code.
