@@ -14,6 +14,7 @@ use crate::fused::{self, AttentionMask, NormWeights};
 use crate::masks::{layer_mask_kind, layer_masks};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Init, VarBuilder};
+use std::sync::Arc;
 
 /// Embedding gradients are scaled by this (CogView's `x * a + x.detach() * (1 - a)`).
 const EMBEDDING_GRAD_SCALE: f64 = 0.1;
@@ -316,70 +317,52 @@ impl SelfAttention {
         let scores = if self.pb_relax { (q / scale)?.matmul(&k_t)? } else { (q.matmul(&k_t)? / scale)? };
         let probs = fused::masked_softmax(&scores, mask, true)?;
         let probs = match dropout {
-            Some(d) => d.draw.apply(&probs, d.draw.attention, d.site(0))?,
+            Some(d) => d.dropout.apply(&probs, DropoutSite::AttentionProbs { layer: d.layer })?,
             None => probs,
         };
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h))?;
         let output = self.dense.forward(&context)?;
         match dropout {
-            Some(d) => d.draw.apply(&output, d.draw.output, d.site(1)),
+            Some(d) => d.dropout.apply(&output, DropoutSite::AttentionOutput { layer: d.layer }),
             None => Ok(output),
         }
     }
 }
 
-/// One training step's dropout, as the reference trains (embeddings, attention
-/// probabilities, attention and MLP outputs). Every mask is drawn from `seed` and its
-/// place in the network, so a resumed run draws exactly the masks it would have.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DropoutDraw {
-    pub seed: u64,
-    pub embedding: f64,
-    pub attention: f64,
-    pub output: f64,
+/// Where a training forward applies dropout, as the reference trains: the embeddings,
+/// and in each layer the attention probabilities, the attention output and the MLP
+/// output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropoutSite {
+    Embeddings,
+    AttentionProbs { layer: usize },
+    AttentionOutput { layer: usize },
+    MlpOutput { layer: usize },
 }
 
-impl DropoutDraw {
-    /// The config's probabilities with this step's seed.
-    pub fn from_config(cfg: &RudolphConfig, seed: u64) -> Self {
-        DropoutDraw {
-            seed,
-            embedding: cfg.embedding_dropout_prob,
-            attention: cfg.attention_dropout_prob,
-            output: cfg.output_dropout_prob,
+impl DropoutSite {
+    /// The site's place in the network, counted from the embeddings: 0, then three per layer.
+    pub fn index(self) -> u64 {
+        match self {
+            DropoutSite::Embeddings => 0,
+            DropoutSite::AttentionProbs { layer } => 1 + 3 * layer as u64,
+            DropoutSite::AttentionOutput { layer } => 2 + 3 * layer as u64,
+            DropoutSite::MlpOutput { layer } => 3 + 3 * layer as u64,
         }
-    }
-
-    /// Zeroes each element of `x` with probability `p` and scales the rest by 1/(1-p).
-    fn apply(&self, x: &Tensor, p: f64, site: u64) -> Result<Tensor> {
-        if p <= 0.0 {
-            return Ok(x.clone());
-        }
-        if p >= 1.0 {
-            return x.zeros_like();
-        }
-        use rand::{RngCore, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ (site + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let threshold = (p * 4_294_967_296.0) as u64;
-        let keep = (1.0 / (1.0 - p)) as f32;
-        let mask: Vec<f32> =
-            (0..x.elem_count()).map(|_| if (rng.next_u32() as u64) < threshold { 0.0 } else { keep }).collect();
-        let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?.to_device(x.device())?.to_dtype(x.dtype())?;
-        x * mask
     }
 }
 
-/// A step's dropout inside one layer (three mask sites per layer after the embeddings').
+/// A training step's dropout: the model says where it applies, the training crate draws
+/// the masks (inference never has one).
+pub trait Dropout: std::fmt::Debug + Send + Sync {
+    fn apply(&self, x: &Tensor, site: DropoutSite) -> Result<Tensor>;
+}
+
+/// A layer's view of the step's dropout.
 #[derive(Debug, Clone, Copy)]
-struct LayerDropout {
-    draw: DropoutDraw,
+struct LayerDropout<'a> {
+    dropout: &'a dyn Dropout,
     layer: usize,
-}
-
-impl LayerDropout {
-    fn site(&self, k: u64) -> u64 {
-        1 + 3 * self.layer as u64 + k
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -478,7 +461,7 @@ impl TransformerLayer {
         let mlp_input = self.post_attention_layernorm.forward(&residual, true)?;
         let mut mlp = self.mlp.forward(&mlp_input, true)?.broadcast_add(&self.mlp.dense_4h_to_h.bias())?;
         if let Some(d) = dropout {
-            mlp = d.draw.apply(&mlp, d.draw.output, d.site(2))?;
+            mlp = d.dropout.apply(&mlp, DropoutSite::MlpOutput { layer: d.layer })?;
         }
         if let Some(ln) = &self.before_second_addition_layernorm {
             mlp = ln.forward(&mlp, true)?;
@@ -526,7 +509,7 @@ pub struct Rudolph {
     pad_ids: Tensor,
     differentiable: bool,
     /// Training only: this step's dropout (None: no dropout, as at inference).
-    dropout: Option<DropoutDraw>,
+    dropout: Option<Arc<dyn Dropout>>,
     device: Device,
 }
 
@@ -615,7 +598,7 @@ impl Rudolph {
 
     /// Dropout for the next forward passes (training sets a fresh draw every step);
     /// None turns it off.
-    pub fn set_dropout(&mut self, dropout: Option<DropoutDraw>) {
+    pub fn set_dropout(&mut self, dropout: Option<Arc<dyn Dropout>>) {
         self.dropout = dropout;
     }
 
@@ -814,7 +797,7 @@ impl Rudolph {
         let (batch, n) = input_ids.dims2()?;
         let mut hidden = self.embed(input_ids, 0)?;
         if let Some(d) = &self.dropout {
-            hidden = d.apply(&hidden, d.embedding, 0)?;
+            hidden = d.apply(&hidden, DropoutSite::Embeddings)?;
         }
         let mut kind_masks: [Option<AttentionMask>; 4] = Default::default();
         for (i, layer) in self.layers.iter().enumerate() {
@@ -826,7 +809,7 @@ impl Rudolph {
                     slot.insert(AttentionMask::new(&keep, batch, self.cfg.num_attention_heads)?)
                 }
             };
-            let dropout = self.dropout.map(|draw| LayerDropout { draw, layer: i });
+            let dropout = self.dropout.as_deref().map(|dropout| LayerDropout { dropout, layer: i });
             hidden = layer.forward_train(&hidden, mask, dropout)?;
         }
         self.final_layernorm.forward(&hidden, true)
@@ -866,69 +849,5 @@ impl Rudolph {
         }
         let hidden = self.forward_masked(ids, masks, Some(cache))?;
         self.head_logits(&hidden, head)?.squeeze(1)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Two layers of hidden 32 over 4 + 16 + 4 tokens.
-    fn small_config() -> RudolphConfig {
-        RudolphConfig {
-            num_layers: 2,
-            hidden_size: 32,
-            num_attention_heads: 2,
-            l_text_seq_length: 4,
-            image_tokens_per_dim: 4,
-            r_text_seq_length: 4,
-            vocab_size: 40,
-            image_vocab_size: 16,
-            ..RudolphConfig::rudolph_350m()
-        }
-    }
-
-    fn draw(seed: u64, p: f64) -> DropoutDraw {
-        DropoutDraw { seed, embedding: p, attention: p, output: p }
-    }
-
-    #[test]
-    fn dropout_zeroes_about_p_and_rescales_the_rest() {
-        let x = Tensor::ones((64, 1024), DType::F32, &Device::Cpu).unwrap();
-        let values = draw(1, 0.3).apply(&x, 0.3, 5).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let dropped = values.iter().filter(|v| **v == 0.0).count() as f64 / values.len() as f64;
-        assert!((0.28..0.32).contains(&dropped), "dropped {dropped}");
-        assert!(values.iter().all(|v| *v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6));
-        assert_eq!(draw(1, 0.3).apply(&x, 0.0, 5).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 65536.0);
-    }
-
-    #[test]
-    fn dropout_masks_follow_the_seed_and_leave_inference_alone() {
-        let cfg = small_config();
-        let vb = VarBuilder::from_varmap(&candle_nn::VarMap::new(), DType::F32, &Device::Cpu);
-        let mut model = Rudolph::new(&cfg, vb).unwrap();
-        let n = cfg.total_seq_length();
-        let ids: Vec<u32> = (0..n as u32).map(|i| i % 16).collect();
-        let ids = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap();
-        let mask = Tensor::tril2(n, DType::F32, &Device::Cpu).unwrap().reshape((1, 1, n, n)).unwrap();
-        let run = |model: &Rudolph| {
-            model.forward(&ids, &mask, None).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
-        };
-        let inference = run(&model);
-        model.set_dropout(Some(draw(9, 0.2)));
-        assert_eq!(run(&model), inference, "inference never drops");
-        // Dropout is a training matter.
-        model.set_differentiable(true);
-        model.set_dropout(None);
-        let plain = run(&model);
-        model.set_dropout(Some(draw(9, 0.2)));
-        let (a, again) = (run(&model), run(&model));
-        model.set_dropout(Some(draw(10, 0.2)));
-        let other = run(&model);
-        model.set_dropout(None);
-        assert_eq!(a, again, "the same seed draws the same masks");
-        assert_ne!(a, plain, "dropout changes the output");
-        assert_ne!(a, other, "another seed draws other masks");
-        assert_eq!(run(&model), plain, "no dropout once it is switched off");
     }
 }

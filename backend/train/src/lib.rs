@@ -5,6 +5,7 @@
 pub mod augment;
 pub mod data;
 pub mod demo_data;
+pub mod dropout;
 pub mod evaluate;
 pub mod loss;
 pub mod non_food;
@@ -46,4 +47,20 @@ pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
     );
     bar.set_prefix(what.to_string());
     bar
+}
+
+/// A two-layer model for unit tests: hidden 32 over 4 + 16 + 4 tokens.
+#[cfg(test)]
+pub(crate) fn small_test_config() -> borscht_model::config::RudolphConfig {
+    borscht_model::config::RudolphConfig {
+        num_layers: 2,
+        hidden_size: 32,
+        num_attention_heads: 2,
+        l_text_seq_length: 4,
+        image_tokens_per_dim: 4,
+        r_text_seq_length: 4,
+        vocab_size: 40,
+        image_vocab_size: 16,
+        ..borscht_model::config::RudolphConfig::rudolph_350m()
+    }
 }

@@ -120,27 +120,11 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, ignore: Option<u32>) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use borscht_model::config::RudolphConfig;
     use candle_core::Device;
-
-    /// Two layers of hidden 32 over 4 + 16 + 4 tokens.
-    fn small_config() -> RudolphConfig {
-        RudolphConfig {
-            num_layers: 2,
-            hidden_size: 32,
-            num_attention_heads: 2,
-            l_text_seq_length: 4,
-            image_tokens_per_dim: 4,
-            r_text_seq_length: 4,
-            vocab_size: 40,
-            image_vocab_size: 16,
-            ..RudolphConfig::rudolph_350m()
-        }
-    }
 
     #[test]
     fn loss_against_reads_the_inputs_and_scores_the_targets() {
-        let cfg = small_config();
+        let cfg = crate::small_test_config();
         let dev = &Device::Cpu;
         let varmap = candle_nn::VarMap::new();
         let model = Rudolph::new(&cfg, borscht_model::init::seeded_var_builder(&varmap, 1, DType::F32, dev)).unwrap();

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use crate::augment::{Augmentation, StyleChanges};
 use crate::data::{read_csv, Dataset, Sample};
+use crate::dropout::DropoutDraw;
 use crate::loss::{loss_against, LossWeights};
 use crate::optim::{clip_grad_norm, AdamW, OneCycle};
 use crate::{progress_bar, write_atomically};
@@ -28,7 +29,7 @@ use borscht_model::checkpoint::{write_all_atomically, FileWriter};
 use borscht_model::config::RudolphConfig;
 use borscht_model::masks::causal_mask;
 use borscht_model::tokenizer::TextTokenizer;
-use borscht_model::transformer::{DropoutDraw, Rudolph};
+use borscht_model::transformer::{Dropout, Rudolph};
 use borscht_model::vqgan::{load_vqgan, Vqgan};
 use borscht_model::weights::{self, CONFIG_FILE, SAFETENSORS_FILE};
 use borscht_pipelines::engine::{BPE_FILE, VQGAN_DIR};
@@ -601,13 +602,13 @@ impl<'a> Trainer<'a> {
 
     /// This step's dropout, seeded by the step like the left texts: a resumed run drops
     /// the same units.
-    fn dropout(&self) -> Option<DropoutDraw> {
+    fn dropout(&self) -> Option<Arc<dyn Dropout>> {
         let mut draw =
             DropoutDraw::from_config(&self.parts.cfg, self.options.seed ^ (0xd409_0000 + self.state.step as u64));
         if let Some(p) = self.options.dropout {
             (draw.embedding, draw.attention, draw.output) = (p, p, p);
         }
-        Some(draw).filter(|d| d.embedding + d.attention + d.output > 0.0)
+        (draw.embedding + draw.attention + draw.output > 0.0).then(|| Arc::new(draw) as Arc<dyn Dropout>)
     }
 
     /// One optimiser step on `batch`: the loss, its gradients clipped, AdamW at the
