@@ -31,7 +31,6 @@ impl TrainingStep {
         use borscht_train::rudolph::Freeze;
         let varmap = VarMap::new();
         let mut model = Rudolph::new(cfg, VarBuilder::from_varmap(&varmap, dtype, device))?;
-        model.set_differentiable(true);
         model.freeze_blocks(Freeze::ARTICLE.attention, Freeze::ARTICLE.mlp);
         let mut named: Vec<(String, candle_core::Var)> =
             varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();

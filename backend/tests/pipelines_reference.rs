@@ -2,7 +2,7 @@
 
 use borscht_pipelines::generation::{
     caption, caption_batch, generate_codes, generate_image, generate_texts, Cancelled, CaptionJob, CaptionOptions,
-    GenerationEvent, ImageOptions,
+    GenerationEvent, ImageOptions, TextOptions,
 };
 use borscht_pipelines::imaging::{decode_image, ImageLimits};
 use borscht_pipelines::perplexity::ce_to_ppl;
@@ -307,12 +307,34 @@ fn text_to_image_keeps_the_drawings_that_best_fit_the_text() {
 #[test]
 fn text_continuations_are_ranked_by_perplexity() {
     let engine = engine();
-    let ranked =
-        generate_texts(&engine, "блюдо:", 6, &SamplingParams { top_k: 8, top_p: 0.9, temperature: 1.0 }, 3, |_| {})
-            .unwrap();
+    let options = TextOptions {
+        count: 6,
+        sampling: SamplingParams { top_k: 8, top_p: 0.9, temperature: 1.0 },
+        seed: 3,
+        stop: None,
+    };
+    let ranked = generate_texts(&engine, "блюдо:", &options, |_| {}).unwrap();
     assert!(!ranked.is_empty());
     assert!(ranked.windows(2).all(|w| w[0].ppl <= w[1].ppl));
     let mut texts: Vec<_> = ranked.iter().map(|r| r.text.clone()).collect();
     texts.dedup();
     assert_eq!(texts.len(), ranked.len(), "distinct texts");
+}
+
+#[test]
+fn text_continuation_stops_when_its_flag_is_raised() {
+    let engine = engine();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let options = TextOptions { count: 4, stop: Some(stop.clone()), ..Default::default() };
+    let mut steps = 0;
+    let result = generate_texts(&engine, "блюдо:", &options, |event| {
+        if let GenerationEvent::Progress { step, .. } = event {
+            steps = step;
+            if step == 2 {
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+    });
+    assert!(result.unwrap_err().is::<Cancelled>());
+    assert_eq!(steps, 2, "no step after the flag was raised");
 }

@@ -4,10 +4,12 @@
 //! struct mirrors a module of the reference, and `vb.pp(...)` follows its
 //! state-dict keys, so official checkpoints load as they are.
 //!
-//! Two modes share the code: inference uses candle's fused LayerNorm and
-//! softmax; training ([`Rudolph::set_differentiable`]) needs ops with a backward
-//! pass: our fused kernels ([`crate::fused`]) on the CPU in f32, candle's
-//! composite ops elsewhere. The masked softmax and GELU kernels serve both modes.
+//! Inference first: [`Rudolph::forward`], the decoding steps and the heads run the
+//! inference kernels. Training asks for itself with one flag, as candle-nn's `ModuleT`
+//! does ([`Rudolph::forward_t`] with `train`): ops with a backward pass (our fused
+//! kernels, [`crate::fused`], on the CPU in f32; candle's composite ops elsewhere), the
+//! step's dropout, and CogView's scaled embedding gradients, none of which an inference
+//! forward ever runs.
 
 use crate::config::RudolphConfig;
 use crate::fused::{self, AttentionMask, NormWeights};
@@ -507,7 +509,6 @@ pub struct Rudolph {
     /// static decoding steps, whose position lives on the device).
     position_table: Tensor,
     pad_ids: Tensor,
-    differentiable: bool,
     /// Training only: this step's dropout (None: no dropout, as at inference).
     dropout: Option<Arc<dyn Dropout>>,
     device: Device,
@@ -560,7 +561,6 @@ impl Rudolph {
             layer_masks: [mask(0)?, mask(1)?, mask(2)?, mask(3)?],
             position_table,
             pad_ids: Tensor::arange(pad_base, pad_base + l as u32, &device)?,
-            differentiable: false,
             dropout: None,
             cfg: cfg.clone(),
             device,
@@ -589,11 +589,6 @@ impl Rudolph {
             layer.mlp.dense_h_to_4h.frozen = mlp;
             layer.mlp.dense_4h_to_h.frozen = mlp;
         }
-    }
-
-    /// Training mode: ops with gradients instead of the inference-only kernels.
-    pub fn set_differentiable(&mut self, on: bool) {
-        self.differentiable = on;
     }
 
     /// Dropout for the next forward passes (training sets a fresh draw every step);
@@ -642,7 +637,7 @@ impl Rudolph {
     }
 
     /// Embeds the ids of absolute positions `start..start + n` (they may span segments).
-    fn embed(&self, ids: &Tensor, start: usize) -> Result<Tensor> {
+    fn embed(&self, ids: &Tensor, start: usize, train: bool) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (l, i_len) = (cfg.l_text_seq_length, cfg.image_seq_length());
         let (_, n) = ids.dims2()?;
@@ -677,7 +672,7 @@ impl Rudolph {
             parts.push(self.text_embeddings.forward(&seg)?.broadcast_add(&pos)?);
         }
         let embeddings = if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 1)? };
-        if !self.differentiable {
+        if !train {
             return Ok(embeddings);
         }
         // Same values; gradients to the embeddings are scaled by 0.1 (CogView).
@@ -730,9 +725,6 @@ impl Rudolph {
             candle_core::bail!("sequence of {total} positions exceeds the {limit} this forward can hold");
         }
         let input_ids = input_ids.to_dtype(DType::U32)?;
-        if self.differentiable {
-            return self.forward_train(&input_ids, masks);
-        }
         let static_step = cache.as_ref().and_then(|c| c.step_position.clone());
         let (hidden, position, visible) = match &static_step {
             Some(position) => {
@@ -742,7 +734,7 @@ impl Rudolph {
                 let capacity = cache.as_ref().map_or(total, |c| c.capacity);
                 (self.embed_step(&input_ids, position, past)?, position.clone(), capacity)
             }
-            None => (self.embed(&input_ids, past)?, Tensor::new(&[past as u32], &self.device)?, total),
+            None => (self.embed(&input_ids, past, false)?, Tensor::new(&[past as u32], &self.device)?, total),
         };
         // Without a cache, this forward's keys and values go into a buffer of its own.
         let mut own = None;
@@ -795,7 +787,7 @@ impl Rudolph {
     /// The differentiable forward of training (no cache), with this step's dropout.
     fn forward_train(&self, input_ids: &Tensor, masks: &LayerMasks) -> Result<Tensor> {
         let (batch, n) = input_ids.dims2()?;
-        let mut hidden = self.embed(input_ids, 0)?;
+        let mut hidden = self.embed(input_ids, 0, true)?;
         if let Some(d) = &self.dropout {
             hidden = d.apply(&hidden, DropoutSite::Embeddings)?;
         }
@@ -821,10 +813,28 @@ impl Rudolph {
         self.logits(&hidden)
     }
 
+    /// Logits `[b, S, text_vocab + image_vocab]` of whole sequences; with `train`, the
+    /// differentiable forward of training with the step's dropout ([`Rudolph::set_dropout`]).
+    pub fn forward_t(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor> {
+        if !train {
+            return self.forward(input_ids, attention_mask, None);
+        }
+        let n = input_ids.dim(1)?;
+        if n > self.cfg.total_seq_length() {
+            candle_core::bail!("sequence of {n} positions exceeds the {} the model holds", self.cfg.total_seq_length());
+        }
+        let hidden = self.forward_train(&input_ids.to_dtype(DType::U32)?, &self.layer_masks(attention_mask)?)?;
+        self.logits_t(&hidden, true)
+    }
+
     /// `to_logits`: another LayerNorm, then the projection onto both vocabularies.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let normed = self.logits_layernorm.forward(hidden, self.differentiable)?;
-        if let Some(linear) = self.logits_linear.as_ref().filter(|_| self.differentiable) {
+        self.logits_t(hidden, false)
+    }
+
+    fn logits_t(&self, hidden: &Tensor, train: bool) -> Result<Tensor> {
+        let normed = self.logits_layernorm.forward(hidden, train)?;
+        if let Some(linear) = self.logits_linear.as_ref().filter(|_| train) {
             return linear.forward(&normed);
         }
         Tensor::cat(&[self.text_head.forward(&normed)?, self.image_head.forward(&normed)?], normed.rank() - 1)
@@ -832,7 +842,7 @@ impl Rudolph {
 
     /// The logits of one vocabulary (text ids, or every image id) for `hidden` `[b, n, h]`.
     pub fn head_logits(&self, hidden: &Tensor, head: Head) -> Result<Tensor> {
-        let normed = self.logits_layernorm.forward(hidden, self.differentiable)?;
+        let normed = self.logits_layernorm.forward(hidden, false)?;
         match head {
             Head::Text => self.text_head.forward(&normed),
             Head::Image => self.image_head.forward(&normed),

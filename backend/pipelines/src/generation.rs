@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::decoder::{DecodeSpec, Decoding, MaskKind};
-use super::sampling::{sample, SamplingParams};
+use super::sampling::{sample, SamplingParams, DEFAULT_SEED};
 use super::scoring::{caption_fit_of_images, check_codes, text_perplexities, CAPTION_CLASS_TEMPLATE, DEFAULT_BATCH};
 use super::Engine;
 use borscht_model::tokenizer::TextTokenizer;
@@ -265,17 +265,33 @@ pub struct ContinuedText {
     pub ppl: f32,
 }
 
+/// Text continuation options.
+#[derive(Debug, Clone)]
+pub struct TextOptions {
+    pub count: usize,
+    pub sampling: SamplingParams,
+    pub seed: u64,
+    /// Raised from outside to stop sampling (the result is then [`Cancelled`]).
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl Default for TextOptions {
+    fn default() -> Self {
+        TextOptions { count: 8, sampling: SamplingParams::TEXT, seed: DEFAULT_SEED, stop: None }
+    }
+}
+
 /// `generate_texts`: continue `prompt` in l_text (text-to-text mask), then rank the
 /// distinct texts by perplexity, lowest first. Sampled ids above the l_text pad
 /// threshold become EOS (the reference uses `>` here, `>=` for captions).
 pub fn generate_texts(
     engine: &Engine,
     prompt: &str,
-    count: usize,
-    sampling: &SamplingParams,
-    seed: u64,
+    options: &TextOptions,
     mut on_event: impl FnMut(GenerationEvent),
 ) -> Result<Vec<ContinuedText>> {
+    let TextOptions { count, ref sampling, seed, ref stop } = *options;
+    let stopped = || stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
     sampling.validate().map_err(anyhow::Error::msg)?;
     engine.check_known(prompt)?;
     let cfg = engine.model.config();
@@ -293,6 +309,9 @@ pub fn generate_texts(
             Decoding::start(engine, spec.clone(), std::slice::from_ref(&prompt), &vec![0; n])?;
         let mut sequences: Vec<Vec<u32>> = vec![prompt; n];
         for step in 0..total_steps {
+            if stopped() {
+                return Err(Cancelled.into());
+            }
             // The reference compares with `>` here (`>=` for captions).
             let next = sample_text(&rows, sampling, &mut rng, cfg.text_vocab() - l + 1);
             for (sequence, &id) in sequences.iter_mut().zip(&next) {

@@ -20,7 +20,8 @@ use super::queue::QueueReceiver;
 use super::wire;
 use borscht_pipelines::engine::UnknownCharacters;
 use borscht_pipelines::generation::{
-    caption_batch, generate_image, generate_texts, Cancelled, CaptionJob, CaptionOptions, GenerationEvent, ImageOptions,
+    caption_batch, generate_image, generate_texts, Cancelled, CaptionJob, CaptionOptions, GenerationEvent,
+    ImageOptions, TextOptions,
 };
 use borscht_pipelines::nutrition::parse_caption;
 use borscht_pipelines::recognize::answers;
@@ -381,7 +382,8 @@ impl Worker {
                 }
             }
             Task::GenerateText { prompt, n } => {
-                let ranked = generate_texts(engine, prompt, *n, &SamplingParams::TEXT, id, progress)?;
+                let options = TextOptions { count: *n, seed: id, stop: Some(job.cancel.clone()), ..Default::default() };
+                let ranked = generate_texts(engine, prompt, &options, progress)?;
                 if job.is_cancelled() {
                     return Err(Cancelled.into());
                 }

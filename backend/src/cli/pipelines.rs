@@ -5,7 +5,9 @@ use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 use borscht_model::device::{parse_device, parse_dtype};
-use borscht_pipelines::generation::{generate_image, generate_texts, CaptionOptions, GenerationEvent, ImageOptions};
+use borscht_pipelines::generation::{
+    generate_image, generate_texts, CaptionOptions, GenerationEvent, ImageOptions, TextOptions,
+};
 use borscht_pipelines::generation::{CAPTION_TEMPLATE, DEFAULT_CAPTIONS};
 use borscht_pipelines::imaging::{open_image, ImageLimits};
 use borscht_pipelines::recognize::recognize;
@@ -282,7 +284,8 @@ pub struct TextsArgs {
 pub fn run_texts(args: TextsArgs) -> Result<()> {
     let engine = args.engine.load()?;
     let sampling = args.sampling.over(SamplingParams::TEXT);
-    let ranked = generate_texts(&engine, &args.prompt, args.n, &sampling, args.sampling.seed, |_| {})?;
+    let options = TextOptions { count: args.n, sampling, seed: args.sampling.seed, stop: None };
+    let ranked = generate_texts(&engine, &args.prompt, &options, |_| {})?;
     if args.engine.json {
         let list: Vec<_> = ranked.iter().map(|r| serde_json::json!({ "text": r.text, "ppl": r.ppl })).collect();
         println!("{}", serde_json::json!({ "texts": list }));

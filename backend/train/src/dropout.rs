@@ -93,24 +93,23 @@ mod tests {
         let ids: Vec<u32> = (0..n as u32).map(|i| i % 16).collect();
         let ids = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap();
         let mask = Tensor::tril2(n, DType::F32, &Device::Cpu).unwrap().reshape((1, 1, n, n)).unwrap();
-        let run = |model: &Rudolph| {
-            model.forward(&ids, &mask, None).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        let run = |model: &Rudolph, train: bool| {
+            model.forward_t(&ids, &mask, train).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
         };
-        let inference = run(&model);
+        let inference = run(&model, false);
         model.set_dropout(Some(Arc::new(draw(9, 0.2))));
-        assert_eq!(run(&model), inference, "inference never drops");
+        assert_eq!(run(&model, false), inference, "inference never drops");
         // Dropout is a training matter.
-        model.set_differentiable(true);
         model.set_dropout(None);
-        let plain = run(&model);
+        let plain = run(&model, true);
         model.set_dropout(Some(Arc::new(draw(9, 0.2))));
-        let (a, again) = (run(&model), run(&model));
+        let (a, again) = (run(&model, true), run(&model, true));
         model.set_dropout(Some(Arc::new(draw(10, 0.2))));
-        let other = run(&model);
+        let other = run(&model, true);
         model.set_dropout(None);
         assert_eq!(a, again, "the same seed draws the same masks");
         assert_ne!(a, plain, "dropout changes the output");
         assert_ne!(a, other, "another seed draws other masks");
-        assert_eq!(run(&model), plain, "no dropout once it is switched off");
+        assert_eq!(run(&model, true), plain, "no dropout once it is switched off");
     }
 }

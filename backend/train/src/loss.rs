@@ -76,7 +76,7 @@ pub fn loss_against(
     if target_ids.dims() != input_ids.dims() {
         candle_core::bail!("targets {:?} do not match inputs {:?}", target_ids.dims(), input_ids.dims());
     }
-    let logits = model.forward(&input_ids, attention_mask, None)?.to_dtype(DType::F32)?;
+    let logits = model.forward_t(&input_ids, attention_mask, true)?.to_dtype(DType::F32)?;
     let text_vocab = cfg.text_vocab();
 
     // Labels as the reference builds them: cat(l_text[1:] (pads replaced), image, r_text).
@@ -150,7 +150,7 @@ mod tests {
         // The image term: logits of the noisy inputs against the clean sequence's next
         // tokens (each image position predicts the token after it, as the reference's
         // labels shift).
-        let logits = model.forward(&ids(&noisy), &mask, None).unwrap();
+        let logits = model.forward_t(&ids(&noisy), &mask, true).unwrap();
         let image_logits = logits.narrow(1, l, i_len).unwrap().narrow(2, cfg.text_vocab(), cfg.image_vocab()).unwrap();
         let clean_image = ids(&clean).narrow(1, l + 1, i_len).unwrap();
         let expected = cross_entropy(&image_logits, &clean_image, None).unwrap().to_scalar::<f32>().unwrap();

@@ -470,7 +470,6 @@ impl<'a> Trainer<'a> {
         if resuming {
             varmap.load(&resume_from).with_context(|| format!("cannot resume from {}", resume_from.display()))?;
         }
-        model.set_differentiable(true);
         model.freeze_blocks(options.freeze.attention, options.freeze.mlp);
         let mut named: Vec<(String, Var)> =
             varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -766,7 +765,6 @@ fn validate(
     epoch: usize,
 ) -> Result<Validation> {
     let mut inference = model.clone();
-    inference.set_differentiable(false);
     inference.set_dropout(None);
     let engine = Engine::from_parts(inference, parts.tokenizer.clone(), parts.vqgan.clone())?;
     let greedy = CaptionOptions { count: 1, sampling: SamplingParams::GREEDY, ..Default::default() };
