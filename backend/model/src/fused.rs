@@ -62,9 +62,9 @@ pub fn path(x: &Tensor) -> Path {
     }
 }
 
-/// Whether the CPU kernels apply to this tensor (the VQGAN's convolution and GroupNorm
-/// have CPU kernels only).
-pub fn applies(x: &Tensor) -> bool {
+/// Whether the CPU kernels apply to this tensor (the VQGAN's convolution, GroupNorm and
+/// attention have CPU kernels only); each op asks it itself.
+pub(crate) fn applies(x: &Tensor) -> bool {
     path(x) == Path::Cpu
 }
 
@@ -289,13 +289,14 @@ pub(crate) fn normalise_exp(row: &mut [f32]) {
 // ---------------------------------------------------------------------------------------
 // Softmax
 
-/// Softmax over the last dim (the VQGAN's attention), with a one-pass backward.
-pub fn softmax_last_dim(x: &Tensor, differentiable: bool) -> Result<Tensor> {
-    let x = x.contiguous()?;
-    if differentiable {
-        x.apply_op1(Softmax)
-    } else {
-        x.apply_op1_no_bwd(&Softmax)
+/// Softmax over the last dim (the VQGAN's attention): our CPU kernel with a one-pass
+/// backward, or candle's softmax elsewhere.
+pub fn softmax_last_dim(x: &Tensor, train: bool) -> Result<Tensor> {
+    match (applies(x), train) {
+        (true, true) => x.contiguous()?.apply_op1(Softmax),
+        (true, false) => x.contiguous()?.apply_op1_no_bwd(&Softmax),
+        (false, true) => candle_nn::ops::softmax(x, D::Minus1),
+        (false, false) => candle_nn::ops::softmax_last_dim(x),
     }
 }
 
@@ -678,9 +679,14 @@ impl CustomOp1 for QkvSplit {
 // Product with a frozen weight
 
 /// `x · weightᵀ` for `x` `[rows, in]` and `weight` `[out, in]`, whose backward gives the
-/// input's gradient only (candle's matmul would compute the weight's as well).
+/// input's gradient only (candle's matmul would compute the weight's as well; elsewhere
+/// than our CPU kernels it does, and the weight's is dropped).
 pub fn frozen_product(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(FrozenProduct { weight: weight.detach() })
+    if applies(x) && applies(weight) {
+        x.contiguous()?.apply_op1(FrozenProduct { weight: weight.detach() })
+    } else {
+        x.matmul(&weight.detach().t()?)
+    }
 }
 
 struct FrozenProduct {

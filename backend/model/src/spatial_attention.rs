@@ -1,4 +1,5 @@
-//! The VQGAN's single-head attention over image positions, for CPU inference.
+//! The VQGAN's single-head attention over image positions: [`attend`] picks our CPU
+//! kernel for inference, candle's ops otherwise (training, GPUs).
 //!
 //! Done as three tensor ops, it writes a `[positions, positions]` score matrix per
 //! image (4 MB at 32x32), reads it back for the softmax, writes the probabilities and
@@ -7,7 +8,7 @@
 //! computes its rows of scores, softmax and output while they sit in the cache, and
 //! never writes the whole matrix.
 
-use crate::fused::{contiguous_f32, normalise_exp};
+use crate::fused::{self, contiguous_f32, normalise_exp};
 use crate::vector_math::vectorized;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -15,8 +16,23 @@ use rayon::prelude::*;
 /// Query positions per task: 128 rows of 1024 scores (512 KB) stay in L2.
 const QUERY_BLOCK: usize = 128;
 
-/// `softmax(qᵀk / √c) vᵀ` per image, for `q`, `k`, `v` of shape `[b, c, n]`; the result
-/// is `[b, n, c]` (position-major). Contiguous f32 CPU tensors only, no gradient.
+/// `softmax(qᵀk / √c) vᵀ` per image for `q`, `k`, `v` of shape `[b, c, n]`, as
+/// `[b, n, c]` (position-major): the fused kernel for CPU inference, else three ops
+/// (differentiable with `train`).
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, train: bool) -> Result<Tensor> {
+    if !train && fused::applies(q) {
+        return spatial_attention(q, k, v);
+    }
+    let c = q.dim(1)?;
+    // q as [b, hw, c], scaled rather than the scores: hw*c multiplies instead of hw*hw.
+    let weights = (q.transpose(1, 2)? * (c as f64).powf(-0.5))?.matmul(k)?;
+    let weights = fused::softmax_last_dim(&weights, train)?;
+    // out[b, j, c] = sum_i w[b, j, i] * v[b, c, i]: the product reads the big weights
+    // matrix in its own layout (no packing of a transpose).
+    weights.matmul(&v.transpose(1, 2)?)
+}
+
+/// The fused kernel: contiguous f32 CPU tensors only, no gradient.
 pub fn spatial_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     q.contiguous()?.apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &SpatialAttention)
 }

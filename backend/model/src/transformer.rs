@@ -79,10 +79,8 @@ impl RowLinear {
             x.matmul(&self.weight)
         } else if !self.frozen {
             x.matmul(&self.weight.t()?)
-        } else if fused::applies(x) && fused::applies(&self.weight) {
-            fused::frozen_product(x, &self.weight)
         } else {
-            x.matmul(&self.weight.detach().t()?)
+            fused::frozen_product(x, &self.weight)
         }
     }
 

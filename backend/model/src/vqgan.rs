@@ -10,9 +10,8 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 
 use crate::conv::Conv2d;
-use crate::fused;
 use crate::group_norm::GroupNorm;
-use crate::spatial_attention::spatial_attention;
+use crate::spatial_attention::attend;
 use serde::{Deserialize, Serialize};
 
 /// taming's `ddconfig`.
@@ -207,22 +206,7 @@ impl AttnBlock {
         let q = self.q.forward(&normed, differentiable)?.reshape((b, c, h * w))?; // b, c, hw
         let k = self.k.forward(&normed, differentiable)?.reshape((b, c, h * w))?;
         let v = self.v.forward(&normed, differentiable)?.reshape((b, c, h * w))?;
-        if !differentiable && fused::applies(&q) {
-            let attended = spatial_attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, c, h, w))?;
-            return x + self.proj_out.forward(&attended, false)?;
-        }
-        // q as [b, hw, c], scaled rather than the scores: hw*c multiplies instead of hw*hw.
-        let weights = (q.transpose(1, 2)? * (c as f64).powf(-0.5))?.matmul(&k)?;
-        let weights = if fused::applies(&weights) {
-            fused::softmax_last_dim(&weights, differentiable)?
-        } else if differentiable {
-            candle_nn::ops::softmax(&weights, D::Minus1)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&weights)?
-        };
-        // h[b, c, j] = sum_i v[b, c, i] * w[b, j, i], computed as (w · vᵀ)ᵀ: the product
-        // then reads the big weights matrix in its own layout (no packing of a transpose).
-        let attended = weights.matmul(&v.transpose(1, 2)?)?.transpose(1, 2)?.reshape((b, c, h, w))?;
+        let attended = attend(&q, &k, &v, differentiable)?.transpose(1, 2)?.reshape((b, c, h, w))?;
         x + self.proj_out.forward(&attended, differentiable)?
     }
 }
