@@ -1,6 +1,22 @@
-//! Messages to the page that embeds the widget (`static/widget.js` listens for them).
+//! The page that embeds the widget: whether there is one (the app provides it as
+//! context), and messages to it (`static/widget.js` listens for them).
 
+use leptos::prelude::{provide_context, use_context};
 use serde::Serialize;
+
+/// Whether the app runs as the widget (provided as context by the app).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Embedded(pub bool);
+
+/// Tells every component below whether the app runs as the widget.
+pub fn provide_embedded(embedded: bool) {
+    provide_context(Embedded(embedded));
+}
+
+/// True inside the widget.
+pub fn embedded() -> bool {
+    use_context::<Embedded>().is_some_and(|e| e.0)
+}
 
 /// Numbers in the events a host page gets, to one decimal: 268.4 kcal, not
 /// 268.40000915527344 (f32 widened to JSON's doubles).

@@ -3,7 +3,7 @@ use wasm_bindgen::JsCast;
 
 use super::connection_status::ConnectionStatus;
 use super::draw::Draw;
-use super::embed::{Embed, Embedded};
+use super::embed::Embed;
 use super::history::History;
 use super::recognize::Recognize;
 use super::which_dish::{KnownDishes, WhichDish};
@@ -71,7 +71,7 @@ pub fn App() -> impl IntoView {
     Effect::new(move || set_title(lang.get()));
     let connection = Connection::open();
     provide_context(connection.dishes);
-    provide_context(Embedded(is_embed()));
+    crate::host::provide_embedded(is_embed());
     if is_embed() {
         return view! {
             <header class="top-bar compact">

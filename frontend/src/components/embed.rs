@@ -9,15 +9,6 @@ use wasm_bindgen::JsCast;
 use super::recognize::Recognize;
 use crate::connection::Connection;
 
-/// Whether the app runs as the widget (provided as context by the app).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Embedded(pub bool);
-
-/// True inside the widget.
-pub fn embedded() -> bool {
-    use_context::<Embedded>().is_some_and(|e| e.0)
-}
-
 /// Tells the host page the page's height whenever it changes.
 fn report_height() {
     let Some(document) = web_sys::window().and_then(|w| w.document()) else { return };

@@ -5,9 +5,9 @@ use borscht_protocol::{ClientMessage, Recognition, RequestId, ServerMessage};
 use leptos::prelude::*;
 
 use super::camera::Camera;
-use super::embed::embedded;
 use super::result_card::ResultCard;
 use crate::connection::Connection;
+use crate::host::embedded;
 use crate::i18n::{error_text, tr, use_lang, Lang};
 
 /// Captions asked for per photo.

@@ -4,7 +4,7 @@ use borscht_protocol::nutrition::Nutrition;
 use leptos::prelude::*;
 
 use super::values::{number, show};
-use crate::components::embed::embedded;
+use crate::host::embedded;
 use crate::i18n::{tr, use_lang, Lang};
 use crate::storage::{self, Meal};
 
