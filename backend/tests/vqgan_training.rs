@@ -212,7 +212,7 @@ fn nearest_code_training_learns_and_inference_picks_the_nearest_codes() {
     let vqgan = load_vqgan(out.path(), &Device::Cpu, DType::F32).unwrap();
     let images = pseudo_random_images(3);
     let inferred: Vec<Vec<u32>> = vqgan.encode(&images).unwrap().to_vec2().unwrap();
-    let nearest: Vec<Vec<u32>> = vqgan.reconstruct_nearest(&images).unwrap().codes.to_vec2().unwrap();
+    let nearest: Vec<Vec<u32>> = vqgan.reconstruct_nearest(&images, false).unwrap().codes.to_vec2().unwrap();
     assert_eq!(inferred, nearest);
 }
 
@@ -246,13 +246,13 @@ fn training_refuses_a_folder_without_images() {
 fn straight_through_decodes_exactly_the_hard_codes() {
     let vqgan = load_vqgan(&fixtures(), &Device::Cpu, DType::F32).unwrap();
     let images = Tensor::read_npy(fixtures().join("images.npy")).unwrap().to_dtype(DType::F32).unwrap(); // [0, 1]
-    let hard = vqgan.reconstruct(&images, 1.0, 3, true).unwrap();
+    let hard = vqgan.reconstruct(&images, 1.0, 3, true, false).unwrap();
     let decoded = vqgan.decode(&hard.codes).unwrap();
     // reconstruct returns [-1, 1]; decode maps to [0, 1].
     let rebuilt = ((&hard.images + 1.0).unwrap() / 2.0).unwrap().clamp(0f32, 1f32).unwrap();
     let diff = max_abs_diff(&rebuilt, &decoded);
     assert!(diff < 1e-4, "straight-through decodes what inference decodes: {diff}");
-    let soft = vqgan.reconstruct(&images, 1.0, 3, false).unwrap();
+    let soft = vqgan.reconstruct(&images, 1.0, 3, false, false).unwrap();
     let soft_rebuilt = ((&soft.images + 1.0).unwrap() / 2.0).unwrap().clamp(0f32, 1f32).unwrap();
     let soft_diff = max_abs_diff(&soft_rebuilt, &vqgan.decode(&soft.codes).unwrap());
     assert!(soft_diff > 1e-3, "the relaxed decode differs from the hard one ({soft_diff})");
@@ -267,12 +267,11 @@ fn training_gradients_match_finite_differences() {
     cfg.ddconfig.attn_resolutions = vec![8];
     let varmap = VarMap::new();
     let vb = borscht_model::init::seeded_var_builder(&varmap, 5, DType::F32, &Device::Cpu);
-    let mut vqgan = borscht_model::vqgan::Vqgan::new(&cfg, vb).unwrap();
-    vqgan.set_differentiable(true);
+    let vqgan = borscht_model::vqgan::Vqgan::new(&cfg, vb).unwrap();
     let images = pseudo_random_images(2);
     let loss = |v: &borscht_model::vqgan::Vqgan| -> Tensor {
         // Soft codes at a fixed seed: a smooth function of every weight.
-        let rec = v.reconstruct(&images, 1.0, 5, false).unwrap();
+        let rec = v.reconstruct(&images, 1.0, 5, false, true).unwrap();
         rec.images.sqr().unwrap().mean_all().unwrap()
     };
     let grads = loss(&vqgan).backward().unwrap();

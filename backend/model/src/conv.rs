@@ -42,12 +42,12 @@ impl Conv2d {
         Ok(Conv2d { weight, bias, stride, padding })
     }
 
-    pub fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
-        self.forward_within(x, differentiable, IM2COL_BUDGET_BYTES)
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_within(x, train, IM2COL_BUDGET_BYTES)
     }
 
     /// [`Conv2d::forward`] with whole-batch im2col matrices of at most `budget` bytes.
-    fn forward_within(&self, x: &Tensor, differentiable: bool, budget: usize) -> Result<Tensor> {
+    fn forward_within(&self, x: &Tensor, train: bool, budget: usize) -> Result<Tensor> {
         let (out_c, in_c, k, _) = self.weight.dims4()?;
         let (b, _, h, w) = x.dims4()?;
         if !fused::applies(x) {
@@ -55,7 +55,7 @@ impl Conv2d {
                 .conv2d(&self.weight, self.padding, self.stride, 1, 1)?
                 .broadcast_add(&self.bias.reshape((1, out_c, 1, 1))?);
         }
-        if !differentiable {
+        if !train {
             let op = TiledConv { stride: self.stride, padding: self.padding };
             return x.contiguous()?.apply_op3_no_bwd(&self.weight, &self.bias, &op);
         }
@@ -68,9 +68,7 @@ impl Conv2d {
         if b > images_at_once {
             let parts = (0..b)
                 .step_by(images_at_once)
-                .map(|start| {
-                    self.forward_within(&x.narrow(0, start, images_at_once.min(b - start))?, differentiable, budget)
-                })
+                .map(|start| self.forward_within(&x.narrow(0, start, images_at_once.min(b - start))?, train, budget))
                 .collect::<Result<Vec<_>>>()?;
             return Tensor::cat(&parts, 0);
         }
@@ -416,8 +414,8 @@ mod tests {
             let (conv, dev) = random_conv(5, 3, k, stride, padding);
             let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev).unwrap();
             let reference = conv.forward_with_candle(&x).unwrap();
-            for differentiable in [false, true] {
-                let diff = max_diff(&conv.forward(&x, differentiable).unwrap(), &reference);
+            for train in [false, true] {
+                let diff = max_diff(&conv.forward(&x, train).unwrap(), &reference);
                 assert!(diff < 1e-4, "k {k} stride {stride} padding {padding}: {diff}");
             }
         }

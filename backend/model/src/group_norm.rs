@@ -35,8 +35,8 @@ impl GroupNorm {
     }
 
     /// `x`: `[b, c, ...]`. `swish` applies `x * sigmoid(x)` after the affine step.
-    pub fn forward(&self, x: &Tensor, swish: bool, differentiable: bool) -> Result<Tensor> {
-        let fused = !differentiable && fused::applies(x) && fused::applies(&self.weight);
+    pub fn forward(&self, x: &Tensor, swish: bool, train: bool) -> Result<Tensor> {
+        let fused = !train && fused::applies(x) && fused::applies(&self.weight);
         if fused {
             return x.contiguous()?.apply_op3_no_bwd(
                 &self.weight,

@@ -200,14 +200,14 @@ impl AttnBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let normed = self.norm.forward(x, false, differentiable)?;
-        let q = self.q.forward(&normed, differentiable)?.reshape((b, c, h * w))?; // b, c, hw
-        let k = self.k.forward(&normed, differentiable)?.reshape((b, c, h * w))?;
-        let v = self.v.forward(&normed, differentiable)?.reshape((b, c, h * w))?;
-        let attended = attend(&q, &k, &v, differentiable)?.transpose(1, 2)?.reshape((b, c, h, w))?;
-        x + self.proj_out.forward(&attended, differentiable)?
+        let normed = self.norm.forward(x, false, train)?;
+        let q = self.q.forward(&normed, train)?.reshape((b, c, h * w))?; // b, c, hw
+        let k = self.k.forward(&normed, train)?.reshape((b, c, h * w))?;
+        let v = self.v.forward(&normed, train)?.reshape((b, c, h * w))?;
+        let attended = attend(&q, &k, &v, train)?.transpose(1, 2)?.reshape((b, c, h, w))?;
+        x + self.proj_out.forward(&attended, train)?
     }
 }
 
@@ -395,7 +395,6 @@ pub struct Vqgan {
     proj: Conv2d,
     /// `quantize.embed`: the codebook.
     embed: Embedding,
-    differentiable: bool,
 }
 
 impl Vqgan {
@@ -414,7 +413,6 @@ impl Vqgan {
             post_quant_conv: conv(cfg.embed_dim, d.z_channels, 1, 1, 0, vb.pp("post_quant_conv"))?,
             proj: conv(d.z_channels, cfg.n_embed, 1, 1, 0, vb.pp("quantize").pp("proj"))?,
             embed: Embedding::new(embed, cfg.embed_dim),
-            differentiable: false,
             cfg: cfg.clone(),
         })
     }
@@ -428,14 +426,14 @@ impl Vqgan {
         self.embed.embeddings()
     }
 
-    /// Training mode: differentiable softmax in the attention blocks.
-    pub fn set_differentiable(&mut self, on: bool) {
-        self.differentiable = on;
-    }
-
     /// Code logits `[b, n_embed, h, w]` of images `[b, 3, H, W]` in [0, 1].
     pub fn code_logits(&self, images: &Tensor) -> Result<Tensor> {
-        self.proj.forward(&self.features(images)?, self.differentiable)
+        self.code_logits_t(images, false)
+    }
+
+    /// [`Vqgan::code_logits`], train with `train` (candle-nn's `ModuleT` flag).
+    fn code_logits_t(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        self.proj.forward(&self.features(images, train)?, train)
     }
 
     /// Images `[b, 3, H, W]` in [0, 1] -> codes `[b, (H/f) * (W/f)]` (u32), by argmax
@@ -466,7 +464,7 @@ impl Vqgan {
         }
         let z = self.embed.forward(&codes.to_dtype(DType::U32)?)?; // b, n, d
         let z = z.reshape((b, side, side, self.cfg.embed_dim))?.permute((0, 3, 1, 2))?.contiguous()?;
-        self.decoder.forward(&self.post_quant_conv.forward(&z, self.differentiable)?, self.differentiable)
+        self.decoder.forward(&self.post_quant_conv.forward(&z, false)?, false)
     }
 
     /// One training pass: gumbel-softmax relaxation at `temperature` (soft codes, so
@@ -481,8 +479,9 @@ impl Vqgan {
         temperature: f64,
         seed: u64,
         straight_through: bool,
+        train: bool,
     ) -> Result<Reconstruction> {
-        let logits = self.code_logits(images)?; // b, n, h, w
+        let logits = self.code_logits_t(images, train)?; // b, n, h, w
         let (b, n, h, w) = logits.dims4()?;
         let noise = gumbel_noise(logits.shape(), seed, logits.device())?;
         let soft = candle_nn::ops::softmax(&((&logits + noise)? / temperature)?, 1)?;
@@ -498,9 +497,7 @@ impl Vqgan {
         // z_q = sum_n soft[b, n, h, w] * embed[n, d]
         let flat = soft.permute((0, 2, 3, 1))?.reshape((b * h * w, n))?;
         let z = flat.matmul(self.embed.embeddings())?.reshape((b, h, w, self.cfg.embed_dim))?.permute((0, 3, 1, 2))?;
-        let decoded = self
-            .decoder
-            .forward(&self.post_quant_conv.forward(&z.contiguous()?, self.differentiable)?, self.differentiable)?;
+        let decoded = self.decoder.forward(&self.post_quant_conv.forward(&z.contiguous()?, train)?, train)?;
         // KL(q || uniform) = sum q * log(q * n_embed), averaged over positions.
         let q = candle_nn::ops::softmax(&logits, 1)?;
         let kl = (&q * ((&q * n as f64)? + 1e-10)?.log()?)?.sum(1)?.mean_all()?;
@@ -529,10 +526,9 @@ pub struct NearestReconstruction {
 
 impl Vqgan {
     /// Encoder features `[b, embed_dim, h, w]`: what `quantize.proj` reads.
-    fn features(&self, images: &Tensor) -> Result<Tensor> {
+    fn features(&self, images: &Tensor, train: bool) -> Result<Tensor> {
         let x = ((images * 2.0)? - 1.0)?;
-        let diff = self.differentiable;
-        self.quant_conv.forward(&self.encoder.forward(&x, diff)?, diff)
+        self.quant_conv.forward(&self.encoder.forward(&x, train)?, train)
     }
 
     /// One training pass of the nearest-code quantiser (VQ-VAE): each position takes
@@ -543,8 +539,8 @@ impl Vqgan {
     ///
     /// Inference still takes `argmax(quantize.proj(features))`: after training,
     /// [`Vqgan::nearest_code_projection`] makes that argmax the nearest code.
-    pub fn reconstruct_nearest(&self, images: &Tensor) -> Result<NearestReconstruction> {
-        let h = self.features(images)?;
+    pub fn reconstruct_nearest(&self, images: &Tensor, train: bool) -> Result<NearestReconstruction> {
+        let h = self.features(images, train)?;
         let (b, d, height, width) = h.dims4()?;
         let flat = h.permute((0, 2, 3, 1))?.reshape((b * height * width, d))?;
         let codebook = self.embed.embeddings();
@@ -554,8 +550,7 @@ impl Vqgan {
         let commitment = (&flat - picked.detach())?.sqr()?.mean_all()?;
         let straight_through = (&flat + (&picked - &flat)?.detach())?;
         let z = straight_through.reshape((b, height, width, d))?.permute((0, 3, 1, 2))?.contiguous()?;
-        let decoded =
-            self.decoder.forward(&self.post_quant_conv.forward(&z, self.differentiable)?, self.differentiable)?;
+        let decoded = self.decoder.forward(&self.post_quant_conv.forward(&z, train)?, train)?;
         Ok(NearestReconstruction {
             images: decoded,
             codebook_loss,

@@ -127,11 +127,10 @@ pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<Epoc
         .with_context(|| format!("cannot create {}", training.out.display()))?;
 
     let mut varmap = VarMap::new();
-    let mut model = Vqgan::new(
+    let model = Vqgan::new(
         &training.model,
         borscht_model::init::seeded_var_builder(&varmap, training.seed, DType::F32, device),
     )?;
-    model.set_differentiable(true);
     let mut state = TrainingState { epochs_done: 0, steps_done: 0, history: Vec::new(), code_usage: Vec::new() };
     let mut params: Vec<(String, candle_core::Var)> =
         varmap.data().lock().expect("varmap lock").iter().map(|(name, var)| (name.clone(), var.clone())).collect();
@@ -185,11 +184,12 @@ pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<Epoc
                         temperature,
                         training.seed ^ (state.steps_done as u64 + 1),
                         training.straight_through,
+                        true,
                     )?;
                     (rec.images, ((&rec.kl * training.kl_weight)? + (&rec.usage_kl * training.usage_weight)?)?)
                 }
                 Quantizer::Nearest => {
-                    let rec = model.reconstruct_nearest(&target)?;
+                    let rec = model.reconstruct_nearest(&target, true)?;
                     for code in rec.codes.flatten_all()?.to_vec1::<u32>()? {
                         usage[code as usize] += 1;
                     }
@@ -223,10 +223,8 @@ pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<Epoc
         }
 
         // Hard codes, as inference uses them.
-        model.set_differentiable(false);
         let codes = model.encode(&grid_originals)?;
         let rebuilt = model.decode(&codes)?;
-        model.set_differentiable(true);
         let hard_l1 = (&rebuilt - &grid_originals)?.abs()?.mean_all()?.to_scalar::<f32>()? as f64;
         let mut used: Vec<u32> = codes.flatten_all()?.to_vec1()?;
         used.sort_unstable();
