@@ -75,19 +75,6 @@ impl TestServer {
         TestServer::start_workers(adjust, vec![("default".into(), model(wait))], vec![gate]).await
     }
 
-    /// A server with one tiny-model worker per named device (the devices are names only:
-    /// every worker runs on the CPU); each finishes loading when the test opens it.
-    pub async fn start_on_devices(devices: &[&str], adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
-        let (gates, loaders): (Vec<_>, Vec<_>) = devices
-            .iter()
-            .map(|device| {
-                let (gate, wait) = mpsc::channel::<()>();
-                (gate, (device.to_string(), gated_tiny_model(wait)))
-            })
-            .unzip();
-        TestServer::start_workers(adjust, loaders, gates).await
-    }
-
     /// A server whose workers load what `loaders` load, each once the test opens its gate.
     pub async fn start_workers(
         adjust: impl FnOnce(&mut ServerConfig),

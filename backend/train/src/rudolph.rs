@@ -764,9 +764,8 @@ fn validate(
     codes: &[Vec<u32>],
     epoch: usize,
 ) -> Result<Validation> {
-    let mut inference = model.clone();
-    inference.set_dropout(None);
-    let engine = Engine::from_parts(inference, parts.tokenizer.clone(), parts.vqgan.clone())?;
+    // Inference never reads the training step's dropout.
+    let engine = Engine::from_parts(model.clone(), parts.tokenizer.clone(), parts.vqgan.clone())?;
     let greedy = CaptionOptions { count: 1, sampling: SamplingParams::GREEDY, ..Default::default() };
     let (mut right, mut kcal_errors, mut violations) = (0, Vec::new(), 0);
     for (sample, codes) in samples.iter().zip(codes) {
