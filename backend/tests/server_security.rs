@@ -542,3 +542,32 @@ async fn api_calls_beyond_a_clients_rate_are_told_when_to_come_back() {
     assert_eq!(get_from(&server, "127.0.0.1", "/healthz").await.0, 200, "health checks are not rate limited");
     assert_eq!(metric(&server.metrics().await, "borscht_rejected_rate_total"), 1.0);
 }
+
+/// Clients at their address's cap of requests in flight may send their next ones the
+/// moment they read their answers: the places are given back as the answers go out, not
+/// when the batch they ran in is cleared away (behind a load balancer every client may be
+/// one address, so late places refuse honest clients).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_at_their_cap_may_ask_again_as_soon_as_they_are_answered() {
+    const CLIENTS: usize = 8;
+    let mut server = TestServer::start(Limits { max_requests_per_ip: CLIENTS, ..Limits::default() }).await;
+    server.open();
+    let mut sockets = Vec::new();
+    for _ in 0..CLIENTS {
+        sockets.push(server.connect().await);
+    }
+    let clients = sockets.into_iter().map(|mut ws| {
+        tokio::spawn(async move {
+            let mut refused = 0;
+            for id in 1..=15 {
+                send(&mut ws, &recognize(id, &icon_png(), 2)).await;
+                let frames = until_final(&mut ws, id).await;
+                refused += matches!(frames.last(), Some(ServerMessage::Error { code: ErrorCode::TooManyRequests, .. }))
+                    as usize;
+            }
+            refused
+        })
+    });
+    let refused: usize = futures::future::join_all(clients).await.into_iter().map(Result::unwrap).sum();
+    assert_eq!(refused, 0, "requests sent right after an answer were refused");
+}

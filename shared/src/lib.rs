@@ -107,6 +107,7 @@ impl ClientMessage {
 }
 
 /// How "which of these dishes?" is decided.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ClassifyMethod {
@@ -121,6 +122,7 @@ pub enum ClassifyMethod {
 }
 
 /// A caption with its fit to the photo (lower perplexity fits better).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RankedCaption {
     pub text: String,
@@ -129,6 +131,7 @@ pub struct RankedCaption {
 }
 
 /// A dish the model knows: one its training captions name.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dish {
     /// As the captions write it (Russian for RUDOLPH and the demo model).
@@ -139,6 +142,7 @@ pub struct Dish {
 }
 
 /// What the model makes of a photo.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
@@ -152,6 +156,7 @@ pub enum Verdict {
 }
 
 /// The answer to a `recognize` request (also the HTTP API's JSON).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recognition {
     /// Whether to trust `best`: the dish, "not sure" or "not food". Servers before
@@ -177,6 +182,7 @@ pub struct Recognition {
 }
 
 /// A zero-shot choice (also the HTTP API's JSON).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Classification {
     pub classes: Vec<String>,
@@ -371,6 +377,7 @@ impl ServerMessage {
 }
 
 /// Machine-readable reason carried by [`ServerMessage::Error`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {

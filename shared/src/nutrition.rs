@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Nutrition facts per 100 g (any field may be missing from a caption).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Nutrition {
     pub dish: Option<String>,
@@ -34,6 +35,7 @@ impl Nutrition {
 }
 
 /// Whether stated energy agrees with the macronutrients.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AtwaterCheck {
     /// 4 x protein + 9 x fat + 4 x carbohydrate.
@@ -74,6 +76,7 @@ pub fn atwater(nutrition: &Nutrition) -> Option<AtwaterCheck> {
 }
 
 /// A dish the model proposes, with the evidence for it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DishOption {
     pub dish: String,

@@ -52,21 +52,7 @@ pub async fn start_server() -> SocketAddr {
 
 /// [`start_server`] with a config `adjust` changes first.
 pub async fn start_server_with(adjust: impl FnOnce(&mut borscht_server::ServerConfig)) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-    let addr = listener.local_addr().unwrap();
-    let mut config = borscht_server::ServerConfig::new(addr, web_dir());
-    adjust(&mut config);
-    let model = demo_model_dir();
-    let server = borscht_server::Server::start(
-        &config,
-        Box::new(move || {
-            let engine = borscht_pipelines::Engine::load(&model, &candle_core::Device::Cpu, candle_core::DType::F32)?;
-            Ok((engine, "demo".into()))
-        }),
-    );
-    let state = server.state.clone();
-    let header_timeout = config.limits.header_timeout();
-    tokio::spawn(borscht_server::serve_on(listener, server.router, std::future::pending(), header_timeout));
+    let (addr, state) = serve_demo_model(adjust, None);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match state.worker.status() {
@@ -78,6 +64,88 @@ pub async fn start_server_with(adjust: impl FnOnce(&mut borscht_server::ServerCo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     addr
+}
+
+/// A server whose demo model loads only once the test sends on (or drops) the gate it
+/// returns: requests made before wait in its queue, as on a server still loading.
+pub fn start_held_server(
+    adjust: impl FnOnce(&mut borscht_server::ServerConfig),
+) -> (SocketAddr, std::sync::mpsc::Sender<()>) {
+    let (gate, wait) = std::sync::mpsc::channel();
+    let (addr, _) = serve_demo_model(adjust, Some(wait));
+    (addr, gate)
+}
+
+/// Serves the web app and the demo model, which loads once `gate` (if any) opens.
+fn serve_demo_model(
+    adjust: impl FnOnce(&mut borscht_server::ServerConfig),
+    gate: Option<std::sync::mpsc::Receiver<()>>,
+) -> (SocketAddr, borscht_server::AppState) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = borscht_server::ServerConfig::new(addr, web_dir());
+    adjust(&mut config);
+    let model = demo_model_dir();
+    let server = borscht_server::Server::start(
+        &config,
+        Box::new(move || {
+            // A gate dropped unopened (its test is over): no model, no work left behind.
+            if let Some(gate) = gate {
+                gate.recv().map_err(|_| anyhow::anyhow!("the test ended before the model was let load"))?;
+            }
+            let engine = borscht_pipelines::Engine::load(&model, &candle_core::Device::Cpu, candle_core::DType::F32)?;
+            Ok((engine, "demo".into()))
+        }),
+    );
+    let header_timeout = config.limits.header_timeout();
+    tokio::spawn(borscht_server::serve_on(listener, server.router, std::future::pending(), header_timeout));
+    (addr, server.state)
+}
+
+/// A stand-in for a load balancer in front of replicas: it forwards every connection to
+/// its current replica until [`Failover::kill_current`], which cuts each of them at once
+/// (to its clients the replica has died) and sends new connections to the next one.
+pub struct Failover {
+    pub addr: SocketAddr,
+    route: std::sync::Arc<std::sync::Mutex<Route>>,
+}
+
+struct Route {
+    target: SocketAddr,
+    links: Vec<tokio::task::AbortHandle>,
+}
+
+impl Failover {
+    pub async fn start(target: SocketAddr) -> Failover {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let addr = listener.local_addr().unwrap();
+        let route = std::sync::Arc::new(std::sync::Mutex::new(Route { target, links: Vec::new() }));
+        let routes = route.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut route = routes.lock().unwrap();
+                let target = route.target;
+                let link = tokio::spawn(async move {
+                    if let Ok(mut replica) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut replica).await;
+                    }
+                });
+                route.links.push(link.abort_handle());
+            }
+        });
+        Failover { addr, route }
+    }
+
+    /// The current replica dies as its clients see it; `next` takes over.
+    pub fn kill_current(&self, next: SocketAddr) {
+        let mut route = self.route.lock().unwrap();
+        route.target = next;
+        for link in route.links.drain(..) {
+            link.abort();
+        }
+    }
 }
 
 /// Fails when browsers reported anything the server's Content-Security-Policy blocked

@@ -708,3 +708,115 @@ async fn the_app_reconnects_when_the_connection_drops() {
     .await;
     assert_no_csp_violations(server);
 }
+
+/// Waits until the recognition's `data-phase` is `phase`.
+async fn wait_for_phase(client: &Client, phase: &str, timeout: Duration) -> Result<()> {
+    let script = "return document.getElementById('recognition').dataset.phase;";
+    wait_for(client, &format!("the recognition to be {phase:?}"), timeout, script, |v| (v == phase).then_some(())).await
+}
+
+/// Records every value the retry notice beside the recognition shows (`window.notices`).
+async fn record_retry_notices(client: &Client) -> Result<()> {
+    client
+        .execute(
+            "window.notices = []; const n = document.querySelector('#recognition .retry-notice'); \
+             const note = () => window.notices.push([n.dataset.retry, n.textContent]); \
+             new MutationObserver(note).observe(n, { attributes: true, childList: true, characterData: true, subtree: true });",
+            vec![],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn retry_notices(client: &Client) -> Result<Vec<(String, String)>> {
+    let value = client.execute("return window.notices;", vec![]).await?;
+    Ok(value
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|n| (n[0].as_str().unwrap_or("").to_string(), n[1].as_str().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// A replica dies while it holds the photo (its model still loading, the request queued):
+/// the app says it is reconnecting, sends the photo again through the balancer to a
+/// replica that lives, and shows the answer; the user does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_whose_replica_dies_is_sent_again_and_answered() {
+    let (doomed, _held) = borscht_e2e::start_held_server(|_| {});
+    let survivor = start_server().await;
+    let balancer = borscht_e2e::Failover::start(doomed).await;
+    with_browser(BrowserOptions::default(), |client| async move {
+        client.goto(&format!("http://{}/?lang=en", balancer.addr)).await?;
+        wait_for_state(&client, "#connection-status", "connected", Duration::from_secs(20)).await?;
+        record_retry_notices(&client).await?;
+        upload(&client, &icon_path()).await?;
+        wait_for_phase(&client, "queued", Duration::from_secs(20)).await?;
+        balancer.kill_current(survivor);
+        let dish = result_dish(&client).await?;
+        ensure!(dish == truth().dish, "after the replica died the app says {dish:?}");
+        let notices = retry_notices(&client).await?;
+        ensure!(
+            notices.iter().any(|(kind, text)| kind == "reconnecting" && text.contains("Reconnecting")),
+            "{notices:?}"
+        );
+        Ok(())
+    })
+    .await;
+    assert_no_csp_violations(survivor);
+}
+
+/// A full queue answers "busy": the app counts down the server's `retry_after_s` on
+/// screen and sends the photo again by itself, up to its bound; once the queue moves,
+/// the answer comes without the user pressing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_answer_is_retried_after_a_countdown_up_to_a_bound() {
+    use borscht_protocol::{encode, ClientMessage};
+    use futures::SinkExt;
+    let (server, gate) = borscht_e2e::start_held_server(|config| {
+        config.limits.queue_capacity = 1;
+        config.limits.retry_after_s = 2;
+    });
+    // Another user's request fills the queue while the model loads.
+    let (mut other, _) = tokio_tungstenite::connect_async(format!("ws://{server}/ws")).await.unwrap();
+    let image = base64_png(&icon_path());
+    let request = ClientMessage::Recognize { id: 1, image, template: None, n: Some(4), portion_g: None };
+    other.send(tokio_tungstenite::tungstenite::Message::Text(encode(&request).into())).await.unwrap();
+    with_browser(BrowserOptions::default(), |client| async move {
+        client.goto(&format!("http://{server}/?lang=en")).await?;
+        wait_for_state(&client, "#connection-status", "connected", Duration::from_secs(20)).await?;
+        record_retry_notices(&client).await?;
+        // First the bound: the page tries five times, counting down each wait, then says
+        // the server is busy.
+        upload(&client, &icon_path()).await?;
+        wait_for_phase(&client, "failed", Duration::from_secs(40)).await?;
+        let notices = retry_notices(&client).await?;
+        for (seconds, attempt) in [(2, 1), (1, 1), (2, 5), (1, 5)] {
+            let shown = format!("trying again in {seconds} s (try {attempt} of 5)");
+            ensure!(notices.iter().any(|(_, text)| text.contains(&shown)), "no {shown:?} in {notices:?}");
+        }
+        ensure!(!notices.iter().any(|(_, text)| text.contains("try 6")), "{notices:?}");
+        let status = client.find(Locator::Css("#recognition-status")).await?.text().await?;
+        ensure!(status.to_lowercase().contains("busy"), "after the last try the page says {status:?}");
+        // Then the queue moves while the page waits: its retry gets the answer.
+        record_retry_notices(&client).await?;
+        upload(&client, &icon_path()).await?;
+        wait_for(&client, "a busy countdown", Duration::from_secs(20), "return window.notices.length;", |v| {
+            (v.as_u64()? > 0).then_some(())
+        })
+        .await?;
+        gate.send(()).unwrap();
+        let dish = result_dish(&client).await?;
+        ensure!(dish == truth().dish, "after the wait the app says {dish:?}");
+        Ok(())
+    })
+    .await;
+    assert_no_csp_violations(server);
+}
+
+fn base64_png(path: &std::path::Path) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
+}

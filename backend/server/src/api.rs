@@ -87,10 +87,25 @@ impl From<Rejection> for ApiError {
     }
 }
 
+/// Every API error's body: `{"error": {"code", "message"}}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// What went wrong, for programs.
+    pub code: ErrorCode,
+    /// What went wrong, for people (English).
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(serde_json::json!({ "error": { "code": self.code, "message": self.message } }));
-        let mut response = (self.status(), body).into_response();
+        let status = self.status();
+        let body = Json(ErrorBody { error: ErrorDetail { code: self.code, message: self.message } });
+        let mut response = (status, body).into_response();
         if let Some(seconds) = self.retry_after_s {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
@@ -244,15 +259,40 @@ async fn decode(state: &AppState, bytes: Bytes) -> Result<image::DynamicImage, A
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RecognizeQuery {
+    /// Captions to sample (up to `--max-captions`).
     pub n: Option<u32>,
+    /// The caption's beginning the model continues (`блюдо:` by default).
     pub template: Option<String>,
+    /// Also give the values for a portion of this many grams.
     pub portion_g: Option<f32>,
 }
 
 /// `POST /api/v1/recognize[?n=16&portion_g=250]`: the photo as the body or a form field `image`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/recognize",
+    tag = "dishes",
+    summary = "Recognise the dish in a photo, with its nutrition per 100 g",
+    params(RecognizeQuery),
+    request_body(
+        description = "The photo (JPEG, PNG, WebP…) as the body, or a form with the photo as `image` (fields override the query)",
+        content(
+            (Photo = "application/octet-stream"),
+            (Photo = "image/jpeg"),
+            (Photo = "image/png"),
+            (RecognizeForm = "multipart/form-data")
+        )
+    ),
+    responses(
+        (status = 200, description = "What the model makes of the photo", body = borscht_protocol::Recognition),
+        (status = "4XX", description = "The request cannot be served as sent (see `code`); 429 with Retry-After when busy", body = ErrorBody),
+        (status = 503, description = "Shutting down, or no model loaded", body = ErrorBody)
+    )
+)]
 pub async fn recognize(
     State(state): State<AppState>,
     query: Result<Query<RecognizeQuery>, QueryRejection>,
@@ -272,11 +312,13 @@ pub async fn recognize(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifyQuery {
     /// Comma-separated dishes.
     pub classes: Option<String>,
+    /// The caption's beginning each dish follows (`блюдо:` by default).
     pub template: Option<String>,
     /// `caption_fit` (default), `image_fit` or `zero_shot`.
     pub method: Option<borscht_protocol::ClassifyMethod>,
@@ -284,6 +326,27 @@ pub struct ClassifyQuery {
 
 /// `POST /api/v1/classify?classes=борщ,шаурма`: the photo as the body or a form field
 /// `image` (with `classes` as a form field).
+#[utoipa::path(
+    post,
+    path = "/api/v1/classify",
+    tag = "dishes",
+    summary = "Which of the given dishes the photo shows",
+    params(ClassifyQuery),
+    request_body(
+        description = "The photo as the body, or a form with the photo as `image` and `classes`",
+        content(
+            (Photo = "application/octet-stream"),
+            (Photo = "image/jpeg"),
+            (Photo = "image/png"),
+            (ClassifyForm = "multipart/form-data")
+        )
+    ),
+    responses(
+        (status = 200, description = "The scores of the dishes and the chosen one", body = borscht_protocol::Classification),
+        (status = "4XX", description = "The request cannot be served as sent (see `code`); 429 with Retry-After when busy", body = ErrorBody),
+        (status = 503, description = "Shutting down, or no model loaded", body = ErrorBody)
+    )
+)]
 pub async fn classify(
     State(state): State<AppState>,
     query: Result<Query<ClassifyQuery>, QueryRejection>,
@@ -308,10 +371,12 @@ pub async fn classify(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateBody {
+    /// What to draw (the model reads Russian).
     pub text: String,
+    /// Pictures to draw (up to `--max-images`).
     pub n: Option<u32>,
     /// Draws an earlier answer's pictures again (its `X-Borscht-Seed`).
     pub seed: Option<u64>,
@@ -320,11 +385,38 @@ pub struct GenerateBody {
 /// The header holding the seed that draws a picture again.
 const SEED_HEADER: header::HeaderName = header::HeaderName::from_static("x-borscht-seed");
 
+/// The dishes a model knows.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Dishes {
+    pub model: String,
+    pub dishes: Vec<borscht_protocol::Dish>,
+}
+
+/// Several drawings.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Images {
+    /// PNG pictures, base64.
+    pub images: Vec<String>,
+    /// Draws these pictures again (as `seed` of a later request).
+    pub seed: Option<u64>,
+}
+
 /// `GET /api/v1/dishes`: the dishes the model knows (its training captions name them).
+#[utoipa::path(
+    get,
+    path = "/api/v1/dishes",
+    tag = "dishes",
+    summary = "The dishes the model knows",
+    responses(
+        (status = 200, description = "The model and its dishes", body = Dishes),
+        (status = "4XX", description = "Too many calls from this client", body = ErrorBody),
+        (status = 503, description = "The model is not loaded yet", body = ErrorBody)
+    )
+)]
 pub async fn dishes(State(state): State<AppState>) -> Result<Response, ApiError> {
     match state.worker.status() {
         super::worker::ModelStatus::Ready { name, dishes } => {
-            Ok(Json(serde_json::json!({ "model": name, "dishes": *dishes })).into_response())
+            Ok(Json(Dishes { model: name, dishes: dishes.to_vec() }).into_response())
         }
         _ => Err(ApiError::new(ErrorCode::Unavailable, "the model is not loaded yet")),
     }
@@ -333,6 +425,24 @@ pub async fn dishes(State(state): State<AppState>) -> Result<Response, ApiError>
 /// `POST /api/v1/generate` with `{"text": "борщ", "n": 1, "seed": 7}` (`seed` repeats an
 /// earlier drawing): one picture comes back as `image/png` with its seed in
 /// `X-Borscht-Seed`; several as JSON `{"images": [base64 PNG, ...], "seed": 7}`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/generate",
+    tag = "drawing",
+    summary = "Draw a dish from its name",
+    request_body(content = GenerateBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One picture as PNG (its seed in X-Borscht-Seed), or several as JSON",
+            content(
+                (Png = "image/png"),
+                (Images = "application/json")
+            ),
+            headers(("X-Borscht-Seed" = u64, description = "Draws this picture again (as `seed`)"))
+        ),
+        (status = "4XX", description = "The request cannot be served as sent (see `code`); 429 with Retry-After when busy", body = ErrorBody),
+        (status = 503, description = "Shutting down, or no model loaded", body = ErrorBody)
+    )
+)]
 pub async fn generate(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let caller = Caller::admit(&state, &request)?;
     let body = Bytes::from_request(request, &state).await.map_err(|e| ApiError::body(&e, e.status(), "body"))?;
@@ -350,9 +460,42 @@ pub async fn generate(State(state): State<AppState>, request: Request) -> Result
             Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("image/png")), (SEED_HEADER, seed)], png)
                 .into_response())
         }
-        ServerMessage::Images { images, seed, .. } => {
-            Ok(Json(serde_json::json!({ "images": images, "seed": seed })).into_response())
-        }
+        ServerMessage::Images { images, seed, .. } => Ok(Json(Images { images, seed }).into_response()),
         other => Err(ApiError::new(ErrorCode::Internal, format!("unexpected answer {other:?}"))),
     }
+}
+
+// The request and answer bodies that only the OpenAPI document names (the handlers read
+// and write them as bytes and forms).
+
+/// A picture's bytes, as sent.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct Photo(#[allow(dead_code)] Vec<u8>);
+
+/// A PNG picture's bytes.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct Png(#[allow(dead_code)] Vec<u8>);
+
+/// `recognize` as a form.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct RecognizeForm {
+    #[schema(value_type = String, format = Binary)]
+    image: Vec<u8>,
+    n: Option<u32>,
+    template: Option<String>,
+    portion_g: Option<f32>,
+}
+
+/// `classify` as a form.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ClassifyForm {
+    #[schema(value_type = String, format = Binary)]
+    image: Vec<u8>,
+    /// Comma-separated dishes.
+    classes: String,
+    template: Option<String>,
 }

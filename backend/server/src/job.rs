@@ -110,9 +110,9 @@ pub struct Job {
     pub enqueued: Instant,
     /// Whose request it is: its lane in the fair queue.
     pub client: ClientKey,
-    /// Its place in the client's count of requests in flight, given back when the job
-    /// ends (is dropped).
-    pub slot: Option<ClientSlot>,
+    /// Its place in the client's count of requests in flight, given back as its final
+    /// answer goes out ([`Job::release_slot`]) or when it is dropped.
+    slot: std::sync::Mutex<Option<ClientSlot>>,
     /// Picture bytes it holds ([`Task::bytes`]), counted by the queue's byte bound.
     pub bytes: usize,
 }
@@ -138,7 +138,7 @@ impl Job {
             cancel: Arc::new(AtomicBool::new(false)),
             enqueued: Instant::now(),
             client,
-            slot,
+            slot: std::sync::Mutex::new(slot),
             bytes,
         };
         (job, receiver)
@@ -147,6 +147,12 @@ impl Job {
     /// Cancelled, or nobody is listening any more.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed) || self.events.is_closed()
+    }
+
+    /// Gives the client's place back, just before the final answer goes out: a client
+    /// that sends its next request the moment it reads the answer finds its place free.
+    pub fn release_slot(&self) {
+        self.slot.lock().expect("slot lock").take();
     }
 
     pub fn send(&self, message: ServerMessage) {

@@ -1,7 +1,8 @@
 //! The HTTP and WebSocket service, shaped like an inference router:
 //!
 //! - [`ws`]: the `/ws` protocol endpoint (frames defined in `borscht-protocol`);
-//! - [`api`]: the HTTP API (`/api/v1/recognize`, `/classify`, `/generate`);
+//! - [`api`]: the HTTP API (`/api/v1/recognize`, `/classify`, `/generate`, `/dishes`),
+//!   described by [`openapi`] at `/api/v1/openapi.json`;
 //! - [`job`]: requests validated into jobs; [`limits`]: what a client may ask;
 //! - [`queue`]: the bounded, fair queue ("busy" when full; one lane per client, see
 //!   [`client`]); [`worker`]: the thread that owns the model and batches recognise
@@ -18,8 +19,10 @@ pub mod headers;
 pub mod job;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod origin;
 pub mod queue;
+pub mod shutdown;
 pub mod wire;
 pub mod worker;
 pub mod ws;
@@ -33,7 +36,6 @@ pub use axum::Router;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -96,7 +98,7 @@ pub struct AppState {
     pub worker: WorkerHandle,
     pub metrics: Metrics,
     pub limits: Arc<Limits>,
-    pub shutting_down: Arc<AtomicBool>,
+    pub shutdown: shutdown::Shutdown,
     /// Pictures being decoded at once ([`Limits::max_decodes`]).
     pub decodes: Arc<tokio::sync::Semaphore>,
     /// Requests each client has in flight ([`Limits::max_requests_per_ip`]).
@@ -110,7 +112,7 @@ pub struct AppState {
 impl AppState {
     /// Why no request can be served now, if so.
     pub fn unavailable(&self) -> Option<String> {
-        if self.shutting_down.load(Ordering::SeqCst) {
+        if self.shutdown.is_draining() {
             return Some("the server is shutting down".into());
         }
         match self.worker.status() {
@@ -157,10 +159,13 @@ impl AppState {
         self.queue.submit(job).inspect_err(|_| self.worker.job_refused())
     }
 
-    /// Waits until no job is queued or running, or `timeout` passes.
+    /// Waits until no job is queued or running and every WebSocket has been closed (each
+    /// closes itself once its own requests are answered, see [`shutdown`]), or `timeout`
+    /// passes.
     pub async fn drained(&self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
-        while self.worker.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        let busy = || self.worker.in_flight() > 0 || self.metrics.connections.get() > 0;
+        while busy() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -192,7 +197,7 @@ impl Server {
             worker,
             metrics,
             limits: Arc::new(limits.clone()),
-            shutting_down: Arc::new(AtomicBool::new(false)),
+            shutdown: shutdown::Shutdown::default(),
             decodes: Arc::new(tokio::sync::Semaphore::new(limits.max_decodes.max(1))),
             clients: ClientSlots::new(limits.max_requests_per_ip),
             client_ip_header: config.client_ip_header.as_deref().map(Arc::from),
@@ -212,6 +217,7 @@ pub fn router(config: &ServerConfig, state: AppState) -> Router {
         .route("/api/v1/classify", post(api::classify))
         .route("/api/v1/generate", post(api::generate))
         .route("/api/v1/dishes", get(api::dishes))
+        .route("/api/v1/openapi.json", get(openapi::document))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), api::rate_limit))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(config.limits.body_timeout()))
@@ -272,7 +278,7 @@ async fn healthz() -> impl IntoResponse {
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let (status, body) = match state.worker.status() {
-        _ if state.shutting_down.load(Ordering::SeqCst) => {
+        _ if state.shutdown.is_draining() => {
             (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "shutting_down" }))
         }
         ModelStatus::Ready { name, .. } => (
@@ -329,13 +335,16 @@ pub async fn serve(config: ServerConfig, loaders: Vec<DeviceLoader>) -> anyhow::
     let drain = config.drain_timeout;
     let shutdown = async move {
         shutdown_signal().await;
-        state.shutting_down.store(true, Ordering::SeqCst);
+        state.shutdown.begin();
         state.drained(drain).await;
     };
     serve_on(listener, server.router, shutdown, config.limits.header_timeout()).await?;
     tracing::info!("server stopped");
     Ok(())
 }
+
+/// How long open HTTP connections may take to end once the drain is over.
+const HTTP_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves `app` on an already bound listener until `shutdown` completes, then waits for
 /// open requests to end. Each connection's peer address reaches the handlers as
@@ -382,7 +391,10 @@ pub async fn serve_on(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // HTTP requests whose work outlived the drain get a last moment to answer, not for ever.
+    if tokio::time::timeout(HTTP_CLOSE_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("closing HTTP connections still open {HTTP_CLOSE_GRACE:?} after the drain");
+    }
     Ok(())
 }
 

@@ -242,6 +242,7 @@ impl Worker {
         self.metrics.requests.with_label_values(&[kind, label]).inc();
         self.count_on_device(kind);
         self.metrics.latency.with_label_values(&[kind]).observe(job.enqueued.elapsed().as_secs_f64());
+        job.release_slot();
         job.send(message);
         self.handle.in_flight.fetch_sub(1, Ordering::SeqCst);
     }

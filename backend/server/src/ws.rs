@@ -60,6 +60,11 @@ pub async fn upgrade(
         let body = serde_json::json!({ "error": { "code": ErrorCode::InvalidRequest, "message": refusal } });
         return (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
     }
+    if state.shutdown.is_draining() {
+        // A balancer (nginx's `proxy_next_upstream http_503`) then tries another replica.
+        let body = serde_json::json!({ "error": { "code": ErrorCode::Unavailable, "message": "the server is shutting down" } });
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
     let client = state.client(&headers, peer.as_ref());
     let version = connect
         .ok()
@@ -105,6 +110,9 @@ struct Connection {
     client: ClientKey,
     outbox: Outbox,
     in_flight: InFlight,
+    /// Held by each request's forwarder until its last frame is queued: only one
+    /// holder left means nothing of this connection's is still on its way.
+    forwarders: Arc<()>,
 }
 
 /// A frame as the connection's client reads it ([`ServerMessage::for_version`]).
@@ -173,8 +181,13 @@ async fn handle_connection(
         drop(outgoing);
         let _ = tokio::time::timeout(send_timeout, sink.close()).await;
     });
-    let connection =
-        Connection { state: state.clone(), client, outbox, in_flight: Arc::new(Mutex::new(HashMap::new())) };
+    let connection = Connection {
+        state: state.clone(),
+        client,
+        outbox,
+        in_flight: Arc::new(Mutex::new(HashMap::new())),
+        forwarders: Arc::new(()),
+    };
     let (model, dishes) = match state.worker.status() {
         super::worker::ModelStatus::Ready { name, dishes } => (Some(name), dishes.to_vec()),
         _ => (None, Vec::new()),
@@ -187,6 +200,10 @@ async fn handle_connection(
     let mut keep_alive = tokio::time::interval(tick);
     keep_alive.tick().await; // the first tick fires at once
     let mut last_activity = Instant::now();
+    let mut draining = false;
+    // Whether this end closes the socket for a restart (then the drain waits for the close).
+    let mut restarting = false;
+    let mut drain_check = tokio::time::interval(Duration::from_millis(50));
     loop {
         tokio::select! {
             frame = stream.next() => {
@@ -223,17 +240,36 @@ async fn handle_connection(
                 }
             }
             _ = connection.outbox.closed() => break,
+            _ = state.shutdown.begun(), if !draining => draining = true,
+            _ = drain_check.tick(), if draining => {
+                if Arc::strong_count(&connection.forwarders) == 1 {
+                    let close = axum::extract::ws::CloseFrame {
+                        code: super::shutdown::RESTART_CLOSE_CODE,
+                        reason: "the server is restarting; connect again".into(),
+                    };
+                    let _ = connection.outbox.send(Message::Close(Some(close))).await;
+                    restarting = true;
+                    break;
+                }
+            }
         }
     }
     // The client is gone (or we closed on it): stop its work.
     for flag in connection.in_flight.lock().expect("in-flight lock").values() {
         flag.store(true, Ordering::SeqCst);
     }
-    state.metrics.connections.dec();
+    // A drain waits for this count: a connection closed for a restart counts until its
+    // last answer and the close are on the wire, so the process does not end mid-flush.
+    if !restarting {
+        state.metrics.connections.dec();
+    }
     drop(connection);
     // Flush what is queued for the socket (an idle notice), but never wait on a dead peer;
     // forwarders of cancelled requests end as soon as the worker drops them.
     let _ = tokio::time::timeout(send_timeout, writer).await;
+    if restarting {
+        state.metrics.connections.dec();
+    }
 }
 
 impl Connection {
@@ -326,7 +362,14 @@ impl Connection {
             Ok(queue_position) => {
                 self.in_flight.lock().expect("in-flight lock").insert(id, cancel.clone());
                 self.send(ServerMessage::Accepted { id, queue_position: queue_position as u32 }).await;
-                tokio::spawn(forward(events, self.outbox.clone(), self.in_flight.clone(), id, cancel));
+                let forwarding = Forwarding {
+                    outbox: self.outbox.clone(),
+                    in_flight: self.in_flight.clone(),
+                    id,
+                    cancel,
+                    _alive: self.forwarders.clone(),
+                };
+                tokio::spawn(forwarding.run(events));
             }
             Err(SubmitError::Busy(_)) => {
                 let retry = self.state.limits.retry_after_s;
@@ -345,29 +388,36 @@ impl Connection {
     }
 }
 
-/// Relays one request's stream to the connection until its final frame.
-async fn forward(
-    mut events: mpsc::UnboundedReceiver<ServerMessage>,
+/// One request's stream on its way to the connection.
+struct Forwarding {
     outbox: Outbox,
     in_flight: InFlight,
     id: RequestId,
     cancel: CancelFlag,
-) {
-    while let Some(message) = events.recv().await {
-        let last = message.is_final();
-        if last {
-            // Free the slot first: a client may send its next request the moment it reads this.
-            in_flight.lock().expect("in-flight lock").remove(&id);
+    /// The connection's count of live forwarders ([`Connection::forwarders`]).
+    _alive: Arc<()>,
+}
+
+impl Forwarding {
+    /// Relays the stream until its final frame.
+    async fn run(self, mut events: mpsc::UnboundedReceiver<ServerMessage>) {
+        let Forwarding { outbox, in_flight, id, cancel, .. } = &self;
+        while let Some(message) = events.recv().await {
+            let last = message.is_final();
+            if last {
+                // Free the slot first: a client may send its next request the moment it reads this.
+                in_flight.lock().expect("in-flight lock").remove(id);
+            }
+            if outbox.send(frame(message, outbox.version)).await.is_err() {
+                cancel.store(true, Ordering::SeqCst);
+                break;
+            }
+            if last {
+                return;
+            }
         }
-        if outbox.send(frame(message, outbox.version)).await.is_err() {
-            cancel.store(true, Ordering::SeqCst);
-            break;
-        }
-        if last {
-            return;
-        }
+        in_flight.lock().expect("in-flight lock").remove(id);
     }
-    in_flight.lock().expect("in-flight lock").remove(&id);
 }
 
 pub fn server_name() -> String {

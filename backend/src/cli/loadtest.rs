@@ -9,6 +9,10 @@
 //!   hangs up mid-request and comes back), while the server's resident memory is sampled
 //!   from its `/metrics`. Every request must end in its answer, `cancelled` or "busy";
 //!   one that ends otherwise, or never, is counted as lost.
+//!
+//! A request whose connection dies before its final frame, or that a replica shutting
+//! down refuses (`unavailable`), is sent again on a new connection (`--retries` times, as
+//! the web app does): behind a load balancer that connection reaches another replica.
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
@@ -48,6 +52,10 @@ pub struct LoadTestArgs {
     /// Seeds each client's choice of requests in a soak.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// How many times a request is sent again on a new connection after its connection
+    /// died before the answer or its server was shutting down (0: never).
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -64,8 +72,12 @@ pub struct LoadReport {
     pub cancelled: usize,
     /// Requests whose client hung up on purpose before the answer.
     pub abandoned: usize,
-    /// Requests that ended in nothing they should: no final frame, or a closed connection.
+    /// Requests that ended in nothing they should: no final frame, or a closed connection,
+    /// after every retry.
     pub lost: usize,
+    /// Completed requests that were sent more than once (their connection died, or their
+    /// server was shutting down).
+    pub retried: usize,
     pub wall_s: f64,
     /// Completed requests per second.
     pub throughput_rps: f64,
@@ -73,6 +85,10 @@ pub struct LoadReport {
     pub latency_p95_s: f64,
     pub latency_p99_s: f64,
     pub latency_max_s: f64,
+    /// Latency of the retried requests alone, from their first sending (what a dead or
+    /// restarting replica cost them).
+    pub retried_latency_p50_s: f64,
+    pub retried_latency_max_s: f64,
     /// Completed requests by kind (a soak).
     pub completed_by_kind: BTreeMap<&'static str, usize>,
     /// The server's resident memory in MiB over the run: (seconds since the start, MiB).
@@ -108,7 +124,8 @@ impl Kind {
 }
 
 enum Outcome {
-    Completed(Kind, Duration),
+    /// Answered, after this long since the first sending; whether it was sent again.
+    Completed(Kind, Duration, bool),
     Busy,
     Failed(String),
     Cancelled,
@@ -153,54 +170,106 @@ async fn next_message(ws: &mut Socket) -> Result<ServerMessage> {
     }
 }
 
+/// The connection died before the request's final frame, or the server would not take
+/// it because it is shutting down: worth sending again on a new connection.
+struct Dropped;
+
 /// Sends one request and waits for its final frame.
-async fn ask(ws: &mut Socket, request: &ClientMessage, kind: Kind, cancel: bool) -> Outcome {
-    let Some(id) = request.request_id() else { return Outcome::Failed("no request id".into()) };
-    let started = Instant::now();
-    if ws.send(Message::Text(encode(request).into())).await.is_err() {
-        return Outcome::Lost;
-    }
-    if cancel && ws.send(Message::Text(encode(&ClientMessage::Cancel { id }).into())).await.is_err() {
-        return Outcome::Lost;
+async fn ask(ws: &mut Socket, request: &ClientMessage, kind: Kind, cancel: bool) -> Result<Outcome, Dropped> {
+    let Some(id) = request.request_id() else { return Ok(Outcome::Failed("no request id".into())) };
+    ws.send(Message::Text(encode(request).into())).await.map_err(|_| Dropped)?;
+    if cancel {
+        ws.send(Message::Text(encode(&ClientMessage::Cancel { id }).into())).await.map_err(|_| Dropped)?;
     }
     loop {
-        let message = match next_message(ws).await {
-            Ok(message) => message,
-            Err(_) => return Outcome::Lost,
-        };
+        let message = next_message(ws).await.map_err(|_| Dropped)?;
         if message.request_id() != Some(id) || !message.is_final() {
             continue;
         }
-        return match message {
+        return Ok(match message {
             ServerMessage::Cancelled { .. } if cancel => Outcome::Cancelled,
             // A cancel may arrive after the work is done: the answer still comes.
             _ if cancel && !matches!(message, ServerMessage::Error { .. }) => Outcome::Cancelled,
             ServerMessage::Result { .. }
             | ServerMessage::Classification { .. }
             | ServerMessage::Images { .. }
-            | ServerMessage::Texts { .. } => Outcome::Completed(kind, started.elapsed()),
+            | ServerMessage::Texts { .. } => Outcome::Completed(kind, Duration::ZERO, false),
             ServerMessage::Error { code: ErrorCode::Busy, .. } => Outcome::Busy,
+            ServerMessage::Error { code: ErrorCode::Unavailable, .. } => return Err(Dropped),
             ServerMessage::Error { code, .. } => Outcome::Failed(format!("{code:?}")),
             _ => Outcome::Lost,
-        };
+        });
     }
 }
 
-async fn counted_client(url: String, image: String, requests: usize, n: u32) -> Result<Vec<Outcome>> {
-    let (mut ws, _) = connect(&url).await?;
+/// A client's connection, made again when it dies.
+struct Link {
+    url: String,
+    socket: Option<Socket>,
+    retries: u32,
+}
+
+impl Link {
+    /// Connects now: the first connection must work (a wrong URL is an error, not lost requests).
+    async fn open(url: &str, retries: u32) -> Result<(Link, Vec<String>)> {
+        let (socket, dishes) = connect(url).await?;
+        Ok((Link { url: url.to_string(), socket: Some(socket), retries }, dishes))
+    }
+
+    /// Sends `request` until it is answered, connecting again (after a short, growing
+    /// pause) when its connection drops, up to `retries` times.
+    async fn ask(&mut self, request: &ClientMessage, kind: Kind, cancel: bool) -> Outcome {
+        let started = Instant::now();
+        for attempt in 0..=self.retries {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
+            }
+            let socket = match self.socket.as_mut() {
+                Some(socket) => socket,
+                None => match connect(&self.url).await {
+                    Ok((socket, _)) => self.socket.insert(socket),
+                    Err(_) => continue,
+                },
+            };
+            match ask(socket, request, kind, cancel).await {
+                Ok(Outcome::Completed(kind, _, _)) => return Outcome::Completed(kind, started.elapsed(), attempt > 0),
+                Ok(outcome) => return outcome,
+                Err(Dropped) => self.socket = None,
+            }
+        }
+        Outcome::Lost
+    }
+
+    /// Hangs up, as a user closing the page does.
+    async fn hang_up(&mut self) {
+        if let Some(mut socket) = self.socket.take() {
+            let _ = socket.close(None).await;
+        }
+    }
+}
+
+async fn counted_client(url: String, image: String, requests: usize, n: u32, retries: u32) -> Result<Vec<Outcome>> {
+    let (mut link, _) = Link::open(&url, retries).await?;
     let mut outcomes = Vec::with_capacity(requests);
     for id in 1..=requests as u64 {
         let request =
             ClientMessage::Recognize { id, image: image.clone(), template: None, n: Some(n), portion_g: None };
-        outcomes.push(ask(&mut ws, &request, Kind::Recognize, false).await);
+        outcomes.push(link.ask(&request, Kind::Recognize, false).await);
     }
-    let _ = ws.close(None).await;
+    link.hang_up().await;
     Ok(outcomes)
 }
 
-async fn soak_client(url: String, image: String, n: u32, until: Instant, seed: u64) -> Result<Vec<Outcome>> {
+async fn soak_client(
+    url: String,
+    image: String,
+    n: u32,
+    until: Instant,
+    seed: u64,
+    retries: u32,
+) -> Result<Vec<Outcome>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let (mut ws, dishes) = connect(&url).await?;
+    let (mut link, dishes) = Link::open(&url, retries).await?;
     let dishes = if dishes.len() >= 3 { dishes } else { vec!["борщ".into(), "рис".into(), "суп".into()] };
     let mut outcomes = Vec::new();
     let mut id = 0u64;
@@ -211,8 +280,8 @@ async fn soak_client(url: String, image: String, n: u32, until: Instant, seed: u
         let recognize =
             ClientMessage::Recognize { id, image: image.clone(), template: None, n: Some(n), portion_g: None };
         let outcome = match kind {
-            Kind::Recognize => ask(&mut ws, &recognize, kind, false).await,
-            Kind::Cancel => ask(&mut ws, &recognize, kind, true).await,
+            Kind::Recognize => link.ask(&recognize, kind, false).await,
+            Kind::Cancel => link.ask(&recognize, kind, true).await,
             Kind::Classify => {
                 let mut classes: Vec<String> =
                     (0..3).map(|_| dishes[rng.random_range(0..dishes.len())].clone()).collect();
@@ -228,26 +297,27 @@ async fn soak_client(url: String, image: String, n: u32, until: Instant, seed: u
                     template: None,
                     method: Some(ClassifyMethod::CaptionFit),
                 };
-                ask(&mut ws, &request, kind, false).await
+                link.ask(&request, kind, false).await
             }
             Kind::Draw => {
                 let request = ClientMessage::GenerateImage { id, text: dish, n: Some(1), seed: None };
-                ask(&mut ws, &request, kind, false).await
+                link.ask(&request, kind, false).await
             }
             Kind::Texts => {
                 let request = ClientMessage::GenerateText { id, prompt: "блюдо:".into(), n: Some(2) };
-                ask(&mut ws, &request, kind, false).await
+                link.ask(&request, kind, false).await
             }
             Kind::HangUp => {
-                let _ = ws.send(Message::Text(encode(&recognize).into())).await;
-                let _ = ws.close(None).await;
-                ws = connect(&url).await?.0;
+                if let Some(socket) = link.socket.as_mut() {
+                    let _ = socket.send(Message::Text(encode(&recognize).into())).await;
+                }
+                link.hang_up().await;
                 Outcome::Abandoned
             }
         };
         outcomes.push(outcome);
     }
-    let _ = ws.close(None).await;
+    link.hang_up().await;
     Ok(outcomes)
 }
 
@@ -298,8 +368,9 @@ pub async fn run(args: &LoadTestArgs) -> Result<LoadReport> {
                 args.n,
                 started + Duration::from_secs_f64(seconds),
                 args.seed.wrapping_mul(1000).wrapping_add(k as u64),
+                args.retries,
             )),
-            None => tokio::spawn(counted_client(url.clone(), image.clone(), args.requests, args.n)),
+            None => tokio::spawn(counted_client(url.clone(), image.clone(), args.requests, args.n, args.retries)),
         })
         .collect();
     // The server's memory, sampled while the clients run (a soak only).
@@ -322,14 +393,19 @@ pub async fn run(args: &LoadTestArgs) -> Result<LoadReport> {
     }
     let wall_s = started.elapsed().as_secs_f64();
     let mut latencies: Vec<f64> = Vec::new();
+    let mut retried: Vec<f64> = Vec::new();
     let mut completed_by_kind = BTreeMap::new();
     for outcome in &outcomes {
-        if let Outcome::Completed(kind, d) = outcome {
+        if let Outcome::Completed(kind, d, again) = outcome {
             latencies.push(d.as_secs_f64());
+            if *again {
+                retried.push(d.as_secs_f64());
+            }
             *completed_by_kind.entry(kind.name()).or_insert(0) += 1;
         }
     }
     latencies.sort_by(f64::total_cmp);
+    retried.sort_by(f64::total_cmp);
     let count = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
     Ok(LoadReport {
         clients: args.clients,
@@ -346,12 +422,15 @@ pub async fn run(args: &LoadTestArgs) -> Result<LoadReport> {
         cancelled: count(|o| matches!(o, Outcome::Cancelled)),
         abandoned: count(|o| matches!(o, Outcome::Abandoned)),
         lost: count(|o| matches!(o, Outcome::Lost)),
+        retried: retried.len(),
         wall_s,
         throughput_rps: latencies.len() as f64 / wall_s,
         latency_p50_s: percentile(&latencies, 0.5),
         latency_p95_s: percentile(&latencies, 0.95),
         latency_p99_s: percentile(&latencies, 0.99),
         latency_max_s: latencies.last().copied().unwrap_or(0.0),
+        retried_latency_p50_s: percentile(&retried, 0.5),
+        retried_latency_max_s: retried.last().copied().unwrap_or(0.0),
         completed_by_kind,
         server_memory_mib: memory,
     })

@@ -7,6 +7,7 @@
 use borscht_protocol::{ClientMessage, RequestId, ServerMessage};
 use leptos::prelude::*;
 
+use super::retry_notice::RetryNotice;
 use crate::connection::Connection;
 use crate::i18n::{error_text, tr, use_lang};
 
@@ -88,6 +89,7 @@ pub fn Draw(connection: Connection) -> impl IntoView {
                 </button>
             </div>
             <p class="status-line" role="status">{move || status.get()}</p>
+            <RetryNotice connection=connection request=request />
             <p id="draw-seed" class="muted small-print" class:hidden=move || seed.get().is_none() data-seed=move || seed.get().map(|s| s.to_string()).unwrap_or_default()>
                 {move || format!("{} {}", tr(lang.get(), "Номер рисунка:", "Drawing number:"), seed.get().unwrap_or_default())}
                 " "

@@ -6,4 +6,5 @@ pub mod embed;
 pub mod history;
 pub mod recognize;
 pub mod result_card;
+pub mod retry_notice;
 pub mod which_dish;

@@ -6,6 +6,7 @@ use leptos::prelude::*;
 
 use super::camera::Camera;
 use super::result_card::ResultCard;
+use super::retry_notice::RetryNotice;
 use crate::connection::Connection;
 use crate::host::embedded;
 use crate::i18n::{error_text, tr, use_lang, Lang};
@@ -52,7 +53,11 @@ pub fn start_recognition(
     let sent = connection.request(
         |id| ClientMessage::Recognize { id, image, template: None, n: Some(CAPTIONS), portion_g: None },
         move |message| match message {
-            ServerMessage::Accepted { queue_position, .. } => phase.set(Phase::Queued(queue_position)),
+            ServerMessage::Accepted { queue_position, .. } => {
+                // A request sent again streams its candidates again.
+                candidates.set(Vec::new());
+                phase.set(Phase::Queued(queue_position));
+            }
             ServerMessage::Progress { step, total, .. } => phase.set(Phase::Running { step, total }),
             ServerMessage::Candidate { text, .. } => candidates.update(|c| c.push(text)),
             ServerMessage::Result { recognition, .. } => {
@@ -161,6 +166,7 @@ pub fn Recognize(
                     _ => String::new(),
                 }}
             </p>
+            <RetryNotice connection=connection request=request />
             <ul id="candidates" class="candidates" class:hidden=move || candidates.get().is_empty() || result.get().is_some()>
                 <For each=move || candidates.get() key=|c| c.clone() let:candidate>
                     <li>{candidate}</li>

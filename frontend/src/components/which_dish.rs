@@ -1,9 +1,10 @@
 //! "Which dish?": the person lists dishes (the model's own as suggestions), the model
 //! picks among them for the photo shown above the list, or says none of them fits.
 
-use borscht_protocol::{Classification, ClientMessage, Dish, ServerMessage};
+use borscht_protocol::{Classification, ClientMessage, Dish, RequestId, ServerMessage};
 use leptos::prelude::*;
 
+use super::retry_notice::RetryNotice;
 use crate::connection::Connection;
 use crate::i18n::{dish_name, error_text, tr, use_dishes, use_lang};
 
@@ -58,6 +59,7 @@ pub fn WhichDish(connection: Connection, photo: RwSignal<Option<String>>) -> imp
     };
     let answer = RwSignal::new(None::<Classification>);
     let status = RwSignal::new(String::new());
+    let request = RwSignal::new(None::<RequestId>);
     // A new photo makes the old answer about another picture.
     Effect::new(move || {
         photo.track();
@@ -85,8 +87,9 @@ pub fn WhichDish(connection: Connection, photo: RwSignal<Option<String>>) -> imp
                 _ => {}
             },
         );
-        if let Err(e) = sent {
-            status.set(e);
+        match sent {
+            Ok(id) => request.set(Some(id)),
+            Err(e) => status.set(e),
         }
     };
     view! {
@@ -116,6 +119,7 @@ pub fn WhichDish(connection: Connection, photo: RwSignal<Option<String>>) -> imp
             </div>
             <button id="classify" class="primary" on:click=ask>{move || tr(lang.get(), "Определить", "Decide")}</button>
             <p class="status-line" role="status">{move || status.get()}</p>
+            <RetryNotice connection=connection request=request />
             {move || answer.get().map(|a| {
                 // Best first; each bar shows how close the dish comes to the best fit (full bar)
                 // from the worst (a sliver), so near ties look like ties.
