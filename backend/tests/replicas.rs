@@ -20,10 +20,6 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A GET that may find nobody listening: its status, or `None`.
 async fn status_of(port: u16, path: &str) -> Option<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,7 +39,12 @@ struct Replica {
 }
 
 impl Replica {
+    /// A replica that drains for up to 30 s on SIGTERM.
     fn start(port: u16, logs: &Path) -> Replica {
+        Replica::start_draining(port, logs, 30)
+    }
+
+    fn start_draining(port: u16, logs: &Path, drain_timeout_s: u32) -> Replica {
         static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let nth = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log = logs.join(format!("replica-{port}-{nth}.log"));
@@ -51,7 +52,7 @@ impl Replica {
             .current_dir(repo())
             .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--web-dir"])
             .arg(logs)
-            .args(["--client-ip-header", "X-Real-IP", "--drain-timeout-s", "30"])
+            .args(["--client-ip-header", "X-Real-IP", "--drain-timeout-s", &drain_timeout_s.to_string()])
             .env_remove("BORSCHT_MODEL")
             .env("BORSCHT_LOG", "info")
             .stdout(Stdio::null())
@@ -332,18 +333,7 @@ async fn the_drain_timeout_bounds_a_shutdown() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let logs = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut replica = Replica {
-        port,
-        child: Command::new(env!("CARGO_BIN_EXE_borscht"))
-            .current_dir(repo())
-            .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--drain-timeout-s", "1"])
-            .env_remove("BORSCHT_MODEL")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(logs.path().join("replica.log")).unwrap())
-            .spawn()
-            .unwrap(),
-        log: logs.path().join("replica.log"),
-    };
+    let mut replica = Replica::start_draining(port, logs.path(), 1);
     replica.ready().await;
     // Four drawings of four pictures: several seconds of work, far past the timeout.
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws?protocol=3")).await.unwrap();

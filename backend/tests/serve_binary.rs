@@ -16,10 +16,6 @@ impl Drop for Serving {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_serve_command_takes_flags_and_variables_and_stops_on_sigterm() {

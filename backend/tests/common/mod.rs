@@ -125,6 +125,11 @@ impl TestServer {
     }
 }
 
+/// A loopback port nobody listens on now (for a server process the test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// A plain HTTP GET over a raw TCP stream (no HTTP client needed for two lines).
 pub async fn reqwest_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http(addr, "GET", path, "", &[]).await
