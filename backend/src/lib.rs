@@ -8,9 +8,11 @@
 //!
 //! Here: [`cli`], the command and its subcommands; [`bench`], `borscht bench`;
 //! [`device_check`], `borscht device-check` (a GPU against the reference fixtures);
-//! [`process`], allocator and thread-pool settings made at start-up.
+//! [`process`], allocator and thread-pool settings made at start-up; [`teaching`], the
+//! server's fine-tunes as `borscht train` runs.
 
 pub mod bench;
 pub mod cli;
 pub mod device_check;
 pub mod process;
+pub mod teaching;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Version of this protocol; both peers announce it in their `hello`.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The oldest protocol a server still serves (its clients ignore what later versions
 /// add).
@@ -240,6 +240,14 @@ pub enum ServerMessage {
         /// `/ws?protocol=3`, left out for older ones).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         dishes: Vec<Dish>,
+        /// The model version served (protocol 4): `base`, or a fine-tune the operator
+        /// promoted (`v3`); `None` when the server keeps no versions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model_version: Option<String>,
+        /// Whether the server stores corrections as training examples (protocol 4):
+        /// the app then offers "Wrong? Tell us".
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        teaching: bool,
     },
     Pong {
         nonce: u64,
@@ -350,13 +358,31 @@ impl ServerMessage {
     /// The frame as a client of protocol `version` reads it: what later versions added
     /// left out (a frame with fields a client does not know is one it refuses).
     pub fn for_version(self, version: u32) -> ServerMessage {
-        if version >= 3 {
+        if version >= 4 {
             return self;
         }
+        if version == 3 {
+            return match self {
+                ServerMessage::Hello { protocol_version, server, model, dishes, .. } => ServerMessage::Hello {
+                    protocol_version,
+                    server,
+                    model,
+                    dishes,
+                    model_version: None,
+                    teaching: false,
+                },
+                other => other,
+            };
+        }
         match self {
-            ServerMessage::Hello { protocol_version, server, model, .. } => {
-                ServerMessage::Hello { protocol_version, server, model, dishes: Vec::new() }
-            }
+            ServerMessage::Hello { protocol_version, server, model, .. } => ServerMessage::Hello {
+                protocol_version,
+                server,
+                model,
+                dishes: Vec::new(),
+                model_version: None,
+                teaching: false,
+            },
             ServerMessage::Images { id, images, .. } => ServerMessage::Images { id, images, seed: None },
             other => other,
         }
@@ -411,6 +437,13 @@ pub enum ErrorCode {
     Unavailable,
     /// The model failed; the message says how.
     Internal,
+    /// An admin route without the server's admin token (HTTP API only).
+    Unauthorized,
+    /// No such example or model version, or the server does not keep them (HTTP API only).
+    NotFound,
+    /// The request clashes with what the server is doing: a fine-tune already runs, a
+    /// version is not finished (HTTP API only).
+    Conflict,
 }
 /// Why a frame could not be decoded; maps onto an [`ErrorCode`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -579,6 +612,8 @@ mod tests {
                 server: "x".into(),
                 model: None,
                 dishes: vec![Dish { name: "рис".into(), en: Some("rice".into()) }],
+                model_version: Some("v2".into()),
+                teaching: true,
             },
             ServerMessage::Pong { nonce: 1 },
             ServerMessage::Accepted { id, queue_position: 0 },
@@ -634,12 +669,19 @@ mod tests {
             server: "borscht".into(),
             model: None,
             dishes: vec![Dish { name: "рис".into(), en: None }],
+            model_version: Some("v1".into()),
+            teaching: true,
         };
         let images = ServerMessage::Images { id: 1, images: vec![], seed: Some(5) };
-        for (frame, field) in [(hello, "dishes"), (images, "seed")] {
+        for (frame, field) in [(hello.clone(), "dishes"), (images, "seed")] {
             assert!(encode(&frame.clone().for_version(3)).contains(field));
             let old = encode(&frame.for_version(2));
             assert!(!old.contains(field), "{old}");
+        }
+        for field in ["model_version", "teaching"] {
+            assert!(encode(&hello.clone().for_version(4)).contains(field));
+            let old = encode(&hello.clone().for_version(3));
+            assert!(!old.contains(field) && old.contains("dishes"), "{old}");
         }
         let old_result = r#"{"type":"result","id":1,"recognition":{"best":null,"alternatives":[],"confidence":0.5,"atwater":null,"portion":null,"candidates":[]}}"#;
         match decode_server_message(old_result).unwrap() {

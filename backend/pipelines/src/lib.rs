@@ -27,4 +27,5 @@ pub mod recognize;
 pub mod sampling;
 pub mod scoring;
 
+pub use borscht_model::checkpoint::write_atomically;
 pub use engine::Engine;

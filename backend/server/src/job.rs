@@ -164,6 +164,11 @@ impl Job {
 /// Decodes a base64 picture (a `data:` URL prefix is allowed) within the limits, and
 /// shrinks it to the model's `side` ([`decode_picture`]).
 pub fn decode_base64_image(data: &str, limits: &Limits, side: u32) -> Result<DynamicImage, Rejection> {
+    decode_picture(&base64_bytes(data, limits)?, limits, side)
+}
+
+/// The bytes of a base64 picture or data URL, within the upload limit (undecoded).
+pub fn base64_bytes(data: &str, limits: &Limits) -> Result<Vec<u8>, Rejection> {
     let payload = match data.split_once(";base64,") {
         Some((prefix, rest)) if prefix.starts_with("data:") => rest,
         _ => data,
@@ -176,10 +181,9 @@ pub fn decode_base64_image(data: &str, limits: &Limits, side: u32) -> Result<Dyn
             format!("the image is over the limit of {} bytes", limits.max_upload_bytes),
         ));
     }
-    let bytes = base64::engine::general_purpose::STANDARD
+    base64::engine::general_purpose::STANDARD
         .decode(payload)
-        .map_err(|e| Rejection::new(ErrorCode::InvalidImage, format!("the image is not valid base64: {e}")))?;
-    decode_picture(&bytes, limits, side)
+        .map_err(|e| Rejection::new(ErrorCode::InvalidImage, format!("the image is not valid base64: {e}")))
 }
 
 /// Side a picture is shrunk to while the model (whose input side decides) still loads and

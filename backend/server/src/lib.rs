@@ -9,12 +9,17 @@
 //!   requests; [`metrics`]: Prometheus counters;
 //! - [`wire`]: the pipelines' results as the protocol's messages;
 //! - [`origin`]: which pages may open `/ws`; [`headers`]: CSP, permissions and caching;
+//! - teaching: [`dataset`] (the examples users send), [`finetune`] (fine-tunes trained
+//!   by the workers between batches), [`versions`] (model versions, promotion and
+//!   rollback), [`teach_api`] (their routes, the admin's behind `--admin-token`);
 //! - static files: the Trunk-built web app, with `index.html` as the SPA fallback;
 //!   `/healthz` (the process is up), `/readyz` (the model is loaded), `/metrics`.
 
 pub mod api;
 pub mod caps;
 pub mod client;
+pub mod dataset;
+pub mod finetune;
 pub mod headers;
 pub mod job;
 pub mod limits;
@@ -23,6 +28,8 @@ pub mod openapi;
 pub mod origin;
 pub mod queue;
 pub mod shutdown;
+pub mod teach_api;
+pub mod versions;
 pub mod wire;
 pub mod worker;
 pub mod ws;
@@ -45,6 +52,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use self::client::{ClientKey, ClientSlot, ClientSlots};
+use self::finetune::Teaching;
 use self::headers::SecurityHeaders;
 use self::job::Job;
 use self::limits::Limits;
@@ -73,6 +81,8 @@ pub struct ServerConfig {
     /// The side the model reads pictures at, when known before it loads (from its
     /// configs): pictures sent while it loads are then shrunk to it at once, as later.
     pub input_side: Option<u32>,
+    /// The token the admin routes ask for (`Authorization: Bearer …`); None turns them off.
+    pub admin_token: Option<String>,
 }
 
 impl ServerConfig {
@@ -87,6 +97,7 @@ impl ServerConfig {
             ws_origins: Vec::new(),
             client_ip_header: None,
             input_side: None,
+            admin_token: None,
         }
     }
 }
@@ -107,6 +118,9 @@ pub struct AppState {
     pub origins: Arc<OriginPolicy>,
     /// Connections open and API calls made ([`caps`]).
     pub caps: caps::Caps,
+    /// Examples, fine-tunes and model versions ([`finetune`]).
+    pub teaching: Arc<Teaching>,
+    pub admin_token: Option<Arc<str>>,
 }
 
 impl AppState {
@@ -182,16 +196,21 @@ impl Server {
     /// Starts one worker on one device (which loads the model in the background) and
     /// builds the router.
     pub fn start(config: &ServerConfig, load: EngineLoader) -> Server {
-        Server::start_on(config, vec![DeviceLoader { device: "default".into(), load }])
+        Server::start_on(config, vec![DeviceLoader { device: "default".into(), load, load_version: None }])
     }
 
     /// Starts one worker per device, all serving the one queue, and builds the router.
     pub fn start_on(config: &ServerConfig, loaders: Vec<DeviceLoader>) -> Server {
+        Server::start_teaching(config, loaders, Default::default())
+    }
+
+    /// As [`Server::start_on`], keeping examples, fine-tunes and versions as `teaching` says.
+    pub fn start_teaching(config: &ServerConfig, loaders: Vec<DeviceLoader>, teaching: Arc<Teaching>) -> Server {
         let metrics = Metrics::new();
         let limits = &config.limits;
         let (queue, receiver) = Queue::new(limits.queue_capacity, limits.queue_max_bytes, metrics.clone());
         let (worker, worker_threads) =
-            spawn_workers(loaders, receiver, metrics.clone(), limits.max_batch, config.input_side);
+            spawn_workers(loaders, receiver, metrics.clone(), limits.max_batch, config.input_side, teaching.clone());
         let state = AppState {
             queue,
             worker,
@@ -203,6 +222,8 @@ impl Server {
             client_ip_header: config.client_ip_header.as_deref().map(Arc::from),
             origins: Arc::new(OriginPolicy::new(&config.ws_origins, &config.embed_ancestors)),
             caps: caps::Caps::new(limits),
+            teaching,
+            admin_token: config.admin_token.as_deref().map(Arc::from),
         };
         Server { router: router(config, state.clone()), state, worker_threads }
     }
@@ -218,6 +239,12 @@ pub fn router(config: &ServerConfig, state: AppState) -> Router {
         .route("/api/v1/generate", post(api::generate))
         .route("/api/v1/dishes", get(api::dishes))
         .route("/api/v1/openapi.json", get(openapi::document))
+        .route(
+            "/api/v1/examples",
+            post(teach_api::add_example)
+                .layer(DefaultBodyLimit::max(config.limits.max_upload_bytes / 3 * 4 + 64 * 1024)),
+        )
+        .merge(admin_routes(&state))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), api::rate_limit))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(config.limits.body_timeout()))
@@ -254,6 +281,24 @@ pub fn router(config: &ServerConfig, state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
 }
 
+/// The admin's routes, each behind the admin token ([`teach_api::require_admin`]).
+fn admin_routes(state: &AppState) -> Router<AppState> {
+    use axum::routing::delete;
+    Router::new()
+        .route("/api/v1/examples", get(teach_api::list_examples))
+        .route("/api/v1/examples/export", get(teach_api::export_examples))
+        .route("/api/v1/examples/{id}", delete(teach_api::delete_example))
+        .route("/api/v1/examples/{id}/photo", get(teach_api::example_photo))
+        .route("/api/v1/finetune", post(teach_api::start_finetune).get(teach_api::list_finetunes))
+        .route("/api/v1/finetune/cancel", post(teach_api::cancel_finetune))
+        .route("/api/v1/finetune/resume", post(teach_api::resume_finetune))
+        .route("/api/v1/finetune/events", get(teach_api::finetune_events))
+        .route("/api/v1/models", get(teach_api::list_models))
+        .route("/api/v1/models/rollback", post(teach_api::rollback_model))
+        .route("/api/v1/models/{name}/promote", post(teach_api::promote_model))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), teach_api::require_admin))
+}
+
 fn cors(origins: &[String]) -> CorsLayer {
     let allow = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
@@ -262,8 +307,8 @@ fn cors(origins: &[String]) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(allow)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([header::CONTENT_TYPE])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
         .expose_headers([header::RETRY_AFTER, HeaderName::from_static("x-borscht-seed")])
         .max_age(Duration::from_secs(3600))
 }
@@ -283,7 +328,12 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         }
         ModelStatus::Ready { name, .. } => (
             StatusCode::OK,
-            serde_json::json!({ "status": "ready", "model": name, "devices": device_statuses(&state) }),
+            serde_json::json!({
+                "status": "ready",
+                "model": name,
+                "version": state.teaching.versions.as_ref().map(|v| v.active()),
+                "devices": device_statuses(&state),
+            }),
         ),
         ModelStatus::Loading => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "loading" })),
         ModelStatus::Failed(e) => {
@@ -326,11 +376,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Binds `config.addr` and serves until Ctrl-C / SIGTERM. Shutdown refuses new requests,
 /// lets those in flight finish (up to `drain_timeout`), then closes.
-pub async fn serve(config: ServerConfig, loaders: Vec<DeviceLoader>) -> anyhow::Result<()> {
+pub async fn serve(config: ServerConfig, loaders: Vec<DeviceLoader>, teaching: Arc<Teaching>) -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(config.addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.addr))?;
     tracing::info!("Borscht listening on http://{}", listener.local_addr()?);
-    let server = Server::start_on(&config, loaders);
+    teaching.resume_interrupted()?;
+    let server = Server::start_teaching(&config, loaders, teaching);
     let state = server.state.clone();
     let drain = config.drain_timeout;
     let shutdown = async move {

@@ -181,9 +181,37 @@ impl QueueReceiver {
         }
     }
 
+    /// The next job, waiting at most `timeout` for one (the worker has other work).
+    pub fn next_within(&mut self, timeout: std::time::Duration) -> Next {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut lanes = self.shared.lanes.lock().expect("queue lock");
+        loop {
+            if let Some(job) = self.take(&mut lanes, &|_| true) {
+                return Next::Job(Box::new(job));
+            }
+            if self.shared.senders.load(Ordering::SeqCst) == 0 {
+                return Next::Closed;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Next::Idle;
+            }
+            lanes = self.shared.ready.wait_timeout(lanes, left).expect("queue lock").0;
+        }
+    }
+
     /// The next waiting job that `wanted` takes, in fair order, if there is one now.
     pub fn try_next_where(&mut self, wanted: impl Fn(&Job) -> bool) -> Option<Job> {
         let mut lanes = self.shared.lanes.lock().expect("queue lock");
         self.take(&mut lanes, &wanted)
     }
+}
+
+/// What [`QueueReceiver::next_within`] found.
+pub enum Next {
+    Job(Box<Job>),
+    /// Nothing came in time.
+    Idle,
+    /// Every sender is gone: the server is stopping.
+    Closed,
 }

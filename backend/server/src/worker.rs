@@ -8,15 +8,17 @@
 //! time between batches. Cancelled requests (or ones whose client left) are dropped
 //! at the next decoding step.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use base64::Engine as _;
 use borscht_protocol::{ErrorCode, ServerMessage};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use super::finetune::{ActiveRun, Teaching};
 use super::job::{Job, Task};
 use super::metrics::Metrics;
-use super::queue::QueueReceiver;
+use super::queue::{Next, QueueReceiver};
 use super::wire;
 use borscht_pipelines::engine::UnknownCharacters;
 use borscht_pipelines::generation::{
@@ -54,6 +56,17 @@ pub struct WorkerHandle {
     in_flight: Arc<AtomicUsize>,
     /// The side of the square pictures the model reads (0 while it loads).
     input_side: Arc<AtomicU32>,
+    /// Each device's model version: the generation it serves ([`super::versions`]),
+    /// and the last swap that failed there.
+    loaded: Arc<Vec<RwLock<Loaded>>>,
+}
+
+/// The model version a worker serves.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Loaded {
+    pub generation: u64,
+    /// The generation it could not swap to, and why.
+    pub failed: Option<(u64, String)>,
 }
 
 impl WorkerHandle {
@@ -98,6 +111,11 @@ impl WorkerHandle {
         }
     }
 
+    /// Each device's model version, in the order the devices were given.
+    pub fn loaded(&self) -> Vec<Loaded> {
+        self.loaded.iter().map(|l| l.read().expect("loaded lock").clone()).collect()
+    }
+
     /// Call when a job is queued; the worker counts it down when the job ends.
     pub fn job_started(&self) {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -111,11 +129,15 @@ impl WorkerHandle {
 /// Builds the engine on the worker thread (loading can take a while) and names it.
 pub type EngineLoader = Box<dyn FnOnce() -> Result<(Engine, String)> + Send>;
 
+/// Loads another model version (a directory) on the worker's device, for a hot swap.
+pub type VersionLoader = Box<dyn Fn(&std::path::Path) -> Result<Engine> + Send>;
+
 /// One device's worker: what it is called in logs and metrics, and how it loads its
-/// copy of the model.
+/// copy of the model (and other versions of it, when the server keeps versions).
 pub struct DeviceLoader {
     pub device: String,
     pub load: EngineLoader,
+    pub load_version: Option<VersionLoader>,
 }
 
 /// Starts one worker thread per device; each ends when every queue sender is gone.
@@ -125,6 +147,7 @@ pub fn spawn_workers(
     metrics: Metrics,
     max_batch: usize,
     input_side: Option<u32>,
+    teaching: Arc<Teaching>,
 ) -> (WorkerHandle, Vec<std::thread::JoinHandle<()>>) {
     assert!(!loaders.is_empty(), "at least one device");
     let handle = WorkerHandle {
@@ -133,11 +156,12 @@ pub fn spawn_workers(
         alive: Arc::new(AtomicUsize::new(loaders.len())),
         in_flight: Arc::new(AtomicUsize::new(0)),
         input_side: Arc::new(AtomicU32::new(input_side.unwrap_or(0))),
+        loaded: Arc::new(loaders.iter().map(|_| RwLock::new(Loaded::default())).collect()),
     };
     let threads = loaders
         .into_iter()
         .enumerate()
-        .map(|(index, DeviceLoader { device, load })| {
+        .map(|(index, DeviceLoader { device, load, load_version })| {
             let worker = Worker {
                 receiver: receiver.clone(),
                 metrics: metrics.clone(),
@@ -145,6 +169,8 @@ pub fn spawn_workers(
                 handle: handle.clone(),
                 index,
                 device,
+                teaching: teaching.clone(),
+                load_version,
             };
             std::thread::Builder::new()
                 .name(format!("model-worker-{index}"))
@@ -163,6 +189,8 @@ struct Worker {
     /// This worker's place among the devices, and its device.
     index: usize,
     device: String,
+    teaching: Arc<Teaching>,
+    load_version: Option<VersionLoader>,
 }
 
 impl Worker {
@@ -177,7 +205,19 @@ impl Worker {
     }
 
     fn run(mut self, load: EngineLoader) {
-        let engine = match load() {
+        let loaded = load();
+        // The version the server was told to serve may not be the one `load` gives
+        // (a promoted fine-tune serves again after a restart).
+        let loaded = loaded.and_then(|(engine, name)| match self.teaching.versions.as_ref() {
+            Some(versions) if versions.wanted().name != super::versions::BASE => {
+                let wanted = versions.wanted();
+                let engine = self.load_version(&wanted.path)?;
+                self.set_loaded(Loaded { generation: wanted.generation, failed: None });
+                Ok((engine, name))
+            }
+            _ => Ok((engine, name)),
+        });
+        let mut engine = match loaded {
             Ok((engine, name)) => {
                 tracing::info!(model = %name, device = %self.device, "model loaded");
                 self.handle.input_side.store(engine.image_size(), Ordering::Relaxed);
@@ -203,23 +243,74 @@ impl Worker {
             }
         };
         let is_recognize = |job: &Job| matches!(job.task, Task::Recognize { .. });
-        while let Some(first) = self.receiver.blocking_next() {
-            if !is_recognize(&first) {
-                self.run_one(&engine, first);
-                continue;
-            }
-            // Recognise requests waiting now join this batch (in the queue's fair order);
-            // others wait their turn.
-            let mut batch = vec![first];
-            while batch.len() < self.max_batch {
-                match self.receiver.try_next_where(is_recognize) {
-                    Some(job) => batch.push(job),
-                    None => break,
+        let mut training: Option<ActiveRun> = None;
+        loop {
+            self.swap_if_promoted(&mut engine);
+            // With a fine-tune to train, a look at the queue; otherwise a wait, woken now
+            // and then to see whether one was started.
+            let wait = if training.is_some() { Duration::ZERO } else { IDLE_CHECK };
+            match self.receiver.next_within(wait) {
+                Next::Closed => break,
+                Next::Idle => {}
+                Next::Job(first) if !is_recognize(&first) => self.run_one(&engine, *first),
+                Next::Job(first) => {
+                    // Recognise requests waiting now join this batch (in the queue's fair
+                    // order); others wait their turn.
+                    let mut batch = vec![*first];
+                    while batch.len() < self.max_batch {
+                        match self.receiver.try_next_where(is_recognize) {
+                            Some(job) => batch.push(job),
+                            None => break,
+                        }
+                    }
+                    self.run_recognize_batch(&engine, batch);
                 }
             }
-            self.run_recognize_batch(&engine, batch);
+            // One training step between batches.
+            training = self.teaching.work(&engine, training.take());
+        }
+        if let Some(run) = training {
+            self.teaching.park(run);
         }
         tracing::info!(device = %self.device, "model worker stopped");
+    }
+
+    fn load_version(&self, path: &std::path::Path) -> Result<Engine> {
+        let load = self.load_version.as_ref().ok_or_else(|| anyhow::anyhow!("this worker cannot load versions"))?;
+        load(path).with_context(|| format!("cannot load the model version in {}", path.display()))
+    }
+
+    fn set_loaded(&self, loaded: Loaded) {
+        *self.handle.loaded[self.index].write().expect("loaded lock") = loaded;
+    }
+
+    /// Swaps to the version the admin promoted, between batches: what ran finished on
+    /// the old model, what comes next gets the new one. A version that fails to load
+    /// leaves the old one serving and says why.
+    fn swap_if_promoted(&self, engine: &mut Engine) {
+        let Some(versions) = self.teaching.versions.as_ref() else { return };
+        let current = self.handle.loaded[self.index].read().expect("loaded lock").clone();
+        let generation = versions.generation();
+        if generation == current.generation || current.failed.as_ref().is_some_and(|(g, _)| *g == generation) {
+            return;
+        }
+        let wanted = versions.wanted();
+        match self.load_version(&wanted.path) {
+            Ok(new) => {
+                *engine = new;
+                tracing::info!(device = %self.device, version = %wanted.name, "now serving model version {}", wanted.name);
+                let name = match self.handle.status() {
+                    ModelStatus::Ready { name, .. } => name,
+                    _ => wanted.name.clone(),
+                };
+                self.set_status(ModelStatus::Ready { name, dishes: Arc::new(engine.dishes.clone()) });
+                self.set_loaded(Loaded { generation: wanted.generation, failed: None });
+            }
+            Err(e) => {
+                tracing::error!(device = %self.device, version = %wanted.name, "cannot swap: {e:#}");
+                self.set_loaded(Loaded { failed: Some((wanted.generation, format!("{e:#}"))), ..current });
+            }
+        }
     }
 
     fn finish(&self, job: &Job, outcome: Outcome) {
@@ -412,6 +503,9 @@ impl Outcome {
         }
     }
 }
+
+/// How often an idle worker looks for a fine-tune or a promoted version.
+const IDLE_CHECK: Duration = Duration::from_millis(200);
 
 fn base64_png(png: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(png)

@@ -192,7 +192,14 @@ async fn handle_connection(
         super::worker::ModelStatus::Ready { name, dishes } => (Some(name), dishes.to_vec()),
         _ => (None, Vec::new()),
     };
-    let hello = ServerMessage::Hello { protocol_version: version, server: server_name(), model, dishes };
+    let hello = ServerMessage::Hello {
+        protocol_version: version,
+        server: server_name(),
+        model,
+        dishes,
+        model_version: state.teaching.versions.as_ref().map(|v| v.active()),
+        teaching: state.teaching.dataset.is_some(),
+    };
     connection.send(hello).await;
 
     // Ticks often enough to notice a short idle timeout too.

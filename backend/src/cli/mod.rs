@@ -13,7 +13,7 @@ pub mod loadtest;
 mod model;
 mod pipelines;
 mod tokenizer;
-mod train;
+pub mod train;
 mod vqgan;
 
 use clap::{Parser, Subcommand};
@@ -139,6 +139,28 @@ pub struct ServeArgs {
     /// without such a proxy: clients could then claim any address.
     #[arg(long, env = "BORSCHT_CLIENT_IP_HEADER")]
     pub client_ip_header: Option<String>,
+    /// Store corrections users send ("Wrong? Tell us") as training examples in this
+    /// folder (off by default: nothing users send is kept).
+    #[arg(long, env = "BORSCHT_DATASET")]
+    pub dataset: Option<PathBuf>,
+    /// The most examples the dataset keeps; past it, new ones are refused until the
+    /// admin exports and deletes some.
+    #[arg(long, env = "BORSCHT_DATASET_MAX_EXAMPLES", default_value_t = 10_000)]
+    pub dataset_max_examples: usize,
+    /// Keep model versions here: fine-tunes write theirs, the admin promotes one (served
+    /// without a restart) or rolls back. Needs a local --model directory.
+    #[arg(long, env = "BORSCHT_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// The token the admin routes (examples, fine-tunes, versions) ask for as
+    /// `Authorization: Bearer <token>`. Without it they are off.
+    #[arg(long, env = "BORSCHT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// A base training set (the article's CSV) a fine-tune may add to the examples.
+    #[arg(long, env = "BORSCHT_FINETUNE_BASE_CSV")]
+    pub finetune_base_csv: Option<PathBuf>,
+    /// The folder the base CSV's image paths start from (default: the CSV's folder).
+    #[arg(long, env = "BORSCHT_FINETUNE_BASE_IMAGES")]
+    pub finetune_base_images: Option<PathBuf>,
     #[command(flatten)]
     pub limits: limits::LimitArgs,
 }
@@ -239,19 +261,68 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ws_origins: args.ws_origins,
         client_ip_header: args.client_ip_header,
         input_side: model_input_side(&args.model),
+        admin_token: args.admin_token.filter(|t| !t.is_empty()),
     };
+    let teaching = teaching(
+        &args.model,
+        args.dataset.as_deref(),
+        args.dataset_max_examples,
+        args.models_dir.as_deref(),
+        args.finetune_base_csv.as_deref(),
+        args.finetune_base_images.as_deref(),
+    )?;
+    let keeps_versions = teaching.versions.is_some();
     let loaders = specs
         .into_iter()
         .zip(devices)
         .map(|(spec, device)| {
             let model = args.model.clone();
+            let load_version: Option<borscht_server::worker::VersionLoader> = keeps_versions.then(|| {
+                let device = device.clone();
+                Box::new(move |dir: &std::path::Path| borscht_pipelines::Engine::load(dir, &device, dtype))
+                    as borscht_server::worker::VersionLoader
+            });
             let load: borscht_server::worker::EngineLoader =
                 Box::new(move || Ok((load_engine(&model, &device, dtype)?, model)));
-            borscht_server::worker::DeviceLoader { device: spec, load }
+            borscht_server::worker::DeviceLoader { device: spec, load, load_version }
         })
         .collect();
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(borscht_server::serve(config, loaders))
+    runtime.block_on(borscht_server::serve(config, loaders, std::sync::Arc::new(teaching)))
+}
+
+/// The examples, versions and fine-tunes `serve`'s flags ask for.
+fn teaching(
+    model: &str,
+    dataset: Option<&std::path::Path>,
+    max_examples: usize,
+    models_dir: Option<&std::path::Path>,
+    base_csv: Option<&std::path::Path>,
+    base_images: Option<&std::path::Path>,
+) -> anyhow::Result<borscht_server::finetune::Teaching> {
+    use std::sync::Arc;
+    let dataset =
+        dataset.map(|dir| borscht_server::dataset::Dataset::open(dir, max_examples).map(Arc::new)).transpose()?;
+    let versions = match models_dir {
+        Some(dir) => {
+            let base = model_dir(std::path::Path::new(model));
+            anyhow::ensure!(
+                base.is_dir(),
+                "--models-dir needs a local --model directory to fine-tune from, not {model}"
+            );
+            Some(Arc::new(borscht_server::versions::Versions::open(dir, &base)?))
+        }
+        None => None,
+    };
+    let base_data = base_csv.map(|csv| {
+        let images =
+            base_images.map(PathBuf::from).unwrap_or_else(|| csv.parent().map(PathBuf::from).unwrap_or_default());
+        (csv.to_path_buf(), images)
+    });
+    if let Some((csv, _)) = &base_data {
+        anyhow::ensure!(csv.is_file(), "--finetune-base-csv {} is not a file", csv.display());
+    }
+    Ok(borscht_server::finetune::Teaching::new(dataset, versions, Some(crate::teaching::starter()), base_data))
 }
 
 fn init_tracing() {

@@ -143,7 +143,8 @@ fn parse_freeze(spec: &str) -> Result<Freeze> {
     Ok(freeze)
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
+/// The run `args` describe; `stop` ends it after the current step, with a checkpoint.
+pub fn train_options(args: &TrainArgs, stop: Arc<AtomicBool>) -> Result<TrainOptions> {
     let config = match &args.config {
         None => None,
         Some(spec) => Some(match RudolphConfig::preset(spec) {
@@ -154,25 +155,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if args.init.is_none() && config.is_none() {
         bail!("give --init MODEL_DIR to fine-tune, or --config with --tokenizer and --vqgan to train from scratch");
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // First Ctrl-C: finish the current step, save, exit cleanly. A second one kills.
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)");
-        })?;
-    }
-    let options = TrainOptions {
-        csv: args.csv,
-        images: args.images,
+    Ok(TrainOptions {
+        csv: args.csv.clone(),
+        images: args.images.clone(),
         out: args.out.clone(),
-        init: args.init,
+        init: args.init.clone(),
         config,
-        tokenizer: args.tokenizer,
-        vqgan: args.vqgan,
+        tokenizer: args.tokenizer.clone(),
+        vqgan: args.vqgan.clone(),
         epochs: args.epochs,
         batch_size: args.batch_size,
         max_lr: args.lr,
@@ -201,7 +191,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
             ImageEmbeddingsArg::Random => ImageEmbeddingInit::Random,
         },
         dropout: args.dropout,
-    };
+    })
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // First Ctrl-C: finish the current step, save, exit cleanly. A second one kills.
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)");
+        })?;
+    }
+    let options = train_options(&args, stop)?;
     let outcome = train(&options, &parse_device(&args.device)?)?;
     if outcome.interrupted {
         eprintln!(

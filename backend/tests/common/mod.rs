@@ -85,9 +85,46 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let mut config = ServerConfig::new(addr, std::env::temp_dir().join("borscht-no-web-app"));
         adjust(&mut config);
-        let loaders =
-            loaders.into_iter().map(|(device, load)| borscht_server::worker::DeviceLoader { device, load }).collect();
-        let server = Server::start_on(&config, loaders);
+        let loaders = loaders
+            .into_iter()
+            .map(|(device, load)| borscht_server::worker::DeviceLoader { device, load, load_version: None })
+            .collect();
+        TestServer::start_loaders(config, listener, loaders, gates, Default::default()).await
+    }
+
+    /// A server keeping examples and versions as `teaching` says, on the demo model
+    /// (serving at once), whose worker can load other versions of it.
+    pub async fn start_teaching(
+        adjust: impl FnOnce(&mut ServerConfig),
+        teaching: std::sync::Arc<borscht_server::finetune::Teaching>,
+    ) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = ServerConfig::new(addr, std::env::temp_dir().join("borscht-no-web-app"));
+        adjust(&mut config);
+        let (gate, wait) = mpsc::channel::<()>();
+        let load_version: borscht_server::worker::VersionLoader = Box::new(|dir: &std::path::Path| {
+            borscht_pipelines::Engine::load(dir, &candle_core::Device::Cpu, candle_core::DType::F32)
+        });
+        let loader = borscht_server::worker::DeviceLoader {
+            device: "cpu".into(),
+            load: gated_demo_model(wait),
+            load_version: Some(load_version),
+        };
+        let mut server = TestServer::start_loaders(config, listener, vec![loader], vec![gate], teaching).await;
+        server.open();
+        server
+    }
+
+    async fn start_loaders(
+        config: ServerConfig,
+        listener: tokio::net::TcpListener,
+        loaders: Vec<borscht_server::worker::DeviceLoader>,
+        gates: Vec<mpsc::Sender<()>>,
+        teaching: std::sync::Arc<borscht_server::finetune::Teaching>,
+    ) -> TestServer {
+        let addr = listener.local_addr().unwrap();
+        let server = Server::start_teaching(&config, loaders, teaching);
         let header_timeout = config.limits.header_timeout();
         tokio::spawn(serve_on(listener, server.router, std::future::pending(), header_timeout));
         TestServer { addr, gates, state: server.state }
@@ -130,6 +167,12 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The status of a GET, or None while nothing listens.
+pub async fn reqwest_get_maybe(addr: SocketAddr, path: &str) -> Option<u16> {
+    tokio::net::TcpStream::connect(addr).await.ok()?;
+    Some(reqwest_get(addr, path).await.0)
+}
+
 /// A plain HTTP GET over a raw TCP stream (no HTTP client needed for two lines).
 pub async fn reqwest_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http(addr, "GET", path, "", &[]).await
@@ -147,10 +190,22 @@ pub async fn http_raw(
     content_type: &str,
     body: &[u8],
 ) -> (u16, String, Vec<u8>) {
+    http_with(addr, method, path, "", content_type, body).await
+}
+
+/// As [`http_raw`], with `extra` header lines (each ending in `\r\n`).
+pub async fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();

@@ -184,7 +184,7 @@ pub struct StepLog {
 }
 
 /// What validation measured after an epoch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Validation {
     pub epoch: usize,
     pub samples: usize,
@@ -194,6 +194,20 @@ pub struct Validation {
     pub kcal_mae: Option<f64>,
     /// Greedy captions whose numbers break the Atwater check.
     pub atwater_violations: usize,
+}
+
+impl Validation {
+    /// One line for a log: `epoch 3: dish accuracy 80.0%, kcal MAE 12.5, Atwater violations 0/10`.
+    pub fn summary(&self) -> String {
+        format!(
+            "epoch {}: dish accuracy {:.1}%, kcal MAE {}, Atwater violations {}/{}",
+            self.epoch,
+            self.dish_accuracy * 100.0,
+            self.kcal_mae.map_or("n/a".into(), |m| format!("{m:.1}")),
+            self.atwater_violations,
+            self.samples
+        )
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -344,7 +358,60 @@ fn encode_samples(
 /// from the checkpoint in `options.out` when asked.
 pub fn train(options: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
     check(options)?;
-    Trainer::new(options, device)?.run()
+    Trainer::new(Arc::new(options.clone()), device)?.run()
+}
+
+/// What [`TrainingRun::advance`] did.
+#[derive(Debug, Clone)]
+pub enum Advance {
+    /// One optimiser step.
+    Step(StepLog),
+    /// An epoch ended: its validation when one was due; a checkpoint was written.
+    EpochEnd(Option<Validation>),
+    /// Every epoch is done; nothing happened.
+    Finished,
+}
+
+/// A run taken one piece at a time, for a caller that interleaves training with other
+/// work on the same device (the server fine-tunes between request batches). It makes
+/// exactly the steps [`train`] makes.
+pub struct TrainingRun(Trainer);
+
+impl TrainingRun {
+    /// Reads and encodes the data and builds (or, with `resume`, restores) the model and
+    /// the optimiser, as [`train`] does before its first step.
+    pub fn new(options: TrainOptions, device: &Device) -> Result<Self> {
+        check(&options)?;
+        Ok(TrainingRun(Trainer::new(Arc::new(options), device)?))
+    }
+
+    pub fn advance(&mut self) -> Result<Advance> {
+        self.0.advance()
+    }
+
+    /// Writes a checkpoint of where the run stands (`resume` continues from it exactly).
+    pub fn save(&mut self) -> Result<()> {
+        self.0.save()
+    }
+
+    /// The model as it stands, greedy-captioning the held-out rows.
+    pub fn validate_now(&self) -> Result<Option<Validation>> {
+        self.0.validate_now()
+    }
+
+    pub fn state(&self) -> &TrainState {
+        &self.0.state
+    }
+
+    /// Optimiser steps the whole run makes.
+    pub fn total_steps(&self) -> usize {
+        self.0.schedule.total_steps
+    }
+
+    /// Rows trained on and held out.
+    pub fn rows(&self) -> (usize, usize) {
+        (self.0.data.rows(), self.0.data.validation.len())
+    }
 }
 
 /// Refuses options that cannot make a run, before anything is read.
@@ -395,7 +462,15 @@ impl TrainingData {
             Some(table) => borscht_pipelines::dishes::english_names(table)?,
             None => Default::default(),
         };
-        let dishes = borscht_pipelines::dishes::dishes_of(dataset.samples.iter().map(|s| s.caption.as_str()), &english);
+        let mut dishes =
+            borscht_pipelines::dishes::dishes_of(dataset.samples.iter().map(|s| s.caption.as_str()), &english);
+        // A fine-tuned model still knows the dishes it started with.
+        if let Some(init) = &options.init {
+            let known = borscht_pipelines::dishes::load(init).unwrap_or_default();
+            let new: Vec<_> = dishes.into_iter().filter(|d| !known.iter().any(|k| k.name == d.name)).collect();
+            dishes = known.into_iter().chain(new).collect();
+            dishes.sort_by(|a, b| a.name.cmp(&b.name));
+        }
         borscht_pipelines::dishes::save(&options.out, &dishes)?;
         let mut encoded = encode_samples(dataset.samples, parts, cfg, options, device)?;
         if encoded.is_empty() {
@@ -426,9 +501,9 @@ impl TrainingData {
 /// One run: its data, the model as trainable variables, the optimiser, where it is, and
 /// its log. Every random draw of a step is seeded by the step, so a resumed run repeats
 /// the steps it missed exactly.
-struct Trainer<'a> {
-    options: &'a TrainOptions,
-    device: &'a Device,
+struct Trainer {
+    options: Arc<TrainOptions>,
+    device: Device,
     parts: Parts,
     data: TrainingData,
     varmap: VarMap,
@@ -441,15 +516,17 @@ struct Trainer<'a> {
     mask: Tensor,
     /// The step of the checkpoint on disk, so that a failed save can say what is intact.
     last_saved: Option<usize>,
+    /// The current epoch's row order (drawn from the seed and the epoch).
+    epoch_order: Option<(usize, Vec<usize>)>,
 }
 
-impl<'a> Trainer<'a> {
+impl Trainer {
     /// Prepares the data, builds (or restores) the model and the optimiser.
-    fn new(options: &'a TrainOptions, device: &'a Device) -> Result<Self> {
+    fn new(options: Arc<TrainOptions>, device: &Device) -> Result<Self> {
         let dataset = read_csv(&options.csv, &options.images)?;
         eprintln!("data: {}", dataset.summary());
-        let parts = parts(options, device)?;
-        let data = TrainingData::prepare(dataset, options, &parts, device)?;
+        let parts = parts(&options, device)?;
+        let data = TrainingData::prepare(dataset, &options, &parts, device)?;
         let cfg = parts.cfg.clone();
         let resume_from = options.out.join(SAFETENSORS_FILE);
         let resuming = options.resume && resume_from.is_file();
@@ -507,7 +584,7 @@ impl<'a> Trainer<'a> {
         let last_saved = resuming.then_some(state.step);
         Ok(Trainer {
             options,
-            device,
+            device: device.clone(),
             parts,
             data,
             varmap,
@@ -519,51 +596,75 @@ impl<'a> Trainer<'a> {
             replacements,
             mask,
             last_saved,
+            epoch_order: None,
         })
     }
 
     /// Epochs of shuffled batches from where the state stands, validating and saving
     /// after each epoch; Ctrl-C or `max_steps` saves and stops after the current step.
     fn run(mut self) -> Result<TrainOutcome> {
-        let options = self.options;
+        let options = self.options.clone();
         let bar = progress_bar(self.schedule.total_steps as u64, "train");
         if !options.show_progress {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
         bar.set_position(self.state.step as u64);
         let mut interrupted = false;
-        'epochs: while self.state.epoch < options.epochs {
-            let mut order: Vec<usize> = (0..self.data.rows()).collect();
-            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
-                options.seed.wrapping_add(1 + self.state.epoch as u64),
-            ));
-            let batches: Vec<&[usize]> = order.chunks(options.batch_size).collect();
-            while self.state.batch_in_epoch < batches.len() {
-                let log = self.step(batches[self.state.batch_in_epoch])?;
-                bar.inc(1);
-                bar.set_message(format!("epoch {} loss {:.4} lr {:.2e}", self.state.epoch + 1, log.loss, log.lr));
-                if options.save_every > 0 && self.state.step.is_multiple_of(options.save_every) {
-                    self.save()?;
+        loop {
+            match self.advance()? {
+                Advance::Finished => break,
+                Advance::Step(log) => {
+                    bar.inc(1);
+                    bar.set_message(format!("epoch {} loss {:.4} lr {:.2e}", log.epoch, log.loss, log.lr));
+                    if options.stop.load(Ordering::SeqCst) || options.max_steps.is_some_and(|m| self.state.step >= m) {
+                        interrupted = true;
+                        self.save()?;
+                        break;
+                    }
                 }
-                if options.stop.load(Ordering::SeqCst) || options.max_steps.is_some_and(|m| self.state.step >= m) {
-                    interrupted = true;
-                    self.save()?;
-                    break 'epochs;
-                }
+                // Printed even when the bar is hidden (stderr not a terminal).
+                Advance::EpochEnd(Some(report)) => bar.suspend(|| eprintln!("{}", report.summary())),
+                Advance::EpochEnd(None) => {}
             }
-            self.state.epoch += 1;
-            self.state.batch_in_epoch = 0;
-            self.validate_if_due(&bar)?;
-            self.save()?;
         }
         bar.finish_and_clear();
         Ok(TrainOutcome { state: self.state, interrupted, logs: self.logs })
     }
 
+    /// The next piece of the run: one optimiser step (saving when `save_every` says), or
+    /// the end of an epoch (validation when due, then a checkpoint).
+    fn advance(&mut self) -> Result<Advance> {
+        let options = self.options.clone();
+        if self.state.epoch >= options.epochs {
+            return Ok(Advance::Finished);
+        }
+        let epoch = self.state.epoch;
+        if self.epoch_order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let mut order: Vec<usize> = (0..self.data.rows()).collect();
+            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(options.seed.wrapping_add(1 + epoch as u64)));
+            self.epoch_order = Some((epoch, order));
+        }
+        let order = &self.epoch_order.as_ref().expect("set above").1;
+        let start = self.state.batch_in_epoch * options.batch_size;
+        if start < order.len() {
+            let batch = order[start..(start + options.batch_size).min(order.len())].to_vec();
+            let log = self.step(&batch)?;
+            if options.save_every > 0 && self.state.step.is_multiple_of(options.save_every) {
+                self.save()?;
+            }
+            return Ok(Advance::Step(log));
+        }
+        self.state.epoch += 1;
+        self.state.batch_in_epoch = 0;
+        let report = self.validate_if_due()?;
+        self.save()?;
+        Ok(Advance::EpochEnd(report))
+    }
+
     /// The batch's rows as ids `[b, S]`, and the inputs the model reads when code noise
     /// corrupts them (the ids stay the targets).
     fn batch_ids(&self, batch: &[usize]) -> Result<(Tensor, Option<Tensor>)> {
-        let (options, cfg, data) = (self.options, &self.parts.cfg, &self.data);
+        let (options, cfg, data) = (&self.options, &self.parts.cfg, &self.data);
         let l = cfg.l_text_seq_length;
         // Seeded by step, so a resumed run draws the same left texts.
         let mut left_rng = rand::rngs::StdRng::seed_from_u64(options.seed ^ (0x1e57 + self.state.step as u64));
@@ -592,11 +693,11 @@ impl<'a> Trainer<'a> {
                         &mut noise_rng,
                     );
                 }
-                Some(Tensor::from_vec(corrupted, (batch.len(), seq), self.device)?)
+                Some(Tensor::from_vec(corrupted, (batch.len(), seq), &self.device)?)
             }
             None => None,
         };
-        Ok((Tensor::from_vec(rows, (batch.len(), seq), self.device)?, inputs))
+        Ok((Tensor::from_vec(rows, (batch.len(), seq), &self.device)?, inputs))
     }
 
     /// This step's dropout, seeded by the step like the left texts: a resumed run drops
@@ -613,7 +714,7 @@ impl<'a> Trainer<'a> {
     /// One optimiser step on `batch`: the loss, its gradients clipped, AdamW at the
     /// schedule's rate; logged.
     fn step(&mut self, batch: &[usize]) -> Result<StepLog> {
-        let options = self.options;
+        let options = self.options.clone();
         let (ids, inputs) = self.batch_ids(batch)?;
         self.model.set_dropout(self.dropout());
         let losses =
@@ -646,31 +747,29 @@ impl<'a> Trainer<'a> {
 
     /// Greedy-captions the validation rows after the epoch just ended, when it is due
     /// (every `validate_every`-th epoch, and always the last).
-    fn validate_if_due(&mut self, bar: &indicatif::ProgressBar) -> Result<()> {
-        let (options, epoch) = (self.options, self.state.epoch);
+    fn validate_if_due(&mut self) -> Result<Option<Validation>> {
+        let (options, epoch) = (self.options.clone(), self.state.epoch);
         let due = epoch == options.epochs || (options.validate_every > 0 && epoch % options.validate_every == 0);
         if self.data.validation.is_empty() || !due {
-            return Ok(());
+            return Ok(None);
         }
-        let report = validate(&self.model, &self.parts, &self.data.validation, &self.data.val_codes, epoch)?;
-        let line = format!(
-            "epoch {}: dish accuracy {:.1}%, kcal MAE {}, Atwater violations {}/{}",
-            report.epoch,
-            report.dish_accuracy * 100.0,
-            report.kcal_mae.map_or("n/a".into(), |m| format!("{m:.1}")),
-            report.atwater_violations,
-            report.samples
-        );
-        // Printed even when the bar is hidden (stderr not a terminal).
-        bar.suspend(|| eprintln!("{line}"));
-        self.state.validations.push(report);
-        Ok(())
+        let report = self.validate_now()?.expect("validation rows exist");
+        self.state.validations.push(report.clone());
+        Ok(Some(report))
+    }
+
+    /// The model as it stands, on the held-out rows (None without any).
+    fn validate_now(&self) -> Result<Option<Validation>> {
+        if self.data.validation.is_empty() {
+            return Ok(None);
+        }
+        validate(&self.model, &self.parts, &self.data.validation, &self.data.val_codes, self.state.epoch).map(Some)
     }
 
     /// Writes the checkpoint; when that fails, says which earlier one is intact.
     fn save(&mut self) -> Result<()> {
-        let (options, step) = (self.options, self.state.step);
-        save_checkpoint(options, &self.parts, &self.parts.cfg, &self.state, &self.optimizer, &self.varmap, &self.logs)
+        let (options, step) = (self.options.clone(), self.state.step);
+        save_checkpoint(&options, &self.parts, &self.parts.cfg, &self.state, &self.optimizer, &self.varmap, &self.logs)
             .with_context(|| {
                 let out = options.out.display();
                 match self.last_saved {

@@ -1,0 +1,342 @@
+//! Fine-tuning inside the server: the admin starts a run on the taught examples, and a
+//! model worker trains it one optimiser step at a time between request batches, on its
+//! own device, so serving goes on (each step makes the requests waiting then wait one
+//! step longer). Progress goes to subscribers ([`Teaching::subscribe`], the admin page's
+//! event stream) and into the run's record; every epoch, and every
+//! [`CHECKPOINT_EVERY`] steps, a checkpoint is written, so a restart continues the run
+//! where the last one stopped and the steps it makes are the ones it would have made.
+//!
+//! How a run trains is the command's business (`borscht train`'s recipe): the server
+//! sees it as a [`FinetuneRun`] built by a [`RunStarter`].
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::broadcast;
+
+use super::dataset::Dataset;
+use super::versions::{FinetuneSettings, HeldOut, RunRecord, RunStatus, Versions};
+use borscht_pipelines::Engine;
+
+/// Steps between checkpoints (an epoch's end always writes one).
+pub const CHECKPOINT_EVERY: usize = 25;
+
+/// What a run trains on and where it writes.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub version: String,
+    /// The version's model directory (checkpoints included).
+    pub out: PathBuf,
+    /// The model it starts from.
+    pub parent: PathBuf,
+    /// Its training set: the article's CSV and the folder its paths start from.
+    pub csv: PathBuf,
+    pub images: PathBuf,
+    pub settings: FinetuneSettings,
+    /// Continue from the checkpoint in `out`.
+    pub resume: bool,
+}
+
+/// What one [`FinetuneRun::advance`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunProgress {
+    Step {
+        step: usize,
+        loss: f32,
+    },
+    /// An epoch ended (a checkpoint was written), with its held-out measure when due.
+    EpochEnd(Option<HeldOut>),
+    Finished,
+}
+
+/// A fine-tune as a worker drives it.
+pub trait FinetuneRun: Send {
+    /// One optimiser step, or an epoch's end.
+    fn advance(&mut self) -> Result<RunProgress>;
+    /// Writes a checkpoint of where it stands.
+    fn save(&mut self) -> Result<()>;
+    /// The model as it stands on the held-out rows (None without any).
+    fn held_out(&self) -> Result<Option<HeldOut>>;
+    fn step(&self) -> usize;
+    fn total_steps(&self) -> usize;
+}
+
+/// Builds a run on a worker's device (reading and encoding its data there).
+pub type RunStarter = Arc<dyn Fn(&RunSpec, &Engine) -> Result<Box<dyn FinetuneRun>> + Send + Sync>;
+
+/// What the admin page hears.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TeachEvent {
+    /// `started`, `step`, `epoch`, `finished`, `cancelled`, `failed`, `promoted`, `snapshot`.
+    pub kind: String,
+    /// The run it is about, as its record now stands.
+    pub run: Option<RunRecord>,
+    /// The version serving.
+    pub active: String,
+}
+
+/// A run a worker is training.
+pub struct ActiveRun {
+    spec: RunSpec,
+    run: Box<dyn FinetuneRun>,
+    record: RunRecord,
+    /// When this process started on it, and the seconds it had before.
+    since: Instant,
+    seconds_before: f64,
+}
+
+/// The teaching side of the server: the example store, the versions, and the run a
+/// worker may pick up.
+pub struct Teaching {
+    pub dataset: Option<Arc<Dataset>>,
+    pub versions: Option<Arc<Versions>>,
+    starter: Option<RunStarter>,
+    /// The operator's base data set (`--finetune-base-csv`), with its images folder.
+    pub base_data: Option<(PathBuf, PathBuf)>,
+    /// A run waiting for a worker.
+    order: Mutex<Option<RunSpec>>,
+    /// The version of the run queued or training, if any.
+    busy: Mutex<Option<String>>,
+    cancel: AtomicBool,
+    events: broadcast::Sender<TeachEvent>,
+}
+
+/// Nothing to teach with: no dataset, versions or trainer.
+impl Default for Teaching {
+    fn default() -> Self {
+        Teaching::new(None, None, None, None)
+    }
+}
+
+impl Teaching {
+    pub fn new(
+        dataset: Option<Arc<Dataset>>,
+        versions: Option<Arc<Versions>>,
+        starter: Option<RunStarter>,
+        base_data: Option<(PathBuf, PathBuf)>,
+    ) -> Teaching {
+        Teaching {
+            dataset,
+            versions,
+            starter,
+            base_data,
+            order: Mutex::new(None),
+            busy: Mutex::new(None),
+            cancel: AtomicBool::new(false),
+            events: broadcast::channel(256).0,
+        }
+    }
+
+    /// Why a fine-tune cannot start on this server, if so.
+    pub fn unavailable(&self) -> Option<&'static str> {
+        match (&self.dataset, &self.versions, &self.starter) {
+            (None, _, _) => Some("this server keeps no examples: start it with --dataset DIR"),
+            (_, None, _) => Some("this server keeps no model versions: start it with --models-dir DIR"),
+            (_, _, None) => Some("this server cannot fine-tune"),
+            _ => None,
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<TeachEvent> {
+        self.events.subscribe()
+    }
+
+    /// The version of the run queued or training.
+    pub fn busy(&self) -> Option<String> {
+        self.busy.lock().expect("teaching lock").clone()
+    }
+
+    fn active_version(&self) -> String {
+        self.versions.as_ref().map(|v| v.active()).unwrap_or_default()
+    }
+
+    pub fn announce(&self, kind: &str, run: Option<RunRecord>) {
+        let _ = self.events.send(TeachEvent { kind: kind.into(), run, active: self.active_version() });
+    }
+
+    /// Queues a run for the first worker free; refused while another is queued or runs.
+    pub fn queue(&self, spec: RunSpec, record: &RunRecord) -> Result<(), String> {
+        let mut busy = self.busy.lock().expect("teaching lock");
+        if let Some(version) = busy.as_ref() {
+            return Err(format!("the fine-tune {version} is still running; cancel it or wait for it"));
+        }
+        *busy = Some(spec.version.clone());
+        self.cancel.store(false, Ordering::SeqCst);
+        *self.order.lock().expect("teaching lock") = Some(spec);
+        self.announce("started", Some(record.clone()));
+        Ok(())
+    }
+
+    /// Asks the run queued or training to stop (after its current step, with a
+    /// checkpoint); false when there is none.
+    pub fn cancel(&self) -> bool {
+        if self.busy().is_none() {
+            return false;
+        }
+        self.cancel.store(true, Ordering::SeqCst);
+        true
+    }
+
+    /// Runs marked running in the records (the process stopped during them) continue.
+    pub fn resume_interrupted(&self) -> Result<()> {
+        let Some(versions) = &self.versions else { return Ok(()) };
+        if self.unavailable().is_some() {
+            return Ok(());
+        }
+        if let Some(record) = versions.records()?.into_iter().rev().find(|r| r.status == RunStatus::Running) {
+            tracing::info!(version = %record.version, step = record.step, "continuing the interrupted fine-tune");
+            let spec = self.spec_of(&record, true);
+            self.queue(spec, &record).map_err(anyhow::Error::msg)?;
+        }
+        Ok(())
+    }
+
+    /// The run a record describes, its data already in its folder.
+    pub fn spec_of(&self, record: &RunRecord, resume: bool) -> RunSpec {
+        let versions = self.versions.as_ref().expect("versions");
+        let out = versions.path(&record.version);
+        RunSpec {
+            version: record.version.clone(),
+            parent: versions.path(&record.parent),
+            csv: out.join("data").join("food.csv"),
+            images: out.join("data"),
+            out,
+            settings: record.settings.clone(),
+            resume,
+        }
+    }
+
+    /// For a worker between batches: takes up a queued run, or trains the one it has a
+    /// step further. Returns the run still to train, if any.
+    pub fn work(&self, engine: &Engine, active: Option<ActiveRun>) -> Option<ActiveRun> {
+        let mut active = match active {
+            Some(active) => active,
+            None => {
+                let spec = self.order.lock().expect("teaching lock").take()?;
+                return self.start(spec, engine);
+            }
+        };
+        if self.cancel.load(Ordering::SeqCst) {
+            let saved = active.run.save();
+            active.record.status = RunStatus::Cancelled;
+            if let Err(e) = saved {
+                active.record.error = Some(format!("the last checkpoint could not be written: {e:#}"));
+            }
+            self.end(active, "cancelled");
+            return None;
+        }
+        match active.run.advance() {
+            Ok(RunProgress::Step { step, loss }) => {
+                active.record.step = step;
+                active.record.loss = Some(loss);
+                if step.is_multiple_of(CHECKPOINT_EVERY) {
+                    if let Err(e) = active.run.save() {
+                        return self.fail(active, e.context("cannot write a checkpoint"));
+                    }
+                    self.persist(&mut active);
+                }
+                self.announce("step", Some(active.record.clone()));
+                Some(active)
+            }
+            Ok(RunProgress::EpochEnd(held_out)) => {
+                if held_out.is_some() {
+                    active.record.after = held_out;
+                }
+                self.persist(&mut active);
+                self.announce("epoch", Some(active.record.clone()));
+                Some(active)
+            }
+            Ok(RunProgress::Finished) => {
+                active.record.status = RunStatus::Finished;
+                active.record.finished_at = Some(now());
+                self.end(active, "finished");
+                None
+            }
+            Err(e) => self.fail(active, e),
+        }
+    }
+
+    /// A worker stopping (the server shuts down) leaves its run to the next start: a
+    /// checkpoint now, the record still `running`.
+    pub fn park(&self, mut active: ActiveRun) {
+        match active.run.save() {
+            Ok(()) => {
+                tracing::info!(version = %active.spec.version, step = active.run.step(), "fine-tune checkpoint written; it continues at the next start")
+            }
+            Err(e) => tracing::warn!(version = %active.spec.version, "cannot write the fine-tune's checkpoint: {e:#}"),
+        }
+        self.persist(&mut active);
+    }
+
+    fn start(&self, spec: RunSpec, engine: &Engine) -> Option<ActiveRun> {
+        let versions = self.versions.as_ref().expect("a queued run has versions");
+        let mut record = match versions.record(&spec.version) {
+            Ok(Some(record)) => record,
+            Ok(None) | Err(_) => {
+                tracing::error!(version = %spec.version, "the fine-tune's record is gone");
+                *self.busy.lock().expect("teaching lock") = None;
+                return None;
+            }
+        };
+        let since = Instant::now();
+        let seconds_before = record.train_seconds;
+        let starter = self.starter.as_ref().expect("a queued run has a trainer");
+        let built = starter(&spec, engine).and_then(|run| {
+            // The parent on the held-out rows, once: the run's first measure.
+            if record.before.is_none() {
+                record.before = run.held_out().context("cannot measure the model it starts from")?;
+            }
+            Ok(run)
+        });
+        let run = match built {
+            Ok(run) => run,
+            Err(e) => {
+                record.status = RunStatus::Failed;
+                record.error = Some(format!("{e:#}"));
+                let _ = versions.save_record(&record);
+                *self.busy.lock().expect("teaching lock") = None;
+                tracing::warn!(version = %spec.version, "the fine-tune cannot start: {e:#}");
+                self.announce("failed", Some(record));
+                return None;
+            }
+        };
+        record.step = run.step();
+        record.total_steps = run.total_steps();
+        let mut active = ActiveRun { spec, run, record, since, seconds_before };
+        self.persist(&mut active);
+        self.announce("step", Some(active.record.clone()));
+        Some(active)
+    }
+
+    fn persist(&self, active: &mut ActiveRun) {
+        active.record.train_seconds = active.seconds_before + active.since.elapsed().as_secs_f64();
+        if let Some(versions) = &self.versions {
+            if let Err(e) = versions.save_record(&active.record) {
+                tracing::warn!(version = %active.spec.version, "cannot write the run's record: {e:#}");
+            }
+        }
+    }
+
+    fn fail(&self, mut active: ActiveRun, error: anyhow::Error) -> Option<ActiveRun> {
+        tracing::warn!(version = %active.spec.version, "the fine-tune failed: {error:#}");
+        active.record.status = RunStatus::Failed;
+        active.record.error = Some(format!("{error:#}"));
+        self.end(active, "failed");
+        None
+    }
+
+    fn end(&self, mut active: ActiveRun, kind: &str) {
+        self.persist(&mut active);
+        tracing::info!(version = %active.spec.version, step = active.record.step, "fine-tune {kind}");
+        *self.busy.lock().expect("teaching lock") = None;
+        self.announce(kind, Some(active.record));
+    }
+}
+
+/// Now, as RFC 3339 in UTC.
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
