@@ -246,8 +246,8 @@ async fn a_finetune_trains_between_requests_and_promotion_swaps_answers_under_lo
     // Promotion under load: nothing lost, the old answer before, the new one after.
     let promoted_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let mut clients = Vec::new();
-    for png in pictures[..3].to_vec() {
-        let promoted_at = promoted_at.clone();
+    for png in &pictures[..3] {
+        let (png, promoted_at) = (png.clone(), promoted_at.clone());
         clients.push(tokio::spawn(async move {
             let mut answers = Vec::new();
             let start = Instant::now();
