@@ -329,6 +329,7 @@ async fn a_cancelled_finetune_resumes_where_it_stopped() {
     assert_eq!((status, resumed["status"].as_str()), (202, Some("running")), "{resumed}");
     let finished = wait_for_run(addr, |run| run["status"] == "finished").await;
     assert_eq!(finished["step"].as_u64(), Some(total));
+    assert_eq!(finished["resumed_at"], json!([stopped_at]), "it went on from where it stopped");
     // The parent and the version measured on the same two held-out rows.
     assert_eq!(finished["before"]["samples"], 2, "{finished}");
     assert_eq!(finished["after"]["samples"], 2, "{finished}");
@@ -401,6 +402,9 @@ async fn a_finetune_killed_with_its_server_continues_after_the_restart_exactly()
     ready(addr).await;
     let finished = wait_for_run(addr, |run| run["status"] == "finished").await;
     assert_eq!(finished["step"].as_u64(), Some(36), "6 rows, one a batch, 6 epochs: {finished}");
+    // It went on from a checkpoint (step 25, or the epoch's end at 30), not from the start.
+    let resumed: Vec<u64> = finished["resumed_at"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap()).collect();
+    assert!(resumed.len() == 1 && (25..=30).contains(&resumed[0]), "{finished}");
 
     // The same run made by `borscht train` in one go trains the same weights.
     let spec = Teaching::new(

@@ -115,6 +115,8 @@ pub struct Connection {
     pub state: ReadSignal<ConnectionState>,
     /// The dishes the served model knows (from the server's hello; empty until then).
     pub dishes: ReadSignal<Vec<Dish>>,
+    /// Whether the server keeps corrections as training examples (from its hello).
+    pub teaching: ReadSignal<bool>,
     /// The requests waiting to be sent again, and why.
     retries: RwSignal<HashMap<RequestId, Retry>>,
     inner: StoredValue<Rc<Inner>, LocalStorage>,
@@ -128,6 +130,7 @@ type Handler = Closure<dyn FnMut(JsValue)>;
 struct Inner {
     set_state: WriteSignal<ConnectionState>,
     set_dishes: WriteSignal<Vec<Dish>>,
+    set_teaching: WriteSignal<bool>,
     retry_ms: Cell<u32>,
     /// Set once the server announced another protocol version: stop reconnecting.
     outdated: Cell<bool>,
@@ -324,10 +327,12 @@ impl Connection {
     pub fn open() -> Self {
         let (state, set_state) = signal(ConnectionState::Connecting);
         let (dishes, set_dishes) = signal(Vec::new());
+        let (teaching, set_teaching) = signal(false);
         let retries = RwSignal::new(HashMap::new());
         let inner = Rc::new(Inner {
             set_state,
             set_dishes,
+            set_teaching,
             retry_ms: Cell::new(FIRST_RETRY_MS),
             outdated: Cell::new(false),
             handlers: RefCell::new(Vec::new()),
@@ -339,7 +344,7 @@ impl Connection {
             retries,
         });
         connect(inner.clone());
-        Connection { state, dishes, retries, inner: StoredValue::new_local(inner) }
+        Connection { state, dishes, teaching, retries, inner: StoredValue::new_local(inner) }
     }
 
     /// Why request `id` waits to be sent again, if it does (reactive).
@@ -423,11 +428,12 @@ fn connect(inner: Rc<Inner>) {
         Handler::new(move |event: JsValue| {
             let Some(text) = event.unchecked_into::<MessageEvent>().data().as_string() else { return };
             match decode_server_message(&text) {
-                Ok(ServerMessage::Hello { protocol_version, server, dishes, .. })
+                Ok(ServerMessage::Hello { protocol_version, server, dishes, teaching, .. })
                     if protocol_version == PROTOCOL_VERSION =>
                 {
                     inner.retry_ms.set(FIRST_RETRY_MS);
                     inner.set_dishes.set(dishes);
+                    inner.set_teaching.set(teaching);
                     inner.set_state.set(ConnectionState::Connected { server });
                     inner.greeted.set(true);
                     inner.send_waiting();

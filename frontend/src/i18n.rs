@@ -95,6 +95,8 @@ pub fn error_text(lang: Lang, code: borscht_protocol::ErrorCode, message: &str) 
             "На сервере что-то сломалось — попробуйте ещё раз.",
             "Something broke on the server; please try again.",
         ),
+        // The HTTP API's own: the admin page shows the server's words.
+        E::Unauthorized | E::NotFound | E::Conflict => return message.to_string(),
         E::UnknownCharacters => {
             // The server quotes the text, then each character it cannot spell, in «».
             let quoted: Vec<&str> = message.split('«').skip(1).filter_map(|s| s.split('»').next()).collect();

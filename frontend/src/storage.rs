@@ -27,6 +27,24 @@ pub struct Meal {
     pub fat_g: f32,
     pub carbs_g: f32,
     pub kcal: f32,
+    /// The photo it was recognised from (a data URL), to teach the model with later;
+    /// none for a large one (the browser keeps a few megabytes for the whole history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub photo: Option<String>,
+    /// Already sent to the server as a training example.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub taught: bool,
+}
+
+/// The largest photo kept with a meal, in characters of its data URL.
+pub const MAX_KEPT_PHOTO: usize = 200_000;
+
+impl Meal {
+    /// Its values per 100 g (the meal keeps the portion's).
+    pub fn per_100g(&self) -> [f32; 4] {
+        let scale = if self.grams > 0.0 { 100.0 / self.grams } else { 1.0 };
+        [self.protein_g, self.fat_g, self.carbs_g, self.kcal].map(|v| (v * scale * 10.0).round() / 10.0)
+    }
 }
 
 const HISTORY_KEY: &str = "borscht.history";

@@ -104,6 +104,46 @@ fn serve_demo_model(
     (addr, server.state)
 }
 
+/// The admin token of [`start_teaching_server`].
+pub const ADMIN_TOKEN: &str = "browser-admin-token";
+
+/// Serves the web app and the demo model, keeping examples and model versions in `dir`
+/// (`dir/dataset`, `dir/models`) with [`ADMIN_TOKEN`], fine-tuning as `borscht serve` does;
+/// waits until the model is loaded.
+pub async fn start_teaching_server(dir: &std::path::Path) -> SocketAddr {
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let addr = listener.local_addr().unwrap();
+    let mut config = borscht_server::ServerConfig::new(addr, web_dir());
+    config.admin_token = Some(ADMIN_TOKEN.into());
+    let model = demo_model_dir();
+    let dataset = borscht_server::dataset::Dataset::open(&dir.join("dataset"), 100).unwrap();
+    let versions = borscht_server::versions::Versions::open(&dir.join("models"), &model).unwrap();
+    let teaching = borscht_server::finetune::Teaching::new(
+        Some(Arc::new(dataset)),
+        Some(Arc::new(versions)),
+        Some(borscht::teaching::starter()),
+        None,
+    );
+    let load_engine = |dir: &std::path::Path| {
+        borscht_pipelines::Engine::load(dir, &candle_core::Device::Cpu, candle_core::DType::F32)
+    };
+    let loader = borscht_server::worker::DeviceLoader {
+        device: "cpu".into(),
+        load: Box::new(move || Ok((load_engine(&model)?, "demo".into()))),
+        load_version: Some(Box::new(load_engine)),
+    };
+    let server = borscht_server::Server::start_teaching(&config, vec![loader], Arc::new(teaching));
+    let header_timeout = config.limits.header_timeout();
+    tokio::spawn(borscht_server::serve_on(listener, server.router, std::future::pending(), header_timeout));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(server.state.worker.status(), borscht_server::worker::ModelStatus::Ready { .. }) {
+        assert!(Instant::now() < deadline, "the demo model did not load within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    addr
+}
+
 /// A stand-in for a load balancer in front of replicas: it forwards every connection to
 /// its current replica until [`Failover::kill_current`], which cuts each of them at once
 /// (to its clients the replica has died) and sends new connections to the next one.

@@ -820,3 +820,67 @@ fn base64_png(path: &std::path::Path) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
 }
+
+/// Types `text` into the field `selector` in place of what it holds.
+async fn retype(client: &Client, selector: &str, text: &str) -> Result<()> {
+    let field = client.find(Locator::Css(selector)).await?;
+    field.clear().await?;
+    field.send_keys(text).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_answers_teach_the_model_and_the_admin_fine_tunes_and_promotes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = borscht_e2e::start_teaching_server(dir.path()).await;
+    with_browser(BrowserOptions::default(), |client| async move {
+        // A user corrects an answer: "Wrong? Tell us" → the right dish and values → send.
+        client.goto(&format!("http://{server}/?lang=en")).await?;
+        wait_for_state(&client, "#connection-status", "connected", Duration::from_secs(20)).await?;
+        upload(&client, &icon_path()).await?;
+        ensure!(result_dish(&client).await? == truth().dish);
+        client.find(Locator::Css("#correction-open")).await?.click().await?;
+        retype(&client, "#correction-dish", "ватрушка").await?;
+        for (field, value) in [("protein", "11"), ("fat", "8"), ("carbs", "40"), ("kcal", "280")] {
+            retype(&client, &format!("[data-correction={field}]"), value).await?;
+        }
+        let save = client.find(Locator::Css("#correction-save")).await?;
+        ensure!(save.attr("disabled").await?.is_some(), "sent without consent");
+        client.find(Locator::Css("#correction-consent")).await?.click().await?;
+        save.click().await?;
+        wait_for_state(&client, "#correction", "sent", Duration::from_secs(20)).await?;
+        let status = client.find(Locator::Css("#correction-status")).await?.text().await?;
+        ensure!(
+            status.contains("блюдо: ватрушка; белков: 11; жиров: 8; углеводов: 40; ккал: 280;"),
+            "the stored caption: {status:?}"
+        );
+        screenshot(&client, "teach-correction").await?;
+        let stored = std::fs::read_dir(dir.path().join("dataset"))?.count();
+        ensure!(stored == 2, "the example's photo and record on the server: {stored} files");
+
+        // The admin signs in, fine-tunes on it, watches the run finish, and promotes it.
+        client.goto(&format!("http://{server}/admin?lang=en")).await?;
+        retype(&client, "#admin-token", borscht_e2e::ADMIN_TOKEN).await?;
+        client.find(Locator::Css("#admin-sign-in")).await?.click().await?;
+        wait_for(&client, "one example listed", Duration::from_secs(20),
+            "const c = document.getElementById('examples-count'); return c ? c.textContent : null;",
+            |v| (v.as_str() == Some("1")).then_some(())).await?;
+        retype(&client, "#finetune-epochs", "4").await?;
+        retype(&client, "#finetune-lr", "0.001").await?;
+        client.find(Locator::Css("#finetune-freeze option[value=none]")).await?.click().await?;
+        client.find(Locator::Css("#finetune-start")).await?.click().await?;
+        wait_for(&client, "the run to finish", Duration::from_secs(120),
+            "const s = document.getElementById('finetune-status'); return s ? [s.dataset.status, s.dataset.version] : null;",
+            |v| (v[0].as_str() == Some("finished") && v[1].as_str() == Some("v1")).then_some(())).await?;
+        let step = client.find(Locator::Css("#finetune-step")).await?.text().await?;
+        ensure!(step == "4 / 4", "the run's steps as shown: {step:?}");
+        screenshot(&client, "admin-finetune-finished").await?;
+        client.find(Locator::Css(".promote[data-version=v1]")).await?.click().await?;
+        wait_for(&client, "v1 serving", Duration::from_secs(60),
+            "return document.getElementById('active-version').textContent;",
+            |v| (v.as_str() == Some("v1")).then_some(())).await?;
+        Ok(())
+    })
+    .await;
+    assert_no_csp_violations(server);
+}

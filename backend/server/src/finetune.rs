@@ -305,6 +305,9 @@ impl Teaching {
         };
         record.step = run.step();
         record.total_steps = run.total_steps();
+        if spec.resume {
+            record.resumed_at.push(record.step);
+        }
         let mut active = ActiveRun { spec, run, record, since, seconds_before };
         self.persist(&mut active);
         self.announce("step", Some(active.record.clone()));

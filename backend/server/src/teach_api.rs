@@ -301,6 +301,7 @@ pub async fn start_finetune(
             before: None,
             after: None,
             train_seconds: 0.0,
+            resumed_at: Vec::new(),
             error: None,
         };
         versions.save_record(&record).map_err(internal)?;

@@ -130,6 +130,9 @@ pub struct RunRecord {
     pub after: Option<HeldOut>,
     /// Seconds spent training so far (preparing the data included).
     pub train_seconds: f64,
+    /// The steps it continued from, each time it was resumed (after a restart or a cancel).
+    #[serde(default)]
+    pub resumed_at: Vec<usize>,
     pub error: Option<String>,
 }
 
@@ -322,6 +325,7 @@ mod tests {
             before: None,
             after: None,
             train_seconds: 0.0,
+            resumed_at: Vec::new(),
             error: None,
         }
     }

@@ -56,6 +56,10 @@ impl Tab {
     }
 }
 
+fn is_admin() -> bool {
+    web_sys::window().and_then(|w| w.location().pathname().ok()).is_some_and(|p| p == "/admin")
+}
+
 fn is_embed() -> bool {
     web_sys::window().and_then(|w| w.location().pathname().ok()).is_some_and(|p| p == "/embed")
 }
@@ -69,8 +73,12 @@ pub fn App() -> impl IntoView {
     provide_context(lang);
     provide_context(RwSignal::new(storage::load_history()));
     Effect::new(move || set_title(lang.get()));
+    if is_admin() {
+        return view! { <super::admin::AdminPage /> }.into_any();
+    }
     let connection = Connection::open();
     provide_context(connection.dishes);
+    provide_context(crate::teach::ServerTeaches(connection.teaching));
     crate::host::provide_embedded(is_embed());
     if is_embed() {
         return view! {

@@ -1,10 +1,12 @@
 //! The meal history kept in this browser, with totals per day; a meal saved by mistake
-//! can be removed on its own.
+//! can be removed on its own, and one kept with its photo can teach the model (on a
+//! server that keeps examples).
 
 use leptos::prelude::*;
 
 use crate::i18n::{dish_name, tr, use_dishes, use_lang, Lang};
 use crate::storage::{self, Meal};
+use crate::teach::{consent_text, send_example, server_teaches, Source};
 
 #[component]
 pub fn History() -> impl IntoView {
@@ -17,6 +19,36 @@ pub fn History() -> impl IntoView {
                 meals.remove(index);
             }
             storage::save_history(meals);
+        });
+    };
+    let teach = move |index: usize| {
+        let Some(meal) = history.with_untracked(|meals| meals.get(index).cloned()) else { return };
+        let Some(photo) = meal.photo.clone() else { return };
+        let lang = lang.get_untracked();
+        // The consent is asked each time: it is the user's to give per photo.
+        let question = format!(
+            "{}\n\n{}",
+            tr(lang, "Отправить снимок, чтобы дообучить модель?", "Send the photo to teach the model?"),
+            consent_text(lang)
+        );
+        if !web_sys::window().and_then(|w| w.confirm_with_message(&question).ok()).unwrap_or(false) {
+            return;
+        }
+        leptos::task::spawn_local(async move {
+            match send_example(&photo, &meal.dish, meal.per_100g(), Source::History, lang).await {
+                Ok(_) => history.update(|meals| {
+                    if let Some(m) = meals.get_mut(index) {
+                        m.taught = true;
+                    }
+                    storage::save_history(meals);
+                }),
+                Err(message) => {
+                    if let Some(window) = web_sys::window() {
+                        let _ = window
+                            .alert_with_message(&format!("{} {message}", tr(lang, "Не сохранено:", "Not stored:")));
+                    }
+                }
+            }
         });
     };
     let clear = move |_| {
@@ -51,6 +83,14 @@ pub fn History() -> impl IntoView {
                                 {day.into_iter().map(|(index, meal)| view! {
                                     <li>
                                         <span>{meal_line(lang, &meal, &dish_name(lang, &meal.dish, &known))}</span>
+                                        <button
+                                            class="teach-meal secondary small"
+                                            class:hidden=!server_teaches() || meal.photo.is_none()
+                                            disabled=meal.taught
+                                            on:click=move |_| teach(index)
+                                        >
+                                            {if meal.taught { tr(lang, "Отправлено ✓", "Sent ✓") } else { tr(lang, "Научить модель", "Teach the model") }}
+                                        </button>
                                         <button
                                             class="remove-meal"
                                             aria-label=format!("{} {}", tr(lang, "Удалить", "Remove"), dish_name(lang, &meal.dish, &known))

@@ -1,3 +1,4 @@
+pub mod admin;
 pub mod app;
 pub mod camera;
 pub mod connection_status;

@@ -106,6 +106,8 @@ pub fn Recognize(
     let candidates = RwSignal::new(Vec::<String>::new());
     let result = RwSignal::new(None::<Recognition>);
     let request = RwSignal::new(None::<RequestId>);
+    // The answer's "Wrong? Tell us" sends this photo.
+    provide_context(crate::teach::LastPhoto(photo));
 
     // A new photo is on its way: the old one's answer goes at once (a failed upload must
     // not leave the previous dish on screen, with its Save button).

@@ -4,10 +4,12 @@
 //! before the meal is saved (to the history, or to the host page in the widget).
 //!
 //! One part a file: [`values`] (the editable values), [`macro_chart`], [`atwater`],
-//! [`portion`] (grams and saving); the heading, the "not sure" note and the alternatives
+//! [`portion`] (grams and saving), [`correction`] ("Wrong? Tell us", teaching the
+//! model); the heading, the "not sure" note and the alternatives
 //! are small enough to live here.
 
 mod atwater;
+mod correction;
 mod macro_chart;
 mod portion;
 mod values;
@@ -18,6 +20,7 @@ use leptos::prelude::*;
 
 use crate::i18n::{dish_name, tr, use_dishes, use_lang};
 use atwater::AtwaterNote;
+use correction::Correction;
 use macro_chart::MacroChart;
 use portion::Portion;
 use values::{number, Values};
@@ -64,6 +67,7 @@ pub fn ResultCard(recognition: Recognition) -> impl IntoView {
             <AtwaterNote nutrition=per_100g />
             <Portion per_100g=per_100g dish=dish saved=saved />
             <Alternatives options=options selected=selected choose=choose />
+            <Correction dish=dish fields=fields />
         </article>
     }
     .into_any()
@@ -82,9 +86,12 @@ fn NoDish(not_food: bool) -> impl IntoView {
     } else {
         ("none", "Блюдо не распознано — попробуйте другой ракурс.", "No dish recognised; try another angle.")
     };
+    // A dish the model missed can still be taught.
+    let (dish, fields) = (RwSignal::new(String::new()), std::array::from_fn(|_| RwSignal::new(String::new())));
     view! {
         <div id="result-card" class="result-card" data-dish="" data-verdict=key>
             <p class="verdict">{move || tr(lang.get(), ru, en)}</p>
+            <Correction dish=dish fields=fields />
         </div>
     }
 }

@@ -50,6 +50,10 @@ pub(super) fn Portion(per_100g: Signal<Nutrition>, dish: RwSignal<String>, saved
             fat_g: p.fat_g.unwrap_or(0.0),
             carbs_g: p.carbs_g.unwrap_or(0.0),
             kcal: p.kcal.unwrap_or(0.0),
+            photo: use_context::<crate::teach::LastPhoto>()
+                .and_then(|photo| photo.0.get_untracked())
+                .filter(|photo| photo.len() <= storage::MAX_KEPT_PHOTO),
+            taught: false,
         };
         if embedded {
             // The widget's user has no history to look at: the site gets the meal.
