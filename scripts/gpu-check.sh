@@ -22,7 +22,8 @@
 #    weights (`--model random:350M`), then the demo model;
 # 4. what each lever gives: the bench with CUDA graphs off, and with our kernels off;
 # 5. the demo model's answers on the GPU against this machine's CPU, the 350M bench in
-#    f16, the tiny preset.
+#    f16, the tiny preset;
+# 6. a fine-tune inside the server (teaching), timed.
 # Writes JSON and logs into $OUT/gpu-check.tar.gz (default folder runs/gpu) and ends with
 # a summary table (scripts/gpu-summary.py).
 set -uo pipefail
@@ -101,6 +102,18 @@ bounded 120 "$bin" bench --preset 350M --device cuda --dtype f16 --runs 5 >"$out
 tail -20 "$out/bench-350M-f16.log"
 step "bench tiny f32"
 bounded 60 "$bin" bench --preset tiny --device cuda --runs 5 >"$out/bench-tiny-cuda.json" 2>"$out/bench-tiny-cuda.log" || status=1
+
+# 6. Teaching on the GPU: a fine-tune through the server's admin routes, as on the CPU in
+#    docs/teaching.md (the demo data as the base set, twenty pictures sent as examples).
+step "fine-tune inside the server on cuda"
+rm -rf /tmp/teach && "$bin" serve --device cuda --addr 127.0.0.1:8099 --dataset /tmp/teach/dataset \
+  --models-dir /tmp/teach/models --admin-token gpu-check --finetune-base-csv data/demo/food.csv \
+  --api-requests-per-minute 0 >"$out/serve-teach.log" 2>&1 &
+server=$!
+for _ in $(seq 90); do curl -sf http://127.0.0.1:8099/readyz >/dev/null && break; sleep 1; done
+bounded 240 python3 scripts/gpu-teach.py http://127.0.0.1:8099 gpu-check >"$out/finetune-cuda.json" || status=1
+cat "$out/finetune-cuda.json"
+kill "$server"; wait "$server" 2>/dev/null
 
 step "summary"
 python3 scripts/gpu-summary.py "$out" | tee "$out/summary.txt" || status=1

@@ -100,7 +100,7 @@ async fn the_openapi_document_is_valid_and_names_every_api_route() {
     // routes answer 401 without the token; the web app's fallback would say 404 or 405).
     let dir = tempfile::tempdir().unwrap();
     let teaching = borscht_server::finetune::Teaching::new(
-        Some(std::sync::Arc::new(borscht_server::dataset::Dataset::open(&dir.path().join("d"), 10).unwrap())),
+        Some(std::sync::Arc::new(borscht_server::dataset::Dataset::open(&dir.path().join("d"), 10, 1 << 30).unwrap())),
         Some(std::sync::Arc::new(borscht_server::versions::Versions::open(&dir.path().join("m"), dir.path()).unwrap())),
         None,
         None,

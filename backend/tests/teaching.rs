@@ -41,7 +41,7 @@ fn data_url(png: &[u8]) -> String {
 
 /// A server on the demo model keeping examples and versions in `dir`.
 async fn teaching_server(dir: &Path) -> TestServer {
-    let dataset = Arc::new(Dataset::open(&dir.join("dataset"), 100).unwrap());
+    let dataset = Arc::new(Dataset::open(&dir.join("dataset"), 100, 1 << 30).unwrap());
     let versions = Arc::new(Versions::open(&dir.join("models"), &demo_model()).unwrap());
     let teaching = Teaching::new(Some(dataset), Some(versions), Some(borscht::teaching::starter()), None);
     // The tests poll the admin routes faster than a client may call the API.

@@ -117,7 +117,7 @@ pub async fn start_teaching_server(dir: &std::path::Path) -> SocketAddr {
     let mut config = borscht_server::ServerConfig::new(addr, web_dir());
     config.admin_token = Some(ADMIN_TOKEN.into());
     let model = demo_model_dir();
-    let dataset = borscht_server::dataset::Dataset::open(&dir.join("dataset"), 100).unwrap();
+    let dataset = borscht_server::dataset::Dataset::open(&dir.join("dataset"), 100, 1 << 30).unwrap();
     let versions = borscht_server::versions::Versions::open(&dir.join("models"), &model).unwrap();
     let teaching = borscht_server::finetune::Teaching::new(
         Some(Arc::new(dataset)),

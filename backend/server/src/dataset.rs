@@ -68,7 +68,8 @@ pub struct NewExample {
 #[derive(Debug)]
 pub enum StoreError {
     Invalid(String),
-    Full(usize),
+    /// At its bounds: this many examples, or photos of this many bytes.
+    Full { examples: usize, bytes: u64 },
     Io(anyhow::Error),
 }
 
@@ -114,15 +115,23 @@ pub fn caption(dish: &str, protein_g: f32, fat_g: f32, carbs_g: f32, kcal: f32) 
 pub struct Dataset {
     dir: PathBuf,
     max_examples: usize,
-    /// Adds and deletes one at a time, so the count stays within `max_examples`.
-    writing: Mutex<()>,
+    max_bytes: u64,
+    /// Examples stored and their photos' bytes; adds and deletes take it one at a time,
+    /// so the store stays within its bounds.
+    usage: Mutex<(usize, u64)>,
 }
 
 impl Dataset {
-    /// Opens (creating) the folder.
-    pub fn open(dir: &Path, max_examples: usize) -> Result<Dataset> {
+    /// Opens (creating) the folder, which may hold up to `max_examples` examples whose
+    /// photos take up to `max_bytes` together.
+    pub fn open(dir: &Path, max_examples: usize, max_bytes: u64) -> Result<Dataset> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create the dataset folder {}", dir.display()))?;
-        Ok(Dataset { dir: dir.to_path_buf(), max_examples, writing: Mutex::new(()) })
+        let mut dataset =
+            Dataset { dir: dir.to_path_buf(), max_examples, max_bytes, usage: Mutex::new((0, 0)) };
+        let examples = dataset.list()?;
+        let bytes = examples.iter().map(|e| e.photo_bytes).sum();
+        dataset.usage = Mutex::new((examples.len(), bytes));
+        Ok(dataset)
     }
 
     pub fn dir(&self) -> &Path {
@@ -136,10 +145,10 @@ impl Dataset {
             Ok(format) => format.extensions_str().first().copied().unwrap_or("img"),
             Err(_) => return Err(StoreError::Invalid("the photo is not a picture".into())),
         };
-        let _writing = self.writing.lock().expect("dataset lock");
-        let count = self.list().map_err(StoreError::Io)?.len();
-        if count >= self.max_examples {
-            return Err(StoreError::Full(self.max_examples));
+        let mut usage = self.usage.lock().expect("dataset lock");
+        let (count, bytes) = *usage;
+        if count >= self.max_examples || bytes + new.photo.len() as u64 > self.max_bytes {
+            return Err(StoreError::Full { examples: self.max_examples, bytes: self.max_bytes });
         }
         let now = time::OffsetDateTime::now_utc();
         let id = format!("{}-{:06x}", now.unix_timestamp_nanos() / 1_000_000, rand::random::<u32>() & 0xff_ffff);
@@ -169,6 +178,7 @@ impl Dataset {
             let _ = std::fs::remove_file(self.dir.join(&photo));
             StoreError::Io(e.context("cannot store the example"))
         })?;
+        *usage = (count + 1, bytes + example.photo_bytes);
         Ok(example)
     }
 
@@ -210,10 +220,11 @@ impl Dataset {
     /// Deletes an example (its JSON first: a half-deleted one is no longer listed).
     /// False when there was none.
     pub fn delete(&self, id: &str) -> Result<bool> {
-        let _writing = self.writing.lock().expect("dataset lock");
+        let mut usage = self.usage.lock().expect("dataset lock");
         let Some(example) = self.get(id)? else { return Ok(false) };
         std::fs::remove_file(self.dir.join(format!("{id}.json")))?;
         let _ = std::fs::remove_file(self.dir.join(&example.photo));
+        *usage = (usage.0.saturating_sub(1), usage.1.saturating_sub(example.photo_bytes));
         Ok(true)
     }
 
@@ -305,7 +316,7 @@ mod tests {
     #[test]
     fn an_example_is_stored_listed_and_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let dataset = Dataset::open(dir.path(), 10).unwrap();
+        let dataset = Dataset::open(dir.path(), 10, 1 << 20).unwrap();
         let stored = dataset.add(new_example(" борщ ")).unwrap();
         assert_eq!(stored.caption, "блюдо: борщ; белков: 1.1; жиров: 2.5; углеводов: 5.4; ккал: 47;");
         assert_eq!(dataset.list().unwrap(), vec![stored.clone()]);
@@ -320,7 +331,7 @@ mod tests {
     #[test]
     fn bad_examples_are_refused_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
-        let dataset = Dataset::open(dir.path(), 10).unwrap();
+        let dataset = Dataset::open(dir.path(), 10, 1 << 20).unwrap();
         let refused = |example: NewExample| match dataset.add(example) {
             Err(StoreError::Invalid(message)) => message,
             other => panic!("stored: {other:?}"),
@@ -337,10 +348,19 @@ mod tests {
     #[test]
     fn the_store_refuses_beyond_its_size_and_ids_never_reach_a_path() {
         let dir = tempfile::tempdir().unwrap();
-        let dataset = Dataset::open(dir.path(), 2).unwrap();
+        let dataset = Dataset::open(dir.path(), 2, 1 << 20).unwrap();
         dataset.add(new_example("суп")).unwrap();
-        dataset.add(new_example("каша")).unwrap();
-        assert!(matches!(dataset.add(new_example("чай")), Err(StoreError::Full(2))));
+        let stored = dataset.add(new_example("каша")).unwrap();
+        assert!(matches!(dataset.add(new_example("чай")), Err(StoreError::Full { examples: 2, .. })));
+        // Counted again when the store is opened; a delete makes room.
+        let reopened = Dataset::open(dir.path(), 2, 1 << 20).unwrap();
+        assert!(matches!(reopened.add(new_example("чай")), Err(StoreError::Full { .. })));
+        assert!(reopened.delete(&stored.id).unwrap());
+        reopened.add(new_example("чай")).unwrap();
+        // The photos' bytes are bounded too.
+        let small = Dataset::open(&dir.path().join("small"), 100, png().len() as u64 * 3 / 2).unwrap();
+        small.add(new_example("суп")).unwrap();
+        assert!(matches!(small.add(new_example("каша")), Err(StoreError::Full { examples: 100, .. })));
         for id in ["../x", "a/b", "", "..", "x.json"] {
             assert_eq!(dataset.get(id).unwrap(), None, "{id}");
             assert!(!dataset.delete(id).unwrap(), "{id}");

@@ -144,9 +144,12 @@ pub async fn add_example(
         let dataset = state.teaching.dataset.as_deref().expect("checked above");
         dataset.add(new).map_err(|e| match e {
             StoreError::Invalid(message) => ApiError::new(ErrorCode::InvalidRequest, message),
-            StoreError::Full(max) => ApiError::new(
+            StoreError::Full { examples, bytes } => ApiError::new(
                 ErrorCode::Busy,
-                format!("the dataset holds its maximum of {max} examples; the operator must export and delete some"),
+                format!(
+                    "the dataset is full (at most {examples} examples, {} MiB of photos); its operator must export and delete some",
+                    bytes >> 20
+                ),
             ),
             StoreError::Io(e) => internal(format!("{e:#}")),
         })

@@ -147,6 +147,9 @@ pub struct ServeArgs {
     /// admin exports and deletes some.
     #[arg(long, env = "BORSCHT_DATASET_MAX_EXAMPLES", default_value_t = 10_000)]
     pub dataset_max_examples: usize,
+    /// The most the dataset's photos may take together, in MiB.
+    #[arg(long, env = "BORSCHT_DATASET_MAX_MIB", default_value_t = 2048)]
+    pub dataset_max_mib: u64,
     /// Keep model versions here: fine-tunes write theirs, the admin promotes one (served
     /// without a restart) or rolls back. Needs a local --model directory.
     #[arg(long, env = "BORSCHT_MODELS_DIR")]
@@ -266,7 +269,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let teaching = teaching(
         &args.model,
         args.dataset.as_deref(),
-        args.dataset_max_examples,
+        (args.dataset_max_examples, args.dataset_max_mib << 20),
         args.models_dir.as_deref(),
         args.finetune_base_csv.as_deref(),
         args.finetune_base_images.as_deref(),
@@ -295,14 +298,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn teaching(
     model: &str,
     dataset: Option<&std::path::Path>,
-    max_examples: usize,
+    (max_examples, max_bytes): (usize, u64),
     models_dir: Option<&std::path::Path>,
     base_csv: Option<&std::path::Path>,
     base_images: Option<&std::path::Path>,
 ) -> anyhow::Result<borscht_server::finetune::Teaching> {
     use std::sync::Arc;
     let dataset =
-        dataset.map(|dir| borscht_server::dataset::Dataset::open(dir, max_examples).map(Arc::new)).transpose()?;
+        dataset.map(|dir| borscht_server::dataset::Dataset::open(dir, max_examples, max_bytes).map(Arc::new)).transpose()?;
     let versions = match models_dir {
         Some(dir) => {
             let base = model_dir(std::path::Path::new(model));
