@@ -69,7 +69,10 @@ pub struct NewExample {
 pub enum StoreError {
     Invalid(String),
     /// At its bounds: this many examples, or photos of this many bytes.
-    Full { examples: usize, bytes: u64 },
+    Full {
+        examples: usize,
+        bytes: u64,
+    },
     Io(anyhow::Error),
 }
 
@@ -126,8 +129,7 @@ impl Dataset {
     /// photos take up to `max_bytes` together.
     pub fn open(dir: &Path, max_examples: usize, max_bytes: u64) -> Result<Dataset> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create the dataset folder {}", dir.display()))?;
-        let mut dataset =
-            Dataset { dir: dir.to_path_buf(), max_examples, max_bytes, usage: Mutex::new((0, 0)) };
+        let mut dataset = Dataset { dir: dir.to_path_buf(), max_examples, max_bytes, usage: Mutex::new((0, 0)) };
         let examples = dataset.list()?;
         let bytes = examples.iter().map(|e| e.photo_bytes).sum();
         dataset.usage = Mutex::new((examples.len(), bytes));

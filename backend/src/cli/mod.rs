@@ -304,8 +304,9 @@ fn teaching(
     base_images: Option<&std::path::Path>,
 ) -> anyhow::Result<borscht_server::finetune::Teaching> {
     use std::sync::Arc;
-    let dataset =
-        dataset.map(|dir| borscht_server::dataset::Dataset::open(dir, max_examples, max_bytes).map(Arc::new)).transpose()?;
+    let dataset = dataset
+        .map(|dir| borscht_server::dataset::Dataset::open(dir, max_examples, max_bytes).map(Arc::new))
+        .transpose()?;
     let versions = match models_dir {
         Some(dir) => {
             let base = model_dir(std::path::Path::new(model));
