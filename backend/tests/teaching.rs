@@ -245,9 +245,10 @@ async fn a_finetune_trains_between_requests_and_promotion_swaps_answers_under_lo
 
     // Promotion under load: nothing lost, the old answer before, the new one after.
     let promoted_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let answered_once = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut clients = Vec::new();
     for png in &pictures[..3] {
-        let (png, promoted_at) = (png.clone(), promoted_at.clone());
+        let (png, promoted_at, answered_once) = (png.clone(), promoted_at.clone(), answered_once.clone());
         clients.push(tokio::spawn(async move {
             let mut answers = Vec::new();
             let start = Instant::now();
@@ -255,6 +256,9 @@ async fn a_finetune_trains_between_requests_and_promotion_swaps_answers_under_lo
                 let sent = Instant::now();
                 let dish = recognized(addr, &png).await;
                 answers.push((sent, Instant::now(), dish));
+                if answers.len() == 1 {
+                    answered_once.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 let done = promoted_at.lock().unwrap().is_some_and(|at: Instant| sent > at);
                 if done || start.elapsed() > Duration::from_secs(120) {
                     return answers;
@@ -262,7 +266,10 @@ async fn a_finetune_trains_between_requests_and_promotion_swaps_answers_under_lo
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Every client has had an answer from the old model before the promotion starts.
+    while answered_once.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let promote_started = Instant::now();
     let (status, models) = admin(addr, "POST", "/api/v1/models/v1/promote", &Value::Null).await;
     assert_eq!((status, models["active"].as_str()), (200, Some("v1")), "{models}");
@@ -379,7 +386,7 @@ async fn ready(addr: SocketAddr) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_finetune_killed_with_its_server_continues_after_the_restart_exactly() {
+async fn a_finetune_stopped_or_killed_with_its_server_continues_after_the_restart_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut serving = serve(dir.path(), addr);
@@ -387,24 +394,40 @@ async fn a_finetune_killed_with_its_server_continues_after_the_restart_exactly()
     for png in pizza_pictures() {
         assert_eq!(add_example(addr, &png, "ватрушка").await.0, 201);
     }
-    let settings = json!({ "epochs": 6, "lr": 1e-3, "batch_size": 1, "freeze": "none", "val_fraction": 0.0 });
+    let settings = json!({ "epochs": 10, "lr": 1e-3, "batch_size": 1, "freeze": "none", "val_fraction": 0.0 });
     assert_eq!(admin(addr, "POST", "/api/v1/finetune", &settings).await.0, 202);
-    // Past the checkpoint of step 25, then killed without warning.
-    wait_for_run(addr, |run| run["step"].as_u64() >= Some(27)).await;
+    let read = |name: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("models/v1").join(name)).unwrap()).unwrap()
+    };
+
+    // SIGTERM: the run writes its checkpoint where it stands, and the process exits 0.
+    wait_for_run(addr, |run| run["step"].as_u64() >= Some(8)).await;
+    unsafe { libc::kill(serving.0.id() as i32, libc::SIGTERM) };
+    assert!(serving.0.wait().unwrap().success());
+    drop(serving);
+    let (record, state) = (read("run.json"), read("train_state.json"));
+    assert_eq!(record["status"], "running", "it continues at the next start");
+    let paused_at = state["step"].as_u64().unwrap();
+    assert!(paused_at >= 8, "the checkpoint is where it stopped, not the last periodic one: {state}");
+    assert_eq!(record["step"].as_u64(), Some(paused_at), "{record}");
+
+    // SIGKILL later on: it goes on from its last periodic checkpoint.
+    let mut serving = serve(dir.path(), addr);
+    ready(addr).await;
+    wait_for_run(addr, |run| run["step"].as_u64() >= Some(40)).await;
     serving.0.kill().unwrap();
     serving.0.wait().unwrap();
     drop(serving);
-    let record: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("models/v1/run.json")).unwrap()).unwrap();
-    assert_eq!(record["status"], "running");
 
     let _serving = serve(dir.path(), addr);
     ready(addr).await;
     let finished = wait_for_run(addr, |run| run["status"] == "finished").await;
-    assert_eq!(finished["step"].as_u64(), Some(36), "6 rows, one a batch, 6 epochs: {finished}");
-    // It went on from a checkpoint (step 25, or the epoch's end at 30), not from the start.
+    assert_eq!(finished["step"].as_u64(), Some(60), "6 rows, one a batch, 10 epochs: {finished}");
     let resumed: Vec<u64> = finished["resumed_at"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap()).collect();
-    assert!(resumed.len() == 1 && (25..=30).contains(&resumed[0]), "{finished}");
+    assert_eq!(resumed.len(), 2, "{finished}");
+    assert_eq!(resumed[0], paused_at);
+    // Killed past step 40: the checkpoint of step 50 (every 25) or an epoch's end (every 6).
+    assert!(resumed[1] >= 36 && (resumed[1].is_multiple_of(25) || resumed[1].is_multiple_of(6)), "{finished}");
 
     // The same run made by `borscht train` in one go trains the same weights.
     let spec = Teaching::new(

@@ -59,11 +59,11 @@ pub async fn json<T: DeserializeOwned>(
     body: Option<&str>,
 ) -> Result<T, String> {
     let response = send(method, url, token, body).await?;
-    if response.status() == 204 {
-        return serde_json::from_str("null").map_err(|e| e.to_string());
-    }
-    let text = JsFuture::from(response.text().map_err(js_error)?).await.map_err(js_error)?;
-    serde_json::from_str(&text.as_string().unwrap_or_default()).map_err(|e| e.to_string())
+    let text =
+        JsFuture::from(response.text().map_err(js_error)?).await.map_err(js_error)?.as_string().unwrap_or_default();
+    // An answer without a body (204, or 202 for a cancel) reads as null.
+    let text = if text.trim().is_empty() { "null" } else { &text };
+    serde_json::from_str(text).map_err(|e| e.to_string())
 }
 
 /// Fetches `url` and saves its body as `file_name` (the browser's download).
@@ -82,21 +82,34 @@ pub async fn download(url: &str, token: Token<'_>, file_name: &str) -> Result<()
 }
 
 /// Reads the server-sent events of `url` and hands each event's data to `on_event`,
-/// until the stream ends or fails (the error comes back).
-pub async fn events(url: &str, token: Token<'_>, on_event: impl Fn(&str)) -> Result<(), String> {
+/// until the stream ends or fails (the error comes back), or `stopped` says so (the
+/// stream is then cancelled, freeing its connection).
+pub async fn events(
+    url: &str,
+    token: Token<'_>,
+    on_event: impl Fn(&str),
+    stopped: impl Fn() -> bool,
+) -> Result<(), String> {
     let response = send("GET", url, token, None).await?;
     let body = response.body().ok_or("the event stream has no body")?;
     let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
     let decoder = web_sys::TextDecoder::new().map_err(js_error)?;
+    // A character split between two chunks is decoded once its second half arrives.
+    let streaming = web_sys::TextDecodeOptions::new();
+    streaming.set_stream(true);
     let mut pending = String::new();
     loop {
+        if stopped() {
+            let _ = reader.cancel();
+            return Ok(());
+        }
         let chunk = JsFuture::from(reader.read()).await.map_err(js_error)?;
         if js_sys::Reflect::get(&chunk, &"done".into()).ok().and_then(|d| d.as_bool()).unwrap_or(true) {
             return Ok(());
         }
         let bytes: js_sys::Uint8Array =
             js_sys::Reflect::get(&chunk, &"value".into()).map_err(js_error)?.unchecked_into();
-        pending.push_str(&decoder.decode_with_js_u8_array(&bytes).map_err(js_error)?);
+        pending.push_str(&decoder.decode_with_js_u8_array_and_options(&bytes, &streaming).map_err(js_error)?);
         // Events end with a blank line; each `data:` line is the event's JSON.
         while let Some(end) = pending.find("\n\n") {
             let event: String = pending.drain(..end + 2).collect();

@@ -16,6 +16,11 @@ use std::sync::Mutex;
 
 /// The longest dish name an example may give.
 pub const MAX_DISH_CHARS: usize = 60;
+/// The longest consent text an example may carry (the app's is about 150 characters).
+pub const MAX_CONSENT_CHARS: usize = 500;
+/// What an example's record takes at most besides its photo (the dish and consent
+/// bounded, the sender's address): counted against the store's bytes.
+const RECORD_BYTES: u64 = 4096;
 
 /// Where in the app an example came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -105,6 +110,9 @@ impl NewExample {
         if self.consent.trim().is_empty() {
             return Err("an example is stored only with the sender's consent".into());
         }
+        if self.consent.chars().count() > MAX_CONSENT_CHARS {
+            return Err(format!("the consent's text is over {MAX_CONSENT_CHARS} characters"));
+        }
         Ok(())
     }
 }
@@ -119,9 +127,9 @@ pub struct Dataset {
     dir: PathBuf,
     max_examples: usize,
     max_bytes: u64,
-    /// Examples stored and their photos' bytes; adds and deletes take it one at a time,
-    /// so the store stays within its bounds.
-    usage: Mutex<(usize, u64)>,
+    /// Examples stored, their bytes, and the time (ms) in the last id given; adds and
+    /// deletes take it one at a time, so the store stays within its bounds.
+    usage: Mutex<(usize, u64, i128)>,
 }
 
 impl Dataset {
@@ -129,10 +137,10 @@ impl Dataset {
     /// photos take up to `max_bytes` together.
     pub fn open(dir: &Path, max_examples: usize, max_bytes: u64) -> Result<Dataset> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create the dataset folder {}", dir.display()))?;
-        let mut dataset = Dataset { dir: dir.to_path_buf(), max_examples, max_bytes, usage: Mutex::new((0, 0)) };
+        let mut dataset = Dataset { dir: dir.to_path_buf(), max_examples, max_bytes, usage: Mutex::new((0, 0, 0)) };
         let examples = dataset.list()?;
-        let bytes = examples.iter().map(|e| e.photo_bytes).sum();
-        dataset.usage = Mutex::new((examples.len(), bytes));
+        let bytes = examples.iter().map(|e| e.photo_bytes + RECORD_BYTES).sum();
+        dataset.usage = Mutex::new((examples.len(), bytes, 0));
         Ok(dataset)
     }
 
@@ -148,12 +156,14 @@ impl Dataset {
             Err(_) => return Err(StoreError::Invalid("the photo is not a picture".into())),
         };
         let mut usage = self.usage.lock().expect("dataset lock");
-        let (count, bytes) = *usage;
-        if count >= self.max_examples || bytes + new.photo.len() as u64 > self.max_bytes {
+        let (count, bytes, last_ms) = *usage;
+        if count >= self.max_examples || bytes + new.photo.len() as u64 + RECORD_BYTES > self.max_bytes {
             return Err(StoreError::Full { examples: self.max_examples, bytes: self.max_bytes });
         }
         let now = time::OffsetDateTime::now_utc();
-        let id = format!("{}-{:06x}", now.unix_timestamp_nanos() / 1_000_000, rand::random::<u32>() & 0xff_ffff);
+        // Ids sort in the order examples came: one millisecond apart at least.
+        let ms = (now.unix_timestamp_nanos() / 1_000_000).max(last_ms + 1);
+        let id = format!("{ms}-{:06x}", rand::random::<u32>() & 0xff_ffff);
         let photo = format!("{id}.{extension}");
         let dish = new.dish.trim().to_string();
         let example = Example {
@@ -180,7 +190,7 @@ impl Dataset {
             let _ = std::fs::remove_file(self.dir.join(&photo));
             StoreError::Io(e.context("cannot store the example"))
         })?;
-        *usage = (count + 1, bytes + example.photo_bytes);
+        *usage = (count + 1, bytes + example.photo_bytes + RECORD_BYTES, ms);
         Ok(example)
     }
 
@@ -226,7 +236,7 @@ impl Dataset {
         let Some(example) = self.get(id)? else { return Ok(false) };
         std::fs::remove_file(self.dir.join(format!("{id}.json")))?;
         let _ = std::fs::remove_file(self.dir.join(&example.photo));
-        *usage = (usage.0.saturating_sub(1), usage.1.saturating_sub(example.photo_bytes));
+        *usage = (usage.0.saturating_sub(1), usage.1.saturating_sub(example.photo_bytes + RECORD_BYTES), usage.2);
         Ok(true)
     }
 
@@ -328,6 +338,9 @@ mod tests {
         assert!(!dataset.delete(&stored.id).unwrap());
         assert!(dataset.list().unwrap().is_empty());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the photo is gone too");
+        // Listed in the order they came, however fast.
+        let dishes: Vec<String> = (0..5).map(|k| dataset.add(new_example(&format!("суп {k}"))).unwrap().dish).collect();
+        assert_eq!(dataset.list().unwrap().into_iter().map(|e| e.dish).collect::<Vec<_>>(), dishes);
     }
 
     #[test]
@@ -343,6 +356,7 @@ mod tests {
         assert!(refused(NewExample { kcal: f32::NAN, ..new_example("суп") }).contains("kcal"));
         assert!(refused(NewExample { fat_g: 70.0, carbs_g: 40.0, ..new_example("суп") }).contains("over 100"));
         assert!(refused(NewExample { consent: " ".into(), ..new_example("суп") }).contains("consent"));
+        assert!(refused(NewExample { consent: "да".repeat(300), ..new_example("суп") }).contains("consent"));
         assert!(refused(NewExample { photo: b"not a picture".to_vec(), ..new_example("суп") }).contains("picture"));
         assert!(dataset.list().unwrap().is_empty());
     }
@@ -360,7 +374,7 @@ mod tests {
         assert!(reopened.delete(&stored.id).unwrap());
         reopened.add(new_example("чай")).unwrap();
         // The photos' bytes are bounded too.
-        let small = Dataset::open(&dir.path().join("small"), 100, png().len() as u64 * 3 / 2).unwrap();
+        let small = Dataset::open(&dir.path().join("small"), 100, (png().len() as u64 + RECORD_BYTES) * 3 / 2).unwrap();
         small.add(new_example("суп")).unwrap();
         assert!(matches!(small.add(new_example("каша")), Err(StoreError::Full { examples: 100, .. })));
         for id in ["../x", "a/b", "", "..", "x.json"] {

@@ -98,9 +98,14 @@ pub struct Teaching {
     pub base_data: Option<(PathBuf, PathBuf)>,
     /// A run waiting for a worker.
     order: Mutex<Option<RunSpec>>,
-    /// The version of the run queued or training, if any.
+    /// The version of the run queued or training (`starting` while a start writes its
+    /// folder), if any.
     busy: Mutex<Option<String>>,
     cancel: AtomicBool,
+    /// The server is stopping: a run in training writes its checkpoint and pauses.
+    pausing: AtomicBool,
+    /// A worker holds a run in training.
+    training: AtomicBool,
     events: broadcast::Sender<TeachEvent>,
 }
 
@@ -126,6 +131,8 @@ impl Teaching {
             order: Mutex::new(None),
             busy: Mutex::new(None),
             cancel: AtomicBool::new(false),
+            pausing: AtomicBool::new(false),
+            training: AtomicBool::new(false),
             events: broadcast::channel(256).0,
         }
     }
@@ -157,40 +164,83 @@ impl Teaching {
         let _ = self.events.send(TeachEvent { kind: kind.into(), run, active: self.active_version() });
     }
 
-    /// Queues a run for the first worker free; refused while another is queued or runs.
-    pub fn queue(&self, spec: RunSpec, record: &RunRecord) -> Result<(), String> {
+    /// Claims the one place for a run before anything is written for it; refused while
+    /// another is queued, runs or is being started.
+    pub fn reserve(&self) -> Result<(), String> {
         let mut busy = self.busy.lock().expect("teaching lock");
         if let Some(version) = busy.as_ref() {
             return Err(format!("the fine-tune {version} is still running; cancel it or wait for it"));
         }
-        *busy = Some(spec.version.clone());
-        self.cancel.store(false, Ordering::SeqCst);
-        *self.order.lock().expect("teaching lock") = Some(spec);
-        self.announce("started", Some(record.clone()));
+        *busy = Some("starting".into());
         Ok(())
     }
 
+    /// Gives back a place [`Teaching::reserve`] claimed for a run that did not start.
+    pub fn release(&self) {
+        *self.busy.lock().expect("teaching lock") = None;
+    }
+
+    /// Queues a run, in the place reserved for it, for the first worker free.
+    pub fn queue(&self, spec: RunSpec, record: &RunRecord) {
+        *self.busy.lock().expect("teaching lock") = Some(spec.version.clone());
+        self.cancel.store(false, Ordering::SeqCst);
+        *self.order.lock().expect("teaching lock") = Some(spec);
+        self.announce("started", Some(record.clone()));
+    }
+
     /// Asks the run queued or training to stop (after its current step, with a
-    /// checkpoint); false when there is none.
+    /// checkpoint); false when there is none. A run no worker has taken up yet ends at once.
     pub fn cancel(&self) -> bool {
-        if self.busy().is_none() {
+        let busy = self.busy.lock().expect("teaching lock");
+        if busy.is_none() {
             return false;
+        }
+        if let Some(spec) = self.order.lock().expect("teaching lock").take() {
+            drop(busy);
+            if let Some(mut record) = self.versions.as_ref().and_then(|v| v.record(&spec.version).ok().flatten()) {
+                record.status = RunStatus::Cancelled;
+                if let Some(versions) = &self.versions {
+                    let _ = versions.save_record(&record);
+                }
+                self.announce("cancelled", Some(record));
+            }
+            self.release();
+            return true;
         }
         self.cancel.store(true, Ordering::SeqCst);
         true
     }
 
-    /// Runs marked running in the records (the process stopped during them) continue.
+    /// For shutdown: the run in training writes its checkpoint and pauses (its record
+    /// stays `running`, so the next start continues it exactly there). Waits for that up
+    /// to `timeout`.
+    pub async fn pause(&self, timeout: std::time::Duration) {
+        self.pausing.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.training.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The run marked running in the records (the process stopped during it) continues;
+    /// should several be (a crash while one was starting), the others are marked
+    /// cancelled, to resume later.
     pub fn resume_interrupted(&self) -> Result<()> {
         let Some(versions) = &self.versions else { return Ok(()) };
         if self.unavailable().is_some() {
             return Ok(());
         }
-        if let Some(record) = versions.records()?.into_iter().rev().find(|r| r.status == RunStatus::Running) {
-            tracing::info!(version = %record.version, step = record.step, "continuing the interrupted fine-tune");
-            let spec = self.spec_of(&record, true);
-            self.queue(spec, &record).map_err(anyhow::Error::msg)?;
+        let mut running: Vec<RunRecord> =
+            versions.records()?.into_iter().filter(|r| r.status == RunStatus::Running).collect();
+        let Some(latest) = running.pop() else { return Ok(()) };
+        for mut other in running {
+            tracing::warn!(version = %other.version, "an interrupted fine-tune is left cancelled; resume it later");
+            other.status = RunStatus::Cancelled;
+            versions.save_record(&other)?;
         }
+        tracing::info!(version = %latest.version, step = latest.step, "continuing the interrupted fine-tune");
+        self.reserve().map_err(anyhow::Error::msg)?;
+        self.queue(self.spec_of(&latest, true), &latest);
         Ok(())
     }
 
@@ -212,8 +262,20 @@ impl Teaching {
     /// For a worker between batches: takes up a queued run, or trains the one it has a
     /// step further. Returns the run still to train, if any.
     pub fn work(&self, engine: &Engine, active: Option<ActiveRun>) -> Option<ActiveRun> {
+        let active = self.work_unmarked(engine, active);
+        self.training.store(active.is_some(), Ordering::SeqCst);
+        active
+    }
+
+    fn work_unmarked(&self, engine: &Engine, active: Option<ActiveRun>) -> Option<ActiveRun> {
+        let pausing = self.pausing.load(Ordering::SeqCst);
         let mut active = match active {
+            Some(active) if pausing => {
+                self.park(active);
+                return None;
+            }
             Some(active) => active,
+            None if pausing => return None,
             None => {
                 let spec = self.order.lock().expect("teaching lock").take()?;
                 return self.start(spec, engine);
@@ -228,7 +290,10 @@ impl Teaching {
             self.end(active, "cancelled");
             return None;
         }
-        match active.run.advance() {
+        // A panic in training fails the run, never the worker that serves.
+        let advanced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| active.run.advance()))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the training step panicked")));
+        match advanced {
             Ok(RunProgress::Step { step, loss }) => {
                 active.record.step = step;
                 active.record.loss = Some(loss);
@@ -284,7 +349,8 @@ impl Teaching {
         let since = Instant::now();
         let seconds_before = record.train_seconds;
         let starter = self.starter.as_ref().expect("a queued run has a trainer");
-        let built = starter(&spec, engine).and_then(|run| {
+        let start = || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| starter(&spec, engine)));
+        let built = start().unwrap_or_else(|_| Err(anyhow::anyhow!("preparing the run panicked"))).and_then(|run| {
             // The parent on the held-out rows, once: the run's first measure.
             if record.before.is_none() {
                 record.before = run.held_out().context("cannot measure the model it starts from")?;

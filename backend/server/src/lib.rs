@@ -381,7 +381,7 @@ pub async fn serve(config: ServerConfig, loaders: Vec<DeviceLoader>, teaching: A
         TcpListener::bind(config.addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.addr))?;
     tracing::info!("Borscht listening on http://{}", listener.local_addr()?);
     teaching.resume_interrupted()?;
-    let server = Server::start_teaching(&config, loaders, teaching);
+    let server = Server::start_teaching(&config, loaders, teaching.clone());
     let state = server.state.clone();
     let drain = config.drain_timeout;
     let shutdown = async move {
@@ -390,6 +390,9 @@ pub async fn serve(config: ServerConfig, loaders: Vec<DeviceLoader>, teaching: A
         state.drained(drain).await;
     };
     serve_on(listener, server.router, shutdown, config.limits.header_timeout()).await?;
+    // A fine-tune in training writes its checkpoint where it stands: the next start
+    // continues there.
+    teaching.pause(Duration::from_secs(60)).await;
     tracing::info!("server stopped");
     Ok(())
 }

@@ -122,12 +122,23 @@ pub async fn add_example(
     body: Bytes,
 ) -> Result<(StatusCode, Json<ExampleStored>), ApiError> {
     dataset(&state)?;
+    // Counted among the client's requests in flight, as a recognition is.
+    let client = state.client(&headers, peer.as_ref());
+    let _slot = state.admit(&client).map_err(|text| {
+        let mut e = ApiError::new(ErrorCode::TooManyRequests, text);
+        e.retry_after_s = Some(state.limits.retry_after_s);
+        e
+    })?;
     let add: AddExample = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("not an example: {e}")))?;
     let photo = super::job::base64_bytes(&add.photo, &state.limits)?;
-    let client = state.client(&headers, peer.as_ref()).to_string();
-    // Only a photo the model could read is kept.
+    // Only a photo the model could read is kept; it is decoded within the server's
+    // decodes at once, as uploads are.
     let limits = state.limits.clone();
+    let photo = state
+        .decode(move |side| super::job::decode_picture(&photo, &limits, side).map(|_| photo))
+        .await
+        .map_err(internal)??;
     let new = NewExample {
         dish: add.dish,
         protein_g: add.protein_g,
@@ -136,11 +147,10 @@ pub async fn add_example(
         kcal: add.kcal,
         source: add.source,
         consent: add.consent,
-        client,
+        client: client.to_string(),
         photo,
     };
     let stored = blocking(move || {
-        super::job::decode_picture(&new.photo, &limits, 64)?;
         let dataset = state.teaching.dataset.as_deref().expect("checked above");
         dataset.add(new).map_err(|e| match e {
             StoreError::Invalid(message) => ApiError::new(ErrorCode::InvalidRequest, message),
@@ -275,13 +285,15 @@ pub async fn start_finetune(
             "include_base needs the server's --finetune-base-csv, which is not set",
         ));
     }
-    if let Some(version) = state.teaching.busy() {
-        return Err(ApiError::new(ErrorCode::Conflict, format!("the fine-tune {version} is still running")));
-    }
+    // Reserved before any file is written: a second start (a double click) is refused.
+    state.teaching.reserve().map_err(|e| ApiError::new(ErrorCode::Conflict, e))?;
+    let teaching = state.teaching.clone();
     let record = blocking(move || {
         let teaching = &state.teaching;
         let versions = versions(&state)?;
         let version = versions.next_name().map_err(internal)?;
+        // A new folder, or none: a run never writes over another.
+        std::fs::create_dir(versions.path(&version)).map_err(internal)?;
         let data = versions.path(&version).join("data");
         let examples =
             dataset(&state)?.snapshot(&data).map_err(|e| ApiError::new(ErrorCode::Conflict, format!("{e:#}")))?;
@@ -308,10 +320,11 @@ pub async fn start_finetune(
             error: None,
         };
         versions.save_record(&record).map_err(internal)?;
-        teaching.queue(teaching.spec_of(&record, false), &record).map_err(|e| ApiError::new(ErrorCode::Conflict, e))?;
+        teaching.queue(teaching.spec_of(&record, false), &record);
         Ok(record)
     })
-    .await?;
+    .await
+    .inspect_err(|_| teaching.release())?;
     tracing::info!(version = %record.version, examples = record.examples, "fine-tune started");
     Ok((StatusCode::ACCEPTED, Json(record)))
 }
@@ -378,6 +391,8 @@ pub async fn resume_finetune(State(state): State<AppState>) -> Result<(StatusCod
     if let Some(why) = state.teaching.unavailable() {
         return Err(ApiError::new(ErrorCode::NotFound, why));
     }
+    state.teaching.reserve().map_err(|e| ApiError::new(ErrorCode::Conflict, e))?;
+    let teaching = state.teaching.clone();
     blocking(move || {
         let versions = versions(&state)?;
         let records = versions.records().map_err(internal)?;
@@ -386,17 +401,15 @@ pub async fn resume_finetune(State(state): State<AppState>) -> Result<(StatusCod
             .rev()
             .find(|r| r.status == RunStatus::Cancelled)
             .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no cancelled fine-tune to resume"))?;
-        if let Some(version) = state.teaching.busy() {
-            return Err(ApiError::new(ErrorCode::Conflict, format!("the fine-tune {version} is still running")));
-        }
         record.status = RunStatus::Running;
         record.error = None;
         versions.save_record(&record).map_err(internal)?;
         let spec = state.teaching.spec_of(&record, true);
-        state.teaching.queue(spec, &record).map_err(|e| ApiError::new(ErrorCode::Conflict, e))?;
+        state.teaching.queue(spec, &record);
         Ok((StatusCode::ACCEPTED, Json(record)))
     })
     .await
+    .inspect_err(|_| teaching.release())
 }
 
 /// `GET /api/v1/finetune/events`: server-sent events, one per step, epoch and change of

@@ -280,6 +280,13 @@ impl Versions {
         self.commit(&mut registry, next)
     }
 
+    /// Serves `base` again, forgetting the promotions (the version promoted last no
+    /// longer loads).
+    pub fn reset_to_base(&self) -> Result<Wanted> {
+        let mut registry = self.registry.lock().expect("versions lock");
+        self.commit(&mut registry, Registry { active: BASE.into(), previous: Vec::new() })
+    }
+
     fn commit(&self, registry: &mut Registry, next: Registry) -> Result<Wanted> {
         let json = serde_json::to_vec_pretty(&next)?;
         borscht_pipelines::write_atomically(&self.dir.join(REGISTRY_FILE), |p| Ok(std::fs::write(p, &json)?))?;

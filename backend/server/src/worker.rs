@@ -205,18 +205,26 @@ impl Worker {
     }
 
     fn run(mut self, load: EngineLoader) {
-        let loaded = load();
-        // The version the server was told to serve may not be the one `load` gives
-        // (a promoted fine-tune serves again after a restart).
-        let loaded = loaded.and_then(|(engine, name)| match self.teaching.versions.as_ref() {
-            Some(versions) if versions.wanted().name != super::versions::BASE => {
-                let wanted = versions.wanted();
-                let engine = self.load_version(&wanted.path)?;
+        // A promoted fine-tune serves again after a restart; should it no longer load,
+        // the model the server was started with serves, and the versions say so.
+        let promoted = self.teaching.versions.as_ref().map(|v| v.wanted()).filter(|w| w.name != super::versions::BASE);
+        let loaded = match promoted.map(|wanted| (self.load_version(&wanted.path), wanted)) {
+            Some((Ok(engine), wanted)) => {
                 self.set_loaded(Loaded { generation: wanted.generation, failed: None });
-                Ok((engine, name))
+                Ok((engine, format!("{} ({})", wanted.path.display(), wanted.name)))
             }
-            _ => Ok((engine, name)),
-        });
+            Some((Err(e), wanted)) => {
+                tracing::error!(device = %self.device, version = %wanted.name, "the promoted version does not load ({e:#}); serving the model the server was started with");
+                if let Some(versions) = self.teaching.versions.as_ref() {
+                    if let Err(e) = versions.reset_to_base() {
+                        tracing::error!("{e:#}");
+                    }
+                    self.set_loaded(Loaded { generation: versions.generation(), failed: None });
+                }
+                load()
+            }
+            None => load(),
+        };
         let mut engine = match loaded {
             Ok((engine, name)) => {
                 tracing::info!(model = %name, device = %self.device, "model loaded");

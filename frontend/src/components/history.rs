@@ -36,8 +36,9 @@ pub fn History() -> impl IntoView {
         }
         leptos::task::spawn_local(async move {
             match send_example(&photo, &meal.dish, meal.per_100g(), Source::History, lang).await {
+                // The meal itself, wherever it is now (another may have been removed meanwhile).
                 Ok(_) => history.update(|meals| {
-                    if let Some(m) = meals.get_mut(index) {
+                    if let Some(m) = meals.iter_mut().find(|m| **m == meal) {
                         m.taught = true;
                     }
                     storage::save_history(meals);

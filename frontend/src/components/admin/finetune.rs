@@ -4,9 +4,21 @@
 
 use leptos::prelude::*;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use super::use_admin;
 use crate::i18n::{tr, use_lang};
+
+/// Waits `ms` milliseconds.
+async fn sleep_ms(ms: i32) {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        if let Some(window) = web_sys::window() {
+            let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
 
 fn percent(measure: &Value) -> String {
     measure["dish_accuracy"].as_f64().map_or("—".into(), |a| format!("{:.0}%", a * 100.0))
@@ -24,9 +36,15 @@ pub(super) fn Finetune() -> impl IntoView {
         RwSignal::new("article".to_string()),
         RwSignal::new(false),
     );
-    // The event stream: a snapshot, then every step; opened again if it ends.
+    // The event stream: a snapshot, then every step; opened again a moment after it ends
+    // (a restarted server), closed when the admin signs out or leaves.
     Effect::new(move || {
         let Some(token) = admin.token.get() else { return };
+        let closed = Arc::new(AtomicBool::new(false));
+        on_cleanup({
+            let closed = closed.clone();
+            move || closed.store(true, Ordering::Relaxed)
+        });
         leptos::task::spawn_local(async move {
             let on_event = move |data: &str| {
                 if let Ok(event) = serde_json::from_str::<Value>(data) {
@@ -38,8 +56,14 @@ pub(super) fn Finetune() -> impl IntoView {
                     }
                 }
             };
-            if let Err(message) = crate::http::events("/api/v1/finetune/events", Some(&token), on_event).await {
-                admin.failed(message);
+            while !closed.load(Ordering::Relaxed) {
+                let stopped = || closed.load(Ordering::Relaxed);
+                if let Err(message) =
+                    crate::http::events("/api/v1/finetune/events", Some(&token), on_event, stopped).await
+                {
+                    admin.failed(message);
+                }
+                sleep_ms(3_000).await;
             }
         });
     });
