@@ -860,6 +860,9 @@ async fn wrong_answers_teach_the_model_and_the_admin_fine_tunes_and_promotes() {
 
         // The admin signs in, fine-tunes on it, watches the run finish, and promotes it.
         client.goto(&format!("http://{server}/admin?lang=en")).await?;
+        wait_for(&client, "the admin page", Duration::from_secs(20),
+            "return document.getElementById('admin-token') !== null;",
+            |v| (v.as_bool() == Some(true)).then_some(())).await?;
         retype(&client, "#admin-token", borscht_e2e::ADMIN_TOKEN).await?;
         client.find(Locator::Css("#admin-sign-in")).await?.click().await?;
         wait_for(&client, "one example listed", Duration::from_secs(20),
@@ -875,6 +878,10 @@ async fn wrong_answers_teach_the_model_and_the_admin_fine_tunes_and_promotes() {
         let step = client.find(Locator::Css("#finetune-step")).await?.text().await?;
         ensure!(step == "4 / 4", "the run's steps as shown: {step:?}");
         screenshot(&client, "admin-finetune-finished").await?;
+        // The versions list loads again once the run has finished.
+        wait_for(&client, "v1 among the versions", Duration::from_secs(20),
+            "return document.querySelector('.promote[data-version=v1]') !== null;",
+            |v| (v.as_bool() == Some(true)).then_some(())).await?;
         client.find(Locator::Css(".promote[data-version=v1]")).await?.click().await?;
         wait_for(&client, "v1 serving", Duration::from_secs(60),
             "return document.getElementById('active-version').textContent;",
