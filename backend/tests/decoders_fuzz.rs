@@ -933,6 +933,110 @@ fn api_requests_of_any_shape_get_a_json_error_and_never_a_500() {
     });
 }
 
+/// Examples users send to teach the model (`POST /api/v1/examples`): any body is stored
+/// whole (a photo that decodes, a well-formed caption) or refused with a JSON error, and
+/// the store holds exactly the examples answered 201.
+#[test]
+fn example_submissions_are_stored_whole_or_refused_with_a_json_error() {
+    use axum::body::Body;
+    use borscht_server::dataset::Dataset;
+    use borscht_server::{Server, ServerConfig};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = std::sync::Arc::new(Dataset::open(dir.path(), 1_000_000, 1 << 40).unwrap());
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let router = {
+        let _context = runtime.enter();
+        let mut config =
+            ServerConfig::new("127.0.0.1:0".parse().unwrap(), std::env::temp_dir().join("borscht-no-web-app"));
+        config.client_ip_header = Some("x-forwarded-for".into());
+        let teaching = borscht_server::finetune::Teaching::new(Some(dataset.clone()), None, None, None);
+        let loader = borscht_server::worker::DeviceLoader {
+            device: "cpu".into(),
+            load: Box::new(|| anyhow::bail!("no model: examples need none")),
+            load_version: None,
+        };
+        Server::start_teaching(&config, vec![loader], std::sync::Arc::new(teaching)).router
+    };
+    let number = || prop_oneof![30 => 0.0..30.0f64, 1 => -5.0..0.0f64, 1 => any::<f64>(), 1 => Just(1e39)];
+    let dish = prop_oneof![4 => "[а-я ]{1,20}", 1 => "[a-zа-я ;:\n\t]{0,70}"];
+    let consent = prop_oneof![4 => "[ -~]{1,40}", 1 => Just(String::new()), 1 => "[a-z]{495,510}"];
+    let intact = (0..image_files().len()).prop_map(|k| {
+        use base64::Engine as _;
+        format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(&image_files()[k].1))
+    });
+    let case = (
+        prop_oneof![3 => intact, 1 => base64_picture()],
+        dish,
+        (number(), number(), number(), number()),
+        consent,
+        0..8u8,
+        prop_oneof![3 => Just(None), 1 => mutations(3).prop_map(Some)],
+    );
+    let (counter, stored) = (std::sync::atomic::AtomicU32::new(0), std::sync::atomic::AtomicUsize::new(0));
+    check(
+        "example_submissions",
+        256,
+        &["stored", "415", "422"],
+        case,
+        |(photo, dish, values, consent, shape, damage)| {
+            let mut body = serde_json::json!({
+                "photo": photo, "dish": dish, "protein_g": values.0, "fat_g": values.1, "carbs_g": values.2,
+                "kcal": values.3, "consent": consent, "source": "correction",
+            });
+            match shape {
+                1 => drop(body.as_object_mut().unwrap().remove("dish")),
+                2 => drop(body.as_object_mut().unwrap().insert("extra".into(), 1.into())),
+                3 => body["kcal"] = "много".into(),
+                4 => body["source"] = "elsewhere".into(),
+                _ => {}
+            }
+            let mut bytes = body.to_string().into_bytes();
+            if let Some(damage) = damage {
+                bytes = mutate(&bytes, &damage);
+            }
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let request = axum::http::Request::post("/api/v1/examples")
+                .header("content-type", "application/json")
+                .header("x-forwarded-for", format!("10.{}.{}.{}", n >> 16 & 255, n >> 8 & 255, n & 255))
+                .body(Body::from(bytes))
+                .unwrap();
+            let (status, answer) = runtime.block_on(async {
+                let response = router.clone().oneshot(request).await.unwrap();
+                (response.status().as_u16(), response.into_body().collect().await.unwrap().to_bytes())
+            });
+            let json: serde_json::Value =
+                serde_json::from_slice(&answer).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            if status == 201 {
+                reached("stored");
+                stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let example = dataset.get(json["id"].as_str().unwrap_or_default()).unwrap();
+                let example = example.ok_or_else(|| TestCaseError::fail(format!("201 but not stored: {json}")))?;
+                let limits = borscht_server::limits::Limits::default();
+                prop_assert!(
+                    borscht_server::job::decode_picture(&dataset.photo(&example).unwrap(), &limits, 64).is_ok()
+                );
+                prop_assert!(
+                    example.caption.starts_with("блюдо: ") && example.caption.matches(';').count() == 5,
+                    "{}",
+                    example.caption
+                );
+                return Ok(());
+            }
+            reached(match status {
+                415 => "415",
+                422 => "422",
+                _ => "other",
+            });
+            prop_assert!(matches!(status, 400 | 413 | 415 | 422), "status {} for {}", status, json);
+            prop_assert!(json["error"]["code"].is_string() && json["error"]["message"].is_string(), "{}", json);
+            Ok(())
+        },
+    );
+    assert_eq!(dataset.list().unwrap().len(), stored.load(std::sync::atomic::Ordering::Relaxed));
+}
+
 // ---------------------------------------------------------------------------------------
 // The BPE model file and the tokenizer.
 
