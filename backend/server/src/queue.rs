@@ -169,21 +169,17 @@ impl QueueReceiver {
     /// Waits for the next job in fair order; `None` once every queue handle is gone and
     /// nothing waits (shutdown).
     pub fn blocking_next(&mut self) -> Option<Job> {
-        let mut lanes = self.shared.lanes.lock().expect("queue lock");
-        loop {
-            if let Some(job) = self.take(&mut lanes, &|_| true) {
-                return Some(job);
-            }
-            if self.shared.senders.load(Ordering::SeqCst) == 0 {
-                return None;
-            }
-            lanes = self.shared.ready.wait(lanes).expect("queue lock");
+        match self.next_within(None) {
+            Next::Job(job) => Some(*job),
+            Next::Closed => None,
+            Next::Idle => unreachable!("waiting without a timeout never ends idle"),
         }
     }
 
-    /// The next job, waiting at most `timeout` for one (the worker has other work).
-    pub fn next_within(&mut self, timeout: std::time::Duration) -> Next {
-        let deadline = std::time::Instant::now() + timeout;
+    /// The next job in fair order, waiting for one at most `timeout` (the worker has
+    /// other work), or for as long as it takes.
+    pub fn next_within(&mut self, timeout: Option<std::time::Duration>) -> Next {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
         let mut lanes = self.shared.lanes.lock().expect("queue lock");
         loop {
             if let Some(job) = self.take(&mut lanes, &|_| true) {
@@ -192,11 +188,16 @@ impl QueueReceiver {
             if self.shared.senders.load(Ordering::SeqCst) == 0 {
                 return Next::Closed;
             }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Next::Idle;
-            }
-            lanes = self.shared.ready.wait_timeout(lanes, left).expect("queue lock").0;
+            lanes = match deadline {
+                None => self.shared.ready.wait(lanes).expect("queue lock"),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Next::Idle;
+                    }
+                    self.shared.ready.wait_timeout(lanes, left).expect("queue lock").0
+                }
+            };
         }
     }
 

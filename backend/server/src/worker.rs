@@ -254,9 +254,14 @@ impl Worker {
         let mut training: Option<ActiveRun> = None;
         loop {
             self.swap_if_promoted(&mut engine);
-            // With a fine-tune to train, a look at the queue; otherwise a wait, woken now
-            // and then to see whether one was started.
-            let wait = if training.is_some() { Duration::ZERO } else { IDLE_CHECK };
+            // With a fine-tune to train, a look at the queue; on a server that keeps
+            // versions, a wait woken now and then to see whether one was started or
+            // promoted; otherwise a wait for the next request.
+            let wait = match (&training, &self.teaching.versions) {
+                (Some(_), _) => Some(Duration::ZERO),
+                (None, Some(_)) => Some(IDLE_CHECK),
+                (None, None) => None,
+            };
             match self.receiver.next_within(wait) {
                 Next::Closed => break,
                 Next::Idle => {}
