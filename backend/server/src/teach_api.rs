@@ -301,24 +301,8 @@ pub async fn start_finetune(
             (Some((csv, images)), true) => append_base_rows(&data, csv, images).map_err(internal)?,
             _ => 0,
         };
-        let record = RunRecord {
-            version,
-            parent: versions.active(),
-            status: RunStatus::Running,
-            settings,
-            examples,
-            base_rows,
-            started_at: super::finetune::now(),
-            finished_at: None,
-            step: 0,
-            total_steps: 0,
-            loss: None,
-            before: None,
-            after: None,
-            train_seconds: 0.0,
-            resumed_at: Vec::new(),
-            error: None,
-        };
+        let started = super::finetune::now();
+        let record = RunRecord::new(version, versions.active(), settings, (examples, base_rows), started);
         versions.save_record(&record).map_err(internal)?;
         teaching.queue(teaching.spec_of(&record, false), &record);
         Ok(record)

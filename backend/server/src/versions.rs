@@ -136,6 +136,36 @@ pub struct RunRecord {
     pub error: Option<String>,
 }
 
+impl RunRecord {
+    /// A run about to start from `parent`: running, nothing trained or measured yet.
+    pub fn new(
+        version: String,
+        parent: String,
+        settings: FinetuneSettings,
+        (examples, base_rows): (usize, usize),
+        started_at: String,
+    ) -> RunRecord {
+        RunRecord {
+            version,
+            parent,
+            status: RunStatus::Running,
+            settings,
+            examples,
+            base_rows,
+            started_at,
+            finished_at: None,
+            step: 0,
+            total_steps: 0,
+            loss: None,
+            before: None,
+            after: None,
+            train_seconds: 0.0,
+            resumed_at: Vec::new(),
+            error: None,
+        }
+    }
+}
+
 /// Which version serves, and the ones rolled back to in turn.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Registry {
@@ -317,24 +347,9 @@ mod tests {
     use super::*;
 
     fn record(version: &str, status: RunStatus) -> RunRecord {
-        RunRecord {
-            version: version.into(),
-            parent: BASE.into(),
-            status,
-            settings: FinetuneSettings::default(),
-            examples: 3,
-            base_rows: 0,
-            started_at: "2026-12-05T00:00:00Z".into(),
-            finished_at: None,
-            step: 0,
-            total_steps: 1,
-            loss: None,
-            before: None,
-            after: None,
-            train_seconds: 0.0,
-            resumed_at: Vec::new(),
-            error: None,
-        }
+        let started = "2026-12-05T00:00:00Z".to_string();
+        let record = RunRecord::new(version.into(), BASE.into(), FinetuneSettings::default(), (3, 0), started);
+        RunRecord { status, total_steps: 1, ..record }
     }
 
     #[test]
