@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::use_admin;
+use super::{accuracy, use_admin};
 use crate::i18n::{tr, use_lang};
 
 /// Waits `ms` milliseconds.
@@ -18,10 +18,6 @@ async fn sleep_ms(ms: i32) {
         }
     });
     let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
-}
-
-fn percent(measure: &Value) -> String {
-    measure["dish_accuracy"].as_f64().map_or("—".into(), |a| format!("{:.0}%", a * 100.0))
 }
 
 #[component]
@@ -133,8 +129,8 @@ pub(super) fn Finetune() -> impl IntoView {
                     {move || run.with(|r| format!(
                         "{}: {} → {}",
                         tr(lang.get(), "Блюдо названо верно (отложенная выборка)", "Dish named right (held-out rows)"),
-                        percent(&r["before"]),
-                        percent(&r["after"]),
+                        accuracy(&r["before"]),
+                        accuracy(&r["after"]),
                     ))}
                 </p>
                 <p class="field-error" class:hidden=move || run.with(|r| r["error"].is_null())>

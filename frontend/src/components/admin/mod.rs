@@ -45,6 +45,11 @@ impl Admin {
     }
 }
 
+/// A held-out measure's dish accuracy as a percentage ("—" when there is none).
+pub fn accuracy(measure: &serde_json::Value) -> String {
+    measure["dish_accuracy"].as_f64().map_or("—".into(), |a| format!("{:.0}%", a * 100.0))
+}
+
 pub fn use_admin() -> Admin {
     expect_context::<Admin>()
 }

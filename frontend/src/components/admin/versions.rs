@@ -4,11 +4,10 @@
 use leptos::prelude::*;
 use serde_json::Value;
 
-use super::use_admin;
+use super::{accuracy, use_admin};
 use crate::i18n::{tr, use_lang};
 
 fn measure(run: &Value) -> String {
-    let accuracy = |m: &Value| m["dish_accuracy"].as_f64().map_or("—".into(), |a| format!("{:.0}%", a * 100.0));
     if run.is_null() {
         return String::new();
     }

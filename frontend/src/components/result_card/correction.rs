@@ -4,7 +4,7 @@
 
 use leptos::prelude::*;
 
-use super::values::number;
+use super::values::{number, value_labels, VALUE_FIELDS};
 use crate::i18n::{tr, use_dishes, use_lang};
 use crate::teach::{consent_text, send_example, server_teaches, LastPhoto, Source};
 
@@ -74,15 +74,6 @@ pub(super) fn Correction(dish: RwSignal<String>, fields: [RwSignal<String>; 4]) 
             });
         });
     };
-    let labels = move || {
-        let l = lang.get();
-        [
-            tr(l, "Белки, г", "Protein, g"),
-            tr(l, "Жиры, г", "Fat, g"),
-            tr(l, "Углеводы, г", "Carbs, g"),
-            tr(l, "Ккал", "kcal"),
-        ]
-    };
     let shown = move || server_teaches() && photo.is_some_and(|p| p.0.with(Option::is_some));
     view! {
         <div class="correction" class:hidden=move || !shown()>
@@ -103,8 +94,8 @@ pub(super) fn Correction(dish: RwSignal<String>, fields: [RwSignal<String>; 4]) 
                     let value = values[i];
                     view! {
                         <label>
-                            {move || labels()[i]}
-                            <input class="value-input" data-correction=["protein", "fat", "carbs", "kcal"][i]
+                            {move || value_labels(lang.get())[i]}
+                            <input class="value-input" data-correction=VALUE_FIELDS[i]
                                 type="text" inputmode="decimal"
                                 prop:value=move || value.get() on:input=move |e| value.set(event_target_value(&e)) />
                         </label>

@@ -9,11 +9,15 @@ pub(super) fn number(text: &str) -> Option<f32> {
     text.trim().replace(',', ".").parse::<f32>().ok().filter(|v| v.is_finite() && *v >= 0.0)
 }
 
+/// The four values per 100 g, as the page's fields name them.
+pub(super) const VALUE_FIELDS: [&str; 4] = ["protein", "fat", "carbs", "kcal"];
+
 pub(super) fn show(value: Option<f32>) -> String {
     value.map_or("—".into(), |v| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.1}") })
 }
 
-fn value_labels(lang: Lang) -> [&'static str; 4] {
+/// The four values' labels, in the order of [`VALUE_FIELDS`].
+pub(super) fn value_labels(lang: Lang) -> [&'static str; 4] {
     [
         tr(lang, "Белки, г", "Protein, g"),
         tr(lang, "Жиры, г", "Fat, g"),
@@ -40,7 +44,7 @@ pub(super) fn Values(dish: RwSignal<String>, fields: [RwSignal<String>; 4]) -> i
                         {move || value_labels(lang.get())[i]}
                         <input
                             class="value-input"
-                            data-field=["protein", "fat", "carbs", "kcal"][i]
+                            data-field=VALUE_FIELDS[i]
                             type="text"
                             inputmode="decimal"
                             prop:value=move || field.get()
