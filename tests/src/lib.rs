@@ -52,7 +52,12 @@ pub async fn start_server() -> SocketAddr {
 
 /// [`start_server`] with a config `adjust` changes first.
 pub async fn start_server_with(adjust: impl FnOnce(&mut borscht_server::ServerConfig)) -> SocketAddr {
-    let (addr, state) = serve_demo_model(adjust, None);
+    let (addr, state) = serve_demo_model(adjust, None, Default::default());
+    ready(addr, state).await
+}
+
+/// Waits until the server's model is loaded.
+async fn ready(addr: SocketAddr, state: borscht_server::AppState) -> SocketAddr {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match state.worker.status() {
@@ -72,14 +77,16 @@ pub fn start_held_server(
     adjust: impl FnOnce(&mut borscht_server::ServerConfig),
 ) -> (SocketAddr, std::sync::mpsc::Sender<()>) {
     let (gate, wait) = std::sync::mpsc::channel();
-    let (addr, _) = serve_demo_model(adjust, Some(wait));
+    let (addr, _) = serve_demo_model(adjust, Some(wait), Default::default());
     (addr, gate)
 }
 
-/// Serves the web app and the demo model, which loads once `gate` (if any) opens.
+/// Serves the web app and the demo model, which loads once `gate` (if any) opens,
+/// keeping examples and versions as `teaching` says.
 fn serve_demo_model(
     adjust: impl FnOnce(&mut borscht_server::ServerConfig),
     gate: Option<std::sync::mpsc::Receiver<()>>,
+    teaching: std::sync::Arc<borscht_server::finetune::Teaching>,
 ) -> (SocketAddr, borscht_server::AppState) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     listener.set_nonblocking(true).unwrap();
@@ -88,17 +95,21 @@ fn serve_demo_model(
     let mut config = borscht_server::ServerConfig::new(addr, web_dir());
     adjust(&mut config);
     let model = demo_model_dir();
-    let server = borscht_server::Server::start(
-        &config,
-        Box::new(move || {
+    let load_engine = |dir: &std::path::Path| {
+        borscht_pipelines::Engine::load(dir, &candle_core::Device::Cpu, candle_core::DType::F32)
+    };
+    let loader = borscht_server::worker::DeviceLoader {
+        device: "default".into(),
+        load: Box::new(move || {
             // A gate dropped unopened (its test is over): no model, no work left behind.
             if let Some(gate) = gate {
                 gate.recv().map_err(|_| anyhow::anyhow!("the test ended before the model was let load"))?;
             }
-            let engine = borscht_pipelines::Engine::load(&model, &candle_core::Device::Cpu, candle_core::DType::F32)?;
-            Ok((engine, "demo".into()))
+            Ok((load_engine(&model)?, "demo".into()))
         }),
-    );
+        load_version: Some(Box::new(load_engine)),
+    };
+    let server = borscht_server::Server::start_teaching(&config, vec![loader], teaching);
     let header_timeout = config.limits.header_timeout();
     tokio::spawn(borscht_server::serve_on(listener, server.router, std::future::pending(), header_timeout));
     (addr, server.state)
@@ -112,36 +123,17 @@ pub const ADMIN_TOKEN: &str = "browser-admin-token";
 /// waits until the model is loaded.
 pub async fn start_teaching_server(dir: &std::path::Path) -> SocketAddr {
     use std::sync::Arc;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-    let addr = listener.local_addr().unwrap();
-    let mut config = borscht_server::ServerConfig::new(addr, web_dir());
-    config.admin_token = Some(ADMIN_TOKEN.into());
-    let model = demo_model_dir();
     let dataset = borscht_server::dataset::Dataset::open(&dir.join("dataset"), 100, 1 << 30).unwrap();
-    let versions = borscht_server::versions::Versions::open(&dir.join("models"), &model).unwrap();
+    let versions = borscht_server::versions::Versions::open(&dir.join("models"), &demo_model_dir()).unwrap();
     let teaching = borscht_server::finetune::Teaching::new(
         Some(Arc::new(dataset)),
         Some(Arc::new(versions)),
         Some(borscht::teaching::starter()),
         None,
     );
-    let load_engine = |dir: &std::path::Path| {
-        borscht_pipelines::Engine::load(dir, &candle_core::Device::Cpu, candle_core::DType::F32)
-    };
-    let loader = borscht_server::worker::DeviceLoader {
-        device: "cpu".into(),
-        load: Box::new(move || Ok((load_engine(&model)?, "demo".into()))),
-        load_version: Some(Box::new(load_engine)),
-    };
-    let server = borscht_server::Server::start_teaching(&config, vec![loader], Arc::new(teaching));
-    let header_timeout = config.limits.header_timeout();
-    tokio::spawn(borscht_server::serve_on(listener, server.router, std::future::pending(), header_timeout));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !matches!(server.state.worker.status(), borscht_server::worker::ModelStatus::Ready { .. }) {
-        assert!(Instant::now() < deadline, "the demo model did not load within 60 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    addr
+    let admin = |config: &mut borscht_server::ServerConfig| config.admin_token = Some(ADMIN_TOKEN.into());
+    let (addr, state) = serve_demo_model(admin, None, Arc::new(teaching));
+    ready(addr, state).await
 }
 
 /// A stand-in for a load balancer in front of replicas: it forwards every connection to
