@@ -41,9 +41,14 @@ fn data_url(png: &[u8]) -> String {
 
 /// A server on the demo model keeping examples and versions in `dir`.
 async fn teaching_server(dir: &Path) -> TestServer {
+    teaching_server_with_base(dir, None).await
+}
+
+/// [`teaching_server`] with a base data set (its CSV and images folder) fine-tunes may add.
+async fn teaching_server_with_base(dir: &Path, base_data: Option<(PathBuf, PathBuf)>) -> TestServer {
     let dataset = Arc::new(Dataset::open(&dir.join("dataset"), 100, 1 << 30).unwrap());
     let versions = Arc::new(Versions::open(&dir.join("models"), &demo_model()).unwrap());
-    let teaching = Teaching::new(Some(dataset), Some(versions), Some(borscht::teaching::starter()), None);
+    let teaching = Teaching::new(Some(dataset), Some(versions), Some(borscht::teaching::starter()), base_data);
     // The tests poll the admin routes faster than a client may call the API.
     let adjust = |config: &mut borscht_server::ServerConfig| {
         config.admin_token = Some(TOKEN.into());
@@ -346,6 +351,68 @@ async fn a_cancelled_finetune_resumes_where_it_stopped() {
     let (_, models) = admin(addr, "GET", "/api/v1/models", &Value::Null).await;
     let names: Vec<&str> = models["versions"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["base", "v1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finetune_may_add_the_base_data_set_to_the_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = json!({ "epochs": 1, "batch_size": 10, "include_base": true, "val_fraction": 0.0 });
+    // Without a base data set the server refuses to pretend it has one.
+    let plain = teaching_server(&dir.path().join("plain")).await;
+    assert_eq!(add_example(plain.addr, &pizza_pictures()[0], "ватрушка").await.0, 201);
+    let (status, refused) = admin(plain.addr, "POST", "/api/v1/finetune", &settings).await;
+    assert_eq!(status, 422, "{refused}");
+
+    // Three rows of the demo data set, their paths relative to the CSV's folder.
+    let base = dir.path().join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    let table = std::fs::read_to_string(repo().join("data/demo/food.csv")).unwrap();
+    let rows: Vec<&str> = table.lines().take(4).collect();
+    std::fs::write(base.join("food.csv"), rows.join("\n") + "\n").unwrap();
+    let server = teaching_server_with_base(dir.path(), Some((base.join("food.csv"), repo().join("data/demo")))).await;
+    for png in &pizza_pictures()[..2] {
+        assert_eq!(add_example(server.addr, png, "ватрушка").await.0, 201);
+    }
+    let (status, run) = admin(server.addr, "POST", "/api/v1/finetune", &settings).await;
+    assert_eq!(status, 202, "{run}");
+    assert_eq!((run["examples"].as_u64(), run["base_rows"].as_u64()), (Some(2), Some(3)), "{run}");
+    let finished = wait_for_run(server.addr, |run| run["status"] == "finished").await;
+    assert_eq!(finished["total_steps"].as_u64(), Some(1), "five rows, one batch: {finished}");
+    let data =
+        borscht_train::data::read_csv(&dir.path().join("models/v1/data/food.csv"), &dir.path().join("models/v1/data"))
+            .unwrap();
+    let dishes: Vec<String> = data.samples.iter().map(|s| s.caption.split(';').next().unwrap().to_string()).collect();
+    let base_dishes: Vec<String> =
+        rows[1..].iter().map(|r| format!("блюдо: {}", r.split(',').nth(5).unwrap())).collect();
+    assert_eq!(dishes[..2], ["блюдо: ватрушка", "блюдо: ватрушка"]);
+    assert_eq!(dishes[2..], base_dishes[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_version_that_no_longer_loads_leaves_the_base_model_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    // v1 was promoted, then its weights were lost.
+    let versions = Versions::open(&dir.path().join("models"), &demo_model()).unwrap();
+    let record = borscht_server::versions::RunRecord::new(
+        "v1".into(),
+        "base".into(),
+        Default::default(),
+        (1, 0),
+        "2026-12-05T00:00:00Z".into(),
+    );
+    let finished =
+        borscht_server::versions::RunRecord { status: borscht_server::versions::RunStatus::Finished, ..record };
+    versions.save_record(&finished).unwrap();
+    versions.promote("v1").unwrap();
+    drop(versions);
+    let server = teaching_server(dir.path()).await;
+    ready(server.addr).await;
+    let (_, ready) = common::reqwest_get(server.addr, "/readyz").await;
+    let ready: Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!((ready["status"].as_str(), ready["version"].as_str()), (Some("ready"), Some("base")), "{ready}");
+    assert_eq!(recognized(server.addr, &pizza_pictures()[0]).await, "пицца");
+    let (_, models) = admin(server.addr, "GET", "/api/v1/models", &Value::Null).await;
+    assert_eq!(models["active"], "base", "{models}");
 }
 
 /// `borscht serve` with teaching on, in the background.
