@@ -14,6 +14,7 @@
 use crate::vector_math::{exp, lane_dot, lane_max, lane_sum, tanh, vectorized};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Masked attention scores are pushed to this (not -inf), as the reference does.
@@ -683,7 +684,7 @@ impl CustomOp1 for QkvSplit {
 /// than our CPU kernels it does, and the weight's is dropped).
 pub fn frozen_product(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     if applies(x) && applies(weight) {
-        x.contiguous()?.apply_op1(FrozenProduct { weight: weight.detach() })
+        x.contiguous()?.apply_op1(FrozenProduct { weight: weight.detach().contiguous()? })
     } else {
         x.matmul(&weight.detach().t()?)
     }
@@ -699,10 +700,50 @@ impl CustomOp1 for FrozenProduct {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = Tensor::from_slice(contiguous_f32(storage, layout, "frozen product")?, layout.shape(), &Device::Cpu)?;
-        let y = x.matmul(&self.weight.t()?)?;
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1()?), shape))
+        let x = contiguous_f32(storage, layout, "frozen product")?;
+        let (rows, inputs) = layout.shape().dims2()?;
+        let (outputs, weight_inputs) = self.weight.dims2()?;
+        if weight_inputs != inputs {
+            candle_core::bail!(
+                "frozen product: weight {:?} does not fit input {:?}",
+                self.weight.dims(),
+                layout.dims()
+            );
+        }
+        let (weight, weight_layout) = self.weight.storage_and_layout();
+        let candle_core::Storage::Cpu(weight) = &*weight else {
+            candle_core::bail!("frozen product: weight not on the CPU")
+        };
+        let weight = contiguous_f32(weight, weight_layout, "frozen product")?;
+        // Straight into the output: a candle matmul here took copies of the input and
+        // the output, a quarter of a training step's forward pass.
+        let mut out = vec![0f32; rows * outputs];
+        // SAFETY: `out` is [rows, outputs], `x` [rows, inputs] and `weight` [outputs,
+        // inputs], all contiguous; the strides below read the weight transposed.
+        unsafe {
+            gemm::gemm(
+                rows,
+                outputs,
+                inputs,
+                out.as_mut_ptr(),
+                1,
+                outputs as isize,
+                false,
+                x.as_ptr(),
+                1,
+                inputs as isize,
+                weight.as_ptr(),
+                inputs as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            );
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, outputs))))
     }
 
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -826,6 +867,178 @@ impl CustomOp2 for GeluBackward {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Cross-entropy over a slice of the vocabulary per position (the training loss)
+
+/// Per-position cross-entropy `[b, n]` of `logits` `[b, n, v]` against `labels` `[b, n]`,
+/// each position over its own slice of the vocabulary: position `p` reads
+/// `logits[.., p, vocab[p]]`, and its label counts from `vocab[p].start`. A position
+/// with an empty slice gives 0 (and no gradient). Differentiable in `logits`.
+///
+/// The CPU kernel reads the logits where they lie and writes the gradient in one pass
+/// (`g * (softmax - onehot)` inside each slice). The composite path narrows the logits to
+/// each run of positions sharing a slice: each narrow's backward spreads a zero-padded
+/// copy of the whole logits, and candle adds those up, which was most of a training
+/// step's backward pass on the CPU.
+pub fn sliced_cross_entropy(logits: &Tensor, labels: &Tensor, vocab: &[Range<usize>]) -> Result<Tensor> {
+    let (b, n, v) = logits.dims3()?;
+    if labels.dims() != [b, n] || vocab.len() != n || vocab.iter().any(|r| r.end > v) {
+        candle_core::bail!(
+            "cross-entropy: labels {:?} and {} vocabulary slices do not fit logits {:?}",
+            labels.dims(),
+            vocab.len(),
+            logits.dims()
+        );
+    }
+    let labels = labels.to_dtype(DType::U32)?.contiguous()?;
+    if applies(logits) {
+        return logits.contiguous()?.apply_op2(&labels, SlicedCrossEntropy { vocab: vocab.to_vec() });
+    }
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for run in vocab.chunk_by(|a, b| a == b) {
+        let (len, slice) = (run.len(), &run[0]);
+        parts.push(if slice.is_empty() {
+            Tensor::zeros((b, len), DType::F32, logits.device())?
+        } else {
+            let log_probs = candle_nn::ops::log_softmax(
+                &logits.narrow(1, start, len)?.narrow(2, slice.start, slice.len())?.to_dtype(DType::F32)?,
+                D::Minus1,
+            )?;
+            log_probs
+                .gather(&labels.narrow(1, start, len)?.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?
+                .squeeze(D::Minus1)?
+                .neg()?
+        });
+        start += len;
+    }
+    Tensor::cat(&parts, 1)
+}
+
+struct SlicedCrossEntropy {
+    vocab: Vec<Range<usize>>,
+}
+
+impl SlicedCrossEntropy {
+    /// The position's slice of one `[v]` row and its label inside it, or `None` for an
+    /// empty slice; a label outside the slice is an error.
+    fn slice<'a>(&self, row: &'a [f32], position: usize, label: u32) -> Result<Option<(&'a [f32], usize)>> {
+        let range = &self.vocab[position];
+        if range.is_empty() {
+            return Ok(None);
+        }
+        let label = label as usize;
+        if label >= range.len() {
+            candle_core::bail!("cross-entropy: label {label} at position {position} outside its {} ids", range.len());
+        }
+        Ok(Some((&row[range.clone()], label)))
+    }
+}
+
+/// `(max, Σ exp(x - max))` of a row: its log-sum-exp is `max + ln(sum)`.
+#[inline(always)]
+fn exp_sum(row: &[f32]) -> (f32, f32) {
+    let max = lane_max(row);
+    let mut lanes = [0f32; 16];
+    let chunks = row.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|&x| exp(x - max)).sum();
+    for chunk in chunks {
+        for (l, &x) in lanes.iter_mut().zip(chunk) {
+            *l += exp(x - max);
+        }
+    }
+    (max, lanes.iter().sum::<f32>() + tail)
+}
+
+impl CustomOp2 for SlicedCrossEntropy {
+    fn name(&self) -> &'static str {
+        "sliced-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let logits = contiguous_f32(s1, l1, "cross-entropy")?;
+        let CpuStorage::U32(labels) = s2 else { candle_core::bail!("cross-entropy expects u32 labels") };
+        let labels = &labels[l2.start_offset()..];
+        let (n, v) = (self.vocab.len(), l1.shape().dims()[2]);
+        let rows = l2.shape().elem_count();
+        let labels = &labels[..rows];
+        let out: Vec<f32> = (0..rows)
+            .into_par_iter()
+            .map(|row| {
+                let Some((slice, label)) = self.slice(&logits[row * v..(row + 1) * v], row % n, labels[row])? else {
+                    return Ok(0.0);
+                };
+                let (max, sum) = vectorized(
+                    #[inline(always)]
+                    || exp_sum(slice),
+                );
+                Ok(max + sum.ln() - slice[label])
+            })
+            .collect::<Result<_>>()?;
+        Ok((CpuStorage::F32(out), Shape::from(&l2.shape().dims()[..2])))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let backward = SlicedCrossEntropyBackward { forward: SlicedCrossEntropy { vocab: self.vocab.clone() } };
+        Ok((Some(logits.apply_op3_no_bwd(labels, &grad.contiguous()?, &backward)?), None))
+    }
+}
+
+/// `d logits = g * (softmax - onehot(label))` inside each position's slice, 0 outside.
+struct SlicedCrossEntropyBackward {
+    forward: SlicedCrossEntropy,
+}
+
+impl CustomOp3 for SlicedCrossEntropyBackward {
+    fn name(&self) -> &'static str {
+        "sliced-cross-entropy-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let logits = contiguous_f32(s1, l1, "cross-entropy backward")?;
+        let CpuStorage::U32(labels) = s2 else { candle_core::bail!("cross-entropy expects u32 labels") };
+        let labels = &labels[l2.start_offset()..l2.start_offset() + l2.shape().elem_count()];
+        let grad = contiguous_f32(s3, l3, "cross-entropy backward")?;
+        let (n, v) = (self.forward.vocab.len(), l1.shape().dims()[2]);
+        let mut out = vec![0f32; logits.len()];
+        out.par_chunks_mut(v).enumerate().try_for_each(|(row, dst)| -> Result<()> {
+            let Some((slice, label)) = self.forward.slice(&logits[row * v..(row + 1) * v], row % n, labels[row])?
+            else {
+                return Ok(());
+            };
+            let g = grad[row];
+            let dst = &mut dst[self.forward.vocab[row % n].clone()];
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (max, sum) = exp_sum(slice);
+                    let scale = g / sum;
+                    for (d, &x) in dst.iter_mut().zip(slice) {
+                        *d = exp(x - max) * scale;
+                    }
+                },
+            );
+            dst[label] -= g;
+            Ok(())
+        })?;
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -918,5 +1131,43 @@ mod tests {
         let dev = Device::Cpu;
         let x = Var::randn(0f32, 3.0, (4, 300), &dev).unwrap();
         same_values_and_gradients(&[&x], || gelu(x.as_tensor()).unwrap(), || x.as_tensor().gelu().unwrap(), 1e-5);
+    }
+
+    #[test]
+    fn sliced_cross_entropy_equals_log_softmax_of_each_slice() {
+        let dev = Device::Cpu;
+        // 37 + 20 ids: slices with lane remainders; large logits: the max shift matters.
+        let logits = Var::randn(0f32, 8.0, (2, 6, 57), &dev).unwrap();
+        let vocab = [0..37, 0..37, 37..57, 37..57, 0..37, 0..0];
+        let labels = Tensor::new(&[[3u32, 36, 0, 19, 7, 0], [0, 1, 5, 5, 36, 0]], &dev).unwrap();
+        // The same loss written out: each position's slice, log-softmax, the label's entry.
+        let by_position = || {
+            let rows: Vec<Tensor> = (0..6)
+                .map(|p| {
+                    let r = &vocab[p];
+                    if r.is_empty() {
+                        return Tensor::zeros((2, 1), DType::F32, &dev).unwrap();
+                    }
+                    let slice = logits.as_tensor().narrow(1, p, 1).unwrap().narrow(2, r.start, r.len()).unwrap();
+                    let log_probs = candle_nn::ops::log_softmax(&slice, D::Minus1).unwrap();
+                    let label = labels.narrow(1, p, 1).unwrap().unsqueeze(2).unwrap().contiguous().unwrap();
+                    log_probs.gather(&label, 2).unwrap().squeeze(2).unwrap().neg().unwrap()
+                })
+                .collect();
+            Tensor::cat(&rows, 1).unwrap()
+        };
+        same_values_and_gradients(
+            &[&logits],
+            || sliced_cross_entropy(logits.as_tensor(), &labels, &vocab).unwrap(),
+            by_position,
+            1e-5,
+        );
+        // The composite path (taken off the CPU or for other dtypes) gives the same.
+        let composite =
+            sliced_cross_entropy(&logits.as_tensor().to_dtype(DType::F64).unwrap(), &labels, &vocab).unwrap();
+        assert!(max_diff(&composite.to_dtype(DType::F32).unwrap(), &by_position()) < 1e-5);
+        // A label outside its slice is refused.
+        let wrong = Tensor::new(&[[37u32, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]], &dev).unwrap();
+        assert!(sliced_cross_entropy(logits.as_tensor(), &wrong, &vocab).is_err());
     }
 }

@@ -2,9 +2,10 @@
 //! the right text, weighted (the article fine-tunes with 0.01 / 1 / 7). Inference never
 //! needs it, so it lives here rather than in the model.
 
+use borscht_model::fused::sliced_cross_entropy;
 use borscht_model::transformer::Rudolph;
-use borscht_pipelines::perplexity::token_cross_entropy;
 use candle_core::{DType, Result, Tensor};
+use std::ops::Range;
 
 /// Losses of one batch, as the reference reports them.
 #[derive(Debug, Clone)]
@@ -87,12 +88,21 @@ pub fn loss_against(
     let r_text = target_ids.narrow(1, l + i_len, r)?;
     let labels = Tensor::cat(&[&l_text.narrow(1, 1, l - 1)?, &image, &r_text], 1)?;
 
-    let lt_logits = logits.narrow(1, 0, l)?.narrow(2, 0, text_vocab)?;
-    let lt = cross_entropy(&lt_logits, &labels.narrow(1, 0, l)?, None)?;
-    let img_logits = logits.narrow(1, l, i_len)?.narrow(2, text_vocab, cfg.image_vocab())?;
-    let img = cross_entropy(&img_logits, &labels.narrow(1, l, i_len)?, None)?;
-    let rt_logits = logits.narrow(1, l + i_len, r - 1)?.narrow(2, 0, text_vocab)?;
-    let rt = cross_entropy(&rt_logits, &labels.narrow(1, l + i_len, r - 1)?, Some(0))?;
+    // One cross-entropy over the whole logits, each position over its part of the
+    // vocabulary: text ids for both texts, image ids for the image, none for the last
+    // position (it predicts nothing).
+    let text = 0..text_vocab;
+    let vocab: Vec<Range<usize>> = std::iter::repeat_n(text.clone(), l)
+        .chain(std::iter::repeat_n(text_vocab..text_vocab + cfg.image_vocab(), i_len))
+        .chain(std::iter::repeat_n(text, r - 1))
+        .chain(std::iter::once(0..0))
+        .collect();
+    let (b, _) = labels.dims2()?;
+    let labels = Tensor::cat(&[&labels, &Tensor::zeros((b, 1), DType::U32, model.device())?], 1)?;
+    let per_token = sliced_cross_entropy(&logits, &labels, &vocab)?;
+    let lt = per_token.narrow(1, 0, l)?.mean_all()?;
+    let img = per_token.narrow(1, l, i_len)?.mean_all()?;
+    let rt = mean_skipping(&per_token.narrow(1, l + i_len, r - 1)?, &labels.narrow(1, l + i_len, r - 1)?, 0)?;
 
     let mut total = Tensor::zeros((), DType::F32, model.device())?;
     for (term, w) in [(&lt, weights.l_text), (&img, weights.image), (&rt, weights.r_text)] {
@@ -107,14 +117,18 @@ pub fn loss_against(
 /// Mean cross-entropy of `logits` `[b, n, c]` against `labels` `[b, n]`, skipping
 /// `ignore` labels (torch's `F.cross_entropy` with `ignore_index`). Differentiable.
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor, ignore: Option<u32>) -> Result<Tensor> {
-    let per_token = token_cross_entropy(logits, labels)?;
+    let (_, n, c) = logits.dims3()?;
+    let per_token = sliced_cross_entropy(logits, labels, &vec![0..c; n])?;
     match ignore {
         None => per_token.mean_all(),
-        Some(ignored) => {
-            let keep = labels.ne(ignored)?.to_dtype(DType::F32)?;
-            (per_token * &keep)?.sum_all()? / keep.sum_all()?.to_scalar::<f32>()? as f64
-        }
+        Some(ignored) => mean_skipping(&per_token, labels, ignored),
     }
+}
+
+/// The mean of `per_token` over the positions whose label is not `ignored`.
+fn mean_skipping(per_token: &Tensor, labels: &Tensor, ignored: u32) -> Result<Tensor> {
+    let keep = labels.ne(ignored)?.to_dtype(DType::F32)?;
+    (per_token * &keep)?.sum_all()? / keep.sum_all()?.to_scalar::<f32>()? as f64
 }
 
 #[cfg(test)]
