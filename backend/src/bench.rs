@@ -81,8 +81,8 @@ fn time(device: &Device, runs: usize, f: &mut dyn FnMut() -> Result<()>) -> Resu
     Ok([seconds[seconds.len() / 2], seconds[0]])
 }
 
-/// Runs every benchmark; the JSON maps each key to `[median_s, min_s]`.
-/// `only` names the keys to run (all when empty).
+/// Runs every benchmark; the JSON maps each key to `[median_s, min_s]`, and on the CPU
+/// `simd` to the SIMD levels that ran. `only` names the keys to run (all when empty).
 pub fn run(preset: &str, device: &Device, dtype: DType, runs: usize, only: &[String]) -> Result<serde_json::Value> {
     let wanted = |key: &str| only.is_empty() || only.iter().any(|k| k == key);
     let engine = random_engine(preset, device, dtype)?;
@@ -105,6 +105,12 @@ pub fn run(preset: &str, device: &Device, dtype: DType, runs: usize, only: &[Str
     let codes_4 = Tensor::from_vec(codes.repeat(4), (4, cfg.image_seq_length()), device)?;
 
     let mut report = serde_json::Map::new();
+    if device.is_cpu() {
+        // The same binary runs different code on different CPUs: say which.
+        let simd = borscht_model::vector_math::simd_levels();
+        eprintln!("CPU SIMD: kernels {}, matrix products {}", simd.kernels, simd.matrix_products);
+        report.insert("simd".into(), serde_json::to_value(simd)?);
+    }
     let mut record = |key: &str, bench: &mut dyn FnMut() -> Result<()>| -> Result<()> {
         if !wanted(key) {
             return Ok(());

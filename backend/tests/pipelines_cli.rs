@@ -117,12 +117,20 @@ fn bench_reports_every_key_as_median_and_min() {
         let (median, min) = (pair[0].as_f64().unwrap(), pair[1].as_f64().unwrap());
         assert!(median > 0.0 && min > 0.0 && min <= median, "{key}: {pair:?}");
     }
+    // The SIMD code that ran: this default build has the AVX-512 kernels.
+    let simd = &report["simd"];
+    #[cfg(target_arch = "x86_64")]
+    {
+        let expected = if std::arch::is_x86_feature_detected!("avx512f") { "AVX-512" } else { "AVX2+FMA" };
+        assert_eq!(simd["matrix_products"], expected, "{simd}");
+    }
+    assert!(simd["kernels"].as_str().is_some_and(|level| !level.is_empty()), "{simd}");
     assert!(!run(&["bench", "--preset", "huge"]).status.success());
 
     // --only runs just the keys named.
     let only = json(run(&["bench", "--preset", "tiny", "--runs", "1", "--only", "zs_clf_20,vae_decode_4"]));
     let mut keys: Vec<&String> = only.as_object().unwrap().keys().collect();
     keys.sort();
-    assert_eq!(keys, ["vae_decode_4", "zs_clf_20"]);
+    assert_eq!(keys, ["simd", "vae_decode_4", "zs_clf_20"]);
     assert!(!run(&["bench", "--dtype", "f8"]).status.success());
 }

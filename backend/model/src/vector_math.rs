@@ -14,6 +14,46 @@ pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
 }
 
+/// The SIMD code this build runs on this CPU: our own loops ([`vectorized`]) and the
+/// matrix products (the `gemm` crate behind candle's CPU matmul).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SimdLevels {
+    pub kernels: &'static str,
+    pub matrix_products: &'static str,
+}
+
+/// What [`vectorized`] and the matrix products pick here; AVX-512 only in a build with
+/// the `avx512` feature.
+pub fn simd_levels() -> SimdLevels {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[cfg(feature = "avx512")]
+        let (kernels_512, gemm_512) =
+            (pulp::x86::V4::try_new().is_some(), std::arch::is_x86_feature_detected!("avx512f"));
+        #[cfg(not(feature = "avx512"))]
+        let (kernels_512, gemm_512) = (false, false);
+        let kernels = match (kernels_512, pulp::x86::V3::try_new().is_some()) {
+            (true, _) => "AVX-512",
+            (false, true) => "AVX2+FMA",
+            (false, false) => "SSE2",
+        };
+        let matrix_products = match (gemm_512, std::arch::is_x86_feature_detected!("fma")) {
+            (true, _) => "AVX-512",
+            (false, true) => "AVX2+FMA",
+            (false, false) => "SSE2",
+        };
+        SimdLevels { kernels, matrix_products }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        SimdLevels { kernels: "NEON", matrix_products: "NEON" }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        SimdLevels { kernels: "scalar", matrix_products: "scalar" }
+    }
+}
+
 /// `e^x` for f32, within 2 ulp of the exact value over the whole range; 0 below
 /// ln(smallest normal), +inf above ln(f32::MAX), NaN for NaN.
 #[inline(always)]
