@@ -13,6 +13,9 @@ use crate::vector_math::vectorized;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
+use std::sync::{Arc, OnceLock};
+
+mod winograd;
 
 /// Largest im2col matrix built at once; bigger batches are split by image.
 const IM2COL_BUDGET_BYTES: usize = 512 << 20;
@@ -23,6 +26,8 @@ pub struct Conv2d {
     bias: Tensor,
     stride: usize,
     padding: usize,
+    /// The kernels' Winograd transform, made at the first inference that uses it.
+    winograd: OnceLock<Arc<Vec<f32>>>,
 }
 
 impl Conv2d {
@@ -39,7 +44,7 @@ impl Conv2d {
             vb.get_with_hints((output, input, kernel, kernel), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
         let bound = 1.0 / ((input * kernel * kernel) as f64).sqrt();
         let bias = vb.get_with_hints(output, "bias", Init::Uniform { lo: -bound, up: bound })?;
-        Ok(Conv2d { weight, bias, stride, padding })
+        Ok(Conv2d { weight, bias, stride, padding, winograd: OnceLock::new() })
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -56,6 +61,10 @@ impl Conv2d {
                 .broadcast_add(&self.bias.reshape((1, out_c, 1, 1))?);
         }
         if !train {
+            if k == 3 && self.stride == 1 && self.padding == 1 && winograd::worth_it(in_c, out_c, (h, w)) {
+                let op = winograd::WinogradConv { weights: self.winograd_weights()?, out_c };
+                return x.contiguous()?.apply_op2_no_bwd(&self.bias.contiguous()?, &op);
+            }
             let op = TiledConv { stride: self.stride, padding: self.padding };
             return x.contiguous()?.apply_op3_no_bwd(&self.weight, &self.bias, &op);
         }
@@ -82,6 +91,24 @@ impl Conv2d {
             .matmul(&cols)?
             .broadcast_add(&self.bias.reshape((out_c, 1))?)?;
         y.reshape((out_c, b, out_h, out_w))?.transpose(0, 1)?.contiguous()
+    }
+
+    /// The kernels' Winograd transform: kept from the first call, except for weights
+    /// that are being trained (a variable changes between calls; a tensor cannot).
+    fn winograd_weights(&self) -> Result<Arc<Vec<f32>>> {
+        let transform = || -> Result<Arc<Vec<f32>>> {
+            let (out_c, in_c, _, _) = self.weight.dims4()?;
+            let weight = self.weight.flatten_all()?.to_vec1::<f32>()?;
+            Ok(Arc::new(winograd::transform_weights(&weight, out_c, in_c)))
+        };
+        if self.weight.is_variable() {
+            return transform();
+        }
+        if let Some(weights) = self.winograd.get() {
+            return Ok(weights.clone());
+        }
+        let weights = transform()?;
+        Ok(self.winograd.get_or_init(|| weights).clone())
     }
 
     /// candle's own conv2d, for checking the fast paths against it.
@@ -386,7 +413,7 @@ impl CustomOp1 for Col2Im {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     fn random_conv(out_c: usize, in_c: usize, k: usize, stride: usize, padding: usize) -> (Conv2d, Device) {
         let dev = Device::Cpu;
@@ -395,6 +422,7 @@ mod tests {
             bias: Tensor::randn(0f32, 1.0, out_c, &dev).unwrap(),
             stride,
             padding,
+            winograd: OnceLock::new(),
         };
         (conv, dev)
     }
@@ -402,6 +430,42 @@ mod tests {
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         assert_eq!(a.dims(), b.dims());
         (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn winograd_equals_candle_conv2d() {
+        // Odd and even sides (half blocks at the edges), one and several images.
+        for (out_c, in_c, b, h, w) in [(128, 128, 1, 16, 16), (160, 128, 3, 17, 19), (128, 136, 2, 1, 257)] {
+            let (conv, dev) = random_conv(out_c, in_c, 3, 1, 1);
+            assert!(winograd::worth_it(in_c, out_c, (h, w)));
+            let x = Tensor::randn(0f32, 1.0, (b, in_c, h, w), &dev).unwrap();
+            let reference = conv.forward_with_candle(&x).unwrap();
+            let op = winograd::WinogradConv { weights: conv.winograd_weights().unwrap(), out_c };
+            let ours = x.apply_op2_no_bwd(&conv.bias, &op).unwrap();
+            // Rounding only: against the convolution in f64, no more than a few times the
+            // error of the direct (im2col) path. Values are sums of 9 * in_c products of
+            // N(0, 1) numbers, about 35 in size.
+            let f64_conv = Conv2d {
+                weight: conv.weight.to_dtype(DType::F64).unwrap(),
+                bias: conv.bias.to_dtype(DType::F64).unwrap(),
+                stride: 1,
+                padding: 1,
+                winograd: OnceLock::new(),
+            };
+            let exact = f64_conv.forward_with_candle(&x.to_dtype(DType::F64).unwrap()).unwrap();
+            let exact = exact.to_dtype(DType::F32).unwrap();
+            let direct = x.apply_op3_no_bwd(&conv.weight, &conv.bias, &TiledConv { stride: 1, padding: 1 }).unwrap();
+            let (ours_error, direct_error) = (max_diff(&ours, &exact), max_diff(&direct, &exact));
+            assert!(
+                ours_error < 4.0 * direct_error.max(1e-6),
+                "{out_c}x{in_c}, {b} of {h}x{w}: {ours_error} vs {direct_error}"
+            );
+            // Inference takes it, from the second call on with the kept transform.
+            for _ in 0..2 {
+                assert!(max_diff(&conv.forward(&x, false).unwrap(), &reference) < 2e-3);
+            }
+            assert!(conv.winograd.get().is_some());
+        }
     }
 
     #[test]
