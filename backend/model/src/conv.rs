@@ -141,12 +141,13 @@ struct TiledConv {
 /// multiply enough columns per repacking of their weight.
 const TILE_BYTES: usize = 256 << 10;
 
-/// A pointer into the output that tasks share; each writes its own tile's columns.
+/// A pointer into a buffer that parallel tasks share; each writes its own disjoint part
+/// (here a tile's columns of the output).
 #[derive(Clone, Copy)]
-struct OutputPtr(*mut f32);
-// SAFETY: tasks write disjoint (image, position range) blocks of the output.
-unsafe impl Send for OutputPtr {}
-unsafe impl Sync for OutputPtr {}
+struct SharedPtr(*mut f32);
+// SAFETY: the tasks sharing one write disjoint parts of its buffer.
+unsafe impl Send for SharedPtr {}
+unsafe impl Sync for SharedPtr {}
 
 impl CustomOp3 for TiledConv {
     fn name(&self) -> &'static str {
@@ -181,7 +182,7 @@ impl CustomOp3 for TiledConv {
         let depth = c * k * k;
         let tile = (TILE_BYTES / (depth * 4)).clamp(256, 1024).min(positions.next_multiple_of(16));
         let mut out = vec![0f32; b * out_c * positions];
-        let out_ptr = OutputPtr(out.as_mut_ptr());
+        let out_ptr = SharedPtr(out.as_mut_ptr());
         // A 1x1 convolution with stride 1 reads the input in place: its im2col is the input.
         let direct = k == 1 && self.stride == 1 && self.padding == 0;
         let tasks: Vec<(usize, usize)> =
@@ -201,7 +202,7 @@ impl CustomOp3 for TiledConv {
                     );
                     (cols.as_ptr(), n as isize)
                 };
-                // Rebound so the closure captures the whole `OutputPtr` (which is Send), not
+                // Rebound so the closure captures the whole `SharedPtr` (which is Send), not
                 // its raw-pointer field.
                 #[allow(clippy::redundant_locals)]
                 let out_ptr = out_ptr;

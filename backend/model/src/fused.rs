@@ -73,6 +73,11 @@ pub(crate) fn applies(x: &Tensor) -> bool {
 /// [`crate::conv`] and [`crate::group_norm`] take).
 pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else { candle_core::bail!("{what} expects f32") };
+    contiguous_part(data, layout, what)
+}
+
+/// The part of a CPU tensor's data that a contiguous layout covers.
+fn contiguous_part<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{what} expects a contiguous input"),
@@ -958,10 +963,9 @@ impl CustomOp2 for SlicedCrossEntropy {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let logits = contiguous_f32(s1, l1, "cross-entropy")?;
         let CpuStorage::U32(labels) = s2 else { candle_core::bail!("cross-entropy expects u32 labels") };
-        let labels = &labels[l2.start_offset()..];
+        let labels = contiguous_part(labels, l2, "cross-entropy")?;
         let (n, v) = (self.vocab.len(), l1.shape().dims()[2]);
-        let rows = l2.shape().elem_count();
-        let labels = &labels[..rows];
+        let rows = labels.len();
         let out: Vec<f32> = (0..rows)
             .into_par_iter()
             .map(|row| {
@@ -1011,7 +1015,7 @@ impl CustomOp3 for SlicedCrossEntropyBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let logits = contiguous_f32(s1, l1, "cross-entropy backward")?;
         let CpuStorage::U32(labels) = s2 else { candle_core::bail!("cross-entropy expects u32 labels") };
-        let labels = &labels[l2.start_offset()..l2.start_offset() + l2.shape().elem_count()];
+        let labels = contiguous_part(labels, l2, "cross-entropy backward")?;
         let grad = contiguous_f32(s3, l3, "cross-entropy backward")?;
         let (n, v) = (self.forward.vocab.len(), l1.shape().dims()[2]);
         let mut out = vec![0f32; logits.len()];

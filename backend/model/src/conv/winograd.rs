@@ -10,6 +10,7 @@
 //! block, `Y = Aᵀ (U ⊙ V) A`. Their coefficients are 0, ±1 and ±1/2, so the results
 //! differ from a direct convolution by rounding only.
 
+use super::SharedPtr;
 use crate::fused::contiguous_f32;
 use crate::vector_math::vectorized;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
@@ -58,13 +59,6 @@ pub(super) struct WinogradConv {
     pub(super) weights: Arc<Vec<f32>>,
     pub(super) out_c: usize,
 }
-
-/// A pointer that tasks share; each writes its own disjoint part.
-#[derive(Clone, Copy)]
-struct SharedPtr(*mut f32);
-// SAFETY: every task writes a part of the buffer no other task touches.
-unsafe impl Send for SharedPtr {}
-unsafe impl Sync for SharedPtr {}
 
 impl CustomOp2 for WinogradConv {
     fn name(&self) -> &'static str {
