@@ -882,9 +882,8 @@ impl CustomOp2 for GeluBackward {
 ///
 /// The CPU kernel reads the logits where they lie and writes the gradient in one pass
 /// (`g * (softmax - onehot)` inside each slice). The composite path narrows the logits to
-/// each run of positions sharing a slice: each narrow's backward spreads a zero-padded
-/// copy of the whole logits, and candle adds those up, which was most of a training
-/// step's backward pass on the CPU.
+/// each run of positions sharing a slice; each narrow's backward spreads a zero-padded
+/// copy of the whole logits, which candle then adds up.
 pub fn sliced_cross_entropy(logits: &Tensor, labels: &Tensor, vocab: &[Range<usize>]) -> Result<Tensor> {
     let (b, n, v) = logits.dims3()?;
     if labels.dims() != [b, n] || vocab.len() != n || vocab.iter().any(|r| r.end > v) {

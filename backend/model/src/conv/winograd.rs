@@ -76,7 +76,7 @@ impl CustomOp2 for WinogradConv {
         // Blocks of 2x2 outputs; an odd side's last block reads zeros and writes half.
         let (tiles_h, tiles_w) = (h.div_ceil(2), w.div_ceil(2));
         let tiles = tiles_h * tiles_w;
-        let group = (GROUP_VALUES / (16 * (c + out_c) * tiles).max(1)).clamp(1, b);
+        let group = (GROUP_VALUES / (16 * (c + out_c) * tiles).max(1)).clamp(1, b.max(1));
         let mut out = vec![0f32; b * out_c * h * w];
         let mut v = vec![0f32; 16 * c * group * tiles];
         let mut m = vec![0f32; 16 * out_c * group * tiles];
