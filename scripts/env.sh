@@ -2,6 +2,8 @@
 # shellcheck shell=bash
 export BORSCHT_TOOLS_DIR="${BORSCHT_TOOLS_DIR:-$HOME/.cache/borscht-tools}"
 export PATH="$HOME/.cargo/bin:$BORSCHT_TOOLS_DIR/node_modules/.bin:$PATH"
+# EfficientNet-Lite0's weights (install-tools.sh), for train-vqgan --perceptual and its tests.
+export BORSCHT_EFFICIENTNET_LITE0="${BORSCHT_EFFICIENTNET_LITE0:-$BORSCHT_TOOLS_DIR/efficientnet-lite0/efficientnet-lite0.safetensors}"
 # Trunk must never look for updates or download tools (no network here).
 export TRUNK_SKIP_VERSION_CHECK=true
 

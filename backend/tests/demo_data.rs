@@ -65,3 +65,31 @@ fn the_more_styles_draw_known_dishes_in_other_icon_sets_only() {
         assert!(!more.iter().any(|s| s.image.to_string_lossy().contains(&path)), "{style} is not here");
     }
 }
+
+/// openclipart/ and game-icons/: each drawing their table names, rendered 4 and 8 times,
+/// of a known dish, and every drawing credited with the set's licence.
+#[test]
+fn the_drawing_sets_are_their_tables_known_dishes_credited() {
+    let (_, main) = demo_set("");
+    let main_captions: HashSet<&str> = main.samples.iter().map(|s| s.caption.as_str()).collect();
+    for (style, renderings, least_drawings) in [("openclipart", 4, 100), ("game-icons", 8, 50)] {
+        let (root, drawings) = demo_set(style);
+        let table_path = root.parent().unwrap().join(format!("{style}.tsv"));
+        let table = borscht_train::demo_data::read_drawing_table(&table_path).unwrap();
+        assert!(table.len() >= least_drawings, "{style}: {} drawings", table.len());
+        assert_eq!(drawings.samples.len(), renderings * table.len(), "{style}: {renderings} renderings each");
+        for sample in &drawings.samples {
+            assert!(main_captions.contains(sample.caption.as_str()), "a dish of the main set: {}", sample.caption);
+            let path = sample.image.to_string_lossy();
+            assert!(path.contains(&format!("/images/{style}/")), "{path}");
+        }
+        let dishes: HashSet<&str> = table.iter().map(|(emoji, _)| emoji.as_str()).collect();
+        assert!(dishes.len() >= 40, "{style}: {} dishes drawn", dishes.len());
+        let credits = std::fs::read_to_string(root.join("CREDITS.md")).unwrap();
+        let (_, licence) = borscht_train::demo_data::DRAWING_STYLES.iter().find(|(s, _)| *s == style).unwrap();
+        assert!(credits.contains(&format!("`{style}`: {licence}")), "{style}: the licence is named");
+        for (_, file) in &table {
+            assert!(credits.contains(&format!("`{file}`")), "{style}: {file} is credited");
+        }
+    }
+}

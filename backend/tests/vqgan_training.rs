@@ -1,7 +1,7 @@
 //! `borscht vqgan encode|decode` through the binary, and VQGAN training on a tiny synthetic set.
 
 use borscht_model::vqgan::{load_vqgan, DdConfig, VqganConfig};
-use borscht_train::vqgan::{train_vqgan, Quantizer, VqganTraining};
+use borscht_train::vqgan::{train_vqgan, Perceptual, Quantizer, VqganTraining};
 use candle_core::{DType, Device, Tensor};
 use image::{Rgb, RgbImage};
 use std::path::{Path, PathBuf};
@@ -142,6 +142,7 @@ fn training_options(data: &Path, out: &Path, quantizer: Quantizer) -> VqganTrain
         commitment_weight: 0.25,
         resume: false,
         stop_after_epochs: None,
+        perceptual: None,
         show_progress: false,
     }
 }
@@ -343,4 +344,31 @@ fn the_cli_reads_a_config_file_by_its_own_name() {
     let written: VqganConfig =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(written, cfg);
+}
+
+/// `--perceptual` adds EfficientNet-Lite0's feature distance to the loss (from the same
+/// start, the first epoch's loss is higher than without it) and the VQGAN still learns.
+#[test]
+fn perceptual_training_adds_the_distance_and_still_learns() {
+    let weights = std::env::var_os("BORSCHT_EFFICIENTNET_LITE0").filter(|p| !p.is_empty()).unwrap_or_else(|| {
+        panic!("BORSCHT_EFFICIENTNET_LITE0 is not set: run scripts/install-tools.sh and source scripts/env.sh")
+    });
+    let data = tempfile::tempdir().unwrap();
+    synthetic_images(data.path(), 12);
+    let train = |perceptual: Option<Perceptual>| {
+        let out = tempfile::tempdir().unwrap();
+        let training = VqganTraining { perceptual, ..training_options(data.path(), out.path(), Quantizer::Nearest) };
+        train_vqgan(&training, &Device::Cpu).unwrap()
+    };
+    let plain = train(None);
+    let with = train(Some(Perceptual { weights: weights.into(), weight: 0.1, upscale: 2 }));
+    assert!(
+        with[0].loss > plain[0].loss + 0.01,
+        "epoch 1: {} with the distance, {} without",
+        with[0].loss,
+        plain[0].loss
+    );
+    let (first, last) = (&with[0], &with[7]);
+    assert!(last.loss < first.loss * 0.8, "loss {} -> {}", first.loss, last.loss);
+    assert!(last.hard_l1 < first.hard_l1, "hard-code L1 {} -> {}", first.hard_l1, last.hard_l1);
 }

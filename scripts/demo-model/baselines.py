@@ -4,10 +4,11 @@ held-out numbers. Needs numpy and Pillow.
 
     borscht vqgan encode --vqgan models/demo/vqgan --size 64 \
         --image $(tail -n +2 ALL.csv | cut -d, -f7 | sed 's|^|data/demo/|') --out codes.npy
-    python3 scripts/demo-model/baselines.py ALL.csv TRAIN.csv HELD_OUT.csv codes.npy
+    python3 scripts/demo-model/baselines.py ALL.csv TRAIN.csv HELD_OUT.csv codes.npy [--codes-only]
 
 ALL, TRAIN and HELD_OUT are the CSVs train-demo-model.sh writes (all.csv,
-without-held-out.csv, held-out.csv); codes.npy holds ALL's rows in order.
+without-held-out.csv, held-out.csv); codes.npy holds ALL's rows in order. --codes-only skips the pixel and colour matches
+(scripts/demo-model/compare-vqgans.sh compares VQGANs by their codes).
 """
 import collections
 import csv
@@ -54,6 +55,8 @@ bag = np.zeros((len(paths), int(codes.max()) + 1))
 for i, row in enumerate(codes):
     np.add.at(bag[i], row, 1)
 nearest_neighbour(bag, "bag of image codes")
+if "--codes-only" in sys.argv[5:]:
+    sys.exit(0)
 
 pictures = [Image.open(p).convert("RGB") for p in paths]
 small = np.stack([np.asarray(p.resize((16, 16), Image.BILINEAR), dtype=np.float32).ravel() for p in pictures])

@@ -15,6 +15,7 @@ use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
+pub mod depthwise;
 mod winograd;
 
 /// Largest im2col matrix built at once; bigger batches are split by image.

@@ -243,13 +243,22 @@ pub struct PrepareDemoDataArgs {
     pub seed: u64,
     /// Icon sets to draw, comma-separated: the data set's four by default; more openly
     /// licensed ones: fluent-emoji, emojione, emojione-monotone, fxemoji, streamline-emojis,
-    /// and the raster fluent-emoji-3d (npm @lobehub/fluent-emoji-3d).
+    /// the raster fluent-emoji-3d (npm @lobehub/fluent-emoji-3d), and the drawings of
+    /// openclipart (with --openclipart) and game-icons, several per dish (--drawing-table).
     #[arg(long, value_delimiter = ',')]
     pub styles: Option<Vec<String>>,
+    /// The Debian package openclipart-svg's `svg` folder, for the openclipart style.
+    #[arg(long)]
+    pub openclipart: Option<PathBuf>,
+    /// For openclipart and game-icons: which drawing shows which dish (emoji<TAB>file under
+    /// --openclipart, or icon name); data/demo/{style}.tsv by default.
+    #[arg(long)]
+    pub drawing_table: Option<PathBuf>,
 }
 
 pub fn prepare_demo_data(args: PrepareDemoDataArgs) -> Result<()> {
-    use borscht_train::demo_data::{prepare, PrepareOptions};
+    use borscht_train::demo_data::{prepare, Drawings, PrepareOptions, DRAWING_STYLES};
+    let styles = args.styles.unwrap_or_else(borscht_train::demo_data::default_styles);
     let report = prepare(&PrepareOptions {
         node_modules: args.node_modules,
         foods: args.foods,
@@ -258,7 +267,12 @@ pub fn prepare_demo_data(args: PrepareDemoDataArgs) -> Result<()> {
         size: args.size,
         per_style: args.per_style,
         seed: args.seed,
-        styles: args.styles.unwrap_or_else(borscht_train::demo_data::default_styles),
+        styles: styles.clone(),
+        // One table a run: the first drawing style's.
+        drawings: styles.iter().find(|s| DRAWING_STYLES.iter().any(|(name, _)| name == s)).map(|style| Drawings {
+            folder: args.openclipart,
+            table: args.drawing_table.unwrap_or_else(|| PathBuf::from(format!("data/demo/{style}.tsv"))),
+        }),
     })?;
     eprintln!("{} pictures of {} dishes in {}", report.images, report.dishes, args.out.display());
     for missing in &report.missing_icons {

