@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use borscht_pipelines::imaging::{self, ImageLimits};
-use borscht_train::perceptual::{EfficientNetLite0, PerceptualLoss, FEATURE_STAGES};
+use borscht_train::perceptual::{installed_weights, EfficientNetLite0, PerceptualLoss, FEATURE_STAGES};
 use candle_core::{Device, Tensor, Var};
 
 fn root() -> PathBuf {
@@ -14,10 +14,7 @@ fn root() -> PathBuf {
 }
 
 fn network() -> EfficientNetLite0 {
-    let weights = std::env::var_os("BORSCHT_EFFICIENTNET_LITE0").filter(|p| !p.is_empty()).unwrap_or_else(|| {
-        panic!("BORSCHT_EFFICIENTNET_LITE0 is not set: run scripts/install-tools.sh and source scripts/env.sh")
-    });
-    EfficientNetLite0::load(Path::new(&weights), &Device::Cpu).unwrap()
+    EfficientNetLite0::load(&installed_weights().unwrap(), &Device::Cpu).unwrap()
 }
 
 fn largest_difference(a: &Tensor, b: &Tensor) -> (f32, f32) {

@@ -350,9 +350,7 @@ fn the_cli_reads_a_config_file_by_its_own_name() {
 /// start, the first epoch's loss is higher than without it) and the VQGAN still learns.
 #[test]
 fn perceptual_training_adds_the_distance_and_still_learns() {
-    let weights = std::env::var_os("BORSCHT_EFFICIENTNET_LITE0").filter(|p| !p.is_empty()).unwrap_or_else(|| {
-        panic!("BORSCHT_EFFICIENTNET_LITE0 is not set: run scripts/install-tools.sh and source scripts/env.sh")
-    });
+    let weights = borscht_train::perceptual::installed_weights().unwrap();
     let data = tempfile::tempdir().unwrap();
     synthetic_images(data.path(), 12);
     let train = |perceptual: Option<Perceptual>| {
@@ -361,7 +359,7 @@ fn perceptual_training_adds_the_distance_and_still_learns() {
         train_vqgan(&training, &Device::Cpu).unwrap()
     };
     let plain = train(None);
-    let with = train(Some(Perceptual { weights: weights.into(), weight: 0.1, upscale: 2 }));
+    let with = train(Some(Perceptual { weights, weight: 0.1, upscale: 2 }));
     assert!(
         with[0].loss > plain[0].loss + 0.01,
         "epoch 1: {} with the distance, {} without",

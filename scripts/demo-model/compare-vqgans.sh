@@ -16,8 +16,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 demo_all_csv > "$work/all.csv"
 styles=$(tail -n +2 "$work/all.csv" | sed -E 's|.*images/([^/]+)/.*|\1|' | sort -u)
+tail -n +2 "$work/all.csv" | cut -d, -f7 | sed 's|^|data/demo/|' > "$work/paths.txt"
 for vqgan in "$@"; do
-  tail -n +2 "$work/all.csv" | cut -d, -f7 | sed 's|^|data/demo/|' > "$work/paths.txt"
   # shellcheck disable=SC2046
   "$BIN" vqgan encode --vqgan "$vqgan" --size 64 --image $(cat "$work/paths.txt") --out "$work/codes.npy" > /dev/null
   total=0 count=0

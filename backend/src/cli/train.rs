@@ -257,7 +257,7 @@ pub struct PrepareDemoDataArgs {
 }
 
 pub fn prepare_demo_data(args: PrepareDemoDataArgs) -> Result<()> {
-    use borscht_train::demo_data::{prepare, Drawings, PrepareOptions, DRAWING_STYLES};
+    use borscht_train::demo_data::{is_drawing_style, prepare, Drawings, PrepareOptions};
     let styles = args.styles.unwrap_or_else(borscht_train::demo_data::default_styles);
     let report = prepare(&PrepareOptions {
         node_modules: args.node_modules,
@@ -269,7 +269,7 @@ pub fn prepare_demo_data(args: PrepareDemoDataArgs) -> Result<()> {
         seed: args.seed,
         styles: styles.clone(),
         // One table a run: the first drawing style's.
-        drawings: styles.iter().find(|s| DRAWING_STYLES.iter().any(|(name, _)| name == s)).map(|style| Drawings {
+        drawings: styles.iter().find(|s| is_drawing_style(s)).map(|style| Drawings {
             folder: args.openclipart,
             table: args.drawing_table.unwrap_or_else(|| PathBuf::from(format!("data/demo/{style}.tsv"))),
         }),

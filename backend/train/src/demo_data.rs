@@ -125,7 +125,8 @@ fn all_styles() -> impl Iterator<Item = (&'static str, &'static str)> {
     STYLES.iter().chain(MORE_STYLES.iter()).copied().chain(raster).chain(DRAWING_STYLES.iter().copied())
 }
 
-fn is_drawing_style(style: &str) -> bool {
+/// Whether `style` is one of [`DRAWING_STYLES`] (drawn from a table).
+pub fn is_drawing_style(style: &str) -> bool {
     DRAWING_STYLES.iter().any(|(name, _)| *name == style)
 }
 

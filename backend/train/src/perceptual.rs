@@ -212,10 +212,11 @@ impl PerceptualLoss {
             Ok(if self.upscale == 1 { x.clone() } else { x.upsample_nearest2d(h * self.upscale, w * self.upscale)? })
         };
         let ours = self.net.features(&enlarge(reconstructed)?, FEATURE_STAGES)?;
+        // From a detached target, so its features carry no gradient.
         let theirs = self.net.features(&enlarge(&target.detach())?, FEATURE_STAGES)?;
         let mut total: Option<Tensor> = None;
         for (a, b) in ours.iter().zip(&theirs) {
-            let diff = (unit_channels(a)? - unit_channels(&b.detach())?)?;
+            let diff = (unit_channels(a)? - unit_channels(b)?)?;
             let per_picture = diff.sqr()?.sum(1)?.mean((1, 2))?;
             total = Some(match total {
                 Some(t) => (t + per_picture)?,
@@ -224,6 +225,15 @@ impl PerceptualLoss {
         }
         Ok(total.context("no feature stages")?.mean_all()?)
     }
+}
+
+/// The weights scripts/install-tools.sh installs, where `BORSCHT_EFFICIENTNET_LITE0`
+/// (set by scripts/env.sh) says.
+pub fn installed_weights() -> Result<std::path::PathBuf> {
+    std::env::var_os("BORSCHT_EFFICIENTNET_LITE0")
+        .filter(|p| !p.is_empty())
+        .map(Into::into)
+        .context("BORSCHT_EFFICIENTNET_LITE0 is not set: run scripts/install-tools.sh and source scripts/env.sh")
 }
 
 /// Features divided by their length over channels at each position (LPIPS's normalisation).
