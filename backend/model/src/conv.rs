@@ -257,32 +257,44 @@ fn fill_tile(
     n: usize,
 ) {
     let k = geometry.kernel;
+    let runs = output_runs(first, n, out_w);
     for (row, dst) in cols.chunks_mut(n).enumerate().take(c * k * k) {
         let channel = row / (k * k);
         let channel_plane = &plane[channel * h * w..(channel + 1) * h * w];
-        fill_tap(dst, channel_plane, (h, w), out_w, geometry, row % (k * k), first);
+        fill_tap(dst, channel_plane, (h, w), &runs, geometry, row % (k * k));
     }
 }
 
-/// One channel's `tap` (`ky * k + kx`) for the `dst.len()` output positions from
-/// `first` on (row-major over the output), zero where it falls in the padding.
+/// The output rows that positions `first..first + n` (row-major) cover, as `(oy, first
+/// ox, length)`: worked out once per tile, not again for each of its c*k*k rows.
+fn output_runs(first: usize, n: usize, out_w: usize) -> Vec<(usize, usize, usize)> {
+    let mut runs = Vec::with_capacity(n / out_w + 2);
+    let mut done = 0;
+    while done < n {
+        let (oy, ox0) = ((first + done) / out_w, (first + done) % out_w);
+        let run = (out_w - ox0).min(n - done);
+        runs.push((oy, ox0, run));
+        done += run;
+    }
+    runs
+}
+
+/// One channel's `tap` (`ky * k + kx`) for the output positions of `runs` (see
+/// [`output_runs`]), zero where it falls in the padding.
 #[inline(always)]
 fn fill_tap(
     dst: &mut [f32],
     channel_plane: &[f32],
     (h, w): (usize, usize),
-    out_w: usize,
+    runs: &[(usize, usize, usize)],
     geometry: Im2Col,
     tap: usize,
-    first: usize,
 ) {
     let Im2Col { kernel: k, stride, padding } = geometry;
     let (ky, kx, pad) = ((tap / k) as isize, (tap % k) as isize, padding as isize);
     // One output row (a run of ox) at a time.
     let mut done = 0;
-    while done < dst.len() {
-        let (oy, ox0) = ((first + done) / out_w, (first + done) % out_w);
-        let run = (out_w - ox0).min(dst.len() - done);
+    for &(oy, ox0, run) in runs {
         let dst = &mut dst[done..done + run];
         done += run;
         let iy = (oy * stride) as isize + ky - pad;
@@ -336,6 +348,7 @@ impl CustomOp1 for Im2Col {
         let (out_h, out_w) = self.output_size(h, w);
         let positions = out_h * out_w;
         let mut cols = vec![0f32; c * k * k * b * positions];
+        let runs = output_runs(0, positions, out_w);
         cols.par_chunks_mut(b * positions).enumerate().for_each(|(row, dst)| {
             let (channel, tap) = (row / (k * k), row % (k * k));
             vectorized(
@@ -343,7 +356,7 @@ impl CustomOp1 for Im2Col {
                 || {
                     for (image, dst) in dst.chunks_mut(positions).enumerate() {
                         let plane = &x[(image * c + channel) * h * w..(image * c + channel + 1) * h * w];
-                        fill_tap(dst, plane, (h, w), out_w, *self, tap, 0);
+                        fill_tap(dst, plane, (h, w), &runs, *self, tap);
                     }
                 },
             )

@@ -11,11 +11,16 @@
 //!
 //! The VQGAN's softmax, convolution and GroupNorm kernels share the CPU helpers here.
 
-use crate::vector_math::{exp, lane_dot, lane_max, lane_sum, tanh, vectorized};
+use crate::vector_math::{exp, lane_dot, lane_max, lane_sum, lane_sum_f64, tanh, vectorized};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU8, Ordering};
+
+mod frozen_blocks;
+mod linear_cross_entropy;
+pub use frozen_blocks::{frozen_attention, frozen_mlp, FrozenLinear};
+pub use linear_cross_entropy::linear_cross_entropy;
 
 /// Masked attention scores are pushed to this (not -inf), as the reference does.
 pub const MASK_VALUE: f32 = 10000.0;
@@ -168,6 +173,7 @@ fn attention_dims(scores: &Layout, mask: &Layout) -> Result<(usize, usize, usize
 }
 
 /// The mask row for row `row` of the flattened `[b*h*n, t]` scores.
+#[inline(always)]
 fn mask_row(mask: &[f32], row: usize, (h, n, t, mb): (usize, usize, usize, usize)) -> &[f32] {
     let (sample, position) = (row / (h * n), row % n);
     let sample = if mb == 1 { 0 } else { sample };
@@ -251,15 +257,20 @@ impl CustomOp3 for MaskedSoftmaxBackward {
         let chunk = rows_per_task(t) * t;
         out.par_chunks_mut(chunk).enumerate().for_each(|(task, dst)| {
             let first = task * chunk;
-            for (i, d) in dst.chunks_mut(t).enumerate() {
-                let row = first / t + i;
-                let (p, g) = (&probs[row * t..(row + 1) * t], &grad[row * t..(row + 1) * t]);
-                let m = mask_row(mask, row, (h, n, t, mb));
-                let dot = lane_dot(p, g);
-                for (((d, &p), &g), &m) in d.iter_mut().zip(p).zip(g).zip(m) {
-                    *d = m * p * (g - dot);
-                }
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (i, d) in dst.chunks_mut(t).enumerate() {
+                        let row = first / t + i;
+                        let (p, g) = (&probs[row * t..(row + 1) * t], &grad[row * t..(row + 1) * t]);
+                        let m = mask_row(mask, row, (h, n, t, mb));
+                        let dot = lane_dot(p, g);
+                        for (((d, &p), &g), &m) in d.iter_mut().zip(p).zip(g).zip(m) {
+                            *d = m * p * (g - dot);
+                        }
+                    }
+                },
+            )
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -349,10 +360,17 @@ impl CustomOp2 for SoftmaxBackward {
         let mut out = vec![0f32; probs.len()];
         let chunk = rows_per_task(t) * t;
         out.par_chunks_mut(chunk).zip(probs.par_chunks(chunk).zip(grad.par_chunks(chunk))).for_each(|(dst, (p, g))| {
-            for ((d, p), g) in dst.chunks_mut(t).zip(p.chunks(t)).zip(g.chunks(t)) {
-                let dot = lane_dot(p, g);
-                d.iter_mut().zip(p.iter().zip(g)).for_each(|(d, (&p, &g))| *d = p * (g - dot));
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((d, p), g) in dst.chunks_mut(t).zip(p.chunks(t)).zip(g.chunks(t)) {
+                        let dot = lane_dot(p, g);
+                        for (d, (&p, &g)) in d.iter_mut().zip(p.iter().zip(g)) {
+                            *d = p * (g - dot);
+                        }
+                    }
+                },
+            )
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -378,11 +396,12 @@ struct LayerNorm {
     eps: f32,
 }
 
-/// Mean and 1/std of one row (biased variance, eps inside the root).
+/// Mean and 1/std of one row (biased variance, eps inside the root), summed in lanes.
+#[inline(always)]
 fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
-    let len = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / len;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / len;
+    let len = row.len() as f64;
+    let mean = (lane_sum_f64(row, |v| v) / len) as f32;
+    let var = (lane_sum_f64(row, |v| (v - mean) * (v - mean)) / len) as f32;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -409,12 +428,17 @@ impl CustomOp3 for LayerNorm {
         let mut out = vec![0f32; x.len()];
         let chunk = rows_per_task(h) * h;
         out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(dst, src)| {
-            for (d, s) in dst.chunks_mut(h).zip(src.chunks(h)) {
-                let (mean, rstd) = row_stats(s, self.eps);
-                for (((d, &s), &w), &b) in d.iter_mut().zip(s).zip(w).zip(b) {
-                    *d = (s - mean) * rstd * w + b;
-                }
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (d, s) in dst.chunks_mut(h).zip(src.chunks(h)) {
+                        let (mean, rstd) = row_stats(s, self.eps);
+                        for (((d, &s), &w), &b) in d.iter_mut().zip(s).zip(w).zip(b) {
+                            *d = (s - mean) * rstd * w + b;
+                        }
+                    }
+                },
+            )
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -496,24 +520,30 @@ impl CustomOp3 for LayerNormBackward {
             .map(|(dst, (src, g))| {
                 let mut acc = vec![0f32; 2 * h];
                 let (dw, db) = acc.split_at_mut(h);
-                for ((d, s), g) in dst.chunks_mut(h).zip(src.chunks(h)).zip(g.chunks(h)) {
-                    let (mean, rstd) = row_stats(s, self.eps);
-                    let (mut mean_gw, mut mean_gw_xhat) = (0f32, 0f32);
-                    for (k, (&s, &g)) in s.iter().zip(g).enumerate() {
-                        let xhat = (s - mean) * rstd;
-                        let gw = g * w[k];
-                        mean_gw += gw;
-                        mean_gw_xhat += gw * xhat;
-                        dw[k] += g * xhat;
-                        db[k] += g;
-                    }
-                    mean_gw /= h as f32;
-                    mean_gw_xhat /= h as f32;
-                    for (k, (d, (&s, &g))) in d.iter_mut().zip(s.iter().zip(g)).enumerate() {
-                        let xhat = (s - mean) * rstd;
-                        *d = rstd * (g * w[k] - mean_gw - xhat * mean_gw_xhat);
-                    }
-                }
+                // Per row: x̂ and g·w, their means in lanes, then element-wise passes only,
+                // so that every loop vectorises.
+                let (mut xhat, mut gw) = (vec![0f32; h], vec![0f32; h]);
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((d, s), g) in dst.chunks_mut(h).zip(src.chunks(h)).zip(g.chunks(h)) {
+                            let (mean, rstd) = row_stats(s, self.eps);
+                            for ((((xhat, gw), &s), &g), &w) in xhat.iter_mut().zip(&mut gw).zip(s).zip(g).zip(w) {
+                                *xhat = (s - mean) * rstd;
+                                *gw = g * w;
+                            }
+                            let mean_gw = lane_sum(&gw) / h as f32;
+                            let mean_gw_xhat = lane_dot(&gw, &xhat) / h as f32;
+                            for ((((dw, db), &xhat), &g), (d, &gw)) in
+                                dw.iter_mut().zip(db.iter_mut()).zip(&xhat).zip(g).zip(d.iter_mut().zip(&gw))
+                            {
+                                *dw += g * xhat;
+                                *db += g;
+                                *d = rstd * (gw - mean_gw - xhat * mean_gw_xhat);
+                            }
+                        }
+                    },
+                );
                 acc
             })
             .collect();
@@ -762,6 +792,20 @@ impl CustomOp1 for FrozenProduct {
 const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
 const GELU_CUBIC: f32 = 0.044715;
 
+/// `gelu(v)`, tanh approximation.
+#[inline(always)]
+fn gelu_tanh(v: f32) -> f32 {
+    0.5 * v * (1.0 + tanh(SQRT_TWO_OVER_PI * v * (1.0 + GELU_CUBIC * v * v)))
+}
+
+/// `gelu'(v)` of [`gelu_tanh`].
+#[inline(always)]
+fn gelu_tanh_grad(v: f32) -> f32 {
+    let tanh = tanh(SQRT_TWO_OVER_PI * v * (1.0 + GELU_CUBIC * v * v));
+    let inner = SQRT_TWO_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * v * v);
+    0.5 * (1.0 + tanh) + 0.5 * v * (1.0 - tanh * tanh) * inner
+}
+
 /// The tanh GELU, differentiable (our kernels with their backward, or candle's).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     match path(x) {
@@ -814,7 +858,7 @@ impl CustomOp1 for Gelu {
                 #[inline(always)]
                 || {
                     for (d, &v) in d.iter_mut().zip(s) {
-                        *d = 0.5 * v * (1.0 + tanh(SQRT_TWO_OVER_PI * v * (1.0 + GELU_CUBIC * v * v)));
+                        *d = gelu_tanh(v);
                     }
                 },
             )
@@ -849,9 +893,7 @@ impl CustomOp2 for GeluBackward {
                     #[inline(always)]
                     || {
                         for ((d, &v), &g) in d.iter_mut().zip(s).zip(g) {
-                            let tanh = tanh(SQRT_TWO_OVER_PI * v * (1.0 + GELU_CUBIC * v * v));
-                            let inner = SQRT_TWO_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * v * v);
-                            *d = g * (0.5 * (1.0 + tanh) + 0.5 * v * (1.0 - tanh * tanh) * inner);
+                            *d = g * gelu_tanh_grad(v);
                         }
                     },
                 )

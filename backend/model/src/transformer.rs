@@ -16,6 +16,7 @@ use crate::fused::{self, AttentionMask, NormWeights};
 use crate::masks::{layer_mask_kind, layer_masks};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Init, VarBuilder};
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Embedding gradients are scaled by this (CogView's `x * a + x.detach() * (1 - a)`).
@@ -95,6 +96,12 @@ impl RowLinear {
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("rank > 2") = y.dim(1)?;
         y.reshape(shape)
+    }
+
+    /// A frozen layer's weights as the frozen blocks take them (`[out, in]`).
+    fn frozen_weights(&self) -> Option<fused::FrozenLinear<'_>> {
+        (self.frozen && !self.stored_transposed)
+            .then_some(fused::FrozenLinear { weight: &self.weight, bias: &self.bias })
     }
 
     /// The bias as the fused ops take it (detached when the layer is frozen).
@@ -308,6 +315,22 @@ impl SelfAttention {
     /// Training: differentiable, no cache, with this step's dropout.
     fn forward_train(&self, x: &Tensor, mask: &AttentionMask, dropout: Option<LayerDropout>) -> Result<Tensor> {
         let (b, n, h) = x.dims3()?;
+        if let (Some(qkv), Some(dense)) = (self.query_key_value.frozen_weights(), self.dense.frozen_weights()) {
+            // The step's dropout of the probabilities, as factors.
+            let probs_dropout = match dropout {
+                Some(d) => {
+                    let ones = Tensor::ones((b, self.heads, n, n), x.dtype(), x.device())?;
+                    Some(d.dropout.apply(&ones, DropoutSite::AttentionProbs { layer: d.layer })?)
+                }
+                None => None,
+            };
+            if let Some(output) = fused::frozen_attention(x, qkv, dense, mask, self.heads, probs_dropout.as_ref())? {
+                return match dropout {
+                    Some(d) => d.dropout.apply(&output, DropoutSite::AttentionOutput { layer: d.layer }),
+                    None => Ok(output),
+                };
+            }
+        }
         let qkv = self.query_key_value.forward(x)?;
         // [b, n, (q|k|v, heads, head_dim)] -> [q|k|v, b, heads, n, head_dim] in one copy.
         let qkv = qkv.reshape((b, n, 3, self.heads, self.head_dim))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
@@ -387,6 +410,16 @@ impl Mlp {
         let activated = fused::bias_gelu(&up, &self.dense_h_to_4h.bias(), train)?;
         self.dense_4h_to_h.product(&activated)
     }
+
+    /// Training: the output with the second product's bias.
+    fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        if let (Some(up), Some(down)) = (self.dense_h_to_4h.frozen_weights(), self.dense_4h_to_h.frozen_weights()) {
+            if let Some(output) = fused::frozen_mlp(x, up, down)? {
+                return Ok(output);
+            }
+        }
+        self.forward(x, true)?.broadcast_add(&self.dense_4h_to_h.bias())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -459,7 +492,7 @@ impl TransformerLayer {
         }
         let residual = (x + attention)?;
         let mlp_input = self.post_attention_layernorm.forward(&residual, true)?;
-        let mut mlp = self.mlp.forward(&mlp_input, true)?.broadcast_add(&self.mlp.dense_4h_to_h.bias())?;
+        let mut mlp = self.mlp.forward_train(&mlp_input)?;
         if let Some(d) = dropout {
             mlp = d.dropout.apply(&mlp, DropoutSite::MlpOutput { layer: d.layer })?;
         }
@@ -817,12 +850,37 @@ impl Rudolph {
         if !train {
             return self.forward(input_ids, attention_mask, None);
         }
+        self.logits_t(&self.training_hidden(input_ids, attention_mask)?, true)
+    }
+
+    /// Training: the cross-entropy `[b, S]` of the logits [`Rudolph::forward_t`] gives,
+    /// each position over its slice of the vocabulary ([`fused::sliced_cross_entropy`]).
+    /// A trained projection goes through [`fused::linear_cross_entropy`], which on the
+    /// CPU never makes the logits.
+    pub fn cross_entropy_t(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        labels: &Tensor,
+        vocab: &[Range<usize>],
+    ) -> Result<Tensor> {
+        let hidden = self.training_hidden(input_ids, attention_mask)?;
+        match &self.logits_linear {
+            Some(linear) => {
+                let normed = self.logits_layernorm.forward(&hidden, true)?;
+                fused::linear_cross_entropy(&normed, &linear.weight, &linear.bias, labels, vocab)
+            }
+            None => fused::sliced_cross_entropy(&self.logits_t(&hidden, true)?.to_dtype(DType::F32)?, labels, vocab),
+        }
+    }
+
+    /// The differentiable hidden states of whole sequences, before `to_logits`.
+    fn training_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let n = input_ids.dim(1)?;
         if n > self.cfg.total_seq_length() {
             candle_core::bail!("sequence of {n} positions exceeds the {} the model holds", self.cfg.total_seq_length());
         }
-        let hidden = self.forward_train(&input_ids.to_dtype(DType::U32)?, &self.layer_masks(attention_mask)?)?;
-        self.logits_t(&hidden, true)
+        self.forward_train(&input_ids.to_dtype(DType::U32)?, &self.layer_masks(attention_mask)?)
     }
 
     /// `to_logits`: another LayerNorm, then the projection onto both vocabularies.

@@ -72,7 +72,8 @@ pub fn exp(x: f32) -> f32 {
     const ROUNDER: f32 = 12_582_912.0;
     let clamped = x.clamp(MIN, MAX);
     // x = n ln2 + r with |r| <= ln2 / 2, so e^x = 2^n e^r.
-    let n = (clamped * LOG2_E + ROUNDER) - ROUNDER;
+    let shifted = clamped * LOG2_E + ROUNDER;
+    let n = shifted - ROUNDER;
     let r = clamped - n * LN2_HI - n * LN2_LO;
     // Cephes' minimax polynomial for e^r on [-ln2/2, ln2/2].
     let mut p = 1.987_569_1e-4_f32;
@@ -84,7 +85,10 @@ pub fn exp(x: f32) -> f32 {
     let e_r = p * r * r + r + 1.0;
     // 2^n built in the exponent bits; n + 127 stays in 1..=255 after the clamp, and
     // 2^128 (n = 128) is split into two factors so it does not overflow the bits.
-    let n = n as i32;
+    // `shifted` is 1.5 * 2^23 + n, where consecutive floats are one apart, so n is the
+    // difference of the bit patterns: `n as i32` would be a saturating conversion, which
+    // the compiler does one lane at a time (it made exp several times slower).
+    let n = shifted.to_bits() as i32 - ROUNDER.to_bits() as i32;
     let half = n >> 1;
     let scale_a = f32::from_bits(((half + 127) as u32) << 23);
     let scale_b = f32::from_bits(((n - half + 127) as u32) << 23);

@@ -112,4 +112,57 @@ mod tests {
         assert_ne!(a, other, "another seed draws other masks");
         assert_eq!(run(&model, true), plain, "no dropout once it is switched off");
     }
+
+    /// With attention and MLP frozen, f32 on the CPU trains through the frozen blocks'
+    /// kernels and the projection's fused cross-entropy; f64 takes candle's op-by-op path.
+    /// The same weights and dropout draw give the same loss and gradients on both.
+    #[test]
+    fn frozen_block_kernels_train_as_the_op_by_op_path_with_dropout() {
+        let cfg = crate::small_test_config();
+        let dev = Device::Cpu;
+        let build = |dtype: DType, from: Option<&candle_nn::VarMap>| {
+            let varmap = candle_nn::VarMap::new();
+            let mut model =
+                Rudolph::new(&cfg, borscht_model::init::seeded_var_builder(&varmap, 3, dtype, &dev)).unwrap();
+            if let Some(from) = from {
+                let source = from.data().lock().unwrap();
+                for (name, var) in varmap.data().lock().unwrap().iter() {
+                    var.set(&source[name].as_tensor().to_dtype(dtype).unwrap()).unwrap();
+                }
+            }
+            model.freeze_blocks(true, true);
+            model.set_dropout(Some(Arc::new(draw(5, 0.2))));
+            (varmap, model)
+        };
+        let (fused_vars, fused) = build(DType::F32, None);
+        let (composite_vars, composite) = build(DType::F64, Some(&fused_vars));
+        let n = cfg.total_seq_length();
+        let ids: Vec<u32> = (0..2 * n as u32).map(|i| (i * 7 + 1) % 16).collect();
+        let ids = Tensor::from_vec(ids, (2, n), &dev).unwrap();
+        let mask = Tensor::tril2(n, DType::F32, &dev).unwrap().reshape((1, 1, n, n)).unwrap();
+        let weights = crate::loss::LossWeights { l_text: 0.5, image: 1.0, r_text: 2.0 };
+        let run = |model: &Rudolph, dtype: DType| {
+            let losses = crate::loss::loss(model, &ids, &mask.to_dtype(dtype).unwrap(), weights).unwrap();
+            let grads = losses.loss.backward().unwrap();
+            (losses.loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap(), grads)
+        };
+        let ((fused_loss, fused_grads), (composite_loss, composite_grads)) =
+            (run(&fused, DType::F32), run(&composite, DType::F64));
+        assert!((fused_loss - composite_loss).abs() < 1e-5 * composite_loss, "{fused_loss} vs {composite_loss}");
+        let (fused_vars, composite_vars) = (fused_vars.data().lock().unwrap(), composite_vars.data().lock().unwrap());
+        let mut compared = 0;
+        for (name, var) in fused_vars.iter() {
+            let (Some(a), Some(b)) = (fused_grads.get(var), composite_grads.get(&composite_vars[name])) else {
+                assert!(name.contains(".attention.") || name.contains(".mlp."), "{name} has no gradient");
+                continue;
+            };
+            let b = b.to_dtype(DType::F32).unwrap();
+            let diff: f32 =
+                (a - &b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+            let scale: f32 = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+            assert!(diff <= 1e-4 * scale.max(1e-3), "{name}: gradients differ by {diff} (scale {scale})");
+            compared += 1;
+        }
+        assert!(compared >= 10, "only {compared} gradients compared");
+    }
 }

@@ -2,7 +2,6 @@
 //! the right text, weighted (the article fine-tunes with 0.01 / 1 / 7). Inference never
 //! needs it, so it lives here rather than in the model.
 
-use borscht_model::fused::sliced_cross_entropy;
 use borscht_model::transformer::Rudolph;
 use candle_core::{DType, Result, Tensor};
 use std::ops::Range;
@@ -77,7 +76,6 @@ pub fn loss_against(
     if target_ids.dims() != input_ids.dims() {
         candle_core::bail!("targets {:?} do not match inputs {:?}", target_ids.dims(), input_ids.dims());
     }
-    let logits = model.forward_t(&input_ids, attention_mask, true)?.to_dtype(DType::F32)?;
     let text_vocab = cfg.text_vocab();
 
     // Labels as the reference builds them: cat(l_text[1:] (pads replaced), image, r_text).
@@ -99,7 +97,7 @@ pub fn loss_against(
         .collect();
     let (b, _) = labels.dims2()?;
     let labels = Tensor::cat(&[&labels, &Tensor::zeros((b, 1), DType::U32, model.device())?], 1)?;
-    let per_token = sliced_cross_entropy(&logits, &labels, &vocab)?;
+    let per_token = model.cross_entropy_t(&input_ids, attention_mask, &labels, &vocab)?;
     let lt = per_token.narrow(1, 0, l)?.mean_all()?;
     let img = per_token.narrow(1, l, i_len)?.mean_all()?;
     let rt = mean_skipping(&per_token.narrow(1, l + i_len, r - 1)?, &labels.narrow(1, l + i_len, r - 1)?, 0)?;

@@ -1,0 +1,559 @@
+//! Attention and MLP blocks whose weights are not trained (fine-tuning as the article
+//! does, and Borscht's teaching by default), each as one CPU op whose backward pass
+//! gives the input's gradient only.
+//!
+//! Through candle's ops, every intermediate of a block (products, bias additions, the
+//! query/key/value split and its head views, scores, probabilities) is a node of the
+//! graph, and candle's backward gives each a zeroed gradient buffer and adds into it:
+//! in the tiny model that bookkeeping took about as long as the matrix products
+//! themselves. Here a block's forward keeps what its backward needs (the projected
+//! queries, keys and values and the probabilities of attention; the MLP's first
+//! product), and its backward is a handful of matrix products.
+
+use super::{applies, contiguous_f32, gelu_tanh, gelu_tanh_grad, lane_dot, mask_row, normalise_exp, AttentionMask};
+use crate::vector_math::vectorized;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// A linear layer that is not trained: `weight` `[out, in]`, `bias` `[out]`.
+#[derive(Clone, Copy)]
+pub struct FrozenLinear<'a> {
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+}
+
+/// A frozen layer's tensors (contiguous, on the CPU) and sizes.
+struct LinearData {
+    weight: Tensor,
+    bias: Tensor,
+    out: usize,
+    inputs: usize,
+}
+
+impl LinearData {
+    fn new(linear: FrozenLinear) -> Result<Self> {
+        let (out, inputs) = linear.weight.dims2()?;
+        if linear.bias.dims() != [out] || !applies(linear.weight) || !applies(linear.bias) {
+            candle_core::bail!(
+                "frozen block: bias {:?} does not fit weight {:?}",
+                linear.bias.dims(),
+                linear.weight.dims()
+            );
+        }
+        let (weight, bias) = (linear.weight.detach().contiguous()?, linear.bias.detach().contiguous()?);
+        Ok(LinearData { weight, bias, out, inputs })
+    }
+
+    /// Runs `f` on the layer's weight and bias data, read in place.
+    fn with<R>(&self, f: impl FnOnce(Linear) -> R) -> Result<R> {
+        let (weight, weight_layout) = self.weight.storage_and_layout();
+        let (bias, bias_layout) = self.bias.storage_and_layout();
+        let (candle_core::Storage::Cpu(weight), candle_core::Storage::Cpu(bias)) = (&*weight, &*bias) else {
+            candle_core::bail!("frozen block: weights not on the CPU")
+        };
+        Ok(f(Linear {
+            weight: contiguous_f32(weight, weight_layout, "frozen block")?,
+            bias: contiguous_f32(bias, bias_layout, "frozen block")?,
+            out: self.out,
+            inputs: self.inputs,
+        }))
+    }
+}
+
+/// A frozen layer's data: weight `[out, in]` and bias `[out]`.
+#[derive(Clone, Copy)]
+struct Linear<'a> {
+    weight: &'a [f32],
+    bias: &'a [f32],
+    out: usize,
+    inputs: usize,
+}
+
+impl Linear<'_> {
+    /// `x · weightᵀ + bias` for `x` `[rows, in]`.
+    fn forward(self, x: &[f32]) -> Vec<f32> {
+        let rows = x.len() / self.inputs;
+        let mut out = Vec::with_capacity(rows * self.out);
+        for _ in 0..rows {
+            out.extend_from_slice(self.bias);
+        }
+        let x = View { data: x, rs: self.inputs, cs: 1 };
+        let weight_t = View { data: self.weight, rs: 1, cs: self.inputs };
+        product(&mut out, self.out, (rows, self.out, self.inputs), x, weight_t, 1.0, true);
+        out
+    }
+
+    /// The input's gradient `grad · weight` for `grad` `[rows, out]`.
+    fn backward(self, grad: &[f32]) -> Vec<f32> {
+        let rows = grad.len() / self.out;
+        let mut dx = vec![0f32; rows * self.inputs];
+        let grad = View { data: grad, rs: self.out, cs: 1 };
+        let weight = View { data: self.weight, rs: self.inputs, cs: 1 };
+        product(&mut dx, self.inputs, (rows, self.inputs, self.out), grad, weight, 1.0, true);
+        dx
+    }
+}
+
+/// A strided matrix in `data`: element `(r, c)` at `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl View<'_> {
+    fn at(self, offset: usize) -> Self {
+        View { data: &self.data[offset..], ..self }
+    }
+
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst += scale * lhs · rhs` (`[m, k]` times `[k, n]`; `dst` row-major with row stride
+/// `dst_rs`), on all threads with `parallel`.
+fn product(
+    dst: &mut [f32],
+    dst_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    lhs: View,
+    rhs: View,
+    scale: f32,
+    parallel: bool,
+) {
+    assert!(lhs.fits(m, k) && rhs.fits(k, n) && (m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len()));
+    let parallelism =
+        if parallel { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
+    // SAFETY: the assertion keeps every element the strides reach inside its slice.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            true,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `x` `[rows, in]` as f32 data, when the CPU kernels apply.
+fn rows_of(x: &Tensor) -> Result<Option<Tensor>> {
+    if !applies(x) {
+        return Ok(None);
+    }
+    let features = x.dim(x.rank() - 1)?;
+    Ok(Some(x.reshape((x.elem_count() / features, features))?.contiguous()?))
+}
+
+// ---------------------------------------------------------------------------------------
+// MLP
+
+/// `gelu(x · upᵀ + up_bias) · downᵀ + down_bias` for `x` `[.., h]`, the transformer's MLP
+/// with its weights fixed; differentiable in `x`. `None` where the CPU kernel does not
+/// apply (the caller's op-by-op path runs instead).
+pub fn frozen_mlp(x: &Tensor, up: FrozenLinear, down: FrozenLinear) -> Result<Option<Tensor>> {
+    let Some(rows) = rows_of(x)? else { return Ok(None) };
+    let (up, down) = (LinearData::new(up)?, LinearData::new(down)?);
+    if up.inputs != rows.dim(1)? || down.inputs != up.out {
+        candle_core::bail!("frozen MLP: weights do not fit input {:?}", x.dims());
+    }
+    let mut shape = x.dims().to_vec();
+    *shape.last_mut().expect("rank >= 1") = down.out;
+    Ok(Some(rows.apply_op1(FrozenMlp { up, down, first_product: OnceLock::new() })?.reshape(shape)?))
+}
+
+struct FrozenMlp {
+    up: LinearData,
+    down: LinearData,
+    /// The forward's `x · upᵀ + up_bias`, for the backward.
+    first_product: OnceLock<Vec<f32>>,
+}
+
+impl CustomOp1 for FrozenMlp {
+    fn name(&self) -> &'static str {
+        "frozen-mlp"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, "frozen MLP")?;
+        let first = self.up.with(|up| up.forward(x))?;
+        let mut activated = vec![0f32; first.len()];
+        activated.par_chunks_mut(16 * 1024).zip(first.par_chunks(16 * 1024)).for_each(|(d, s)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    // A `for` loop, not `for_each`: the latter's fold is not inlined here,
+                    // so it would not be compiled for this CPU's SIMD.
+                    for (d, &v) in d.iter_mut().zip(s) {
+                        *d = gelu_tanh(v);
+                    }
+                },
+            )
+        });
+        let out = self.down.with(|down| down.forward(&activated))?;
+        let rows = x.len() / self.up.inputs;
+        // One forward per op: the op is made for it.
+        let _ = self.first_product.set(first);
+        Ok((CpuStorage::F32(out), Shape::from((rows, self.down.out))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let Some(first) = self.first_product.get() else { candle_core::bail!("frozen MLP: backward before forward") };
+        let grad = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let mut d_first = self.down.with(|down| down.backward(&grad))?;
+        d_first.par_chunks_mut(16 * 1024).zip(first.par_chunks(16 * 1024)).for_each(|(d, s)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (d, &v) in d.iter_mut().zip(s) {
+                        *d *= gelu_tanh_grad(v);
+                    }
+                },
+            )
+        });
+        Ok(Some(Tensor::from_vec(self.up.with(|up| up.backward(&d_first))?, x.shape(), x.device())?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Attention
+
+/// The attention block with its weights fixed: `x` `[b, n, h]` (normalised) through
+/// `query_key_value`, `heads` heads of masked softmax attention (scores scaled by
+/// `1/√head_dim`), `probs_dropout` (the step's dropout of the probabilities: `[b, heads,
+/// n, n]` factors, 0 or 1/(1-p)) and `dense`, its bias included. Differentiable in `x`.
+/// `None` where the CPU kernel does not apply (the caller's op-by-op path runs instead).
+pub fn frozen_attention(
+    x: &Tensor,
+    query_key_value: FrozenLinear,
+    dense: FrozenLinear,
+    mask: &AttentionMask,
+    heads: usize,
+    probs_dropout: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    let (b, n, h) = x.dims3()?;
+    let Some(rows) = rows_of(x)? else { return Ok(None) };
+    if mask.penalty.is_some() || !applies(&mask.keep) {
+        return Ok(None);
+    }
+    let (mb, one, mn, mt) = mask.keep.dims4()?;
+    if !(mb == 1 || mb == b) || one != 1 || mn != n || mt != n || h % heads != 0 {
+        candle_core::bail!(
+            "frozen attention: mask {:?} or {heads} heads do not fit input {:?}",
+            mask.keep.dims(),
+            x.dims()
+        );
+    }
+    let (qkv, dense) = (LinearData::new(query_key_value)?, LinearData::new(dense)?);
+    if qkv.inputs != h || qkv.out != 3 * h || dense.inputs != h {
+        candle_core::bail!("frozen attention: weights do not fit input {:?}", x.dims());
+    }
+    let dropout = match probs_dropout {
+        Some(d) if d.dims() == [b, heads, n, n] => Some(d.flatten_all()?.to_vec1::<f32>()?),
+        Some(d) => candle_core::bail!("frozen attention: dropout {:?} does not fit [{b}, {heads}, {n}, {n}]", d.dims()),
+        None => None,
+    };
+    let op = FrozenAttention {
+        qkv,
+        dense,
+        keep: mask.keep.flatten_all()?.to_vec1::<f32>()?,
+        mask_batch: mb,
+        dropout,
+        geometry: Geometry { batch: b, n, heads, head_dim: h / heads },
+        saved: OnceLock::new(),
+    };
+    let out = op.dense.out;
+    Ok(Some(rows.apply_op1(op)?.reshape((b, n, out))?))
+}
+
+#[derive(Clone, Copy)]
+struct Geometry {
+    batch: usize,
+    n: usize,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Geometry {
+    fn hidden(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Offset in `[rows, 3h]` of part `part` (0 q, 1 k, 2 v) of head `head`, sample `sample`.
+    fn part(&self, sample: usize, head: usize, part: usize) -> usize {
+        sample * self.n * 3 * self.hidden() + part * self.hidden() + head * self.head_dim
+    }
+}
+
+struct FrozenAttention {
+    qkv: LinearData,
+    dense: LinearData,
+    /// `[mask batch, 1, n, n]`, 1 where a position may be seen.
+    keep: Vec<f32>,
+    mask_batch: usize,
+    dropout: Option<Vec<f32>>,
+    geometry: Geometry,
+    /// The forward's queries, keys and values `[rows, 3h]` and probabilities `[b, heads,
+    /// n, n]` (before dropout), for the backward.
+    saved: OnceLock<(Vec<f32>, Vec<f32>)>,
+}
+
+impl FrozenAttention {
+    /// The probabilities as the values see them (after dropout), of one `(sample, head)`.
+    #[inline(always)]
+    fn dropped(&self, probs: &[f32], task: usize) -> Vec<f32> {
+        let size = probs.len();
+        match &self.dropout {
+            Some(d) => probs.iter().zip(&d[task * size..(task + 1) * size]).map(|(p, d)| p * d).collect(),
+            None => probs.to_vec(),
+        }
+    }
+}
+
+impl CustomOp1 for FrozenAttention {
+    fn name(&self) -> &'static str {
+        "frozen-attention"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, "frozen attention")?;
+        let g = self.geometry;
+        let (n, d, h) = (g.n, g.head_dim, g.hidden());
+        let qkv = self.qkv.with(|qkv| qkv.forward(x))?;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut probs = vec![0f32; g.batch * g.heads * n * n];
+        // Each (sample, head): its scores and probabilities in place, then its context.
+        let contexts: Vec<Vec<f32>> = probs
+            .par_chunks_mut(n * n)
+            .enumerate()
+            .map(|(task, p)| {
+                // The whole task compiled for this CPU's SIMD (the mask, softmax, dropout).
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        let (sample, head) = (task / g.heads, task % g.heads);
+                        let all = View { data: &qkv, rs: 3 * h, cs: 1 };
+                        let keys_t = View { data: &qkv, rs: 1, cs: 3 * h }.at(g.part(sample, head, 1));
+                        product(p, n, (n, n, d), all.at(g.part(sample, head, 0)), keys_t, scale, false);
+                        for (i, row) in p.chunks_mut(n).enumerate() {
+                            let m = mask_row(&self.keep, task * n + i, (g.heads, n, n, self.mask_batch));
+                            for (s, &m) in row.iter_mut().zip(m) {
+                                *s = *s * m - super::MASK_VALUE * (1.0 - m);
+                            }
+                            normalise_exp(row);
+                        }
+                        let mut context = vec![0f32; n * d];
+                        let dropped = self.dropped(p, task);
+                        let values = all.at(g.part(sample, head, 2));
+                        product(&mut context, d, (n, d, n), View { data: &dropped, rs: n, cs: 1 }, values, 1.0, false);
+                        context
+                    },
+                )
+            })
+            .collect();
+        // [rows, h] with head `head` in columns head*d..
+        let mut context = vec![0f32; g.batch * n * h];
+        for (task, block) in contexts.iter().enumerate() {
+            let (sample, head) = (task / g.heads, task % g.heads);
+            for (i, row) in block.chunks(d).enumerate() {
+                let at = (sample * n + i) * h + head * d;
+                context[at..at + d].copy_from_slice(row);
+            }
+        }
+        let out = self.dense.with(|dense| dense.forward(&context))?;
+        let _ = self.saved.set((qkv, probs));
+        Ok((CpuStorage::F32(out), Shape::from((g.batch * n, self.dense.out))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let Some((qkv, probs)) = self.saved.get() else {
+            candle_core::bail!("frozen attention: backward before forward")
+        };
+        let g = self.geometry;
+        let (n, d, h) = (g.n, g.head_dim, g.hidden());
+        let scale = 1.0 / (d as f32).sqrt();
+        let grad = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let d_context = self.dense.with(|dense| dense.backward(&grad))?;
+        // Each (sample, head): the gradients of its queries, keys and values, [n, d] each.
+        let parts: Vec<[Vec<f32>; 3]> = (0..g.batch * g.heads)
+            .into_par_iter()
+            .map(|task| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        let (sample, head) = (task / g.heads, task % g.heads);
+                        let p = &probs[task * n * n..(task + 1) * n * n];
+                        let all = View { data: qkv, rs: 3 * h, cs: 1 };
+                        let dc = View { data: &d_context, rs: h, cs: 1 }.at(sample * n * h + head * d);
+                        // d values = dropped probsᵀ · d context
+                        let dropped = self.dropped(p, task);
+                        let mut dv = vec![0f32; n * d];
+                        product(&mut dv, d, (n, d, n), View { data: &dropped, rs: 1, cs: n }, dc, 1.0, false);
+                        // d probs = (d context · valuesᵀ) ⊙ dropout
+                        let mut dp = vec![0f32; n * n];
+                        let values_t = View { data: qkv, rs: 1, cs: 3 * h }.at(g.part(sample, head, 2));
+                        product(&mut dp, n, (n, n, d), dc, values_t, 1.0, false);
+                        if let Some(dropout) = &self.dropout {
+                            for (g, d) in dp.iter_mut().zip(&dropout[task * n * n..]) {
+                                *g *= d;
+                            }
+                        }
+                        // d scores = m * p * (d probs - Σ p * d probs), per row
+                        for (i, (row, p)) in dp.chunks_mut(n).zip(p.chunks(n)).enumerate() {
+                            let m = mask_row(&self.keep, task * n + i, (g.heads, n, n, self.mask_batch));
+                            let dot = lane_dot(p, row);
+                            for ((g, &p), &m) in row.iter_mut().zip(p).zip(m) {
+                                *g = m * p * (*g - dot);
+                            }
+                        }
+                        let ds = View { data: &dp, rs: n, cs: 1 };
+                        let ds_t = View { data: &dp, rs: 1, cs: n };
+                        let mut dq = vec![0f32; n * d];
+                        product(&mut dq, d, (n, d, n), ds, all.at(g.part(sample, head, 1)), scale, false);
+                        let mut dk = vec![0f32; n * d];
+                        product(&mut dk, d, (n, d, n), ds_t, all.at(g.part(sample, head, 0)), scale, false);
+                        [dq, dk, dv]
+                    },
+                )
+            })
+            .collect();
+        let mut d_qkv = vec![0f32; g.batch * n * 3 * h];
+        for (task, blocks) in parts.iter().enumerate() {
+            let (sample, head) = (task / g.heads, task % g.heads);
+            for (part, block) in blocks.iter().enumerate() {
+                for (i, row) in block.chunks(d).enumerate() {
+                    let at = g.part(sample, head, part) + i * 3 * h;
+                    d_qkv[at..at + d].copy_from_slice(row);
+                }
+            }
+        }
+        Ok(Some(Tensor::from_vec(self.qkv.with(|qkv| qkv.backward(&d_qkv))?, x.shape(), x.device())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{frozen_product, gelu, masked_softmax};
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// Values and the input's gradient, under a loss weighing every output differently.
+    fn values_and_gradient(x: &Var, f: impl Fn(&Tensor) -> Tensor, weighing: &Tensor) -> (Tensor, Tensor) {
+        let y = f(x.as_tensor());
+        let grads = (&y * weighing).unwrap().sum_all().unwrap().backward().unwrap();
+        (y, grads.get(x.as_tensor()).unwrap().clone())
+    }
+
+    fn linear(out: usize, inputs: usize, dev: &Device) -> (Tensor, Tensor) {
+        let weight = Tensor::randn(0f32, 0.3, (out, inputs), dev).unwrap();
+        (weight, Tensor::randn(0f32, 0.3, out, dev).unwrap())
+    }
+
+    fn composite_linear(x: &Tensor, (weight, bias): &(Tensor, Tensor)) -> Tensor {
+        let (b, n, h) = x.dims3().unwrap();
+        frozen_product(&x.reshape((b * n, h)).unwrap(), weight)
+            .unwrap()
+            .broadcast_add(bias)
+            .unwrap()
+            .reshape((b, n, weight.dim(0).unwrap()))
+            .unwrap()
+    }
+
+    #[test]
+    fn frozen_mlp_equals_its_products_and_gelu() {
+        let dev = Device::Cpu;
+        let (b, n, h) = (2, 5, 12);
+        let x = Var::randn(0f32, 1.0, (b, n, h), &dev).unwrap();
+        let (up, down) = (linear(4 * h, h, &dev), linear(h, 4 * h, &dev));
+        let weighing = Tensor::randn(0f32, 1.0, (b, n, h), &dev).unwrap();
+        let fused = values_and_gradient(
+            &x,
+            |x| {
+                let up = FrozenLinear { weight: &up.0, bias: &up.1 };
+                frozen_mlp(x, up, FrozenLinear { weight: &down.0, bias: &down.1 }).unwrap().unwrap()
+            },
+            &weighing,
+        );
+        let composite =
+            values_and_gradient(&x, |x| composite_linear(&gelu(&composite_linear(x, &up)).unwrap(), &down), &weighing);
+        assert!(max_diff(&fused.0, &composite.0) < 1e-5, "values differ by {}", max_diff(&fused.0, &composite.0));
+        assert!(max_diff(&fused.1, &composite.1) < 1e-5, "gradients differ by {}", max_diff(&fused.1, &composite.1));
+    }
+
+    #[test]
+    fn frozen_attention_equals_the_op_by_op_attention() {
+        let dev = Device::Cpu;
+        let (b, n, heads, d) = (2, 7, 3, 4);
+        let h = heads * d;
+        let x = Var::randn(0f32, 1.0, (b, n, h), &dev).unwrap();
+        let (qkv, dense) = (linear(3 * h, h, &dev), linear(h, h, &dev));
+        let weighing = Tensor::randn(0f32, 1.0, (b, n, h), &dev).unwrap();
+        // A causal mask with a hole, per sample or shared; dropout of about a third.
+        for mask_batch in [1, b] {
+            let keep = Tensor::tril2(n, DType::F32, &dev).unwrap();
+            let hole = Tensor::rand(0f32, 1.0, (mask_batch, 1, n, n), &dev).unwrap().ge(0.2).unwrap();
+            let keep = keep.broadcast_mul(&hole.to_dtype(DType::F32).unwrap()).unwrap();
+            let diagonal = Tensor::eye(n, DType::F32, &dev).unwrap().broadcast_as(keep.shape()).unwrap();
+            let keep = keep.maximum(&diagonal).unwrap();
+            let mask = AttentionMask::new(&keep, b, heads).unwrap();
+            let drop = Tensor::rand(0f32, 1.0, (b, heads, n, n), &dev).unwrap().ge(0.3).unwrap();
+            let dropout = (drop.to_dtype(DType::F32).unwrap() * 1.5).unwrap();
+            for probs_dropout in [None, Some(&dropout)] {
+                let fused = values_and_gradient(
+                    &x,
+                    |x| {
+                        let (q, dn) = (
+                            FrozenLinear { weight: &qkv.0, bias: &qkv.1 },
+                            FrozenLinear { weight: &dense.0, bias: &dense.1 },
+                        );
+                        frozen_attention(x, q, dn, &mask, heads, probs_dropout).unwrap().unwrap()
+                    },
+                    &weighing,
+                );
+                let composite = values_and_gradient(
+                    &x,
+                    |x| {
+                        let all = composite_linear(x, &qkv).reshape((b, n, 3, heads, d)).unwrap();
+                        let part = |i: usize| all.narrow(2, i, 1).unwrap().squeeze(2).unwrap().transpose(1, 2).unwrap();
+                        let (q, k, v) = (part(0), part(1), part(2));
+                        let scores = (q.contiguous().unwrap().matmul(&k.t().unwrap().contiguous().unwrap()).unwrap()
+                            / (d as f64).sqrt())
+                        .unwrap();
+                        let mut probs = masked_softmax(&scores, &mask, true).unwrap();
+                        if let Some(dropout) = probs_dropout {
+                            probs = (probs * dropout).unwrap();
+                        }
+                        let context = probs.matmul(&v.contiguous().unwrap()).unwrap();
+                        composite_linear(&context.transpose(1, 2).unwrap().reshape((b, n, h)).unwrap(), &dense)
+                    },
+                    &weighing,
+                );
+                let (values, gradient) = (max_diff(&fused.0, &composite.0), max_diff(&fused.1, &composite.1));
+                assert!(values < 1e-5, "mask batch {mask_batch}: values differ by {values}");
+                assert!(gradient < 1e-5, "mask batch {mask_batch}: gradients differ by {gradient}");
+            }
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The training loss's last projection and cross-entropy as one op, without the logits.
+//!
+//! Each position is scored over its own slice of the vocabulary (text ids for the texts,
+//! image ids for the image), so most logits of a full projection are never read: a
+//! 350M batch's logits are 1.3 GB, and in the tiny model their bias gradient, a strided
+//! reduction over every row, and candle's zero-then-add accumulation of their gradient
+//! at each of the three ops that touched them took a fifth of a training step. On the
+//! CPU this op gathers the rows that share a slice, multiplies them by that slice's
+//! weights alone, a bounded chunk of rows at a time, and keeps only each row's loss; its
+//! backward computes the chunk's logits again and turns them into the three gradients
+//! in place.
+
+use super::{applies, contiguous_f32, exp_sum, sliced_cross_entropy};
+use crate::vector_math::{exp, vectorized};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// Most logits one chunk holds (64 MB of f32).
+const CHUNK_LOGITS: usize = 16 << 20;
+
+/// Per-position cross-entropy `[b, n]` of the logits `x · weightᵀ + bias`, for `x`
+/// `[b, n, h]`, `weight` `[v, h]` and `bias` `[v]`: position `p` over the ids
+/// `vocab[p]` as in [`sliced_cross_entropy`] (an empty slice scores 0), `labels` `[b, n]`
+/// counted from its slice's start. Differentiable in `x`, `weight` and `bias`.
+pub fn linear_cross_entropy(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    labels: &Tensor,
+    vocab: &[Range<usize>],
+) -> Result<Tensor> {
+    in_chunks(x, weight, bias, labels, vocab, CHUNK_LOGITS)
+}
+
+/// [`linear_cross_entropy`] with chunks of at most `chunk_logits` logits.
+fn in_chunks(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    labels: &Tensor,
+    vocab: &[Range<usize>],
+    chunk_logits: usize,
+) -> Result<Tensor> {
+    let (b, n, h) = x.dims3()?;
+    let (v, weight_h) = weight.dims2()?;
+    if weight_h != h || bias.dims() != [v] {
+        candle_core::bail!(
+            "linear cross-entropy: weight {:?} and bias {:?} do not fit input {:?}",
+            weight.dims(),
+            bias.dims(),
+            x.dims()
+        );
+    }
+    if !(applies(x) && applies(weight) && applies(bias)) {
+        let logits = x.reshape((b * n, h))?.matmul(&weight.t()?)?.broadcast_add(bias)?.reshape((b, n, v))?;
+        return sliced_cross_entropy(&logits, labels, vocab);
+    }
+    if labels.dims() != [b, n] || vocab.len() != n || vocab.iter().any(|r| r.end > v) {
+        candle_core::bail!(
+            "linear cross-entropy: labels {:?} and {} vocabulary slices do not fit input {:?} and {v} ids",
+            labels.dims(),
+            vocab.len(),
+            x.dims()
+        );
+    }
+    let labels = labels.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
+    let op = LinearCrossEntropy { groups: Arc::new(SliceGroups::new(&labels, vocab)?), h, chunk_logits };
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+}
+
+/// The rows (flattened `b * n` indices) that share a slice, with their labels.
+struct SliceGroup {
+    slice: Range<usize>,
+    rows: Vec<usize>,
+    labels: Vec<usize>,
+}
+
+struct SliceGroups {
+    groups: Vec<SliceGroup>,
+    rows: usize,
+}
+
+impl SliceGroups {
+    fn new(labels: &[u32], vocab: &[Range<usize>]) -> Result<Self> {
+        let mut groups: Vec<SliceGroup> = Vec::new();
+        for (row, &label) in labels.iter().enumerate() {
+            let slice = &vocab[row % vocab.len()];
+            if slice.is_empty() {
+                continue;
+            }
+            let label = label as usize;
+            if label >= slice.len() {
+                candle_core::bail!(
+                    "cross-entropy: label {label} at position {} outside its {} ids",
+                    row % vocab.len(),
+                    slice.len()
+                );
+            }
+            let group = match groups.iter_mut().position(|g| g.slice == *slice) {
+                Some(i) => &mut groups[i],
+                None => {
+                    groups.push(SliceGroup { slice: slice.clone(), rows: Vec::new(), labels: Vec::new() });
+                    groups.last_mut().expect("just pushed")
+                }
+            };
+            group.rows.push(row);
+            group.labels.push(label);
+        }
+        Ok(SliceGroups { groups, rows: labels.len() })
+    }
+
+    /// Each group's rows in chunks of at most `logits` logits: `(group, rows)`.
+    fn chunks(&self, logits: usize) -> impl Iterator<Item = (&SliceGroup, Range<usize>)> {
+        self.groups.iter().flat_map(move |group| {
+            let per_chunk = (logits / group.slice.len()).max(1);
+            (0..group.rows.len())
+                .step_by(per_chunk)
+                .map(move |start| (group, start..(start + per_chunk).min(group.rows.len())))
+        })
+    }
+}
+
+/// `[rows, h]`: the chunk's rows of `x`, gathered.
+fn gather_rows(x: &[f32], h: usize, rows: &[usize]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows.len() * h);
+    for &row in rows {
+        out.extend_from_slice(&x[row * h..(row + 1) * h]);
+    }
+    out
+}
+
+/// The chunk's logits `[rows, slice]`: `bias + xs · weight[slice]ᵀ`.
+fn chunk_logits(xs: &[f32], weight: &[f32], bias: &[f32], h: usize, slice: &Range<usize>) -> Vec<f32> {
+    let (rows, s) = (xs.len() / h, slice.len());
+    let mut logits = Vec::with_capacity(rows * s);
+    for _ in 0..rows {
+        logits.extend_from_slice(&bias[slice.clone()]);
+    }
+    // SAFETY: `logits` is [rows, s], `xs` [rows, h] and the weight's rows
+    // `slice` [s, h], all contiguous; the strides read the weight transposed.
+    unsafe {
+        gemm::gemm(
+            rows,
+            s,
+            h,
+            logits.as_mut_ptr(),
+            1,
+            s as isize,
+            true,
+            xs.as_ptr(),
+            1,
+            h as isize,
+            weight[slice.start * h..].as_ptr(),
+            h as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+    logits
+}
+
+struct LinearCrossEntropy {
+    groups: Arc<SliceGroups>,
+    h: usize,
+    chunk_logits: usize,
+}
+
+impl LinearCrossEntropy {
+    fn inputs<'a>(
+        &self,
+        (s1, l1): (&'a CpuStorage, &Layout),
+        (s2, l2): (&'a CpuStorage, &Layout),
+        (s3, l3): (&'a CpuStorage, &Layout),
+    ) -> Result<(&'a [f32], &'a [f32], &'a [f32])> {
+        let x = contiguous_f32(s1, l1, "linear cross-entropy")?;
+        let weight = contiguous_f32(s2, l2, "linear cross-entropy")?;
+        let bias = contiguous_f32(s3, l3, "linear cross-entropy")?;
+        if x.len() != self.groups.rows * self.h || weight.len() != bias.len() * self.h {
+            candle_core::bail!(
+                "linear cross-entropy: inputs {:?}, {:?}, {:?} do not fit",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        Ok((x, weight, bias))
+    }
+}
+
+impl CustomOp3 for LinearCrossEntropy {
+    fn name(&self) -> &'static str {
+        "linear-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, weight, bias) = self.inputs((s1, l1), (s2, l2), (s3, l3))?;
+        let mut out = vec![0f32; self.groups.rows];
+        for (group, chunk) in self.groups.chunks(self.chunk_logits) {
+            let xs = gather_rows(x, self.h, &group.rows[chunk.clone()]);
+            let logits = chunk_logits(&xs, weight, bias, self.h, &group.slice);
+            let losses: Vec<f32> = logits
+                .par_chunks(group.slice.len())
+                .zip(&group.labels[chunk.clone()])
+                .map(|(row, &label)| {
+                    let (max, sum) = vectorized(
+                        #[inline(always)]
+                        || exp_sum(row),
+                    );
+                    max + sum.ln() - row[label]
+                })
+                .collect();
+            for (&row, loss) in group.rows[chunk].iter().zip(losses) {
+                out[row] = loss;
+            }
+        }
+        let dims = l1.dims();
+        Ok((CpuStorage::F32(out), Shape::from((dims[0], dims[1]))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let backward = LinearCrossEntropyBackward {
+            forward: LinearCrossEntropy { groups: self.groups.clone(), h: self.h, chunk_logits: self.chunk_logits },
+            grad: grad.flatten_all()?.to_vec1::<f32>()?,
+        };
+        let packed = x.apply_op3_no_bwd(weight, bias, &backward)?;
+        let (x_len, weight_len) = (x.elem_count(), weight.elem_count());
+        Ok((
+            Some(packed.narrow(0, 0, x_len)?.reshape(x.shape())?),
+            Some(packed.narrow(0, x_len, weight_len)?.reshape(weight.shape())?),
+            Some(packed.narrow(0, x_len + weight_len, bias.elem_count())?),
+        ))
+    }
+}
+
+/// The gradients of x, weight and bias, packed into one vector in that order. Each
+/// chunk's logits become `d logits = g * (softmax - onehot(label))` in place.
+struct LinearCrossEntropyBackward {
+    forward: LinearCrossEntropy,
+    /// The gradient of each row's loss.
+    grad: Vec<f32>,
+}
+
+impl CustomOp3 for LinearCrossEntropyBackward {
+    fn name(&self) -> &'static str {
+        "linear-cross-entropy-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, weight, bias) = self.forward.inputs((s1, l1), (s2, l2), (s3, l3))?;
+        let h = self.forward.h;
+        let mut packed = vec![0f32; x.len() + weight.len() + bias.len()];
+        let (dx, rest) = packed.split_at_mut(x.len());
+        let (dweight, dbias) = rest.split_at_mut(weight.len());
+        for (group, chunk) in self.forward.groups.chunks(self.forward.chunk_logits) {
+            let rows = &group.rows[chunk.clone()];
+            let s = group.slice.len();
+            let xs = gather_rows(x, h, rows);
+            let mut dlogits = chunk_logits(&xs, weight, bias, h, &group.slice);
+            dlogits.par_chunks_mut(s).zip(rows).zip(&group.labels[chunk]).for_each(|((row, &r), &label)| {
+                let g = self.grad[r];
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        let (max, sum) = exp_sum(row);
+                        let scale = g / sum;
+                        for d in row.iter_mut() {
+                            *d = exp(*d - max) * scale;
+                        }
+                    },
+                );
+                row[label] -= g;
+            });
+            let mut dxs = vec![0f32; rows.len() * h];
+            // SAFETY: `dxs` is [rows, h], `dlogits` [rows, s], the weight's rows `slice`
+            // [s, h] and `xs` [rows, h], all contiguous; the dweight product reads
+            // dlogits transposed and adds to the slice's rows (slices may overlap).
+            unsafe {
+                gemm::gemm(
+                    rows.len(),
+                    h,
+                    s,
+                    dxs.as_mut_ptr(),
+                    1,
+                    h as isize,
+                    false,
+                    dlogits.as_ptr(),
+                    1,
+                    s as isize,
+                    weight[group.slice.start * h..].as_ptr(),
+                    1,
+                    h as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                );
+                gemm::gemm(
+                    s,
+                    h,
+                    rows.len(),
+                    dweight[group.slice.start * h..].as_mut_ptr(),
+                    1,
+                    h as isize,
+                    true,
+                    dlogits.as_ptr(),
+                    s as isize,
+                    1,
+                    xs.as_ptr(),
+                    1,
+                    h as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                );
+            }
+            for (&row, dx_row) in rows.iter().zip(dxs.chunks(h)) {
+                dx[row * h..(row + 1) * h].copy_from_slice(dx_row);
+            }
+            let dbias = &mut dbias[group.slice.clone()];
+            for row in dlogits.chunks(s) {
+                for (d, &g) in dbias.iter_mut().zip(row) {
+                    *d += g;
+                }
+            }
+        }
+        Ok((CpuStorage::F32(packed), Shape::from(x.len() + weight.len() + bias.len())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// Values and the gradients of x, weight and bias equal the projection followed by
+    /// [`sliced_cross_entropy`], under a loss weighing each position differently.
+    #[test]
+    fn equals_the_projection_then_sliced_cross_entropy() {
+        let dev = Device::Cpu;
+        // 37 + 20 ids, overlapping slices (0..37 and 10..30) and an empty one.
+        let (b, n, h, v) = (3, 7, 19, 57);
+        let x = Var::randn(0f32, 1.0, (b, n, h), &dev).unwrap();
+        let weight = Var::randn(0f32, 1.0, (v, h), &dev).unwrap();
+        let bias = Var::randn(0f32, 1.0, v, &dev).unwrap();
+        let vocab = [0..37, 0..37, 37..57, 37..57, 10..30, 0..37, 0..0];
+        let labels =
+            Tensor::new(&[[3u32, 36, 0, 19, 7, 1, 0], [0, 1, 5, 5, 19, 2, 0], [4, 4, 4, 4, 4, 4, 0]], &dev).unwrap();
+        let weighing = Tensor::randn(0f32, 1.0, (b, n), &dev).unwrap();
+        // `chunk_logits`: None for the composite; 40 splits each slice's rows over chunks.
+        let run = |chunk_logits: Option<usize>| {
+            let per_token = if let Some(chunk) = chunk_logits {
+                in_chunks(x.as_tensor(), weight.as_tensor(), bias.as_tensor(), &labels, &vocab, chunk).unwrap()
+            } else {
+                let logits = x
+                    .as_tensor()
+                    .reshape((b * n, h))
+                    .unwrap()
+                    .matmul(&weight.as_tensor().t().unwrap())
+                    .unwrap()
+                    .broadcast_add(bias.as_tensor())
+                    .unwrap()
+                    .reshape((b, n, v))
+                    .unwrap();
+                sliced_cross_entropy(&logits, &labels, &vocab).unwrap()
+            };
+            let grads = (&per_token * &weighing).unwrap().sum_all().unwrap().backward().unwrap();
+            let grad = |var: &Var| grads.get(var.as_tensor()).unwrap().clone();
+            (per_token, grad(&x), grad(&weight), grad(&bias))
+        };
+        let composite = run(None);
+        for fused in [run(Some(CHUNK_LOGITS)), run(Some(40))] {
+            assert!(max_diff(&fused.0, &composite.0) < 1e-5, "loss differs by {}", max_diff(&fused.0, &composite.0));
+            for (name, a, b) in
+                [("x", &fused.1, &composite.1), ("weight", &fused.2, &composite.2), ("bias", &fused.3, &composite.3)]
+            {
+                assert!(max_diff(a, b) < 1e-5, "gradient of {name} differs by {}", max_diff(a, b));
+            }
+        }
+        let fused = run(Some(CHUNK_LOGITS));
+        // The empty slice scores 0 and sends no gradient back to its rows.
+        assert_eq!(
+            fused.0.narrow(1, n - 1, 1).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(),
+            0.0
+        );
+        // A label outside its slice is refused.
+        let wrong = Tensor::new(&[[37u32, 0, 0, 0, 0, 0, 0], [0; 7], [0; 7]], &dev).unwrap();
+        assert!(linear_cross_entropy(x.as_tensor(), weight.as_tensor(), bias.as_tensor(), &wrong, &vocab).is_err());
+    }
+}
