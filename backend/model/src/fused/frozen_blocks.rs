@@ -10,7 +10,9 @@
 //! queries, keys and values and the probabilities of attention; the MLP's first
 //! product), and its backward is a handful of matrix products.
 
-use super::{applies, contiguous_f32, gelu_tanh, gelu_tanh_grad, lane_dot, mask_row, normalise_exp, AttentionMask};
+use super::{
+    applies, contiguous_f32, gelu_tanh, gelu_tanh_grad, lane_dot, mask_row, normalise_exp, product, AttentionMask, View,
+};
 use crate::vector_math::vectorized;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -92,64 +94,6 @@ impl Linear<'_> {
         let weight = View { data: self.weight, rs: self.inputs, cs: 1 };
         product(&mut dx, self.inputs, (rows, self.inputs, self.out), grad, weight, 1.0, true);
         dx
-    }
-}
-
-/// A strided matrix in `data`: element `(r, c)` at `data[r * rs + c * cs]`.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-impl View<'_> {
-    fn at(self, offset: usize) -> Self {
-        View { data: &self.data[offset..], ..self }
-    }
-
-    fn fits(&self, rows: usize, cols: usize) -> bool {
-        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
-    }
-}
-
-/// `dst += scale * lhs · rhs` (`[m, k]` times `[k, n]`; `dst` row-major with row stride
-/// `dst_rs`), on all threads with `parallel`.
-fn product(
-    dst: &mut [f32],
-    dst_rs: usize,
-    (m, n, k): (usize, usize, usize),
-    lhs: View,
-    rhs: View,
-    scale: f32,
-    parallel: bool,
-) {
-    assert!(lhs.fits(m, k) && rhs.fits(k, n) && (m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len()));
-    let parallelism =
-        if parallel { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
-    // SAFETY: the assertion keeps every element the strides reach inside its slice.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            true,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            scale,
-            false,
-            false,
-            false,
-            parallelism,
-        );
     }
 }
 

@@ -10,7 +10,7 @@
 //! backward computes the chunk's logits again and turns them into the three gradients
 //! in place.
 
-use super::{applies, contiguous_f32, exp_sum, sliced_cross_entropy};
+use super::{applies, contiguous_f32, exp_sum, product, sliced_cross_entropy, View};
 use crate::vector_math::{exp, vectorized};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -138,31 +138,8 @@ fn chunk_logits(xs: &[f32], weight: &[f32], bias: &[f32], h: usize, slice: &Rang
     for _ in 0..rows {
         logits.extend_from_slice(&bias[slice.clone()]);
     }
-    // SAFETY: `logits` is [rows, s], `xs` [rows, h] and the weight's rows
-    // `slice` [s, h], all contiguous; the strides read the weight transposed.
-    unsafe {
-        gemm::gemm(
-            rows,
-            s,
-            h,
-            logits.as_mut_ptr(),
-            1,
-            s as isize,
-            true,
-            xs.as_ptr(),
-            1,
-            h as isize,
-            weight[slice.start * h..].as_ptr(),
-            h as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        );
-    }
+    let weight_t = View { data: &weight[slice.start * h..], rs: 1, cs: h };
+    product(&mut logits, s, (rows, s, h), View { data: xs, rs: h, cs: 1 }, weight_t, 1.0, true);
     logits
 }
 
@@ -301,58 +278,17 @@ impl CustomOp3 for LinearCrossEntropyBackward {
                 row[label] -= g;
             });
             let mut dxs = vec![0f32; rows.len() * h];
-            // SAFETY: `dxs` is [rows, h], `dlogits` [rows, s], the weight's rows `slice`
-            // [s, h] and `xs` [rows, h], all contiguous; the dweight product reads
-            // dlogits transposed and adds to the slice's rows (slices may overlap).
-            unsafe {
-                gemm::gemm(
-                    rows.len(),
-                    h,
-                    s,
-                    dxs.as_mut_ptr(),
-                    1,
-                    h as isize,
-                    false,
-                    dlogits.as_ptr(),
-                    1,
-                    s as isize,
-                    weight[group.slice.start * h..].as_ptr(),
-                    1,
-                    h as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::Rayon(rayon::current_num_threads()),
-                );
-                gemm::gemm(
-                    s,
-                    h,
-                    rows.len(),
-                    dweight[group.slice.start * h..].as_mut_ptr(),
-                    1,
-                    h as isize,
-                    true,
-                    dlogits.as_ptr(),
-                    s as isize,
-                    1,
-                    xs.as_ptr(),
-                    1,
-                    h as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::Rayon(rayon::current_num_threads()),
-                );
-            }
+            let (dlogits, xs) = (View { data: &dlogits, rs: s, cs: 1 }, View { data: &xs, rs: h, cs: 1 });
+            let slice_weight = View { data: &weight[group.slice.start * h..], rs: h, cs: 1 };
+            product(&mut dxs, h, (rows.len(), h, s), dlogits, slice_weight, 1.0, true);
+            // Added to the slice's rows: slices may overlap, and a slice spans chunks.
+            let dlogits_t = View { rs: 1, cs: s, ..dlogits };
+            product(&mut dweight[group.slice.start * h..], h, (s, h, rows.len()), dlogits_t, xs, 1.0, true);
             for (&row, dx_row) in rows.iter().zip(dxs.chunks(h)) {
                 dx[row * h..(row + 1) * h].copy_from_slice(dx_row);
             }
             let dbias = &mut dbias[group.slice.clone()];
-            for row in dlogits.chunks(s) {
+            for row in dlogits.data.chunks(s) {
                 for (d, &g) in dbias.iter_mut().zip(row) {
                     *d += g;
                 }
