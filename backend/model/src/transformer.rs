@@ -316,15 +316,16 @@ impl SelfAttention {
     fn forward_train(&self, x: &Tensor, mask: &AttentionMask, dropout: Option<LayerDropout>) -> Result<Tensor> {
         let (b, n, h) = x.dims3()?;
         if let (Some(qkv), Some(dense)) = (self.query_key_value.frozen_weights(), self.dense.frozen_weights()) {
-            // The step's dropout of the probabilities, as factors.
-            let probs_dropout = match dropout {
+            // The step's dropout of the probabilities, as factors (drawn only where the
+            // kernel runs).
+            let probs_dropout = || match dropout {
                 Some(d) => {
                     let ones = Tensor::ones((b, self.heads, n, n), x.dtype(), x.device())?;
-                    Some(d.dropout.apply(&ones, DropoutSite::AttentionProbs { layer: d.layer })?)
+                    d.dropout.apply(&ones, DropoutSite::AttentionProbs { layer: d.layer }).map(Some)
                 }
-                None => None,
+                None => Ok(None),
             };
-            if let Some(output) = fused::frozen_attention(x, qkv, dense, mask, self.heads, probs_dropout.as_ref())? {
+            if let Some(output) = fused::frozen_attention(x, qkv, dense, mask, self.heads, probs_dropout)? {
                 return match dropout {
                     Some(d) => d.dropout.apply(&output, DropoutSite::AttentionOutput { layer: d.layer }),
                     None => Ok(output),

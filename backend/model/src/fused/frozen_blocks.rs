@@ -181,16 +181,17 @@ impl CustomOp1 for FrozenMlp {
 
 /// The attention block with its weights fixed: `x` `[b, n, h]` (normalised) through
 /// `query_key_value`, `heads` heads of masked softmax attention (scores scaled by
-/// `1/√head_dim`), `probs_dropout` (the step's dropout of the probabilities: `[b, heads,
-/// n, n]` factors, 0 or 1/(1-p)) and `dense`, its bias included. Differentiable in `x`.
-/// `None` where the CPU kernel does not apply (the caller's op-by-op path runs instead).
+/// `1/√head_dim`), the step's dropout of the probabilities (`probs_dropout` gives it as
+/// `[b, heads, n, n]` factors, 0 or 1/(1-p), or None; it is asked only where the kernel
+/// runs) and `dense`, its bias included. Differentiable in `x`. `None` where the CPU
+/// kernel does not apply (the caller's op-by-op path runs instead).
 pub fn frozen_attention(
     x: &Tensor,
     query_key_value: FrozenLinear,
     dense: FrozenLinear,
     mask: &AttentionMask,
     heads: usize,
-    probs_dropout: Option<&Tensor>,
+    probs_dropout: impl FnOnce() -> Result<Option<Tensor>>,
 ) -> Result<Option<Tensor>> {
     let (b, n, h) = x.dims3()?;
     let Some(rows) = rows_of(x)? else { return Ok(None) };
@@ -209,7 +210,7 @@ pub fn frozen_attention(
     if qkv.inputs != h || qkv.out != 3 * h || dense.inputs != h {
         candle_core::bail!("frozen attention: weights do not fit input {:?}", x.dims());
     }
-    let dropout = match probs_dropout {
+    let dropout = match probs_dropout()? {
         Some(d) if d.dims() == [b, heads, n, n] => Some(d.flatten_all()?.to_vec1::<f32>()?),
         Some(d) => candle_core::bail!("frozen attention: dropout {:?} does not fit [{b}, {heads}, {n}, {n}]", d.dims()),
         None => None,
@@ -472,7 +473,7 @@ mod tests {
                             FrozenLinear { weight: &qkv.0, bias: &qkv.1 },
                             FrozenLinear { weight: &dense.0, bias: &dense.1 },
                         );
-                        frozen_attention(x, q, dn, &mask, heads, probs_dropout).unwrap().unwrap()
+                        frozen_attention(x, q, dn, &mask, heads, || Ok(probs_dropout.cloned())).unwrap().unwrap()
                     },
                     &weighing,
                 );
