@@ -238,6 +238,25 @@ fn mask_row(mask: &[f32], row: usize, (h, n, t, mb): (usize, usize, usize, usize
     &mask[(sample * n + position) * t..(sample * n + position + 1) * t]
 }
 
+/// One row of scores becomes its probabilities, in place: `softmax(s * m - 10000 * (1 - m))`.
+#[inline(always)]
+fn masked_softmax_in_place(row: &mut [f32], keep: &[f32]) {
+    for (s, &m) in row.iter_mut().zip(keep) {
+        *s = *s * m - MASK_VALUE * (1.0 - m);
+    }
+    normalise_exp(row);
+}
+
+/// One row's gradient of the probabilities becomes that of the scores, in place:
+/// `m * p * (g - Σ p * g)`.
+#[inline(always)]
+fn masked_softmax_grad_in_place(grad: &mut [f32], probs: &[f32], keep: &[f32]) {
+    let dot = lane_dot(probs, grad);
+    for ((g, &p), &m) in grad.iter_mut().zip(probs).zip(keep) {
+        *g = m * p * (*g - dot);
+    }
+}
+
 impl CustomOp2 for MaskedSoftmax {
     fn name(&self) -> &'static str {
         "masked-softmax"
@@ -247,19 +266,15 @@ impl CustomOp2 for MaskedSoftmax {
         let scores = contiguous_f32(s1, l1, "masked softmax")?;
         let mask = contiguous_f32(s2, l2, "masked softmax")?;
         let (_, h, n, t, mb) = attention_dims(l1, l2)?;
-        let mut out = vec![0f32; scores.len()];
+        let mut out = scores.to_vec();
         let chunk = rows_per_task(t) * t;
-        out.par_chunks_mut(chunk).zip(scores.par_chunks(chunk)).enumerate().for_each(|(task, (dst, src))| {
+        out.par_chunks_mut(chunk).enumerate().for_each(|(task, dst)| {
             let first_row = task * chunk / t;
             vectorized(
                 #[inline(always)]
                 || {
-                    for (i, (d, s)) in dst.chunks_mut(t).zip(src.chunks(t)).enumerate() {
-                        let m = mask_row(mask, first_row + i, (h, n, t, mb));
-                        for ((d, &s), &m) in d.iter_mut().zip(s).zip(m) {
-                            *d = s * m - MASK_VALUE * (1.0 - m);
-                        }
-                        normalise_exp(d);
+                    for (i, d) in dst.chunks_mut(t).enumerate() {
+                        masked_softmax_in_place(d, mask_row(mask, first_row + i, (h, n, t, mb)));
                     }
                 },
             )
@@ -311,7 +326,7 @@ impl CustomOp3 for MaskedSoftmaxBackward {
         let grad = contiguous_f32(s2, l2, "masked softmax backward")?;
         let mask = contiguous_f32(s3, l3, "masked softmax backward")?;
         let (_, h, n, t, mb) = attention_dims(l1, l3)?;
-        let mut out = vec![0f32; probs.len()];
+        let mut out = grad.to_vec();
         let chunk = rows_per_task(t) * t;
         out.par_chunks_mut(chunk).enumerate().for_each(|(task, dst)| {
             let first = task * chunk;
@@ -320,12 +335,11 @@ impl CustomOp3 for MaskedSoftmaxBackward {
                 || {
                     for (i, d) in dst.chunks_mut(t).enumerate() {
                         let row = first / t + i;
-                        let (p, g) = (&probs[row * t..(row + 1) * t], &grad[row * t..(row + 1) * t]);
-                        let m = mask_row(mask, row, (h, n, t, mb));
-                        let dot = lane_dot(p, g);
-                        for (((d, &p), &g), &m) in d.iter_mut().zip(p).zip(g).zip(m) {
-                            *d = m * p * (g - dot);
-                        }
+                        masked_softmax_grad_in_place(
+                            d,
+                            &probs[row * t..(row + 1) * t],
+                            mask_row(mask, row, (h, n, t, mb)),
+                        );
                     }
                 },
             )
@@ -864,6 +878,38 @@ fn gelu_tanh_grad(v: f32) -> f32 {
     0.5 * (1.0 + tanh) + 0.5 * v * (1.0 - tanh * tanh) * inner
 }
 
+/// `gelu(x)` of each value, in parallel.
+fn gelu_of(x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024)).for_each(|(d, s)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                // A `for` loop, not `for_each`: the latter's fold is not inlined into the
+                // closure, so it would not be compiled for this CPU's SIMD.
+                for (d, &v) in d.iter_mut().zip(s) {
+                    *d = gelu_tanh(v);
+                }
+            },
+        )
+    });
+    out
+}
+
+/// `grad *= gelu'(x)`, element-wise and in parallel.
+fn times_gelu_grad(grad: &mut [f32], x: &[f32]) {
+    grad.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024)).for_each(|(g, s)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                for (g, &v) in g.iter_mut().zip(s) {
+                    *g *= gelu_tanh_grad(v);
+                }
+            },
+        )
+    });
+}
+
 /// The tanh GELU, differentiable (our kernels with their backward, or candle's).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     match path(x) {
@@ -910,17 +956,7 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, "gelu")?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024)).for_each(|(d, s)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (d, &v) in d.iter_mut().zip(s) {
-                        *d = gelu_tanh(v);
-                    }
-                },
-            )
-        });
+        let out = gelu_of(x);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -943,20 +979,8 @@ impl CustomOp2 for GeluBackward {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "gelu backward")?;
-        let grad = contiguous_f32(s2, l2, "gelu backward")?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024).zip(grad.par_chunks(16 * 1024))).for_each(
-            |(d, (s, g))| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for ((d, &v), &g) in d.iter_mut().zip(s).zip(g) {
-                            *d = g * gelu_tanh_grad(v);
-                        }
-                    },
-                )
-            },
-        );
+        let mut out = contiguous_f32(s2, l2, "gelu backward")?.to_vec();
+        times_gelu_grad(&mut out, x);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -1031,12 +1055,34 @@ impl SlicedCrossEntropy {
         if range.is_empty() {
             return Ok(None);
         }
-        let label = label as usize;
-        if label >= range.len() {
-            candle_core::bail!("cross-entropy: label {label} at position {position} outside its {} ids", range.len());
-        }
-        Ok(Some((&row[range.clone()], label)))
+        Ok(Some((&row[range.clone()], label_in_slice(label, position, range)?)))
     }
+}
+
+/// A position's label as an index into its slice, or an error when it falls outside.
+fn label_in_slice(label: u32, position: usize, slice: &Range<usize>) -> Result<usize> {
+    let label = label as usize;
+    if label >= slice.len() {
+        candle_core::bail!("cross-entropy: label {label} at position {position} outside its {} ids", slice.len());
+    }
+    Ok(label)
+}
+
+/// One row's logits (its slice) become the gradient of `g` times its cross-entropy, in
+/// place: `g * (softmax - onehot(label))`.
+#[inline(always)]
+fn cross_entropy_grad_in_place(row: &mut [f32], label: usize, g: f32) {
+    vectorized(
+        #[inline(always)]
+        || {
+            let (max, sum) = exp_sum(row);
+            let scale = g / sum;
+            for d in row.iter_mut() {
+                *d = exp(*d - max) * scale;
+            }
+        },
+    );
+    row[label] -= g;
 }
 
 /// `(max, Σ exp(x - max))` of a row: its log-sum-exp is `max + ln(sum)`.
@@ -1123,19 +1169,9 @@ impl CustomOp3 for SlicedCrossEntropyBackward {
             else {
                 return Ok(());
             };
-            let g = grad[row];
             let dst = &mut dst[self.forward.vocab[row % n].clone()];
-            vectorized(
-                #[inline(always)]
-                || {
-                    let (max, sum) = exp_sum(slice);
-                    let scale = g / sum;
-                    for (d, &x) in dst.iter_mut().zip(slice) {
-                        *d = exp(x - max) * scale;
-                    }
-                },
-            );
-            dst[label] -= g;
+            dst.copy_from_slice(slice);
+            cross_entropy_grad_in_place(dst, label, grad[row]);
             Ok(())
         })?;
         Ok((CpuStorage::F32(out), l1.shape().clone()))

@@ -11,7 +11,8 @@
 //! product), and its backward is a handful of matrix products.
 
 use super::{
-    applies, contiguous_f32, gelu_tanh, gelu_tanh_grad, lane_dot, mask_row, normalise_exp, product, AttentionMask, View,
+    applies, contiguous_f32, gelu_of, mask_row, masked_softmax_grad_in_place, masked_softmax_in_place, product,
+    times_gelu_grad, AttentionMask, View,
 };
 use crate::vector_math::vectorized;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
@@ -36,12 +37,15 @@ struct LinearData {
 impl LinearData {
     fn new(linear: FrozenLinear) -> Result<Self> {
         let (out, inputs) = linear.weight.dims2()?;
-        if linear.bias.dims() != [out] || !applies(linear.weight) || !applies(linear.bias) {
+        if linear.bias.dims() != [out] {
             candle_core::bail!(
                 "frozen block: bias {:?} does not fit weight {:?}",
                 linear.bias.dims(),
                 linear.weight.dims()
             );
+        }
+        if !applies(linear.weight) || !applies(linear.bias) {
+            candle_core::bail!("frozen block: weights are not f32 on the CPU, as the input is");
         }
         let (weight, bias) = (linear.weight.detach().contiguous()?, linear.bias.detach().contiguous()?);
         Ok(LinearData { weight, bias, out, inputs })
@@ -138,20 +142,7 @@ impl CustomOp1 for FrozenMlp {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, "frozen MLP")?;
         let first = self.up.with(|up| up.forward(x))?;
-        let mut activated = vec![0f32; first.len()];
-        activated.par_chunks_mut(16 * 1024).zip(first.par_chunks(16 * 1024)).for_each(|(d, s)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    // A `for` loop, not `for_each`: the latter's fold is not inlined here,
-                    // so it would not be compiled for this CPU's SIMD.
-                    for (d, &v) in d.iter_mut().zip(s) {
-                        *d = gelu_tanh(v);
-                    }
-                },
-            )
-        });
-        let out = self.down.with(|down| down.forward(&activated))?;
+        let out = self.down.with(|down| down.forward(&gelu_of(&first)))?;
         let rows = x.len() / self.up.inputs;
         // One forward per op: the op is made for it.
         let _ = self.first_product.set(first);
@@ -162,16 +153,7 @@ impl CustomOp1 for FrozenMlp {
         let Some(first) = self.first_product.get() else { candle_core::bail!("frozen MLP: backward before forward") };
         let grad = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let mut d_first = self.down.with(|down| down.backward(&grad))?;
-        d_first.par_chunks_mut(16 * 1024).zip(first.par_chunks(16 * 1024)).for_each(|(d, s)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (d, &v) in d.iter_mut().zip(s) {
-                        *d *= gelu_tanh_grad(v);
-                    }
-                },
-            )
-        });
+        times_gelu_grad(&mut d_first, first);
         Ok(Some(Tensor::from_vec(self.up.with(|up| up.backward(&d_first))?, x.shape(), x.device())?))
     }
 }
@@ -261,6 +243,13 @@ struct FrozenAttention {
 }
 
 impl FrozenAttention {
+    /// The mask row of row `row` of the flattened `[b*heads*n, n]` scores.
+    #[inline(always)]
+    fn keep_row(&self, row: usize) -> &[f32] {
+        let g = self.geometry;
+        mask_row(&self.keep, row, (g.heads, g.n, g.n, self.mask_batch))
+    }
+
     /// The probabilities as the values see them (after dropout), of one `(sample, head)`.
     #[inline(always)]
     fn dropped(&self, probs: &[f32], task: usize) -> Vec<f32> {
@@ -298,11 +287,7 @@ impl CustomOp1 for FrozenAttention {
                         let keys_t = View { data: &qkv, rs: 1, cs: 3 * h }.at(g.part(sample, head, 1));
                         product(p, n, (n, n, d), all.at(g.part(sample, head, 0)), keys_t, scale, false);
                         for (i, row) in p.chunks_mut(n).enumerate() {
-                            let m = mask_row(&self.keep, task * n + i, (g.heads, n, n, self.mask_batch));
-                            for (s, &m) in row.iter_mut().zip(m) {
-                                *s = *s * m - super::MASK_VALUE * (1.0 - m);
-                            }
-                            normalise_exp(row);
+                            masked_softmax_in_place(row, self.keep_row(task * n + i));
                         }
                         let mut context = vec![0f32; n * d];
                         let dropped = self.dropped(p, task);
@@ -362,11 +347,7 @@ impl CustomOp1 for FrozenAttention {
                         }
                         // d scores = m * p * (d probs - Σ p * d probs), per row
                         for (i, (row, p)) in dp.chunks_mut(n).zip(p.chunks(n)).enumerate() {
-                            let m = mask_row(&self.keep, task * n + i, (g.heads, n, n, self.mask_batch));
-                            let dot = lane_dot(p, row);
-                            for ((g, &p), &m) in row.iter_mut().zip(p).zip(m) {
-                                *g = m * p * (*g - dot);
-                            }
+                            masked_softmax_grad_in_place(row, p, self.keep_row(task * n + i));
                         }
                         let ds = View { data: &dp, rs: n, cs: 1 };
                         let ds_t = View { data: &dp, rs: 1, cs: n };

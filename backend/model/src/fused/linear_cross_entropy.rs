@@ -10,8 +10,10 @@
 //! backward computes the chunk's logits again and turns them into the three gradients
 //! in place.
 
-use super::{applies, contiguous_f32, exp_sum, product, sliced_cross_entropy, View};
-use crate::vector_math::{exp, vectorized};
+use super::{
+    applies, contiguous_f32, cross_entropy_grad_in_place, exp_sum, label_in_slice, product, sliced_cross_entropy, View,
+};
+use crate::vector_math::vectorized;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -90,14 +92,7 @@ impl SliceGroups {
             if slice.is_empty() {
                 continue;
             }
-            let label = label as usize;
-            if label >= slice.len() {
-                candle_core::bail!(
-                    "cross-entropy: label {label} at position {} outside its {} ids",
-                    row % vocab.len(),
-                    slice.len()
-                );
-            }
+            let label = label_in_slice(label, row % vocab.len(), slice)?;
             let group = match groups.iter_mut().position(|g| g.slice == *slice) {
                 Some(i) => &mut groups[i],
                 None => {
@@ -143,6 +138,7 @@ fn chunk_logits(xs: &[f32], weight: &[f32], bias: &[f32], h: usize, slice: &Rang
     logits
 }
 
+#[derive(Clone)]
 struct LinearCrossEntropy {
     groups: Arc<SliceGroups>,
     h: usize,
@@ -217,10 +213,8 @@ impl CustomOp3 for LinearCrossEntropy {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let backward = LinearCrossEntropyBackward {
-            forward: LinearCrossEntropy { groups: self.groups.clone(), h: self.h, chunk_logits: self.chunk_logits },
-            grad: grad.flatten_all()?.to_vec1::<f32>()?,
-        };
+        let backward =
+            LinearCrossEntropyBackward { forward: self.clone(), grad: grad.flatten_all()?.to_vec1::<f32>()? };
         let packed = x.apply_op3_no_bwd(weight, bias, &backward)?;
         let (x_len, weight_len) = (x.elem_count(), weight.elem_count());
         Ok((
@@ -264,18 +258,7 @@ impl CustomOp3 for LinearCrossEntropyBackward {
             let xs = gather_rows(x, h, rows);
             let mut dlogits = chunk_logits(&xs, weight, bias, h, &group.slice);
             dlogits.par_chunks_mut(s).zip(rows).zip(&group.labels[chunk]).for_each(|((row, &r), &label)| {
-                let g = self.grad[r];
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        let (max, sum) = exp_sum(row);
-                        let scale = g / sum;
-                        for d in row.iter_mut() {
-                            *d = exp(*d - max) * scale;
-                        }
-                    },
-                );
-                row[label] -= g;
+                cross_entropy_grad_in_place(row, label, self.grad[r]);
             });
             let mut dxs = vec![0f32; rows.len() * h];
             let (dlogits, xs) = (View { data: &dlogits, rs: s, cs: 1 }, View { data: &xs, rs: h, cs: 1 });
