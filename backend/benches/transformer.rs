@@ -6,7 +6,7 @@ use borscht_model::init::random_weights;
 use borscht_model::masks::causal_mask;
 use borscht_model::transformer::Rudolph;
 use candle_core::{DType, Device, Tensor};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 
 /// The demo-model scale: 8 layers, hidden 256, 64x64 images (8x8 codes), 32 + 32 text.
 pub fn small_config() -> RudolphConfig {
@@ -24,7 +24,6 @@ pub fn small_config() -> RudolphConfig {
 }
 
 fn bench(c: &mut Criterion) {
-    borscht::process::configure();
     let cfg = small_config();
     let device = Device::Cpu;
     let weights = random_weights(DType::F32, &device, |vb| Rudolph::new(&cfg, vb).map(|_| ())).unwrap();
@@ -51,4 +50,10 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+/// As `borscht` runs: its process settings, and the work on rayon's pool.
+fn main() {
+    borscht::process::configure();
+    borscht::process::on_compute_pool(benches);
+    Criterion::default().configure_from_args().final_summary();
+}

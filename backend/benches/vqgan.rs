@@ -4,10 +4,9 @@
 use borscht_model::init::random_weights;
 use borscht_model::vqgan::{Vqgan, VqganConfig};
 use candle_core::{DType, Device, Tensor};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 
 fn bench(c: &mut Criterion) {
-    borscht::process::configure();
     let device = Device::Cpu;
     for (name, cfg, size, encode_batch, decode_batch) in
         [("small (demo), 64px", VqganConfig::small(), 64, 16, 4), ("sber f8, 128px", VqganConfig::sber(), 128, 1, 1)]
@@ -25,4 +24,10 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+/// As `borscht` runs: its process settings, and the work on rayon's pool.
+fn main() {
+    borscht::process::configure();
+    borscht::process::on_compute_pool(benches);
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -174,11 +174,27 @@ pub fn spawn_workers(
             };
             std::thread::Builder::new()
                 .name(format!("model-worker-{index}"))
-                .spawn(move || worker.run(load))
+                .spawn(move || match compute_pool(index) {
+                    Ok(pool) => pool.install(|| worker.run(load)),
+                    Err(e) => {
+                        tracing::warn!("model worker {index} runs without a thread pool of its own: {e}");
+                        worker.run(load)
+                    }
+                })
                 .expect("the model worker thread starts")
         })
         .collect();
     (handle, threads)
+}
+
+/// A worker's own rayon pool, as many threads as the CPUs: the worker's loop runs on one
+/// of them, so the kernels' and matrix products' parallel parts start there and the
+/// others steal them (handing every part over from outside a pool made the tiny preset's
+/// captioning twice as slow). Its own pool, not the global one, because the loop waits
+/// for requests: waiting on a global pool's thread would hold that thread from everyone
+/// else's parallel work.
+fn compute_pool(index: usize) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+    rayon::ThreadPoolBuilder::new().thread_name(move |i| format!("model-worker-{index}-{i}")).build()
 }
 
 struct Worker {

@@ -212,37 +212,45 @@ impl Cli {
         init_tracing();
         match self.command {
             Command::Serve(args) => serve(args),
-            Command::Tokenize(args) => tokenizer::tokenize(args),
-            Command::TokenizerTrain(args) => tokenizer::train(args),
-            Command::Forward(args) => model::forward(args),
-            Command::Loss(args) => model::loss(args),
-            Command::Convert(args) => model::convert(args),
-            Command::Vqgan(command) => vqgan::run(command),
-            Command::TrainVqgan(args) => vqgan::train(args),
-            Command::Caption(args) => pipelines::run_caption(args),
-            Command::Classify(args) => pipelines::run_classify(args),
-            Command::Generate(args) => pipelines::run_generate(args),
-            Command::Texts(args) => pipelines::run_texts(args),
-            Command::Train(args) => train::run(args),
-            Command::PrepareDemoData(args) => train::prepare_demo_data(args),
-            Command::Dishes(args) => train::dishes(args),
-            Command::PrepareNonFood(args) => borscht_train::non_food::prepare_non_food(&args.skimage_data, &args.out),
-            Command::Evaluate(args) => train::evaluate(args),
             Command::Loadtest(args) => loadtest::main(args),
-            Command::DeviceCheck(args) => {
-                let device = borscht_model::device::parse_device(&args.device)?;
-                let dtype = borscht_model::device::parse_dtype(&args.dtype)?;
-                let report = crate::device_check::run(&args.fixtures, &device, dtype)?;
-                println!("{}", serde_json::to_string_pretty(&report)?);
-                anyhow::ensure!(report.ok, "{} {} is off the reference beyond tolerance", report.device, report.dtype);
-                Ok(())
-            }
-            Command::Bench(args) => {
-                let device = borscht_model::device::parse_device(&args.device)?;
-                let dtype = borscht_model::device::parse_dtype(&args.dtype)?;
-                println!("{}", crate::bench::run(&args.preset, &device, dtype, args.runs, &args.only)?);
-                Ok(())
-            }
+            command => crate::process::on_compute_pool(|| run_command(command)),
+        }
+    }
+}
+
+/// A command that computes and ends (not the server, not the load test's client).
+fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) | Command::Loadtest(_) => unreachable!("run by Cli::run"),
+        Command::Tokenize(args) => tokenizer::tokenize(args),
+        Command::TokenizerTrain(args) => tokenizer::train(args),
+        Command::Forward(args) => model::forward(args),
+        Command::Loss(args) => model::loss(args),
+        Command::Convert(args) => model::convert(args),
+        Command::Vqgan(command) => vqgan::run(command),
+        Command::TrainVqgan(args) => vqgan::train(args),
+        Command::Caption(args) => pipelines::run_caption(args),
+        Command::Classify(args) => pipelines::run_classify(args),
+        Command::Generate(args) => pipelines::run_generate(args),
+        Command::Texts(args) => pipelines::run_texts(args),
+        Command::Train(args) => train::run(args),
+        Command::PrepareDemoData(args) => train::prepare_demo_data(args),
+        Command::Dishes(args) => train::dishes(args),
+        Command::PrepareNonFood(args) => borscht_train::non_food::prepare_non_food(&args.skimage_data, &args.out),
+        Command::Evaluate(args) => train::evaluate(args),
+        Command::DeviceCheck(args) => {
+            let device = borscht_model::device::parse_device(&args.device)?;
+            let dtype = borscht_model::device::parse_dtype(&args.dtype)?;
+            let report = crate::device_check::run(&args.fixtures, &device, dtype)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            anyhow::ensure!(report.ok, "{} {} is off the reference beyond tolerance", report.device, report.dtype);
+            Ok(())
+        }
+        Command::Bench(args) => {
+            let device = borscht_model::device::parse_device(&args.device)?;
+            let dtype = borscht_model::device::parse_dtype(&args.dtype)?;
+            println!("{}", crate::bench::run(&args.preset, &device, dtype, args.runs, &args.only)?);
+            Ok(())
         }
     }
 }
