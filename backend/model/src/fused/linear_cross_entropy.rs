@@ -6,9 +6,10 @@
 //! reduction over every row, and candle's zero-then-add accumulation of their gradient
 //! at each of the three ops that touched them took a fifth of a training step. On the
 //! CPU this op gathers the rows that share a slice, multiplies them by that slice's
-//! weights alone, a bounded chunk of rows at a time, and keeps only each row's loss; its
-//! backward computes the chunk's logits again and turns them into the three gradients
-//! in place.
+//! weights alone, a bounded chunk of rows at a time, and keeps each row's loss. When all
+//! the logits fit [`KEPT_LOGITS`] (the tiny and demo models' batches), the forward keeps
+//! them for the backward; otherwise (a 350M batch) the backward computes each chunk's
+//! logits again. Either way the backward turns them into the three gradients in place.
 
 use super::{
     applies, contiguous_f32, cross_entropy_grad_in_place, exp_sum, label_in_slice, product, sliced_cross_entropy, View,
@@ -17,10 +18,21 @@ use crate::vector_math::vectorized;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Most logits one chunk holds (64 MB of f32).
 const CHUNK_LOGITS: usize = 16 << 20;
+
+/// Most logits the forward keeps for the backward (64 MB of f32), sparing it a
+/// projection.
+const KEPT_LOGITS: usize = 16 << 20;
+
+/// How much memory the op may take: logits per chunk, logits kept for the backward.
+#[derive(Debug, Clone, Copy)]
+struct Budgets {
+    chunk: usize,
+    kept: usize,
+}
 
 /// Per-position cross-entropy `[b, n]` of the logits `x · weightᵀ + bias`, for `x`
 /// `[b, n, h]`, `weight` `[v, h]` and `bias` `[v]`: position `p` over the ids
@@ -33,17 +45,17 @@ pub fn linear_cross_entropy(
     labels: &Tensor,
     vocab: &[Range<usize>],
 ) -> Result<Tensor> {
-    in_chunks(x, weight, bias, labels, vocab, CHUNK_LOGITS)
+    within(x, weight, bias, labels, vocab, Budgets { chunk: CHUNK_LOGITS, kept: KEPT_LOGITS })
 }
 
-/// [`linear_cross_entropy`] with chunks of at most `chunk_logits` logits.
-fn in_chunks(
+/// [`linear_cross_entropy`] within the given budgets.
+fn within(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     labels: &Tensor,
     vocab: &[Range<usize>],
-    chunk_logits: usize,
+    budgets: Budgets,
 ) -> Result<Tensor> {
     let (b, n, h) = x.dims3()?;
     let (v, weight_h) = weight.dims2()?;
@@ -68,7 +80,14 @@ fn in_chunks(
         );
     }
     let labels = labels.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
-    let op = LinearCrossEntropy { groups: Arc::new(SliceGroups::new(&labels, vocab)?), h, chunk_logits };
+    let groups = SliceGroups::new(&labels, vocab)?;
+    let keep = groups.groups.iter().map(|g| g.rows.len() * g.slice.len()).sum::<usize>() <= budgets.kept;
+    let op = LinearCrossEntropy {
+        groups: Arc::new(groups),
+        h,
+        chunk_logits: budgets.chunk,
+        kept: keep.then(|| Arc::new(Mutex::new(Vec::new()))),
+    };
     x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
 }
 
@@ -143,6 +162,9 @@ struct LinearCrossEntropy {
     groups: Arc<SliceGroups>,
     h: usize,
     chunk_logits: usize,
+    /// Where the forward leaves each chunk's logits for the backward, when they fit the
+    /// budget for that (the backward takes them).
+    kept: Option<Arc<Mutex<Vec<Vec<f32>>>>>,
 }
 
 impl LinearCrossEntropy {
@@ -200,6 +222,9 @@ impl CustomOp3 for LinearCrossEntropy {
             for (&row, loss) in group.rows[chunk].iter().zip(losses) {
                 out[row] = loss;
             }
+            if let Some(kept) = &self.kept {
+                kept.lock().expect("kept logits").push(logits);
+            }
         }
         let dims = l1.dims();
         Ok((CpuStorage::F32(out), Shape::from((dims[0], dims[1]))))
@@ -252,11 +277,18 @@ impl CustomOp3 for LinearCrossEntropyBackward {
         let mut packed = vec![0f32; x.len() + weight.len() + bias.len()];
         let (dx, rest) = packed.split_at_mut(x.len());
         let (dweight, dbias) = rest.split_at_mut(weight.len());
+        // The forward's logits, chunk by chunk, where it kept them (a second backward
+        // through the same graph computes them again).
+        let mut kept =
+            self.forward.kept.as_ref().map(|k| std::mem::take(&mut *k.lock().expect("kept logits")).into_iter());
         for (group, chunk) in self.forward.groups.chunks(self.forward.chunk_logits) {
             let rows = &group.rows[chunk.clone()];
             let s = group.slice.len();
             let xs = gather_rows(x, h, rows);
-            let mut dlogits = chunk_logits(&xs, weight, bias, h, &group.slice);
+            let mut dlogits = match kept.as_mut().and_then(Iterator::next) {
+                Some(logits) => logits,
+                None => chunk_logits(&xs, weight, bias, h, &group.slice),
+            };
             dlogits.par_chunks_mut(s).zip(rows).zip(&group.labels[chunk]).for_each(|((row, &r), &label)| {
                 cross_entropy_grad_in_place(row, label, self.grad[r]);
             });
@@ -305,10 +337,11 @@ mod tests {
         let labels =
             Tensor::new(&[[3u32, 36, 0, 19, 7, 1, 0], [0, 1, 5, 5, 19, 2, 0], [4, 4, 4, 4, 4, 4, 0]], &dev).unwrap();
         let weighing = Tensor::randn(0f32, 1.0, (b, n), &dev).unwrap();
-        // `chunk_logits`: None for the composite; 40 splits each slice's rows over chunks.
-        let run = |chunk_logits: Option<usize>| {
-            let per_token = if let Some(chunk) = chunk_logits {
-                in_chunks(x.as_tensor(), weight.as_tensor(), bias.as_tensor(), &labels, &vocab, chunk).unwrap()
+        // `budgets`: None for the composite; a chunk of 40 logits splits each slice's rows
+        // over chunks; a kept budget of 0 has the backward compute the logits again.
+        let run = |budgets: Option<Budgets>| {
+            let per_token = if let Some(budgets) = budgets {
+                within(x.as_tensor(), weight.as_tensor(), bias.as_tensor(), &labels, &vocab, budgets).unwrap()
             } else {
                 let logits = x
                     .as_tensor()
@@ -327,15 +360,20 @@ mod tests {
             (per_token, grad(&x), grad(&weight), grad(&bias))
         };
         let composite = run(None);
-        for fused in [run(Some(CHUNK_LOGITS)), run(Some(40))] {
+        for (chunk, kept) in [(CHUNK_LOGITS, KEPT_LOGITS), (40, KEPT_LOGITS), (CHUNK_LOGITS, 0), (40, 0)] {
+            let fused = run(Some(Budgets { chunk, kept }));
             assert!(max_diff(&fused.0, &composite.0) < 1e-5, "loss differs by {}", max_diff(&fused.0, &composite.0));
             for (name, a, b) in
                 [("x", &fused.1, &composite.1), ("weight", &fused.2, &composite.2), ("bias", &fused.3, &composite.3)]
             {
-                assert!(max_diff(a, b) < 1e-5, "gradient of {name} differs by {}", max_diff(a, b));
+                assert!(
+                    max_diff(a, b) < 1e-5,
+                    "chunk {chunk}, kept {kept}: gradient of {name} differs by {}",
+                    max_diff(a, b)
+                );
             }
         }
-        let fused = run(Some(CHUNK_LOGITS));
+        let fused = run(Some(Budgets { chunk: CHUNK_LOGITS, kept: KEPT_LOGITS }));
         // The empty slice scores 0 and sends no gradient back to its rows.
         assert_eq!(
             fused.0.narrow(1, n - 1, 1).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(),
