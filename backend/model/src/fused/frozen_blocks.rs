@@ -17,6 +17,7 @@ use super::{
 use crate::vector_math::vectorized;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 /// A linear layer that is not trained: `weight` `[out, in]`, `bias` `[out]`.
@@ -250,13 +251,14 @@ impl FrozenAttention {
         mask_row(&self.keep, row, (g.heads, g.n, g.n, self.mask_batch))
     }
 
-    /// The probabilities as the values see them (after dropout), of one `(sample, head)`.
+    /// The probabilities as the values see them (after dropout), of one `(sample, head)`:
+    /// `probs` itself without dropout.
     #[inline(always)]
-    fn dropped(&self, probs: &[f32], task: usize) -> Vec<f32> {
+    fn dropped<'a>(&self, probs: &'a [f32], task: usize) -> Cow<'a, [f32]> {
         let size = probs.len();
         match &self.dropout {
-            Some(d) => probs.iter().zip(&d[task * size..(task + 1) * size]).map(|(p, d)| p * d).collect(),
-            None => probs.to_vec(),
+            Some(d) => Cow::Owned(probs.iter().zip(&d[task * size..(task + 1) * size]).map(|(p, d)| p * d).collect()),
+            None => Cow::Borrowed(probs),
         }
     }
 }
