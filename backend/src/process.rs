@@ -67,3 +67,12 @@ fn keep_freed_memory() {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn commands_run_on_a_thread_of_the_pool() {
+        assert_eq!(rayon::current_thread_index(), None, "the test itself runs outside the pool");
+        assert!(super::on_compute_pool(rayon::current_thread_index).is_some());
+    }
+}
