@@ -409,3 +409,222 @@ impl Teaching {
 pub fn now() -> String {
     time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use borscht_pipelines::random_model::random_engine;
+    use candle_core::{DType, Device};
+    use std::sync::atomic::AtomicUsize;
+
+    /// What the scripted run does at each `advance`.
+    #[derive(Clone, Copy)]
+    enum Scripted {
+        Step,
+        Panic,
+        Fail,
+    }
+
+    /// A run that follows a script and counts its checkpoints.
+    struct ScriptedRun {
+        script: Vec<Scripted>,
+        step: usize,
+        saves: Arc<AtomicUsize>,
+    }
+
+    impl FinetuneRun for ScriptedRun {
+        fn advance(&mut self) -> Result<RunProgress> {
+            let Some(&next) = self.script.get(self.step) else { return Ok(RunProgress::Finished) };
+            match next {
+                Scripted::Step => {
+                    self.step += 1;
+                    Ok(RunProgress::Step { step: self.step, loss: 1.0 / self.step as f32 })
+                }
+                Scripted::Panic => panic!("a training step went wrong"),
+                Scripted::Fail => anyhow::bail!("out of memory"),
+            }
+        }
+        fn save(&mut self) -> Result<()> {
+            self.saves.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn held_out(&self) -> Result<Option<HeldOut>> {
+            Ok(None)
+        }
+        fn step(&self) -> usize {
+            self.step
+        }
+        fn total_steps(&self) -> usize {
+            self.script.len()
+        }
+    }
+
+    /// A server's teaching side over a temporary models folder. Its runs follow
+    /// `scripts`, one each in turn (`None`: preparing that run panics).
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        teaching: Teaching,
+        engine: Engine,
+        starts: Arc<AtomicUsize>,
+        saves: Arc<AtomicUsize>,
+    }
+
+    impl Fixture {
+        fn new(scripts: Vec<Option<Vec<Scripted>>>) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let versions = Arc::new(Versions::open(&dir.path().join("models"), &dir.path().join("base")).unwrap());
+            let (starts, saves) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let (counted, run_saves) = (starts.clone(), saves.clone());
+            let starter: RunStarter = Arc::new(move |_spec: &RunSpec, _engine: &Engine| {
+                let started = counted.fetch_add(1, Ordering::SeqCst);
+                let script = scripts[started].clone().expect("preparing the run went wrong");
+                Ok(Box::new(ScriptedRun { script, step: 0, saves: run_saves.clone() }) as Box<dyn FinetuneRun>)
+            });
+            let teaching = Teaching::new(None, Some(versions), Some(starter), None);
+            let engine = random_engine("tiny", &Device::Cpu, DType::F32).unwrap();
+            Fixture { _dir: dir, teaching, engine, starts, saves }
+        }
+
+        /// Queues a run as the admin route does; returns its version.
+        fn queue(&self) -> String {
+            let versions = self.teaching.versions.as_ref().unwrap();
+            self.teaching.reserve().unwrap();
+            let record = RunRecord::new(
+                versions.next_name().unwrap(),
+                versions.active(),
+                FinetuneSettings::default(),
+                (3, 0),
+                now(),
+            );
+            versions.save_record(&record).unwrap();
+            self.teaching.queue(self.teaching.spec_of(&record, false), &record);
+            record.version
+        }
+
+        fn record(&self, version: &str) -> RunRecord {
+            self.teaching.versions.as_ref().unwrap().record(version).unwrap().unwrap()
+        }
+
+        /// Drives the run as a worker does between batches, at most `rounds` times.
+        fn work(&self, mut active: Option<ActiveRun>, rounds: usize) -> Option<ActiveRun> {
+            for _ in 0..rounds {
+                active = self.teaching.work(&self.engine, active);
+                if active.is_none() {
+                    break;
+                }
+            }
+            active
+        }
+    }
+
+    fn kinds(events: &mut broadcast::Receiver<TeachEvent>) -> Vec<String> {
+        std::iter::from_fn(|| events.try_recv().ok()).map(|event| event.kind).collect()
+    }
+
+    #[test]
+    fn a_run_trains_to_its_end_and_frees_the_place() {
+        let fixture = Fixture::new(vec![Some(vec![Scripted::Step; 3])]);
+        let mut events = fixture.teaching.subscribe();
+        let version = fixture.queue();
+        assert!(fixture.work(None, 10).is_none());
+        let record = fixture.record(&version);
+        assert_eq!(record.status, RunStatus::Finished);
+        assert_eq!((record.step, record.total_steps), (3, 3));
+        assert_eq!(kinds(&mut events), ["started", "step", "step", "step", "step", "finished"]);
+        assert_eq!(fixture.teaching.busy(), None);
+        fixture.teaching.reserve().expect("the next run may start");
+    }
+
+    #[test]
+    fn a_panicking_training_step_fails_the_run_not_the_worker() {
+        let fixture =
+            Fixture::new(vec![Some(vec![Scripted::Step, Scripted::Panic, Scripted::Step]), Some(vec![Scripted::Step])]);
+        let mut events = fixture.teaching.subscribe();
+        let version = fixture.queue();
+        // The panic is caught inside `work`: the worker's thread goes on serving.
+        assert!(fixture.work(None, 10).is_none());
+        let record = fixture.record(&version);
+        assert_eq!(record.status, RunStatus::Failed);
+        assert_eq!(record.step, 1);
+        assert_eq!(record.error.as_deref(), Some("the training step panicked"));
+        assert_eq!(kinds(&mut events).last().map(String::as_str), Some("failed"));
+        assert_eq!(fixture.teaching.busy(), None);
+        // The next run starts and finishes as if nothing had happened.
+        let next = fixture.queue();
+        assert!(fixture.work(None, 10).is_none());
+        assert_eq!(fixture.record(&next).status, RunStatus::Finished);
+    }
+
+    #[test]
+    fn an_error_in_a_step_is_kept_in_the_record() {
+        let fixture = Fixture::new(vec![Some(vec![Scripted::Fail])]);
+        let version = fixture.queue();
+        assert!(fixture.work(None, 10).is_none());
+        let record = fixture.record(&version);
+        assert_eq!(record.status, RunStatus::Failed);
+        assert_eq!(record.error.as_deref(), Some("out of memory"));
+    }
+
+    #[test]
+    fn a_panic_while_preparing_the_run_fails_it() {
+        let fixture = Fixture::new(vec![None]);
+        let version = fixture.queue();
+        assert!(fixture.work(None, 10).is_none());
+        let record = fixture.record(&version);
+        assert_eq!(record.status, RunStatus::Failed);
+        assert_eq!(record.error.as_deref(), Some("preparing the run panicked"));
+        assert_eq!(fixture.teaching.busy(), None);
+    }
+
+    #[test]
+    fn a_queued_run_cancelled_before_a_worker_takes_it_never_starts() {
+        let fixture = Fixture::new(vec![Some(vec![Scripted::Step; 3])]);
+        let mut events = fixture.teaching.subscribe();
+        let version = fixture.queue();
+        assert!(fixture.teaching.cancel());
+        assert_eq!(fixture.record(&version).status, RunStatus::Cancelled);
+        assert_eq!(fixture.teaching.busy(), None);
+        assert!(fixture.work(None, 10).is_none(), "nothing is left to train");
+        assert_eq!(fixture.starts.load(Ordering::SeqCst), 0);
+        assert_eq!(kinds(&mut events), ["started", "cancelled"]);
+        assert!(!fixture.teaching.cancel(), "nothing is left to cancel");
+    }
+
+    #[test]
+    fn a_run_cancelled_while_training_writes_its_checkpoint_and_stops() {
+        let fixture = Fixture::new(vec![Some(vec![Scripted::Step; 10])]);
+        let version = fixture.queue();
+        let active = fixture.work(None, 3).expect("still training");
+        assert!(fixture.teaching.cancel());
+        assert_eq!(fixture.saves.load(Ordering::SeqCst), 0);
+        assert!(fixture.work(Some(active), 10).is_none());
+        let record = fixture.record(&version);
+        assert_eq!(record.status, RunStatus::Cancelled);
+        assert_eq!(record.step, 2, "the start and two steps, then the cancel");
+        assert_eq!(fixture.saves.load(Ordering::SeqCst), 1);
+        assert_eq!(fixture.teaching.busy(), None);
+    }
+
+    #[test]
+    fn pausing_parks_the_run_with_a_checkpoint_and_its_record_still_running() {
+        let fixture = Fixture::new(vec![Some(vec![Scripted::Step; 10])]);
+        let version = fixture.queue();
+        let active = fixture.work(None, 4).expect("still training");
+        fixture.teaching.pausing.store(true, Ordering::SeqCst);
+        assert!(fixture.work(Some(active), 1).is_none());
+        assert!(!fixture.teaching.training.load(Ordering::SeqCst));
+        let record = fixture.record(&version);
+        assert_eq!((record.status, record.step), (RunStatus::Running, 3));
+        assert_eq!(fixture.saves.load(Ordering::SeqCst), 1);
+        assert_eq!(fixture.teaching.busy(), Some(version), "the run is the next start's to continue");
+    }
+
+    #[test]
+    fn a_checkpoint_is_written_every_few_steps() {
+        let fixture = Fixture::new(vec![Some(vec![Scripted::Step; 2 * CHECKPOINT_EVERY + 1])]);
+        fixture.queue();
+        let active = fixture.work(None, 2 * CHECKPOINT_EVERY + 1).expect("one step left");
+        assert_eq!(fixture.saves.load(Ordering::SeqCst), 2);
+        assert!(fixture.work(Some(active), 10).is_none());
+    }
+}

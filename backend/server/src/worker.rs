@@ -539,3 +539,42 @@ const IDLE_CHECK: Duration = Duration::from_millis(200);
 fn base64_png(png: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(png)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Queue;
+    use std::sync::Mutex;
+
+    #[test]
+    fn each_worker_runs_on_a_thread_of_a_pool_of_its_own() {
+        let metrics = Metrics::new();
+        let (queue, receiver) = Queue::new(4, 1 << 20, metrics.clone());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let loaders = (0..2)
+            .map(|index| {
+                let seen = seen.clone();
+                let load: EngineLoader = Box::new(move || {
+                    let thread = std::thread::current().name().map(String::from);
+                    seen.lock().unwrap().push((index, thread, rayon::current_thread_index()));
+                    anyhow::bail!("no model here")
+                });
+                DeviceLoader { device: format!("cpu{index}"), load, load_version: None }
+            })
+            .collect();
+        let (_handle, threads) = spawn_workers(loaders, receiver, metrics, 1, None, Arc::new(Teaching::default()));
+        drop(queue);
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(seen.len(), 2);
+        for (index, thread, pool_index) in seen {
+            // The global pool's threads are unnamed: a name of the worker's own says the pool.
+            let thread = thread.expect("a pool thread has a name");
+            assert!(thread.starts_with(&format!("model-worker-{index}-")), "worker {index} ran on {thread}");
+            assert!(pool_index.is_some(), "worker {index} ran outside its pool");
+        }
+    }
+}
