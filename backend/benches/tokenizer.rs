@@ -1,7 +1,7 @@
 //! Encoding 10k captions with the fixture vocabulary (compare: youtokentome, see README).
 
 use borscht_model::tokenizer::TextTokenizer;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use std::path::Path;
 
 fn captions() -> Vec<String> {
@@ -25,4 +25,4 @@ fn encode_10k_captions(c: &mut Criterion) {
 }
 
 criterion_group!(benches, encode_10k_captions);
-criterion_main!(benches);
+borscht::bench_main!(benches);

@@ -25,9 +25,4 @@ fn bench(c: &mut Criterion) {
 
 criterion_group!(benches, bench);
 
-/// As `borscht` runs: its process settings, and the work on rayon's pool.
-fn main() {
-    borscht::process::configure();
-    borscht::process::on_compute_pool(benches);
-    Criterion::default().configure_from_args().final_summary();
-}
+borscht::bench_main!(benches);

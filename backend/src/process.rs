@@ -22,6 +22,19 @@ pub fn on_compute_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| work())
 }
 
+/// criterion's `criterion_main!` for benchmarks that should measure what `borscht` runs:
+/// the process settings first, then the groups on rayon's pool.
+#[macro_export]
+macro_rules! bench_main {
+    ($($group:path),+ $(,)?) => {
+        fn main() {
+            $crate::process::configure();
+            $crate::process::on_compute_pool(|| { $($group();)+ });
+            criterion::Criterion::default().configure_from_args().final_summary();
+        }
+    };
+}
+
 /// candle asks for its thread count at every matrix product, and without
 /// `RAYON_NUM_THREADS` it counts the physical cores by parsing `/proc/cpuinfo` each time:
 /// in the tiny preset's image drawing (64 decoding steps of small products) that took
