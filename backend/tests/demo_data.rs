@@ -86,7 +86,7 @@ fn the_drawing_sets_are_their_tables_known_dishes_credited() {
         let dishes: HashSet<&str> = table.iter().map(|(emoji, _)| emoji.as_str()).collect();
         assert!(dishes.len() >= 40, "{style}: {} dishes drawn", dishes.len());
         let credits = std::fs::read_to_string(root.join("CREDITS.md")).unwrap();
-        let (_, licence) = borscht_train::demo_data::DRAWING_STYLES.iter().find(|(s, _)| *s == style).unwrap();
+        let (_, licence, _) = borscht_train::demo_data::DRAWING_STYLES.iter().find(|(s, ..)| *s == style).unwrap();
         assert!(credits.contains(&format!("`{style}`: {licence}")), "{style}: the licence is named");
         for (_, file) in &table {
             assert!(credits.contains(&format!("`{file}`")), "{style}: {file} is credited");

@@ -50,10 +50,24 @@ pub const RASTER_STYLES: [(&str, &str, &str); 1] =
 /// shows, by its emoji. openclipart's drawings are SVG files, each by its own artist, from
 /// the Debian package `openclipart-svg`'s `svg` folder; game-icons's are silhouettes, icons
 /// of its Iconify npm package.
-pub const DRAWING_STYLES: [(&str, &str); 2] = [
-    ("openclipart", "public domain, the openclipart.org artists (Debian package openclipart-svg)"),
-    ("game-icons", "CC-BY-3.0, © Lorc, Delapouite and the game-icons.net contributors"),
+pub const DRAWING_STYLES: [(&str, &str, DrawingFiles); 2] = [
+    (
+        "openclipart",
+        "public domain, the openclipart.org artists (Debian package openclipart-svg)",
+        DrawingFiles::Folder { debian_package: "openclipart-svg" },
+    ),
+    ("game-icons", "CC-BY-3.0, © Lorc, Delapouite and the game-icons.net contributors", DrawingFiles::IconifySet),
 ];
+
+/// What a drawing table's second column names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrawingFiles {
+    /// SVG files in the folder given with the table ([`Drawings::folder`]), which the
+    /// Debian package installs.
+    Folder { debian_package: &'static str },
+    /// Icons of the style's Iconify npm package.
+    IconifySet,
+}
 
 /// A drawing style's table, and where its files are.
 #[derive(Debug, Clone)]
@@ -122,12 +136,18 @@ fn iconify_dir(node_modules: &Path, style: &str) -> PathBuf {
 
 fn all_styles() -> impl Iterator<Item = (&'static str, &'static str)> {
     let raster = RASTER_STYLES.iter().map(|(name, _, licence)| (*name, *licence));
-    STYLES.iter().chain(MORE_STYLES.iter()).copied().chain(raster).chain(DRAWING_STYLES.iter().copied())
+    let drawings = DRAWING_STYLES.iter().map(|(name, licence, _)| (*name, *licence));
+    STYLES.iter().chain(MORE_STYLES.iter()).copied().chain(raster).chain(drawings)
 }
 
 /// Whether `style` is one of [`DRAWING_STYLES`] (drawn from a table).
 pub fn is_drawing_style(style: &str) -> bool {
-    DRAWING_STYLES.iter().any(|(name, _)| *name == style)
+    drawing_files(style).is_some()
+}
+
+/// What a drawing style's table names, if `style` is one.
+fn drawing_files(style: &str) -> Option<DrawingFiles> {
+    DRAWING_STYLES.iter().find(|(name, ..)| *name == style).map(|(.., files)| *files)
 }
 
 /// The licence line of a known style, or why it cannot be used.
@@ -289,19 +309,28 @@ enum IconSource {
 
 impl IconSource {
     fn load(node_modules: &Path, drawings: Option<&Drawings>, style: &str) -> Result<Self> {
-        if is_drawing_style(style) {
+        if let Some(files) = drawing_files(style) {
             let drawings = drawings.with_context(|| format!("the {style} style needs its drawings' table"))?;
             let rows = read_drawing_table(&drawings.table)?;
-            if style != "openclipart" {
-                let set = IconSet::load(&iconify_dir(node_modules, style))?;
-                if let Some((_, name)) = rows.iter().find(|(_, name)| set.svg_named(name).is_none()) {
-                    bail!("{}: {style} has no icon {name:?}", drawings.table.display());
+            return match files {
+                DrawingFiles::IconifySet => {
+                    let set = IconSet::load(&iconify_dir(node_modules, style))?;
+                    if let Some((_, name)) = rows.iter().find(|(_, name)| set.svg_named(name).is_none()) {
+                        bail!("{}: {style} has no icon {name:?}", drawings.table.display());
+                    }
+                    Ok(IconSource::NamedIcons { set, names: rows })
                 }
-                return Ok(IconSource::NamedIcons { set, names: rows });
-            }
-            let folder = drawings.folder.as_ref().with_context(|| format!("the {style} style needs its folder"))?;
-            anyhow::ensure!(folder.is_dir(), "{} is missing (Debian package openclipart-svg)", folder.display());
-            return Ok(IconSource::Drawings { folder: folder.clone(), files: rows });
+                DrawingFiles::Folder { debian_package } => {
+                    let folder =
+                        drawings.folder.as_ref().with_context(|| format!("the {style} style needs its folder"))?;
+                    anyhow::ensure!(
+                        folder.is_dir(),
+                        "{} is missing (Debian package {debian_package})",
+                        folder.display()
+                    );
+                    Ok(IconSource::Drawings { folder: folder.clone(), files: rows })
+                }
+            };
         }
         match raster_package(style) {
             Some(package) => {
