@@ -96,14 +96,14 @@ fn rows_per_task(row_len: usize) -> usize {
 
 /// A strided matrix in `data`: element `(r, c)` at `data[r * rs + c * cs]`.
 #[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
+pub(crate) struct View<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
 }
 
 impl View<'_> {
-    fn at(self, offset: usize) -> Self {
+    pub(crate) fn at(self, offset: usize) -> Self {
         View { data: &self.data[offset..], ..self }
     }
 
@@ -114,13 +114,37 @@ impl View<'_> {
 
 /// `dst += scale * lhs · rhs` (`[m, k]` times `[k, n]`; `dst` row-major with row stride
 /// `dst_rs`), on all threads with `parallel`.
-fn product(
+pub(crate) fn product(
     dst: &mut [f32],
     dst_rs: usize,
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     lhs: View,
     rhs: View,
     scale: f32,
+    parallel: bool,
+) {
+    gemm_checked(dst, dst_rs, dims, (lhs, rhs), (scale, true), parallel);
+}
+
+/// `dst = scale * lhs · rhs`, whatever `dst` held (as [`product`], without reading it).
+pub(crate) fn product_overwriting(
+    dst: &mut [f32],
+    dst_rs: usize,
+    dims: (usize, usize, usize),
+    lhs: View,
+    rhs: View,
+    scale: f32,
+    parallel: bool,
+) {
+    gemm_checked(dst, dst_rs, dims, (lhs, rhs), (scale, false), parallel);
+}
+
+fn gemm_checked(
+    dst: &mut [f32],
+    dst_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    (lhs, rhs): (View, View),
+    (scale, accumulate): (f32, bool),
     parallel: bool,
 ) {
     assert!(lhs.fits(m, k) && rhs.fits(k, n) && (m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len()));
@@ -135,14 +159,14 @@ fn product(
             dst.as_mut_ptr(),
             1,
             dst_rs as isize,
-            true,
+            accumulate,
             lhs.data.as_ptr(),
             lhs.cs as isize,
             lhs.rs as isize,
             rhs.data.as_ptr(),
             rhs.cs as isize,
             rhs.rs as isize,
-            1.0,
+            if accumulate { 1.0 } else { 0.0 },
             scale,
             false,
             false,
@@ -825,31 +849,9 @@ impl CustomOp1 for FrozenProduct {
         // Straight into the output: a candle matmul here took copies of the input and
         // the output, a quarter of a training step's forward pass.
         let mut out = vec![0f32; rows * outputs];
-        // SAFETY: `out` is [rows, outputs], `x` [rows, inputs] and `weight` [outputs,
-        // inputs], all contiguous; the strides below read the weight transposed.
-        unsafe {
-            gemm::gemm(
-                rows,
-                outputs,
-                inputs,
-                out.as_mut_ptr(),
-                1,
-                outputs as isize,
-                false,
-                x.as_ptr(),
-                1,
-                inputs as isize,
-                weight.as_ptr(),
-                inputs as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(rayon::current_num_threads()),
-            );
-        }
+        let x = View { data: x, rs: inputs, cs: 1 };
+        let weight_t = View { data: weight, rs: 1, cs: inputs };
+        product_overwriting(&mut out, outputs, (rows, outputs, inputs), x, weight_t, 1.0, true);
         Ok((CpuStorage::F32(out), Shape::from((rows, outputs))))
     }
 

@@ -8,7 +8,7 @@
 //! computes its rows of scores, softmax and output while they sit in the cache, and
 //! never writes the whole matrix.
 
-use crate::fused::{self, contiguous_f32, normalise_exp};
+use crate::fused::{self, contiguous_f32, normalise_exp, product_overwriting, View};
 use crate::vector_math::vectorized;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -81,32 +81,10 @@ impl CustomOp3 for SpatialAttention {
                 let first = block * QUERY_BLOCK;
                 let plane = image * c * n;
                 let scores = &mut scores[..rows * n];
-                // SAFETY: every pointer/stride pair below addresses inside its slice:
-                // qᵀ rows first..first+rows ([n, c] with row stride 1, column stride n),
-                // k and v as [c, n] row-major, scores [rows, n] and dst [rows, c] row-major.
-                unsafe {
-                    gemm::gemm(
-                        rows,
-                        n,
-                        c,
-                        scores.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        q[plane + first..].as_ptr(),
-                        n as isize,
-                        1,
-                        k[plane..].as_ptr(),
-                        1,
-                        n as isize,
-                        0.0,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                // qᵀ rows first..first+rows ([n, c], column stride n) times k ([c, n]).
+                let q_t = View { data: &q[plane + first..], rs: 1, cs: n };
+                let keys = View { data: &k[plane..], rs: n, cs: 1 };
+                product_overwriting(scores, n, (rows, n, c), q_t, keys, scale, false);
                 vectorized(
                     #[inline(always)]
                     || {
@@ -116,29 +94,9 @@ impl CustomOp3 for SpatialAttention {
                     },
                 );
                 // out[j, :] = Σ_i p[j, i] · v[:, i]
-                unsafe {
-                    gemm::gemm(
-                        rows,
-                        c,
-                        n,
-                        dst.as_mut_ptr(),
-                        1,
-                        c as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        n as isize,
-                        v[plane..].as_ptr(),
-                        n as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                let probabilities = View { data: scores, rs: n, cs: 1 };
+                let v_t = View { data: &v[plane..], rs: 1, cs: n };
+                product_overwriting(dst, c, (rows, c, n), probabilities, v_t, 1.0, false);
             },
         );
         Ok((CpuStorage::F32(out), Shape::from((b, n, c))))

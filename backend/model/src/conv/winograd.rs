@@ -11,7 +11,7 @@
 //! differ from a direct convolution by rounding only.
 
 use super::SharedPtr;
-use crate::fused::contiguous_f32;
+use crate::fused::{contiguous_f32, product_overwriting, View};
 use crate::vector_math::vectorized;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 use rayon::prelude::*;
@@ -112,31 +112,11 @@ impl CustomOp2 for WinogradConv {
             );
             // M = U ⊙ V: one product per point of the 4x4 block.
             for xi in 0..16 {
-                // SAFETY: U is [out_c, c], V [c, columns] and M [out_c, columns], all
-                // row-major and inside their buffers.
-                unsafe {
-                    gemm::gemm(
-                        out_c,
-                        columns,
-                        c,
-                        m.as_mut_ptr().add(xi * out_c * columns),
-                        1,
-                        columns as isize,
-                        false,
-                        self.weights.as_ptr().add(xi * out_c * c),
-                        1,
-                        c as isize,
-                        v.as_ptr().add(xi * c * columns),
-                        1,
-                        columns as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::Rayon(rayon::current_num_threads()),
-                    );
-                }
+                // U [out_c, c] times V [c, columns] into M [out_c, columns].
+                let u = View { data: &self.weights[xi * out_c * c..], rs: c, cs: 1 };
+                let vx = View { data: &v[xi * c * columns..], rs: columns, cs: 1 };
+                let mx = &mut m[xi * out_c * columns..(xi + 1) * out_c * columns];
+                product_overwriting(mx, columns, (out_c, columns, c), u, vx, 1.0, true);
             }
             // Y = Aᵀ M A plus the bias, for every (image, output channel) plane.
             let m = &m;
