@@ -69,7 +69,7 @@ fn no_spinning_pool_on_two_cores() {
 /// The settings hold for glibc's main heap, and every thread allocates from it: other
 /// threads would get heaps of their own, of at most 64 MB, given back as soon as they
 /// empty, and the 350M preset's forward on a pool thread ran a quarter slower for the
-/// page faults (24 s against 32 s).
+/// page faults (32 s against 24 s).
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes glibc's allocator; it runs before any other thread starts.
