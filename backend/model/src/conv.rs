@@ -449,8 +449,10 @@ mod tests {
 
     #[test]
     fn winograd_equals_candle_conv2d() {
-        // Odd and even sides (half blocks at the edges), one and several images.
-        for (out_c, in_c, b, h, w) in [(128, 128, 1, 16, 16), (160, 128, 3, 17, 19), (128, 136, 2, 1, 257)] {
+        // Odd and even sides (half blocks at the edges), one and several images; the last
+        // goes in chunks of rows of blocks, one of them spanning two images.
+        let shapes = [(128, 128, 1, 16, 16), (160, 128, 3, 17, 19), (128, 136, 2, 1, 257), (128, 128, 2, 33, 64)];
+        for (out_c, in_c, b, h, w) in shapes {
             let (conv, dev) = random_conv(out_c, in_c, 3, 1, 1);
             assert!(winograd::worth_it(in_c, out_c, (h, w)));
             let x = Tensor::randn(0f32, 1.0, (b, in_c, h, w), &dev).unwrap();

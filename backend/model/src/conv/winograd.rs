@@ -15,11 +15,14 @@ use crate::fused::{contiguous_f32, product_overwriting, View};
 use crate::vector_math::vectorized;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 use rayon::prelude::*;
+use std::ops::Range;
 use std::sync::Arc;
 
-/// Values of the 16 transformed matrices kept at once (inputs and outputs of a group
-/// of images); bigger batches go a group at a time.
-const GROUP_VALUES: usize = 16 << 20;
+/// Values of the 16 transformed matrices kept at once, inputs and outputs (8 MB): a
+/// convolution goes a chunk of rows of blocks at a time, across images where they are
+/// small, so its scratch memory stays the same whatever the batch and picture size (a
+/// whole 256 px picture with 128 channels would take 268 MB).
+const CHUNK_VALUES: usize = 2 << 20;
 
 /// Whether Winograd beats the im2col path for this convolution: the matrix products
 /// must outweigh the transforms. Measured on the two VQGAN presets (2-core AMD EPYC,
@@ -75,38 +78,45 @@ impl CustomOp2 for WinogradConv {
         }
         // Blocks of 2x2 outputs; an odd side's last block reads zeros and writes half.
         let (tiles_h, tiles_w) = (h.div_ceil(2), w.div_ceil(2));
-        let tiles = tiles_h * tiles_w;
-        let group = (GROUP_VALUES / (16 * (c + out_c) * tiles).max(1)).clamp(1, b.max(1));
+        // Rows of blocks of all images, numbered image * tiles_h + ty, a chunk at a time.
+        let block_rows = b * tiles_h;
+        let chunk_rows = (CHUNK_VALUES / (16 * (c + out_c) * tiles_w).max(1)).clamp(1, block_rows.max(1));
         let mut out = vec![0f32; b * out_c * h * w];
-        let mut v = vec![0f32; 16 * c * group * tiles];
-        let mut m = vec![0f32; 16 * out_c * group * tiles];
-        for first in (0..b).step_by(group) {
-            let images = group.min(b - first);
-            let columns = images * tiles;
+        let mut v = vec![0f32; 16 * c * chunk_rows * tiles_w];
+        let mut m = vec![0f32; 16 * out_c * chunk_rows * tiles_w];
+        for first_row in (0..block_rows).step_by(chunk_rows) {
+            let rows = first_row..(first_row + chunk_rows).min(block_rows);
+            let columns = rows.len() * tiles_w;
+            // Each image's part of the chunk: (image, its block rows, their first column).
+            let parts: Vec<(usize, Range<usize>, usize)> = (rows.start / tiles_h..rows.end.div_ceil(tiles_h))
+                .map(|image| {
+                    let start = rows.start.max(image * tiles_h);
+                    let end = rows.end.min((image + 1) * tiles_h);
+                    (image, start - image * tiles_h..end - image * tiles_h, (start - rows.start) * tiles_w)
+                })
+                .collect();
             let v_ptr = SharedPtr(v.as_mut_ptr());
-            // V = Bᵀ d B for every (image, channel) plane, into row `channel` of each of
-            // the 16 matrices `[c, columns]`.
-            (0..images * c).into_par_iter().for_each_init(
-                || [(); 4].map(|_| vec![0f32; 2 * tiles_w + 2]),
-                |rows, plane_index| {
-                    let (image, channel) = (plane_index / c, plane_index % c);
-                    let plane = &x[((first + image) * c + channel) * h * w..][..h * w];
+            // V = Bᵀ d B for every (image, channel) plane's rows in the chunk, into row
+            // `channel` of each of the 16 matrices `[c, columns]`.
+            (0..parts.len() * c).into_par_iter().for_each_init(
+                || InputRows::new(tiles_w),
+                |scratch, task| {
+                    let ((image, ref block_rows, column), channel) = (parts[task / c].clone(), task % c);
+                    let plane = &x[(image * c + channel) * h * w..][..h * w];
                     // Rebound so the closure below captures the whole (Sync) pointer.
                     #[allow(clippy::redundant_locals)]
                     let v_ptr = v_ptr;
-                    // SAFETY: this task alone writes columns image*tiles..(image+1)*tiles of
-                    // row `channel` in each matrix, all inside `v` (16 * c * columns values).
+                    let blocks = block_rows.len() * tiles_w;
+                    // SAFETY: this task alone writes columns column..column + blocks of row
+                    // `channel` in each matrix, all inside `v` (16 * c * columns values).
                     let mut dst: Vec<&mut [f32]> = (0..16)
                         .map(|xi| unsafe {
-                            std::slice::from_raw_parts_mut(
-                                v_ptr.0.add((xi * c + channel) * columns + image * tiles),
-                                tiles,
-                            )
+                            std::slice::from_raw_parts_mut(v_ptr.0.add((xi * c + channel) * columns + column), blocks)
                         })
                         .collect();
                     vectorized(
                         #[inline(always)]
-                        || transform_input(plane, (h, w), tiles_w, rows, &mut dst),
+                        || transform_input(plane, (h, w), tiles_w, block_rows.clone(), scratch, &mut dst),
                     )
                 },
             );
@@ -118,15 +128,21 @@ impl CustomOp2 for WinogradConv {
                 let mx = &mut m[xi * out_c * columns..(xi + 1) * out_c * columns];
                 product_overwriting(mx, columns, (out_c, columns, c), u, vx, 1.0, true);
             }
-            // Y = Aᵀ M A plus the bias, for every (image, output channel) plane.
-            let m = &m;
-            out[first * out_c * h * w..(first + images) * out_c * h * w].par_chunks_mut(h * w).enumerate().for_each(
+            // Y = Aᵀ M A plus the bias, for every (image, output channel) plane's rows in
+            // the chunk.
+            let (m, parts) = (&m, &parts);
+            let images = parts[0].0..parts[parts.len() - 1].0 + 1;
+            out[images.start * out_c * h * w..images.end * out_c * h * w].par_chunks_mut(h * w).enumerate().for_each(
                 |(plane_index, plane)| {
-                    let (image, channel) = (plane_index / out_c, plane_index % out_c);
-                    let read = |xi: usize, tile: usize| m[(xi * out_c + channel) * columns + image * tiles + tile];
+                    let (part, channel) = (plane_index / out_c, plane_index % out_c);
+                    let (_, block_rows, column) = &parts[part];
+                    let blocks = block_rows.len() * tiles_w;
+                    let points: [&[f32]; 16] =
+                        std::array::from_fn(|xi| &m[(xi * out_c + channel) * columns + column..][..blocks]);
+                    let plane_rows = &mut plane[2 * block_rows.start * w..(2 * block_rows.end * w).min(h * w)];
                     vectorized(
                         #[inline(always)]
-                        || transform_output(plane, (h, w), (tiles_h, tiles_w), bias[channel], read),
+                        || transform_output(plane_rows, w, tiles_w, bias[channel], &points),
                     )
                 },
             );
@@ -135,85 +151,142 @@ impl CustomOp2 for WinogradConv {
     }
 }
 
-/// `Bᵀ d B` of each 4x4 input block (rows 2ty-1..2ty+3, columns 2tx-1..2tx+3, zero
-/// outside the plane) into `dst[point][tile]`. A row of blocks at a time: first the four
-/// input rows combined (whole rows, contiguous), then each block's columns.
+/// Scratch rows of [`transform_input`]: the four input rows of a row of blocks, each
+/// split into its even and odd columns of the zero-padded row.
+pub(super) struct InputRows {
+    even: [Vec<f32>; 4],
+    odd: [Vec<f32>; 4],
+}
+
+impl InputRows {
+    pub(super) fn new(tiles_w: usize) -> Self {
+        InputRows { even: [(); 4].map(|_| vec![0f32; tiles_w + 1]), odd: [(); 4].map(|_| vec![0f32; tiles_w + 1]) }
+    }
+}
+
+/// `Bᵀ d B` of each 4x4 input block of rows `block_rows` of blocks (rows 2ty-1..2ty+3,
+/// columns 2tx-1..2tx+3, zero outside the plane) into `dst[point][block]`, blocks
+/// numbered from the first row's first. A row of blocks at a time: first the four
+/// input rows combined, then each block's columns. The padded row `p` (`p[k]` = column
+/// k - 1) is kept as its even and odd entries, so that every loop runs over contiguous
+/// values, several blocks to a SIMD instruction.
 #[inline(always)]
 fn transform_input(
     plane: &[f32],
     (h, w): (usize, usize),
     tiles_w: usize,
-    rows: &mut [Vec<f32>; 4],
+    block_rows: Range<usize>,
+    rows: &mut InputRows,
     dst: &mut [&mut [f32]],
 ) {
-    let tiles_h = h.div_ceil(2);
-    for ty in 0..tiles_h {
-        // The four input rows, padded: column 0 is x = -1.
-        for (r, row) in rows.iter_mut().enumerate() {
-            row.fill(0.0);
+    for (index, ty) in block_rows.enumerate() {
+        // even[j] = p[2j] = column 2j - 1, odd[j] = p[2j + 1] = column 2j.
+        for (r, (even, odd)) in rows.even.iter_mut().zip(rows.odd.iter_mut()).enumerate() {
+            even.fill(0.0);
+            odd.fill(0.0);
             let y = (2 * ty + r) as isize - 1;
-            if y >= 0 && (y as usize) < h {
-                row[1..1 + w].copy_from_slice(&plane[y as usize * w..(y as usize + 1) * w]);
+            if y < 0 || y as usize >= h {
+                continue;
+            }
+            let row = &plane[y as usize * w..(y as usize + 1) * w];
+            let pairs = w / 2;
+            for ((pair, e), o) in row.chunks_exact(2).zip(&mut even[1..=pairs]).zip(&mut odd[..pairs]) {
+                (*o, *e) = (pair[0], pair[1]);
+            }
+            if w % 2 == 1 {
+                odd[pairs] = row[w - 1];
             }
         }
         // Bᵀ d: Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], in place
         // as rows 0..4 = (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
-        let [r0, r1, r2, r3] = rows;
-        for (((d0, d1), d2), d3) in r0.iter_mut().zip(r1.iter_mut()).zip(r2.iter_mut()).zip(r3.iter_mut()) {
-            let (a, b, c, d) = (*d0, *d1, *d2, *d3);
-            (*d0, *d1, *d2, *d3) = (a - c, b + c, c - b, b - d);
+        for half in [&mut rows.even, &mut rows.odd] {
+            let [r0, r1, r2, r3] = half;
+            for (((d0, d1), d2), d3) in r0.iter_mut().zip(r1.iter_mut()).zip(r2.iter_mut()).zip(r3.iter_mut()) {
+                let (a, b, c, d) = (*d0, *d1, *d2, *d3);
+                (*d0, *d1, *d2, *d3) = (a - c, b + c, c - b, b - d);
+            }
         }
-        // (Bᵀ d) B along each row, block by block.
-        let first = ty * tiles_w;
-        for (k, t) in rows.iter().enumerate() {
+        // (Bᵀ d) B along each row: block tx reads p[2tx..2tx + 4] = even[tx], odd[tx],
+        // even[tx + 1], odd[tx + 1].
+        let blocks = index * tiles_w..(index + 1) * tiles_w;
+        for (k, (even, odd)) in rows.even.iter().zip(&rows.odd).enumerate() {
             let [v0, v1, v2, v3] = &mut dst[4 * k..4 * k + 4] else { unreachable!() };
-            for tx in 0..tiles_w {
-                let q = &t[2 * tx..2 * tx + 4];
-                v0[first + tx] = q[0] - q[2];
-                v1[first + tx] = q[1] + q[2];
-                v2[first + tx] = q[2] - q[1];
-                v3[first + tx] = q[1] - q[3];
+            // Every slice exactly tiles_w long, so the loop runs without bounds checks.
+            let n = tiles_w;
+            let (v0, v1, v2, v3) = (
+                &mut v0[blocks.clone()][..n],
+                &mut v1[blocks.clone()][..n],
+                &mut v2[blocks.clone()][..n],
+                &mut v3[blocks.clone()][..n],
+            );
+            let (e0, e1, o0, o1) = (&even[..n], &even[1..n + 1], &odd[..n], &odd[1..n + 1]);
+            for tx in 0..n {
+                v0[tx] = e0[tx] - e1[tx];
+                v1[tx] = o0[tx] + e1[tx];
+                v2[tx] = e1[tx] - o0[tx];
+                v3[tx] = o0[tx] - o1[tx];
             }
         }
     }
 }
 
-/// `Aᵀ M A + bias` of each block, `read(point, tile)` giving M, into the plane.
+/// Blocks of a row that [`output_blocks`] transforms at once.
+const LANES: usize = 16;
+
+/// `Aᵀ M A + bias` of each block into `plane_rows`, the output rows of some rows of
+/// blocks; `points[point]` holds M's values for those blocks. A row of blocks at a time,
+/// [`LANES`] blocks at once.
 #[inline(always)]
-fn transform_output(
-    plane: &mut [f32],
-    (h, w): (usize, usize),
-    (tiles_h, tiles_w): (usize, usize),
-    bias: f32,
-    read: impl Fn(usize, usize) -> f32,
-) {
-    for ty in 0..tiles_h {
-        for tx in 0..tiles_w {
-            let tile = ty * tiles_w + tx;
-            let mut mm = [[0f32; 4]; 4];
-            for (r, row) in mm.iter_mut().enumerate() {
-                for (s, value) in row.iter_mut().enumerate() {
-                    *value = read(r * 4 + s, tile);
-                }
+fn transform_output(plane_rows: &mut [f32], w: usize, tiles_w: usize, bias: f32, points: &[&[f32]; 16]) {
+    for (ty, rows) in plane_rows.chunks_mut(2 * w).enumerate() {
+        let row_points: [&[f32]; 16] = points.map(|p| &p[ty * tiles_w..(ty + 1) * tiles_w]);
+        let mut tx = 0;
+        while tx < tiles_w {
+            if tx + LANES <= tiles_w {
+                let out = output_blocks::<LANES>(&row_points, tx, bias);
+                write_blocks(rows, w, tx, &out);
+                tx += LANES;
+            } else {
+                let out = output_blocks::<1>(&row_points, tx, bias);
+                write_blocks(rows, w, tx, &out);
+                tx += 1;
             }
-            // Aᵀ M: Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]].
-            let mut s2 = [[0f32; 4]; 2];
-            for s in 0..4 {
-                s2[0][s] = mm[0][s] + mm[1][s] + mm[2][s];
-                s2[1][s] = mm[1][s] - mm[2][s] - mm[3][s];
+        }
+    }
+}
+
+/// The 2x2 outputs `[y0x0, y0x1, y1x0, y1x1]` of blocks `tx..tx + L` of a row.
+#[inline(always)]
+fn output_blocks<const L: usize>(points: &[&[f32]; 16], tx: usize, bias: f32) -> [[f32; L]; 4] {
+    let m: [[f32; L]; 16] = std::array::from_fn(|k| points[k][tx..tx + L].try_into().expect("L values"));
+    let mut out = [[0f32; L]; 4];
+    for l in 0..L {
+        // Aᵀ M: Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]; then (Aᵀ M) A.
+        let top: [f32; 4] = std::array::from_fn(|s| m[s][l] + m[4 + s][l] + m[8 + s][l]);
+        let bottom: [f32; 4] = std::array::from_fn(|s| m[4 + s][l] - m[8 + s][l] - m[12 + s][l]);
+        out[0][l] = top[0] + top[1] + top[2] + bias;
+        out[1][l] = top[1] - top[2] - top[3] + bias;
+        out[2][l] = bottom[0] + bottom[1] + bottom[2] + bias;
+        out[3][l] = bottom[1] - bottom[2] - bottom[3] + bias;
+    }
+    out
+}
+
+/// Blocks `tx..tx + L` into `rows`, the one or two output rows of their row of blocks
+/// (an odd side's last block writes only what lies inside the plane).
+#[inline(always)]
+fn write_blocks<const L: usize>(rows: &mut [f32], w: usize, tx: usize, out: &[[f32; L]; 4]) {
+    for (r, row) in rows.chunks_mut(w).enumerate() {
+        let (left, right) = (&out[2 * r], &out[2 * r + 1]);
+        let cut = (2 * (tx + L)).min(w);
+        let dst = &mut row[2 * tx..cut];
+        if dst.len() == 2 * L {
+            for (pair, (a, b)) in dst.chunks_exact_mut(2).zip(left.iter().zip(right)) {
+                (pair[0], pair[1]) = (*a, *b);
             }
-            for (r, row) in s2.iter().enumerate() {
-                let y = 2 * ty + r;
-                if y >= h {
-                    continue;
-                }
-                let values = [row[0] + row[1] + row[2], row[1] - row[2] - row[3]];
-                for (s, value) in values.into_iter().enumerate() {
-                    let x = 2 * tx + s;
-                    if x < w {
-                        plane[y * w + x] = value + bias;
-                    }
-                }
+        } else {
+            for (x, value) in dst.iter_mut().enumerate() {
+                *value = if x % 2 == 0 { left[x / 2] } else { right[x / 2] };
             }
         }
     }
