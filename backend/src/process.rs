@@ -64,7 +64,10 @@ fn no_spinning_pool_on_two_cores() {
 /// candle allocates a fresh buffer for every tensor op. glibc serves large buffers
 /// with mmap and unmaps them on free, so each op paid page faults for memory it had
 /// just released (a third of a VQGAN training step went to the kernel). Keeping
-/// freed memory in the heap lets the next op reuse it.
+/// freed memory in the heap lets the next op reuse it. Raising the size from which
+/// glibc maps buffers (at most 32 MB) was not enough for the 350M VQGAN, whose encode of
+/// 16 pictures makes feature maps of 134 MB: with no buffer mapped at all it took about
+/// a fifth less time, for 3 % more peak memory. The process keeps its peak heap.
 ///
 /// The settings hold for glibc's main heap, and every thread allocates from it: other
 /// threads would get heaps of their own, of at most 64 MB, given back as soon as they
@@ -74,7 +77,7 @@ fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes glibc's allocator; it runs before any other thread starts.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20); // glibc's largest allowed value on 64-bit
+        libc::mallopt(libc::M_MMAP_MAX, 0); // every buffer from the heap, however large
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         libc::mallopt(libc::M_TOP_PAD, 512 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 1);

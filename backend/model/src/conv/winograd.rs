@@ -153,13 +153,13 @@ impl CustomOp2 for WinogradConv {
 
 /// Scratch rows of [`transform_input`]: the four input rows of a row of blocks, each
 /// split into its even and odd columns of the zero-padded row.
-pub(super) struct InputRows {
+struct InputRows {
     even: [Vec<f32>; 4],
     odd: [Vec<f32>; 4],
 }
 
 impl InputRows {
-    pub(super) fn new(tiles_w: usize) -> Self {
+    fn new(tiles_w: usize) -> Self {
         InputRows { even: [(); 4].map(|_| vec![0f32; tiles_w + 1]), odd: [(); 4].map(|_| vec![0f32; tiles_w + 1]) }
     }
 }
