@@ -240,17 +240,12 @@ const LANES: usize = 16;
 fn transform_output(plane_rows: &mut [f32], w: usize, tiles_w: usize, bias: f32, points: &[&[f32]; 16]) {
     for (ty, rows) in plane_rows.chunks_mut(2 * w).enumerate() {
         let row_points: [&[f32]; 16] = points.map(|p| &p[ty * tiles_w..(ty + 1) * tiles_w]);
-        let mut tx = 0;
-        while tx < tiles_w {
-            if tx + LANES <= tiles_w {
-                let out = output_blocks::<LANES>(&row_points, tx, bias);
-                write_blocks(rows, w, tx, &out);
-                tx += LANES;
-            } else {
-                let out = output_blocks::<1>(&row_points, tx, bias);
-                write_blocks(rows, w, tx, &out);
-                tx += 1;
-            }
+        let whole_lanes = tiles_w - tiles_w % LANES;
+        for tx in (0..whole_lanes).step_by(LANES) {
+            write_blocks(rows, w, tx, &output_blocks::<LANES>(&row_points, tx, bias));
+        }
+        for tx in whole_lanes..tiles_w {
+            write_blocks(rows, w, tx, &output_blocks::<1>(&row_points, tx, bias));
         }
     }
 }
