@@ -182,7 +182,7 @@ impl CustomOp3 for TiledConv {
         let positions = out_h * out_w;
         let depth = c * k * k;
         let tile = (TILE_BYTES / (depth * 4)).clamp(256, 1024).min(positions.next_multiple_of(16));
-        let mut out = vec![0f32; b * out_c * positions];
+        let mut out = fused::zeros(b * out_c * positions);
         let out_ptr = SharedPtr(out.as_mut_ptr());
         // A 1x1 convolution with stride 1 reads the input in place: its im2col is the input.
         let direct = k == 1 && self.stride == 1 && self.padding == 0;

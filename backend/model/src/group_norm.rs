@@ -100,7 +100,7 @@ impl CustomOp3 for FusedGroupNorm {
         let spatial: usize = dims[2..].iter().product();
         let per_group = c / self.groups;
         let group_len = per_group * spatial;
-        let mut out = vec![0f32; x.len()];
+        let mut out = crate::fused::zeros(x.len());
         out.par_chunks_mut(group_len).zip(x.par_chunks(group_len)).enumerate().for_each(|(index, (dst, src))| {
             vectorized(
                 #[inline(always)]

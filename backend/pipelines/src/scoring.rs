@@ -42,6 +42,15 @@ fn r_text_mask(encoded: &[u32]) -> Vec<f32> {
     encoded.iter().map(|&id| if id != 0 { 1.0 } else { 0.0 }).collect()
 }
 
+/// How many right-text positions a batch's forward needs: through the last token of its
+/// longest text. The positions after it are padding, whose targets are not scored and
+/// which no earlier position attends to, so the forward stops there (a dish name is a
+/// few tokens of the 128 the right text holds: most of the work was padding).
+fn scored_r_text_len<'a>(encoded: impl IntoIterator<Item = &'a [u32]>) -> usize {
+    let used = |e: &[u32]| e.iter().rposition(|&id| id != 0).map_or(0, |last| last + 1);
+    encoded.into_iter().map(|e| used(e).max(2).min(e.len())).max().unwrap_or(0)
+}
+
 fn ids_tensor(engine: &Engine, rows: &[Vec<u32>]) -> Result<Tensor> {
     let n = rows.first().map_or(0, Vec::len);
     Ok(Tensor::from_vec(rows.concat(), (rows.len(), n), &engine.device)?)
@@ -85,12 +94,13 @@ pub fn rerank_pairs(engine: &Engine, pairs: &[(&str, &[u32])], batch: usize) -> 
     }
     let mut scores = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(batch.max(1)) {
+        let rights: Vec<Vec<u32>> = chunk.iter().map(|(text, _)| engine.encode_text(text, r)).collect();
+        let kept = scored_r_text_len(rights.iter().map(Vec::as_slice));
         let mut rows = Vec::with_capacity(chunk.len());
         let mut masks = Vec::with_capacity(chunk.len());
-        for (text, codes) in chunk {
-            let right = engine.encode_text(text, r);
-            rows.push([engine.encode_text(text, l), codes.to_vec(), right.clone()].concat());
-            masks.push(r_text_mask(&right));
+        for ((text, codes), right) in chunk.iter().zip(&rights) {
+            rows.push([engine.encode_text(text, l), codes.to_vec(), right[..kept].to_vec()].concat());
+            masks.push(r_text_mask(right));
         }
         let hidden = hidden(engine, &rows, &masks)?;
         let ids = ids_tensor(engine, &rows)?;
@@ -137,13 +147,14 @@ fn score_images_by_text(
     let cfg = engine.model.config();
     let (l, r) = (cfg.l_text_seq_length, cfg.r_text_seq_length);
     let encoded = engine.encode_text(text, r);
+    let kept = scored_r_text_len([encoded.as_slice()]);
     let mut scores = Vec::with_capacity(codebooks.len());
     for chunk in codebooks.chunks(batch.max(1)) {
         let rows: Vec<Vec<u32>> = chunk
             .iter()
             .map(|codes| {
                 check_codes(engine, codes)?;
-                Ok([vec![0; l], codes.clone(), encoded.clone()].concat())
+                Ok([vec![0; l], codes.clone(), encoded[..kept].to_vec()].concat())
             })
             .collect::<Result<_>>()?;
         let masks = vec![r_text_mask(&encoded); rows.len()];
@@ -160,11 +171,14 @@ fn score_images_by_text(
     Ok(scores)
 }
 
+/// The right text's perplexity of rows that hold its first positions (all, or as many as
+/// [`scored_r_text_len`] keeps).
 fn r_text_ppl(engine: &Engine, hidden: &Tensor, ids: &Tensor, score_end: bool) -> Result<Vec<f32>> {
     let cfg = engine.model.config();
-    let (s, r) = (cfg.total_seq_length(), cfg.r_text_seq_length);
-    let r_logits = logits_at(engine, hidden, s - r, r - 1, Head::Text)?;
-    let labels = scored_labels(ids.narrow(1, s - r + 1, r - 1)?, score_end)?;
+    let start = cfg.total_seq_length() - cfg.r_text_seq_length;
+    let kept = ids.dim(1)? - start;
+    let r_logits = logits_at(engine, hidden, start, kept - 1, Head::Text)?;
+    let labels = scored_labels(ids.narrow(1, start + 1, kept - 1)?, score_end)?;
     Ok(ce_to_ppl(&token_ce(&r_logits, &labels, Some(0))?))
 }
 
@@ -226,12 +240,14 @@ fn class_text_perplexities(
     for chunk in texts.chunks(batch.max(1)) {
         let encoded: Vec<Vec<u32>> = chunk.iter().map(|text| engine.encode_text(text, r)).collect();
         let masks: Vec<Vec<f32>> = encoded.iter().map(|e| r_text_mask(e)).collect();
-        let mut cache = prefix_cache.repeated(encoded.len())?;
-        let ids = ids_tensor(engine, &encoded)?;
+        let kept = scored_r_text_len(encoded.iter().map(Vec::as_slice));
+        let rows: Vec<Vec<u32>> = encoded.iter().map(|e| e[..kept].to_vec()).collect();
+        let mut cache = prefix_cache.repeated(rows.len())?;
+        let ids = ids_tensor(engine, &rows)?;
         let hidden =
             engine.model.forward_hidden(&ids, &attention_mask(cfg, &masks, &engine.device)?, Some(&mut cache))?;
-        let r_logits = logits_at(engine, &hidden, 0, r - 1, Head::Text)?;
-        let labels = scored_labels(ids.narrow(1, 1, r - 1)?, score_end)?;
+        let r_logits = logits_at(engine, &hidden, 0, kept - 1, Head::Text)?;
+        let labels = scored_labels(ids.narrow(1, 1, kept - 1)?, score_end)?;
         ppl.extend(ce_to_ppl(&token_ce(&r_logits, &labels, Some(0))?));
     }
     Ok(ppl)

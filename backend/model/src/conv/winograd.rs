@@ -11,7 +11,7 @@
 //! differ from a direct convolution by rounding only.
 
 use super::SharedPtr;
-use crate::fused::{contiguous_f32, product_overwriting, View};
+use crate::fused::{contiguous_f32, product_overwriting, zeros, View};
 use crate::vector_math::vectorized;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 use rayon::prelude::*;
@@ -81,9 +81,8 @@ impl CustomOp2 for WinogradConv {
         // Rows of blocks of all images, numbered image * tiles_h + ty, a chunk at a time.
         let block_rows = b * tiles_h;
         let chunk_rows = (CHUNK_VALUES / (16 * (c + out_c) * tiles_w).max(1)).clamp(1, block_rows.max(1));
-        let mut out = vec![0f32; b * out_c * h * w];
-        let mut v = vec![0f32; 16 * c * chunk_rows * tiles_w];
-        let mut m = vec![0f32; 16 * out_c * chunk_rows * tiles_w];
+        let (mut out, mut v, mut m) =
+            (zeros(b * out_c * h * w), zeros(16 * c * chunk_rows * tiles_w), zeros(16 * out_c * chunk_rows * tiles_w));
         for first_row in (0..block_rows).step_by(chunk_rows) {
             let rows = first_row..(first_row + chunk_rows).min(block_rows);
             let columns = rows.len() * tiles_w;
@@ -182,14 +181,18 @@ fn transform_input(
     for (index, ty) in block_rows.enumerate() {
         // even[j] = p[2j] = column 2j - 1, odd[j] = p[2j + 1] = column 2j.
         for (r, (even, odd)) in rows.even.iter_mut().zip(rows.odd.iter_mut()).enumerate() {
-            even.fill(0.0);
-            odd.fill(0.0);
             let y = (2 * ty + r) as isize - 1;
             if y < 0 || y as usize >= h {
+                even.fill(0.0);
+                odd.fill(0.0);
                 continue;
             }
             let row = &plane[y as usize * w..(y as usize + 1) * w];
             let pairs = w / 2;
+            // The padding (column -1 and those past the row's end); the rest is the row.
+            even[0] = 0.0;
+            even[pairs + 1..].fill(0.0);
+            odd[pairs..].fill(0.0);
             for ((pair, e), o) in row.chunks_exact(2).zip(&mut even[1..=pairs]).zip(&mut odd[..pairs]) {
                 (*o, *e) = (pair[0], pair[1]);
             }
@@ -239,7 +242,10 @@ const LANES: usize = 16;
 #[inline(always)]
 fn transform_output(plane_rows: &mut [f32], w: usize, tiles_w: usize, bias: f32, points: &[&[f32]; 16]) {
     for (ty, rows) in plane_rows.chunks_mut(2 * w).enumerate() {
-        let row_points: [&[f32]; 16] = points.map(|p| &p[ty * tiles_w..(ty + 1) * tiles_w]);
+        let mut row_points: [&[f32]; 16] = [&[]; 16];
+        for (row, point) in row_points.iter_mut().zip(points) {
+            *row = &point[ty * tiles_w..(ty + 1) * tiles_w];
+        }
         let whole_lanes = tiles_w - tiles_w % LANES;
         for tx in (0..whole_lanes).step_by(LANES) {
             write_blocks(rows, w, tx, &output_blocks::<LANES>(&row_points, tx, bias));
@@ -253,12 +259,20 @@ fn transform_output(plane_rows: &mut [f32], w: usize, tiles_w: usize, bias: f32,
 /// The 2x2 outputs `[y0x0, y0x1, y1x0, y1x1]` of blocks `tx..tx + L` of a row.
 #[inline(always)]
 fn output_blocks<const L: usize>(points: &[&[f32]; 16], tx: usize, bias: f32) -> [[f32; L]; 4] {
-    let m: [[f32; L]; 16] = std::array::from_fn(|k| points[k][tx..tx + L].try_into().expect("L values"));
+    // Plain loops, not `std::array::from_fn`: that is not inlined here, so it would run
+    // as a call per block, compiled for baseline x86-64 (a twentieth of a decode).
+    let mut m = [[0f32; L]; 16];
+    for (values, point) in m.iter_mut().zip(points) {
+        values.copy_from_slice(&point[tx..tx + L]);
+    }
     let mut out = [[0f32; L]; 4];
     for l in 0..L {
         // Aᵀ M: Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]; then (Aᵀ M) A.
-        let top: [f32; 4] = std::array::from_fn(|s| m[s][l] + m[4 + s][l] + m[8 + s][l]);
-        let bottom: [f32; 4] = std::array::from_fn(|s| m[4 + s][l] - m[8 + s][l] - m[12 + s][l]);
+        let (mut top, mut bottom) = ([0f32; 4], [0f32; 4]);
+        for s in 0..4 {
+            top[s] = m[s][l] + m[4 + s][l] + m[8 + s][l];
+            bottom[s] = m[4 + s][l] - m[8 + s][l] - m[12 + s][l];
+        }
         out[0][l] = top[0] + top[1] + top[2] + bias;
         out[1][l] = top[1] - top[2] - top[3] + bias;
         out[2][l] = bottom[0] + bottom[1] + bottom[2] + bias;

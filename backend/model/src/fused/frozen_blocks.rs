@@ -12,7 +12,7 @@
 
 use super::{
     applies, contiguous_f32, gelu_of, mask_row, masked_softmax_grad_in_place, masked_softmax_in_place, product,
-    times_gelu_grad, AttentionMask, View,
+    product_overwriting, repeated_rows, times_gelu_grad, zeros, AttentionMask, View,
 };
 use crate::vector_math::vectorized;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
@@ -78,28 +78,39 @@ struct Linear<'a> {
 }
 
 impl Linear<'_> {
-    /// `x · weightᵀ + bias` for `x` `[rows, in]`.
-    fn forward(self, x: &[f32]) -> Vec<f32> {
-        let rows = x.len() / self.inputs;
-        let mut out = Vec::with_capacity(rows * self.out);
-        for _ in 0..rows {
-            out.extend_from_slice(self.bias);
-        }
-        let x = View { data: x, rs: self.inputs, cs: 1 };
-        let weight_t = View { data: self.weight, rs: 1, cs: self.inputs };
-        product(&mut out, self.out, (rows, self.out, self.inputs), x, weight_t, 1.0, true);
-        out
+    /// The output `[rows, out]` as it starts: the bias in every row ([`Linear::add_product`]
+    /// completes it).
+    fn bias_rows(self, rows: usize) -> Vec<f32> {
+        repeated_rows(self.bias, rows)
     }
 
-    /// The input's gradient `grad · weight` for `grad` `[rows, out]`.
-    fn backward(self, grad: &[f32]) -> Vec<f32> {
+    /// `out += x · weightᵀ` for `x` `[rows, in]`, `out` `[rows, out]`: with `out` from
+    /// [`Linear::bias_rows`], the layer's output.
+    fn add_product(self, x: &[f32], out: &mut [f32], parallel: bool) {
+        let rows = x.len() / self.inputs;
+        let x = View { data: x, rs: self.inputs, cs: 1 };
+        let weight_t = View { data: self.weight, rs: 1, cs: self.inputs };
+        product(out, self.out, (rows, self.out, self.inputs), x, weight_t, 1.0, parallel);
+    }
+
+    /// The input's gradient `dx = grad · weight` for `grad` `[rows, out]`, `dx` `[rows, in]`.
+    fn backward_into(self, grad: &[f32], dx: &mut [f32], parallel: bool) {
         let rows = grad.len() / self.out;
-        let mut dx = vec![0f32; rows * self.inputs];
         let grad = View { data: grad, rs: self.out, cs: 1 };
         let weight = View { data: self.weight, rs: self.inputs, cs: 1 };
-        product(&mut dx, self.inputs, (rows, self.inputs, self.out), grad, weight, 1.0, true);
-        dx
+        product_overwriting(dx, self.inputs, (rows, self.inputs, self.out), grad, weight, 1.0, parallel);
     }
+}
+
+/// How a block's work splits between the pool's threads: `items` (rows or samples) in
+/// chunks of the returned size, one chunk per thread, each running a whole block on
+/// its own (one fork and join per block instead of one per step, and no step left on
+/// a single thread). The products inside a chunk run in parallel only where there are
+/// fewer chunks than threads.
+fn chunking(items: usize, smallest: usize) -> (usize, bool) {
+    let threads = rayon::current_num_threads().max(1);
+    let chunks = (items / smallest.max(1)).clamp(1, threads);
+    (items.div_ceil(chunks).max(1), chunks < threads)
 }
 
 /// `x` `[rows, in]` as f32 data, when the CPU kernels apply.
@@ -142,22 +153,55 @@ impl CustomOp1 for FrozenMlp {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, "frozen MLP")?;
-        let first = self.up.with(|up| up.forward(x))?;
-        let out = self.down.with(|down| down.forward(&gelu_of(&first)))?;
-        let rows = x.len() / self.up.inputs;
+        let (inputs, hidden, outputs) = (self.up.inputs, self.up.out, self.down.out);
+        let rows = x.len() / inputs;
+        let (chunk, parallel) = chunking(rows, MLP_ROWS_PER_CHUNK);
+        let (first, out) = self.up.with(|up| {
+            self.down.with(|down| {
+                let (mut first, mut out) = (up.bias_rows(rows), down.bias_rows(rows));
+                (
+                    first.par_chunks_mut(chunk * hidden),
+                    out.par_chunks_mut(chunk * outputs),
+                    x.par_chunks(chunk * inputs),
+                )
+                    .into_par_iter()
+                    .for_each(|(first, out, x)| {
+                        up.add_product(x, first, parallel);
+                        down.add_product(&gelu_of(first), out, parallel);
+                    });
+                (first, out)
+            })
+        })??;
         // One forward per op: the op is made for it.
         let _ = self.first_product.set(first);
-        Ok((CpuStorage::F32(out), Shape::from((rows, self.down.out))))
+        Ok((CpuStorage::F32(out), Shape::from((rows, outputs))))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let Some(first) = self.first_product.get() else { candle_core::bail!("frozen MLP: backward before forward") };
         let grad = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let mut d_first = self.down.with(|down| down.backward(&grad))?;
-        times_gelu_grad(&mut d_first, first);
-        Ok(Some(Tensor::from_vec(self.up.with(|up| up.backward(&d_first))?, x.shape(), x.device())?))
+        let (inputs, hidden, outputs) = (self.up.inputs, self.up.out, self.down.out);
+        let rows = grad.len() / outputs;
+        let mut dx = zeros(rows * inputs);
+        let (chunk, parallel) = chunking(rows, MLP_ROWS_PER_CHUNK);
+        self.up.with(|up| {
+            self.down.with(|down| {
+                (dx.par_chunks_mut(chunk * inputs), grad.par_chunks(chunk * outputs), first.par_chunks(chunk * hidden))
+                    .into_par_iter()
+                    .for_each(|(dx, grad, first)| {
+                        let mut d_first = zeros(first.len());
+                        down.backward_into(grad, &mut d_first, parallel);
+                        times_gelu_grad(&mut d_first, first);
+                        up.backward_into(&d_first, dx, parallel);
+                    })
+            })
+        })??;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
+
+/// Fewest rows a chunk of the MLP takes: fewer make the products inefficient.
+const MLP_ROWS_PER_CHUNK: usize = 32;
 
 // ---------------------------------------------------------------------------------------
 // Attention
@@ -271,47 +315,56 @@ impl CustomOp1 for FrozenAttention {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, "frozen attention")?;
         let g = self.geometry;
-        let (n, d, h) = (g.n, g.head_dim, g.hidden());
-        let qkv = self.qkv.with(|qkv| qkv.forward(x))?;
+        let (n, d, h, outputs) = (g.n, g.head_dim, g.hidden(), self.dense.out);
         let scale = 1.0 / (d as f32).sqrt();
-        let mut probs = vec![0f32; g.batch * g.heads * n * n];
-        // Each (sample, head): its scores and probabilities in place, then its context.
-        let contexts: Vec<Vec<f32>> = probs
-            .par_chunks_mut(n * n)
-            .enumerate()
-            .map(|(task, p)| {
-                // The whole task compiled for this CPU's SIMD (the mask, softmax, dropout).
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        let (sample, head) = (task / g.heads, task % g.heads);
-                        let all = View { data: &qkv, rs: 3 * h, cs: 1 };
-                        let keys_t = View { data: &qkv, rs: 1, cs: 3 * h }.at(g.part(sample, head, 1));
-                        product(p, n, (n, n, d), all.at(g.part(sample, head, 0)), keys_t, scale, false);
-                        for (i, row) in p.chunks_mut(n).enumerate() {
-                            masked_softmax_in_place(row, self.keep_row(task * n + i));
-                        }
-                        let mut context = vec![0f32; n * d];
-                        let dropped = self.dropped(p, task);
-                        let values = all.at(g.part(sample, head, 2));
-                        product(&mut context, d, (n, d, n), View { data: &dropped, rs: n, cs: 1 }, values, 1.0, false);
-                        context
-                    },
+        // Each chunk of samples: its queries, keys and values, each head's scores,
+        // probabilities (in place) and context, then the dense layer.
+        let (samples, parallel) = chunking(g.batch, 1);
+        let (qkv, probs, out) = self.qkv.with(|qkv_layer| {
+            self.dense.with(|dense| {
+                let (mut qkv, mut out) = (qkv_layer.bias_rows(g.batch * n), dense.bias_rows(g.batch * n));
+                let mut probs = zeros(g.batch * g.heads * n * n);
+                (
+                    x.par_chunks(samples * n * h),
+                    qkv.par_chunks_mut(samples * n * 3 * h),
+                    probs.par_chunks_mut(samples * g.heads * n * n),
+                    out.par_chunks_mut(samples * n * outputs),
                 )
+                    .into_par_iter()
+                    .enumerate()
+                    .for_each(|(chunk, (x, qkv, probs, out))| {
+                        qkv_layer.add_product(x, qkv, parallel);
+                        let mut context = zeros(x.len());
+                        // The heads' loop compiled for this CPU's SIMD (the mask, softmax, dropout).
+                        vectorized(
+                            #[inline(always)]
+                            || {
+                                for (local, p) in probs.chunks_mut(n * n).enumerate() {
+                                    let (sample, head) = (local / g.heads, local % g.heads);
+                                    let task = chunk * samples * g.heads + local;
+                                    let all = View { data: qkv, rs: 3 * h, cs: 1 };
+                                    let keys_t = View { data: qkv, rs: 1, cs: 3 * h }.at(g.part(sample, head, 1));
+                                    let queries = all.at(g.part(sample, head, 0));
+                                    product_overwriting(p, n, (n, n, d), queries, keys_t, scale, parallel);
+                                    for (i, row) in p.chunks_mut(n).enumerate() {
+                                        masked_softmax_in_place(row, self.keep_row(task * n + i));
+                                    }
+                                    let dropped = self.dropped(p, task);
+                                    let values = all.at(g.part(sample, head, 2));
+                                    // Straight into the head's columns of `[rows, h]`.
+                                    let at = sample * n * h + head * d;
+                                    let probs = View { data: &dropped, rs: n, cs: 1 };
+                                    product_overwriting(&mut context[at..], h, (n, d, n), probs, values, 1.0, parallel);
+                                }
+                            },
+                        );
+                        dense.add_product(&context, out, parallel);
+                    });
+                (qkv, probs, out)
             })
-            .collect();
-        // [rows, h] with head `head` in columns head*d..
-        let mut context = vec![0f32; g.batch * n * h];
-        for (task, block) in contexts.iter().enumerate() {
-            let (sample, head) = (task / g.heads, task % g.heads);
-            for (i, row) in block.chunks(d).enumerate() {
-                let at = (sample * n + i) * h + head * d;
-                context[at..at + d].copy_from_slice(row);
-            }
-        }
-        let out = self.dense.with(|dense| dense.forward(&context))?;
+        })??;
         let _ = self.saved.set((qkv, probs));
-        Ok((CpuStorage::F32(out), Shape::from((g.batch * n, self.dense.out))))
+        Ok((CpuStorage::F32(out), Shape::from((g.batch * n, outputs))))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -319,60 +372,70 @@ impl CustomOp1 for FrozenAttention {
             candle_core::bail!("frozen attention: backward before forward")
         };
         let g = self.geometry;
-        let (n, d, h) = (g.n, g.head_dim, g.hidden());
+        let (n, d, h, outputs) = (g.n, g.head_dim, g.hidden(), self.dense.out);
         let scale = 1.0 / (d as f32).sqrt();
         let grad = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let d_context = self.dense.with(|dense| dense.backward(&grad))?;
-        // Each (sample, head): the gradients of its queries, keys and values, [n, d] each.
-        let parts: Vec<[Vec<f32>; 3]> = (0..g.batch * g.heads)
-            .into_par_iter()
-            .map(|task| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        let (sample, head) = (task / g.heads, task % g.heads);
-                        let p = &probs[task * n * n..(task + 1) * n * n];
-                        let all = View { data: qkv, rs: 3 * h, cs: 1 };
-                        let dc = View { data: &d_context, rs: h, cs: 1 }.at(sample * n * h + head * d);
-                        // d values = dropped probsᵀ · d context
-                        let dropped = self.dropped(p, task);
-                        let mut dv = vec![0f32; n * d];
-                        product(&mut dv, d, (n, d, n), View { data: &dropped, rs: 1, cs: n }, dc, 1.0, false);
-                        // d probs = (d context · valuesᵀ) ⊙ dropout
-                        let mut dp = vec![0f32; n * n];
-                        let values_t = View { data: qkv, rs: 1, cs: 3 * h }.at(g.part(sample, head, 2));
-                        product(&mut dp, n, (n, n, d), dc, values_t, 1.0, false);
-                        if let Some(dropout) = &self.dropout {
-                            for (g, d) in dp.iter_mut().zip(&dropout[task * n * n..]) {
-                                *g *= d;
-                            }
-                        }
-                        // d scores = m * p * (d probs - Σ p * d probs), per row
-                        for (i, (row, p)) in dp.chunks_mut(n).zip(p.chunks(n)).enumerate() {
-                            masked_softmax_grad_in_place(row, p, self.keep_row(task * n + i));
-                        }
-                        let ds = View { data: &dp, rs: n, cs: 1 };
-                        let ds_t = View { data: &dp, rs: 1, cs: n };
-                        let mut dq = vec![0f32; n * d];
-                        product(&mut dq, d, (n, d, n), ds, all.at(g.part(sample, head, 1)), scale, false);
-                        let mut dk = vec![0f32; n * d];
-                        product(&mut dk, d, (n, d, n), ds_t, all.at(g.part(sample, head, 0)), scale, false);
-                        [dq, dk, dv]
-                    },
+        let mut dx = zeros(g.batch * n * h);
+        // Each chunk of samples: the context's gradient, then each head's gradients of
+        // its queries, keys and values, then the input's.
+        let (samples, parallel) = chunking(g.batch, 1);
+        self.qkv.with(|qkv_layer| {
+            self.dense.with(|dense| {
+                (
+                    dx.par_chunks_mut(samples * n * h),
+                    grad.par_chunks(samples * n * outputs),
+                    qkv.par_chunks(samples * n * 3 * h),
+                    probs.par_chunks(samples * g.heads * n * n),
                 )
+                    .into_par_iter()
+                    .enumerate()
+                    .for_each(|(chunk, (dx, grad, qkv, probs))| {
+                        let mut d_context = zeros(dx.len());
+                        dense.backward_into(grad, &mut d_context, parallel);
+                        let (mut d_qkv, mut dp) = (zeros(qkv.len()), zeros(n * n));
+                        vectorized(
+                            #[inline(always)]
+                            || {
+                                for (local, p) in probs.chunks(n * n).enumerate() {
+                                    let (sample, head) = (local / g.heads, local % g.heads);
+                                    let task = chunk * samples * g.heads + local;
+                                    let all = View { data: qkv, rs: 3 * h, cs: 1 };
+                                    let dc = View { data: &d_context, rs: h, cs: 1 }.at(sample * n * h + head * d);
+                                    // d values = dropped probsᵀ · d context
+                                    let dropped = self.dropped(p, task);
+                                    let dropped_t = View { data: &dropped, rs: 1, cs: n };
+                                    let at = |part| g.part(sample, head, part);
+                                    // Part `part`'s gradient, `lhs · rhs * scale`, straight into
+                                    // its columns of `d_qkv`.
+                                    let mut gradient_of = |part, lhs, rhs, scale| {
+                                        let dst = &mut d_qkv[at(part)..];
+                                        product_overwriting(dst, 3 * h, (n, d, n), lhs, rhs, scale, parallel)
+                                    };
+                                    gradient_of(2, dropped_t, dc, 1.0);
+                                    // d probs = (d context · valuesᵀ) ⊙ dropout
+                                    let values_t = View { data: qkv, rs: 1, cs: 3 * h }.at(at(2));
+                                    product_overwriting(&mut dp, n, (n, n, d), dc, values_t, 1.0, parallel);
+                                    if let Some(dropout) = &self.dropout {
+                                        for (g, d) in dp.iter_mut().zip(&dropout[task * n * n..]) {
+                                            *g *= d;
+                                        }
+                                    }
+                                    // d scores = m * p * (d probs - Σ p * d probs), per row
+                                    for (i, (row, p)) in dp.chunks_mut(n).zip(p.chunks(n)).enumerate() {
+                                        masked_softmax_grad_in_place(row, p, self.keep_row(task * n + i));
+                                    }
+                                    let ds = View { data: &dp, rs: n, cs: 1 };
+                                    let ds_t = View { data: &dp, rs: 1, cs: n };
+                                    gradient_of(0, ds, all.at(at(1)), scale);
+                                    gradient_of(1, ds_t, all.at(at(0)), scale);
+                                }
+                            },
+                        );
+                        qkv_layer.backward_into(&d_qkv, dx, parallel);
+                    })
             })
-            .collect();
-        let mut d_qkv = vec![0f32; g.batch * n * 3 * h];
-        for (task, blocks) in parts.iter().enumerate() {
-            let (sample, head) = (task / g.heads, task % g.heads);
-            for (part, block) in blocks.iter().enumerate() {
-                for (i, row) in block.chunks(d).enumerate() {
-                    let at = g.part(sample, head, part) + i * 3 * h;
-                    d_qkv[at..at + d].copy_from_slice(row);
-                }
-            }
-        }
-        Ok(Some(Tensor::from_vec(self.qkv.with(|qkv| qkv.backward(&d_qkv))?, x.shape(), x.device())?))
+        })??;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
 
@@ -412,7 +475,8 @@ mod tests {
     #[test]
     fn frozen_mlp_equals_its_products_and_gelu() {
         let dev = Device::Cpu;
-        let (b, n, h) = (2, 5, 12);
+        // Enough rows for the work to split into chunks of different sizes.
+        let (b, n, h) = (3, 25, 12);
         let x = Var::randn(0f32, 1.0, (b, n, h), &dev).unwrap();
         let (up, down) = (linear(4 * h, h, &dev), linear(h, 4 * h, &dev));
         let weighing = Tensor::randn(0f32, 1.0, (b, n, h), &dev).unwrap();
@@ -433,7 +497,8 @@ mod tests {
     #[test]
     fn frozen_attention_equals_the_op_by_op_attention() {
         let dev = Device::Cpu;
-        let (b, n, heads, d) = (2, 7, 3, 4);
+        // Three samples: on two threads, chunks of two samples and of one.
+        let (b, n, heads, d) = (3, 7, 3, 4);
         let h = heads * d;
         let x = Var::randn(0f32, 1.0, (b, n, h), &dev).unwrap();
         let (qkv, dense) = (linear(3 * h, h, &dev), linear(h, h, &dev));
