@@ -272,6 +272,13 @@ impl Geometry {
     fn part(&self, sample: usize, head: usize, part: usize) -> usize {
         sample * self.n * 3 * self.hidden() + part * self.hidden() + head * self.head_dim
     }
+
+    /// Block `local` of the `(sample, head)` blocks of chunk `chunk` (chunks of `samples`
+    /// samples): its sample within the chunk, its head, and its index among all blocks
+    /// (which the mask and dropout rows go by).
+    fn block(&self, chunk: usize, samples: usize, local: usize) -> (usize, usize, usize) {
+        (local / self.heads, local % self.heads, chunk * samples * self.heads + local)
+    }
 }
 
 struct FrozenAttention {
@@ -340,8 +347,7 @@ impl CustomOp1 for FrozenAttention {
                             #[inline(always)]
                             || {
                                 for (local, p) in probs.chunks_mut(n * n).enumerate() {
-                                    let (sample, head) = (local / g.heads, local % g.heads);
-                                    let task = chunk * samples * g.heads + local;
+                                    let (sample, head, task) = g.block(chunk, samples, local);
                                     let all = View { data: qkv, rs: 3 * h, cs: 1 };
                                     let keys_t = View { data: qkv, rs: 1, cs: 3 * h }.at(g.part(sample, head, 1));
                                     let queries = all.at(g.part(sample, head, 0));
@@ -397,8 +403,7 @@ impl CustomOp1 for FrozenAttention {
                             #[inline(always)]
                             || {
                                 for (local, p) in probs.chunks(n * n).enumerate() {
-                                    let (sample, head) = (local / g.heads, local % g.heads);
-                                    let task = chunk * samples * g.heads + local;
+                                    let (sample, head, task) = g.block(chunk, samples, local);
                                     let all = View { data: qkv, rs: 3 * h, cs: 1 };
                                     let dc = View { data: &d_context, rs: h, cs: 1 }.at(sample * n * h + head * d);
                                     // d values = dropped probsᵀ · d context
