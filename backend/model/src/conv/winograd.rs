@@ -8,7 +8,17 @@
 //! The transforms are Lavin and Gray's ("Fast Algorithms for Convolutional Neural
 //! Networks", 2015): `U = G g Gᵀ` for each 3x3 kernel, `V = Bᵀ d B` for each 4x4 input
 //! block, `Y = Aᵀ (U ⊙ V) A`. Their coefficients are 0, ±1 and ±1/2, so the results
-//! differ from a direct convolution by rounding only.
+//! differ from a direct convolution by rounding only. Larger blocks (F(4x4, 3x3), F(3x3,
+//! 3x3)) would save more products, but in f32 they round 6 to 20 times worse than the
+//! direct convolution where this one rounds about twice as badly (128 channels, against
+//! f64).
+//!
+//! The transformed inputs and products are four times the picture's size. Each task
+//! therefore takes a row or a few of blocks of one image ([`TASK_BLOCKS`]) through all
+//! three steps on one thread, so that they are read back from its core's own cache
+//! (1 MB with 128 channels); done a step at a time over the whole picture, on all
+//! threads, they went to the shared cache and back, and the 350M decode took a tenth
+//! longer.
 
 use super::SharedPtr;
 use crate::fused::{contiguous_f32, product_overwriting, zeros, View};
@@ -18,11 +28,9 @@ use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::Arc;
 
-/// Values of the 16 transformed matrices kept at once, inputs and outputs (8 MB): a
-/// convolution goes a chunk of rows of blocks at a time, across images where they are
-/// small, so its scratch memory stays the same whatever the batch and picture size (a
-/// whole 256 px picture with 128 channels would take 268 MB).
-const CHUNK_VALUES: usize = 2 << 20;
+/// Blocks a task transforms at least (whole rows of blocks of one image): its products
+/// are `[out, in] x [in, blocks]`.
+const TASK_BLOCKS: usize = 64;
 
 /// Whether Winograd beats the im2col path for this convolution: the matrix products
 /// must outweigh the transforms. Measured on the two VQGAN presets (2-core AMD EPYC,
@@ -78,74 +86,72 @@ impl CustomOp2 for WinogradConv {
         }
         // Blocks of 2x2 outputs; an odd side's last block reads zeros and writes half.
         let (tiles_h, tiles_w) = (h.div_ceil(2), w.div_ceil(2));
-        // Rows of blocks of all images, numbered image * tiles_h + ty, a chunk at a time.
-        let block_rows = b * tiles_h;
-        let chunk_rows = (CHUNK_VALUES / (16 * (c + out_c) * tiles_w).max(1)).clamp(1, block_rows.max(1));
-        let (mut out, mut v, mut m) =
-            (zeros(b * out_c * h * w), zeros(16 * c * chunk_rows * tiles_w), zeros(16 * out_c * chunk_rows * tiles_w));
-        for first_row in (0..block_rows).step_by(chunk_rows) {
-            let rows = first_row..(first_row + chunk_rows).min(block_rows);
-            let columns = rows.len() * tiles_w;
-            // Each image's part of the chunk: (image, its block rows, their first column).
-            let parts: Vec<(usize, Range<usize>, usize)> = (rows.start / tiles_h..rows.end.div_ceil(tiles_h))
-                .map(|image| {
-                    let start = rows.start.max(image * tiles_h);
-                    let end = rows.end.min((image + 1) * tiles_h);
-                    (image, start - image * tiles_h..end - image * tiles_h, (start - rows.start) * tiles_w)
-                })
-                .collect();
-            let v_ptr = SharedPtr(v.as_mut_ptr());
-            // V = Bᵀ d B for every (image, channel) plane's rows in the chunk, into row
-            // `channel` of each of the 16 matrices `[c, columns]`.
-            (0..parts.len() * c).into_par_iter().for_each_init(
-                || InputRows::new(tiles_w),
-                |scratch, task| {
-                    let ((image, ref block_rows, column), channel) = (parts[task / c].clone(), task % c);
-                    let plane = &x[(image * c + channel) * h * w..][..h * w];
-                    // Rebound so the closure below captures the whole (Sync) pointer.
-                    #[allow(clippy::redundant_locals)]
-                    let v_ptr = v_ptr;
-                    let blocks = block_rows.len() * tiles_w;
-                    // SAFETY: this task alone writes columns column..column + blocks of row
-                    // `channel` in each matrix, all inside `v` (16 * c * columns values).
-                    let mut dst: Vec<&mut [f32]> = (0..16)
-                        .map(|xi| unsafe {
-                            std::slice::from_raw_parts_mut(v_ptr.0.add((xi * c + channel) * columns + column), blocks)
-                        })
-                        .collect();
-                    vectorized(
-                        #[inline(always)]
-                        || transform_input(plane, (h, w), tiles_w, block_rows.clone(), scratch, &mut dst),
-                    )
-                },
-            );
-            // M = U ⊙ V: one product per point of the 4x4 block.
-            for xi in 0..16 {
-                // U [out_c, c] times V [c, columns] into M [out_c, columns].
-                let u = View { data: &self.weights[xi * out_c * c..], rs: c, cs: 1 };
-                let vx = View { data: &v[xi * c * columns..], rs: columns, cs: 1 };
-                let mx = &mut m[xi * out_c * columns..(xi + 1) * out_c * columns];
-                product_overwriting(mx, columns, (out_c, columns, c), u, vx, 1.0, true);
-            }
-            // Y = Aᵀ M A plus the bias, for every (image, output channel) plane's rows in
-            // the chunk.
-            let (m, parts) = (&m, &parts);
-            let images = parts[0].0..parts[parts.len() - 1].0 + 1;
-            out[images.start * out_c * h * w..images.end * out_c * h * w].par_chunks_mut(h * w).enumerate().for_each(
-                |(plane_index, plane)| {
-                    let (part, channel) = (plane_index / out_c, plane_index % out_c);
-                    let (_, block_rows, column) = &parts[part];
-                    let blocks = block_rows.len() * tiles_w;
-                    let points: [&[f32]; 16] =
-                        std::array::from_fn(|xi| &m[(xi * out_c + channel) * columns + column..][..blocks]);
-                    let plane_rows = &mut plane[2 * block_rows.start * w..(2 * block_rows.end * w).min(h * w)];
-                    vectorized(
-                        #[inline(always)]
-                        || transform_output(plane_rows, w, tiles_w, bias[channel], &points),
-                    )
-                },
-            );
-        }
+        // Each task takes some rows of blocks of one image through all three steps, so
+        // that its transformed inputs and products stay in the core's cache; fewer rows
+        // where the picture is small and the cores many, so that every core has work.
+        let enough_tasks = (b * tiles_h / (2 * rayon::current_num_threads())).max(1);
+        let rows_per_task = TASK_BLOCKS.div_ceil(tiles_w).clamp(1, enough_tasks);
+        let tasks: Vec<(usize, Range<usize>)> = (0..b)
+            .flat_map(|image| {
+                (0..tiles_h)
+                    .step_by(rows_per_task)
+                    .map(move |first| (image, first..(first + rows_per_task).min(tiles_h)))
+            })
+            .collect();
+        let most_blocks = rows_per_task * tiles_w;
+        let mut out = zeros(b * out_c * h * w);
+        let out_ptr = SharedPtr(out.as_mut_ptr());
+        tasks.into_par_iter().for_each_init(
+            || (InputRows::new(tiles_w), vec![0f32; 16 * c * most_blocks], vec![0f32; 16 * out_c * most_blocks]),
+            |(rows, v, m), (image, block_rows)| {
+                let blocks = block_rows.len() * tiles_w;
+                // V = Bᵀ d B of each channel's blocks, into row `channel` of each of the 16
+                // matrices `[c, blocks]`.
+                let v = &mut v[..16 * c * blocks];
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for channel in 0..c {
+                            let plane = &x[(image * c + channel) * h * w..][..h * w];
+                            let mut dst: Vec<&mut [f32]> = v.chunks_mut(blocks).skip(channel).step_by(c).collect();
+                            transform_input(plane, (h, w), tiles_w, block_rows.clone(), rows, &mut dst);
+                        }
+                    },
+                );
+                // M = U ⊙ V: one product per point of the 4x4 block, U [out_c, c] times
+                // V [c, blocks] into M [out_c, blocks].
+                let m = &mut m[..16 * out_c * blocks];
+                for (xi, mx) in m.chunks_mut(out_c * blocks).enumerate() {
+                    let u = View { data: &self.weights[xi * out_c * c..], rs: c, cs: 1 };
+                    let vx = View { data: &v[xi * c * blocks..], rs: blocks, cs: 1 };
+                    product_overwriting(mx, blocks, (out_c, blocks, c), u, vx, 1.0, false);
+                }
+                // Y = Aᵀ M A plus the bias, into each output plane's rows of these blocks.
+                #[allow(clippy::redundant_locals)]
+                let out_ptr = out_ptr;
+                let first_value = 2 * block_rows.start * w;
+                let values = (2 * block_rows.end * w).min(h * w) - first_value;
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (channel, &bias) in bias.iter().enumerate() {
+                            let mut points: [&[f32]; 16] = [&[]; 16];
+                            for (xi, point) in points.iter_mut().enumerate() {
+                                *point = &m[(xi * out_c + channel) * blocks..][..blocks];
+                            }
+                            // SAFETY: this task alone writes these rows of the plane.
+                            let plane_rows = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    out_ptr.0.add((image * out_c + channel) * h * w + first_value),
+                                    values,
+                                )
+                            };
+                            transform_output(plane_rows, w, tiles_w, bias, &points);
+                        }
+                    },
+                );
+            },
+        );
         Ok((CpuStorage::F32(out), Shape::from((b, out_c, h, w))))
     }
 }
