@@ -107,7 +107,7 @@ pub fn rerank_pairs(engine: &Engine, pairs: &[(&str, &[u32])], batch: usize) -> 
         let ppl_image = image_ppl(engine, &hidden, &ids)?;
         let l_text_logits = logits_at(engine, &hidden, 0, l - 1, Head::Text)?;
         let ppl_text = ce_to_ppl(&token_ce(&l_text_logits, &ids.narrow(1, 1, l - 1)?, Some(0))?);
-        let ppl_caption = r_text_ppl(engine, &hidden, &ids, true)?;
+        let ppl_caption = r_text_ppl(engine, &hidden, &ids, cfg.total_seq_length() - r, true)?;
         scores.extend(
             ppl_text
                 .into_iter()
@@ -161,7 +161,7 @@ fn score_images_by_text(
         let hidden = hidden(engine, &rows, &masks)?;
         let ids = ids_tensor(engine, &rows)?;
         let ppl_image = image_ppl(engine, &hidden, &ids)?;
-        let ppl_text = r_text_ppl(engine, &hidden, &ids, score_end)?;
+        let ppl_text = r_text_ppl(engine, &hidden, &ids, cfg.total_seq_length() - r, score_end)?;
         scores.extend(ppl_text.into_iter().zip(ppl_image).map(|(ppl_text, ppl_image)| TextImageScore {
             ppl_text,
             ppl_image,
@@ -171,11 +171,10 @@ fn score_images_by_text(
     Ok(scores)
 }
 
-/// The right text's perplexity of rows that hold its first positions (all, or as many as
+/// The right text's perplexity in rows whose right text starts at position `start` of
+/// `ids` and `hidden` and runs to their end (all of it, or as many positions as
 /// [`scored_r_text_len`] keeps).
-fn r_text_ppl(engine: &Engine, hidden: &Tensor, ids: &Tensor, score_end: bool) -> Result<Vec<f32>> {
-    let cfg = engine.model.config();
-    let start = cfg.total_seq_length() - cfg.r_text_seq_length;
+fn r_text_ppl(engine: &Engine, hidden: &Tensor, ids: &Tensor, start: usize, score_end: bool) -> Result<Vec<f32>> {
     let kept = ids.dim(1)? - start;
     let r_logits = logits_at(engine, hidden, start, kept - 1, Head::Text)?;
     let labels = scored_labels(ids.narrow(1, start + 1, kept - 1)?, score_end)?;
@@ -246,9 +245,8 @@ fn class_text_perplexities(
         let ids = ids_tensor(engine, &rows)?;
         let hidden =
             engine.model.forward_hidden(&ids, &attention_mask(cfg, &masks, &engine.device)?, Some(&mut cache))?;
-        let r_logits = logits_at(engine, &hidden, 0, kept - 1, Head::Text)?;
-        let labels = scored_labels(ids.narrow(1, 1, kept - 1)?, score_end)?;
-        ppl.extend(ce_to_ppl(&token_ce(&r_logits, &labels, Some(0))?));
+        // The rows are the right texts alone (the prefix is in the cache).
+        ppl.extend(r_text_ppl(engine, &hidden, &ids, 0, score_end)?);
     }
     Ok(ppl)
 }
