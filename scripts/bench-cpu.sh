@@ -4,21 +4,27 @@
 # without AVX-512 runs (a build without the `avx512` feature; torch held to AVX2 by its
 # own switches). Prints a table of medians and ratios; the JSON reports stay in OUT.
 #
-#   scripts/bench-cpu.sh [--preset tiny|350M] [--runs 5] [--only KEY,...] [--out bench-results/cpu-DATE]
+#   scripts/bench-cpu.sh [--preset tiny|350M] [--runs 5] [--rounds 1] [--only KEY,...] [--out bench-results/cpu-DATE]
+#
+# With --rounds N the four runs (ours and the reference, each build) are repeated N times
+# in turn, and the table gives each key's median over the rounds and the median of the
+# rounds' ratios: a slow spell of a shared machine then falls on both sides of a ratio
+# instead of on one half of the table.
 #
 # Builds both binaries (release) and the reference venv on first use.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/env.sh
 
-preset=tiny runs=5 only="" out="bench-results/cpu-$(date -u +%F)"
+preset=tiny runs=5 rounds=1 only="" out="bench-results/cpu-$(date -u +%F)"
 while (($#)); do
   case "$1" in
     --preset) preset="$2"; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
+    --rounds) rounds="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    *) echo "usage: $0 [--preset tiny|350M] [--runs N] [--only KEY,...] [--out DIR]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--preset tiny|350M] [--runs N] [--rounds N] [--only KEY,...] [--out DIR]" >&2; exit 2 ;;
   esac
 done
 say() { printf '\033[1m[bench-cpu]\033[0m %s\n' "$*" >&2; }
@@ -46,20 +52,24 @@ cargo build -q --release -p borscht
 mkdir -p "$out"
 host="$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"
 
-bench() { # NAME BINARY
-  say "$1: borscht bench --preset $preset --runs $runs"
-  "$2" bench --preset "$preset" --runs "$runs" ${only:+--only "$only"} >"$out/borscht-$preset-$1.json"
+bench() { # NAME BINARY SUFFIX
+  say "$1$3: borscht bench --preset $preset --runs $runs"
+  "$2" bench --preset "$preset" --runs "$runs" ${only:+--only "$only"} >"$out/borscht-$preset-$1$3.json"
 }
-reference() { # NAME [ENV...]
-  local name="$1"; shift
-  say "$name: the reference, same preset and runs"
+reference() { # NAME SUFFIX [ENV...]
+  local name="$1" suffix="$2"; shift 2
+  say "$name$suffix: the reference, same preset and runs"
   env TQDM_DISABLE=1 "$@" "$venv/bin/python" scripts/fixtures/bench_presets.py --preset "$preset" --runs "$runs" \
-    ${only:+--only "$only"} >"$out/reference-$preset-$name.json"
+    ${only:+--only "$only"} >"$out/reference-$preset-$name$suffix.json"
 }
-bench avx512 target/release/borscht
-reference avx512
-bench avx2 target/release/borscht-avx2
-# torch's own kernels, MKL's and oneDNN's each have a switch that caps the instruction set.
-reference avx2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
+for round in $(seq 1 "$rounds"); do
+  suffix=""
+  ((rounds == 1)) || suffix="-round$round"
+  bench avx512 target/release/borscht "$suffix"
+  reference avx512 "$suffix"
+  bench avx2 target/release/borscht-avx2 "$suffix"
+  # torch's own kernels, MKL's and oneDNN's each have a switch that caps the instruction set.
+  reference avx2 "$suffix" ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
+done
 
 python3 scripts/bench-table.py "$out" "$preset" "$host"

@@ -11,7 +11,7 @@
 //!
 //! The VQGAN's softmax, convolution and GroupNorm kernels share the CPU helpers here.
 
-use crate::vector_math::{exp, lane_dot, lane_max, lane_sum, lane_sum_f64, tanh, vectorized};
+use crate::vector_math::{exp, exp_shifted_in_place, lane_dot, lane_max, lane_sum, lane_sum_f64, tanh, vectorized};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -422,11 +422,7 @@ impl CustomOp3 for MaskedSoftmaxBackward {
 /// `row = exp(row - max(row)) / sum`, in place.
 #[inline(always)]
 pub(crate) fn normalise_exp(row: &mut [f32]) {
-    let max = lane_max(row);
-    for d in row.iter_mut() {
-        *d = exp(*d - max);
-    }
-    let inv = 1.0 / lane_sum(row);
+    let inv = 1.0 / exp_shifted_in_place(row);
     for d in row.iter_mut() {
         *d *= inv;
     }

@@ -8,8 +8,8 @@
 //! computes its rows of scores, softmax and output while they sit in the cache, and
 //! never writes the whole matrix.
 
-use crate::fused::{self, contiguous_f32, normalise_exp, product_overwriting, View};
-use crate::vector_math::vectorized;
+use crate::fused::{self, contiguous_f32, product_overwriting, View};
+use crate::vector_math::{exp_shifted_in_place, vectorized};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -85,18 +85,24 @@ impl CustomOp3 for SpatialAttention {
                 let q_t = View { data: &q[plane + first..], rs: 1, cs: n };
                 let keys = View { data: &k[plane..], rs: n, cs: 1 };
                 product_overwriting(scores, n, (rows, n, c), q_t, keys, scale, false);
+                // Softmax's division waits for the output: c values a row instead of n.
+                let mut sums = [0f32; QUERY_BLOCK];
                 vectorized(
                     #[inline(always)]
                     || {
-                        for row in scores.chunks_mut(n) {
-                            normalise_exp(row);
+                        for (row, sum) in scores.chunks_mut(n).zip(&mut sums) {
+                            *sum = exp_shifted_in_place(row);
                         }
                     },
                 );
-                // out[j, :] = Σ_i p[j, i] · v[:, i]
-                let probabilities = View { data: scores, rs: n, cs: 1 };
+                // out[j, :] = Σ_i e[j, i] · v[:, i] / Σ_i e[j, i]
+                let weights = View { data: scores, rs: n, cs: 1 };
                 let v_t = View { data: &v[plane..], rs: 1, cs: n };
-                product_overwriting(dst, c, (rows, c, n), probabilities, v_t, 1.0, false);
+                product_overwriting(dst, c, (rows, c, n), weights, v_t, 1.0, false);
+                for (row, sum) in dst.chunks_mut(c).zip(sums) {
+                    let inv = 1.0 / sum;
+                    row.iter_mut().for_each(|d| *d *= inv);
+                }
             },
         );
         Ok((CpuStorage::F32(out), Shape::from((b, n, c))))

@@ -102,6 +102,60 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
+/// [`exp`] for `x <= 0` (or NaN), as softmax takes it of `score - max`: the same
+/// value bit for bit, in about two thirds of the instructions, as nothing can
+/// overflow and `2^n` is a single normal factor (`n >= -126` after the clamp).
+#[inline(always)]
+#[allow(clippy::excessive_precision)]
+pub fn exp_of_nonpositive(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const MIN: f32 = -87.336_55;
+    const ROUNDER: f32 = 12_582_912.0;
+    // A NaN fails the test and stays a NaN.
+    let clamped = if x < MIN { MIN } else { x };
+    let shifted = clamped * LOG2_E + ROUNDER;
+    let n = shifted - ROUNDER;
+    let r = clamped - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let e_r = p * r * r + r + 1.0;
+    let n = shifted.to_bits() as i32 - ROUNDER.to_bits() as i32;
+    let y = e_r * f32::from_bits(((n + 127) as u32) << 23);
+    if x < MIN {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// `row = exp(row - max(row))`, in place, returning the sum of the new values (in the
+/// lanes and order of [`lane_sum`]): softmax without its division, for callers that
+/// divide something smaller instead.
+#[inline(always)]
+pub fn exp_shifted_in_place(row: &mut [f32]) -> f32 {
+    let max = lane_max(row);
+    let mut lanes = [0f32; 16];
+    let mut chunks = row.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        for (l, d) in lanes.iter_mut().zip(chunk) {
+            *d = exp_of_nonpositive(*d - max);
+            *l += *d;
+        }
+    }
+    let mut tail = 0f32;
+    for d in chunks.into_remainder() {
+        *d = exp_of_nonpositive(*d - max);
+        tail += *d;
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// `x * sigmoid(x)` (taming's `nonlinearity`, PyTorch's SiLU).
 #[inline(always)]
 pub fn swish(x: f32) -> f32 {
@@ -221,6 +275,35 @@ mod tests {
         );
         for (x, y) in xs.iter().zip(&ys) {
             assert_eq!(exp(*x).to_bits(), y.to_bits(), "exp({x})");
+        }
+    }
+
+    #[test]
+    fn exp_of_nonpositive_is_exp_bit_for_bit() {
+        let mut xs: Vec<f32> = (0..=200_000).map(|i| -100.0 + i as f32 * 0.0005).collect();
+        xs.extend([0.0, -0.0, -87.336_55, -87.336_56, f32::MIN, f32::NEG_INFINITY, -1e-30]);
+        let mut ys = xs.clone();
+        vectorized(
+            #[inline(always)]
+            || ys.iter_mut().for_each(|y| *y = exp_of_nonpositive(*y)),
+        );
+        for (x, y) in xs.iter().zip(&ys) {
+            assert_eq!(exp(*x).to_bits(), y.to_bits(), "exp({x})");
+            assert_eq!(exp_of_nonpositive(*x).to_bits(), y.to_bits(), "exp({x}) scalar");
+        }
+        assert!(exp_of_nonpositive(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn exp_shifted_in_place_returns_the_sum_of_what_it_wrote() {
+        for len in [1, 15, 16, 17, 1000] {
+            let row: Vec<f32> = (0..len).map(|i| ((i * 37) % 101) as f32 * 0.3 - 12.0).collect();
+            let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut shifted = row.clone();
+            let sum = exp_shifted_in_place(&mut shifted);
+            let expected: Vec<f32> = row.iter().map(|&v| exp(v - max)).collect();
+            assert_eq!(shifted, expected, "len {len}");
+            assert_eq!(sum.to_bits(), lane_sum(&expected).to_bits(), "len {len}");
         }
     }
 

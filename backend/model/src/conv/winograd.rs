@@ -2,8 +2,8 @@
 //! block of outputs comes from a 4x4 block of inputs through 16 products instead of 36.
 //! The 16 products of all blocks are 16 matrix products, `[out, in] x [in, blocks]`, so
 //! a convolution does 4/9 of the multiply-adds of im2col. Transforming the input and
-//! the output costs a few additions per value, so it pays where the channels are many
-//! (the Sber VQGAN's 128 to 512); see [`worth_it`].
+//! the output costs a few additions per value, so it pays where there are enough
+//! channels and blocks; see [`worth_it`].
 //!
 //! The transforms are Lavin and Gray's ("Fast Algorithms for Convolutional Neural
 //! Networks", 2015): `U = G g Gᵀ` for each 3x3 kernel, `V = Bᵀ d B` for each 4x4 input
@@ -35,11 +35,13 @@ use std::sync::Arc;
 const TASK_BLOCKS: usize = 64;
 
 /// Whether Winograd beats the im2col path for this convolution: the matrix products
-/// must outweigh the transforms. Measured on the two VQGAN presets (2-core AMD EPYC,
-/// 2026-12-05): with the Sber VQGAN's 128 to 512 channels a decode or encode took about
-/// a fifth less time; with the tiny preset's 32 to 128 channels, or 8x8 pictures, longer.
+/// must outweigh the transforms. Measured on the two VQGAN presets (2-core AMD EPYC):
+/// with the Sber VQGAN's 128 to 512 channels a decode or encode took about a fifth less
+/// time (2026-12-05); since each task keeps its blocks in its core's cache, the tiny
+/// preset's 32 to 128 channels gain too, 5-9 % (2026-12-06). On 8x8 pictures (16
+/// blocks) it made no difference measurable on that machine, so they keep im2col.
 pub(super) fn worth_it(in_c: usize, out_c: usize, (h, w): (usize, usize)) -> bool {
-    in_c >= 128 && out_c >= 128 && h * w >= 256
+    in_c >= 32 && out_c >= 32 && h * w >= 256
 }
 
 /// `U = G g Gᵀ` of every kernel, as 16 matrices `[out, in]` (`[16, out, in]`).
