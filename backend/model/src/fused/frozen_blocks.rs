@@ -242,10 +242,12 @@ pub fn frozen_attention(
         Some(d) => candle_core::bail!("frozen attention: dropout {:?} does not fit [{b}, {heads}, {n}, {n}]", d.dims()),
         None => None,
     };
+    let keep = mask.keep.flatten_all()?.to_vec1::<f32>()?;
     let op = FrozenAttention {
         qkv,
         dense,
-        keep: mask.keep.flatten_all()?.to_vec1::<f32>()?,
+        key_limits: key_limits(&keep, n),
+        keep,
         mask_batch: mb,
         dropout,
         geometry: Geometry { batch: b, n, heads, head_dim: h / heads },
@@ -253,6 +255,25 @@ pub fn frozen_attention(
     };
     let out = op.dense.out;
     Ok(Some(rows.apply_op1(op)?.reshape((b, n, out))?))
+}
+
+/// Query rows per block of [`key_limits`].
+const QUERY_ROWS: usize = 32;
+
+/// For each mask sample and each block of [`QUERY_ROWS`] query rows, how many keys,
+/// from the first, its rows see: the keys after the last one any of them keeps are
+/// left out of its products and softmax (a causal mask hides about half of them). A
+/// left-out key's probability is `exp(-10000 - max)`, zero in f32 as long as the row
+/// sees a score above -9900; a row that sees no key at all has a uniform softmax over
+/// every key, so its block keeps them all.
+fn key_limits(keep: &[f32], n: usize) -> Vec<usize> {
+    keep.chunks(n * n)
+        .flat_map(|sample| sample.chunks(QUERY_ROWS * n))
+        .map(|block| {
+            let last_seen = |row: &[f32]| row.iter().rposition(|&m| m != 0.0).map_or(n, |last| last + 1);
+            block.chunks(n).map(last_seen).max().unwrap_or(n)
+        })
+        .collect()
 }
 
 #[derive(Clone, Copy)]
@@ -286,6 +307,8 @@ struct FrozenAttention {
     dense: LinearData,
     /// `[mask batch, 1, n, n]`, 1 where a position may be seen.
     keep: Vec<f32>,
+    /// [`key_limits`] of `keep`.
+    key_limits: Vec<usize>,
     mask_batch: usize,
     dropout: Option<Vec<f32>>,
     geometry: Geometry,
@@ -300,6 +323,17 @@ impl FrozenAttention {
     fn keep_row(&self, row: usize) -> &[f32] {
         let g = self.geometry;
         mask_row(&self.keep, row, (g.heads, g.n, g.n, self.mask_batch))
+    }
+
+    /// The blocks of query rows of `(sample, head)` block `task`, as `(first row, rows,
+    /// keys seen)`.
+    fn row_blocks(&self, task: usize) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let (n, blocks) = (self.geometry.n, self.geometry.n.div_ceil(QUERY_ROWS));
+        let mask_sample = if self.mask_batch == 1 { 0 } else { task / self.geometry.heads };
+        self.key_limits[mask_sample * blocks..(mask_sample + 1) * blocks]
+            .iter()
+            .enumerate()
+            .map(move |(block, &keys)| (block * QUERY_ROWS, QUERY_ROWS.min(n - block * QUERY_ROWS), keys))
     }
 
     /// The probabilities as the values see them (after dropout), of one `(sample, head)`:
@@ -351,16 +385,26 @@ impl CustomOp1 for FrozenAttention {
                                     let all = View { data: qkv, rs: 3 * h, cs: 1 };
                                     let keys_t = View { data: qkv, rs: 1, cs: 3 * h }.at(g.part(sample, head, 1));
                                     let queries = all.at(g.part(sample, head, 0));
-                                    product_overwriting(p, n, (n, n, d), queries, keys_t, scale, parallel);
-                                    for (i, row) in p.chunks_mut(n).enumerate() {
-                                        masked_softmax_in_place(row, self.keep_row(task * n + i));
+                                    // Each block of rows over the keys it sees; the rest of
+                                    // its probabilities stay the zeros they started as.
+                                    for (first, rows, keys) in self.row_blocks(task) {
+                                        let p = &mut p[first * n..(first + rows) * n];
+                                        let queries = queries.at(first * 3 * h);
+                                        product_overwriting(p, n, (rows, keys, d), queries, keys_t, scale, parallel);
+                                        for (i, row) in p.chunks_mut(n).enumerate() {
+                                            let keep = &self.keep_row(task * n + first + i)[..keys];
+                                            masked_softmax_in_place(&mut row[..keys], keep);
+                                        }
                                     }
                                     let dropped = self.dropped(p, task);
                                     let values = all.at(g.part(sample, head, 2));
                                     // Straight into the head's columns of `[rows, h]`.
                                     let at = sample * n * h + head * d;
-                                    let probs = View { data: &dropped, rs: n, cs: 1 };
-                                    product_overwriting(&mut context[at..], h, (n, d, n), probs, values, 1.0, parallel);
+                                    for (first, rows, keys) in self.row_blocks(task) {
+                                        let probs = View { data: &dropped, rs: n, cs: 1 }.at(first * n);
+                                        let context = &mut context[at + first * h..];
+                                        product_overwriting(context, h, (rows, d, keys), probs, values, 1.0, parallel);
+                                    }
                                 }
                             },
                         );
@@ -406,33 +450,41 @@ impl CustomOp1 for FrozenAttention {
                                     let (sample, head, task) = g.block(chunk, samples, local);
                                     let all = View { data: qkv, rs: 3 * h, cs: 1 };
                                     let dc = View { data: &d_context, rs: h, cs: 1 }.at(sample * n * h + head * d);
-                                    // d values = dropped probsᵀ · d context
                                     let dropped = self.dropped(p, task);
                                     let dropped_t = View { data: &dropped, rs: 1, cs: n };
                                     let at = |part| g.part(sample, head, part);
-                                    // Part `part`'s gradient, `lhs · rhs * scale`, straight into
-                                    // its columns of `d_qkv`.
-                                    let mut gradient_of = |part, lhs, rhs, scale| {
-                                        let dst = &mut d_qkv[at(part)..];
-                                        product_overwriting(dst, 3 * h, (n, d, n), lhs, rhs, scale, parallel)
-                                    };
-                                    gradient_of(2, dropped_t, dc, 1.0);
-                                    // d probs = (d context · valuesᵀ) ⊙ dropout
                                     let values_t = View { data: qkv, rs: 1, cs: 3 * h }.at(at(2));
-                                    product_overwriting(&mut dp, n, (n, n, d), dc, values_t, 1.0, parallel);
-                                    if let Some(dropout) = &self.dropout {
-                                        for (g, d) in dp.iter_mut().zip(&dropout[task * n * n..]) {
-                                            *g *= d;
+                                    // Each block of rows over the keys it sees (as the forward):
+                                    // the queries' gradient rows are the block's own, the keys'
+                                    // and values' gradients sums over the blocks (`d_qkv`
+                                    // starts at zero).
+                                    for (first, rows, keys) in self.row_blocks(task) {
+                                        // d values += dropped probsᵀ · d context
+                                        let (dc, probs_t) = (dc.at(first * h), dropped_t.at(first * n));
+                                        let d_values = &mut d_qkv[at(2)..];
+                                        product(d_values, 3 * h, (keys, d, rows), probs_t, dc, 1.0, parallel);
+                                        // d probs = (d context · valuesᵀ) ⊙ dropout
+                                        let d_scores = &mut dp[first * n..(first + rows) * n];
+                                        product_overwriting(d_scores, n, (rows, keys, d), dc, values_t, 1.0, parallel);
+                                        for (i, row) in d_scores.chunks_mut(n).enumerate() {
+                                            let (row, index) = (&mut row[..keys], task * n + first + i);
+                                            if let Some(dropout) = &self.dropout {
+                                                for (g, d) in row.iter_mut().zip(&dropout[index * n..]) {
+                                                    *g *= d;
+                                                }
+                                            }
+                                            // d scores = m * p * (d probs - Σ p * d probs)
+                                            let p = &p[(first + i) * n..][..keys];
+                                            masked_softmax_grad_in_place(row, p, &self.keep_row(index)[..keys]);
                                         }
+                                        let ds = View { data: d_scores, rs: n, cs: 1 };
+                                        let ds_t = View { data: d_scores, rs: 1, cs: n };
+                                        let (queries, k) = (all.at(at(0) + first * 3 * h), all.at(at(1)));
+                                        let d_queries = &mut d_qkv[at(0) + first * 3 * h..];
+                                        product_overwriting(d_queries, 3 * h, (rows, d, keys), ds, k, scale, parallel);
+                                        let d_keys = &mut d_qkv[at(1)..];
+                                        product(d_keys, 3 * h, (keys, d, rows), ds_t, queries, scale, parallel);
                                     }
-                                    // d scores = m * p * (d probs - Σ p * d probs), per row
-                                    for (i, (row, p)) in dp.chunks_mut(n).zip(p.chunks(n)).enumerate() {
-                                        masked_softmax_grad_in_place(row, p, self.keep_row(task * n + i));
-                                    }
-                                    let ds = View { data: &dp, rs: n, cs: 1 };
-                                    let ds_t = View { data: &dp, rs: 1, cs: n };
-                                    gradient_of(0, ds, all.at(at(1)), scale);
-                                    gradient_of(1, ds_t, all.at(at(0)), scale);
                                 }
                             },
                         );
@@ -500,21 +552,52 @@ mod tests {
     }
 
     #[test]
+    fn key_limits_end_at_the_last_key_a_block_sees() {
+        let n = 2 * QUERY_ROWS + 5;
+        // Causal, but one row of the second block sees nothing, and the third block's
+        // rows stop short of their diagonal.
+        let mut keep = vec![0f32; n * n];
+        for i in 0..n {
+            let seen = if i >= 2 * QUERY_ROWS { 2 * QUERY_ROWS } else { i + 1 };
+            keep[i * n..i * n + seen].fill(1.0);
+        }
+        keep[(QUERY_ROWS + 3) * n..(QUERY_ROWS + 4) * n].fill(0.0);
+        assert_eq!(key_limits(&keep, n), [QUERY_ROWS, n, 2 * QUERY_ROWS]);
+        // Two mask samples: each its own limits.
+        let mut two = vec![1f32; n * n];
+        two.extend(&keep);
+        assert_eq!(key_limits(&two, n), [n, n, n, QUERY_ROWS, n, 2 * QUERY_ROWS]);
+    }
+
+    #[test]
     fn frozen_attention_equals_the_op_by_op_attention() {
+        // Three samples: on two threads, chunks of two samples and of one. 7 positions are
+        // one block of query rows; 2 * QUERY_ROWS + 5 are three, of which a causal mask
+        // lets the first two skip keys.
+        for n in [7, 2 * QUERY_ROWS + 5] {
+            frozen_attention_matches_at(n);
+        }
+    }
+
+    fn frozen_attention_matches_at(n: usize) {
         let dev = Device::Cpu;
-        // Three samples: on two threads, chunks of two samples and of one.
-        let (b, n, heads, d) = (3, 7, 3, 4);
+        let (b, heads, d) = (3, 3, 4);
         let h = heads * d;
         let x = Var::randn(0f32, 1.0, (b, n, h), &dev).unwrap();
         let (qkv, dense) = (linear(3 * h, h, &dev), linear(h, h, &dev));
         let weighing = Tensor::randn(0f32, 1.0, (b, n, h), &dev).unwrap();
-        // A causal mask with a hole, per sample or shared; dropout of about a third.
-        for mask_batch in [1, b] {
+        // A causal mask with a hole, per sample or shared, and (last) one whose second
+        // row sees nothing (a uniform softmax over all keys); dropout of about a third.
+        for (mask_batch, blind_row) in [(1, false), (b, false), (1, true)] {
             let keep = Tensor::tril2(n, DType::F32, &dev).unwrap();
             let hole = Tensor::rand(0f32, 1.0, (mask_batch, 1, n, n), &dev).unwrap().ge(0.2).unwrap();
             let keep = keep.broadcast_mul(&hole.to_dtype(DType::F32).unwrap()).unwrap();
             let diagonal = Tensor::eye(n, DType::F32, &dev).unwrap().broadcast_as(keep.shape()).unwrap();
-            let keep = keep.maximum(&diagonal).unwrap();
+            let mut keep = keep.maximum(&diagonal).unwrap();
+            if blind_row {
+                let rows: Vec<f32> = (0..n * n).map(|k| if k / n == 1 { 0.0 } else { 1.0 }).collect();
+                keep = keep.broadcast_mul(&Tensor::from_vec(rows, (n, n), &dev).unwrap()).unwrap();
+            }
             let mask = AttentionMask::new(&keep, b, heads).unwrap();
             let drop = Tensor::rand(0f32, 1.0, (b, heads, n, n), &dev).unwrap().ge(0.3).unwrap();
             let dropout = (drop.to_dtype(DType::F32).unwrap() * 1.5).unwrap();
@@ -549,8 +632,9 @@ mod tests {
                     &weighing,
                 );
                 let (values, gradient) = (max_diff(&fused.0, &composite.0), max_diff(&fused.1, &composite.1));
-                assert!(values < 1e-5, "mask batch {mask_batch}: values differ by {values}");
-                assert!(gradient < 1e-5, "mask batch {mask_batch}: gradients differ by {gradient}");
+                let case = format!("n {n}, mask batch {mask_batch}, blind row {blind_row}");
+                assert!(values < 1e-5, "{case}: values differ by {values}");
+                assert!(gradient < 1e-5, "{case}: gradients differ by {gradient}");
             }
         }
     }
