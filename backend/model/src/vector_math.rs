@@ -54,48 +54,26 @@ pub fn simd_levels() -> SimdLevels {
     }
 }
 
+// The range [`exp`] computes (outside it e^x is 0 or +inf in f32).
+const EXP_MAX: f32 = 88.722_83;
+const EXP_MIN: f32 = -87.336_55;
+
 /// `e^x` for f32, within 2 ulp of the exact value over the whole range; 0 below
 /// ln(smallest normal), +inf above ln(f32::MAX), NaN for NaN.
 #[inline(always)]
-// Cephes' coefficients as published (the last one rounds to 0.5000001 in f32), and
-// `x - x`, which is 0 for a number and NaN for NaN.
-#[allow(clippy::excessive_precision, clippy::eq_op)]
+// `x - x` is 0 for a number and NaN for NaN.
+#[allow(clippy::eq_op)]
 pub fn exp(x: f32) -> f32 {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split so that n * LN2_HI is exact for the n that occur.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const MAX: f32 = 88.722_83;
-    const MIN: f32 = -87.336_55;
-    // Adding and taking away 1.5 * 2^23 rounds to the nearest integer without a call
-    // (`round`/`floor` are library calls on baseline x86-64).
-    const ROUNDER: f32 = 12_582_912.0;
-    let clamped = x.clamp(MIN, MAX);
-    // x = n ln2 + r with |r| <= ln2 / 2, so e^x = 2^n e^r.
-    let shifted = clamped * LOG2_E + ROUNDER;
-    let n = shifted - ROUNDER;
-    let r = clamped - n * LN2_HI - n * LN2_LO;
-    // Cephes' minimax polynomial for e^r on [-ln2/2, ln2/2].
-    let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
-    let e_r = p * r * r + r + 1.0;
+    let (e_r, n) = reduced_exp(x.clamp(EXP_MIN, EXP_MAX));
     // 2^n built in the exponent bits; n + 127 stays in 1..=255 after the clamp, and
     // 2^128 (n = 128) is split into two factors so it does not overflow the bits.
-    // `shifted` is 1.5 * 2^23 + n, where consecutive floats are one apart, so n is the
-    // difference of the bit patterns: `n as i32` would be a saturating conversion, which
-    // the compiler does one lane at a time (it made exp several times slower).
-    let n = shifted.to_bits() as i32 - ROUNDER.to_bits() as i32;
     let half = n >> 1;
     let scale_a = f32::from_bits(((half + 127) as u32) << 23);
     let scale_b = f32::from_bits(((n - half + 127) as u32) << 23);
     let y = e_r * scale_a * scale_b;
-    if x < MIN {
+    if x < EXP_MIN {
         0.0
-    } else if x > MAX {
+    } else if x > EXP_MAX {
         f32::INFINITY
     } else {
         y + (x - x) // keeps NaN a NaN
@@ -106,32 +84,44 @@ pub fn exp(x: f32) -> f32 {
 /// value bit for bit, in about two thirds of the instructions, as nothing can
 /// overflow and `2^n` is a single normal factor (`n >= -126` after the clamp).
 #[inline(always)]
-#[allow(clippy::excessive_precision)]
 pub fn exp_of_nonpositive(x: f32) -> f32 {
+    // A NaN fails the test and stays a NaN.
+    let (e_r, n) = reduced_exp(if x < EXP_MIN { EXP_MIN } else { x });
+    let y = e_r * f32::from_bits(((n + 127) as u32) << 23);
+    if x < EXP_MIN {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// `(e^r, n)` with `x = n ln2 + r`, `|r| <= ln2 / 2`, so that `e^x = 2^n e^r`, for `x`
+/// in [`EXP_MIN`]..=[`EXP_MAX`].
+#[inline(always)]
+// Cephes' coefficients as published (the last one rounds to 0.5000001 in f32).
+#[allow(clippy::excessive_precision)]
+fn reduced_exp(x: f32) -> (f32, i32) {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that n * LN2_HI is exact for the n that occur.
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    const MIN: f32 = -87.336_55;
+    // Adding and taking away 1.5 * 2^23 rounds to the nearest integer without a call
+    // (`round`/`floor` are library calls on baseline x86-64).
     const ROUNDER: f32 = 12_582_912.0;
-    // A NaN fails the test and stays a NaN.
-    let clamped = if x < MIN { MIN } else { x };
-    let shifted = clamped * LOG2_E + ROUNDER;
+    let shifted = x * LOG2_E + ROUNDER;
     let n = shifted - ROUNDER;
-    let r = clamped - n * LN2_HI - n * LN2_LO;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    // Cephes' minimax polynomial for e^r on [-ln2/2, ln2/2].
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
-    let e_r = p * r * r + r + 1.0;
-    let n = shifted.to_bits() as i32 - ROUNDER.to_bits() as i32;
-    let y = e_r * f32::from_bits(((n + 127) as u32) << 23);
-    if x < MIN {
-        0.0
-    } else {
-        y
-    }
+    // `shifted` is 1.5 * 2^23 + n, where consecutive floats are one apart, so n is the
+    // difference of the bit patterns: `n as i32` would be a saturating conversion, which
+    // the compiler does one lane at a time (it made exp several times slower).
+    (p * r * r + r + 1.0, shifted.to_bits() as i32 - ROUNDER.to_bits() as i32)
 }
 
 /// `row = exp(row - max(row))`, in place, returning the sum of the new values (in the
