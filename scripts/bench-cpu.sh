@@ -62,6 +62,9 @@ reference() { # NAME SUFFIX [ENV...]
   env TQDM_DISABLE=1 "$@" "$venv/bin/python" scripts/fixtures/bench_presets.py --preset "$preset" --runs "$runs" \
     ${only:+--only "$only"} >"$out/reference-$preset-$name$suffix.json"
 }
+# The table reads every report of this preset in OUT: earlier ones (another number of
+# rounds) would mix in.
+rm -f "$out"/{borscht,reference}-"$preset"-avx{512,2}{,-round*}.json
 for round in $(seq 1 "$rounds"); do
   suffix=""
   ((rounds == 1)) || suffix="-round$round"

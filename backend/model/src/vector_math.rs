@@ -255,14 +255,20 @@ mod tests {
         }
     }
 
+    /// `f` of each of `xs` in a loop compiled by [`vectorized`].
+    fn vectorized_map(xs: &[f32], f: impl Fn(f32) -> f32) -> Vec<f32> {
+        let mut ys = xs.to_vec();
+        vectorized(
+            #[inline(always)]
+            || ys.iter_mut().for_each(|y| *y = f(*y)),
+        );
+        ys
+    }
+
     #[test]
     fn the_vectorized_loop_gives_the_scalar_values() {
         let xs: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.173).collect();
-        let mut ys = xs.clone();
-        vectorized(
-            #[inline(always)]
-            || ys.iter_mut().for_each(|y| *y = exp(*y)),
-        );
+        let ys = vectorized_map(&xs, exp);
         for (x, y) in xs.iter().zip(&ys) {
             assert_eq!(exp(*x).to_bits(), y.to_bits(), "exp({x})");
         }
@@ -272,11 +278,7 @@ mod tests {
     fn exp_of_nonpositive_is_exp_bit_for_bit() {
         let mut xs: Vec<f32> = (0..=200_000).map(|i| -100.0 + i as f32 * 0.0005).collect();
         xs.extend([0.0, -0.0, -87.336_55, -87.336_56, f32::MIN, f32::NEG_INFINITY, -1e-30]);
-        let mut ys = xs.clone();
-        vectorized(
-            #[inline(always)]
-            || ys.iter_mut().for_each(|y| *y = exp_of_nonpositive(*y)),
-        );
+        let ys = vectorized_map(&xs, exp_of_nonpositive);
         for (x, y) in xs.iter().zip(&ys) {
             assert_eq!(exp(*x).to_bits(), y.to_bits(), "exp({x})");
             assert_eq!(exp_of_nonpositive(*x).to_bits(), y.to_bits(), "exp({x}) scalar");
