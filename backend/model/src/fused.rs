@@ -90,6 +90,19 @@ fn contiguous_part<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<
     }
 }
 
+/// A vector of `len` values that `write` gives each of, once: a kernel's output, not
+/// zeroed first (zeroing is a pass over memory of its own).
+///
+/// # Safety
+/// `write` writes every element of the slice it gets.
+unsafe fn written_once(len: usize, write: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut buffer = Vec::with_capacity(len);
+    write(&mut buffer.spare_capacity_mut()[..len]);
+    // SAFETY: the caller's `write` wrote the first `len` elements.
+    unsafe { buffer.set_len(len) };
+    buffer
+}
+
 /// `len` zeros, written by all of the pool's threads. `vec![0.0; len]` zeroes on the
 /// calling thread alone: for the blocks' large outputs, a pass over memory that the other
 /// threads waited for (8 % of the training forward's samples in `perf`).
@@ -98,28 +111,24 @@ pub(crate) fn zeros(len: usize) -> Vec<f32> {
     if len <= PART {
         return vec![0.0; len];
     }
-    let mut buffer = Vec::with_capacity(len);
-    buffer.spare_capacity_mut()[..len].par_chunks_mut(PART).for_each(|part| part.fill(MaybeUninit::new(0.0)));
-    // SAFETY: the first `len` elements were all written just above.
-    unsafe { buffer.set_len(len) };
-    buffer
+    // SAFETY: every part is filled.
+    unsafe { written_once(len, |all| all.par_chunks_mut(PART).for_each(|part| part.fill(MaybeUninit::new(0.0)))) }
 }
 
 /// `rows` copies of `row`, one after another, written by all of the pool's threads: a
 /// layer's output starts as its bias, which its product then adds to (one pass over the
 /// output instead of zeroing it and then copying the bias in).
 pub(crate) fn repeated_rows(row: &[f32], rows: usize) -> Vec<f32> {
-    let len = row.len() * rows;
     let part = (64 * 1024 / row.len().max(1)).max(1) * row.len().max(1);
-    let mut buffer = Vec::with_capacity(len);
-    buffer.spare_capacity_mut()[..len].par_chunks_mut(part).for_each(|part| {
-        for (value, &bias) in part.iter_mut().zip(row.iter().cycle()) {
-            value.write(bias);
-        }
-    });
-    // SAFETY: the first `len` elements were all written just above.
-    unsafe { buffer.set_len(len) };
-    buffer
+    let write = |all: &mut [MaybeUninit<f32>]| {
+        all.par_chunks_mut(part).for_each(|part| {
+            for (value, &bias) in part.iter_mut().zip(row.iter().cycle()) {
+                value.write(bias);
+            }
+        })
+    };
+    // SAFETY: each part is a whole number of rows, and the cycle of `row` covers it.
+    unsafe { written_once(row.len() * rows, write) }
 }
 
 /// Rows per parallel task: enough work to amortise the scheduling.
@@ -550,21 +559,25 @@ impl CustomOp3 for LayerNorm {
         if h == 0 || l1.shape().dims().last() != Some(&h) || b.len() != h {
             candle_core::bail!("layer norm: weight {:?} does not fit input {:?}", l2.shape(), l1.shape());
         }
-        let mut out = vec![0f32; x.len()];
         let chunk = rows_per_task(h) * h;
-        out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(dst, src)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (d, s) in dst.chunks_mut(h).zip(src.chunks(h)) {
-                        let (mean, rstd) = row_stats(s, self.eps);
-                        for (((d, &s), &w), &b) in d.iter_mut().zip(s).zip(w).zip(b) {
-                            *d = (s - mean) * rstd * w + b;
+        let write = |out: &mut [MaybeUninit<f32>]| {
+            out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(dst, src)| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (d, s) in dst.chunks_mut(h).zip(src.chunks(h)) {
+                            let (mean, rstd) = row_stats(s, self.eps);
+                            for (((d, &s), &w), &b) in d.iter_mut().zip(s).zip(w).zip(b) {
+                                d.write((s - mean) * rstd * w + b);
+                            }
                         }
-                    }
-                },
-            )
-        });
+                    },
+                )
+            })
+        };
+        // SAFETY: the parts of `out` and `x` pair up one to one, rows of `h` values each
+        // (`x.len()` is a multiple of `h`, the shape's last dimension).
+        let out = unsafe { written_once(x.len(), write) };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -635,43 +648,49 @@ impl CustomOp3 for LayerNormBackward {
         let w = contiguous_f32(s2, l2, "layer norm backward")?;
         let grad = contiguous_f32(s3, l3, "layer norm backward")?;
         let h = w.len();
-        let mut out = vec![0f32; x.len() + 2 * h];
-        let (dx, _) = out.split_at_mut(x.len());
         let chunk = rows_per_task(h) * h;
         // Each task returns its partial dw, db; they are summed after.
-        let partials: Vec<Vec<f32>> = dx
-            .par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk).zip(grad.par_chunks(chunk)))
-            .map(|(dst, (src, g))| {
-                let mut acc = vec![0f32; 2 * h];
-                let (dw, db) = acc.split_at_mut(h);
-                // Per row: x̂ and g·w, their means in lanes, then element-wise passes only,
-                // so that every loop vectorises.
-                let (mut xhat, mut gw) = (vec![0f32; h], vec![0f32; h]);
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for ((d, s), g) in dst.chunks_mut(h).zip(src.chunks(h)).zip(g.chunks(h)) {
-                            let (mean, rstd) = row_stats(s, self.eps);
-                            for ((((xhat, gw), &s), &g), &w) in xhat.iter_mut().zip(&mut gw).zip(s).zip(g).zip(w) {
-                                *xhat = (s - mean) * rstd;
-                                *gw = g * w;
+        let mut partials: Vec<Vec<f32>> = Vec::new();
+        let write = |out: &mut [MaybeUninit<f32>]| {
+            let (dx, tail) = out.split_at_mut(x.len());
+            tail.fill(MaybeUninit::new(0.0));
+            partials = dx
+                .par_chunks_mut(chunk)
+                .zip(x.par_chunks(chunk).zip(grad.par_chunks(chunk)))
+                .map(|(dst, (src, g))| {
+                    let mut acc = vec![0f32; 2 * h];
+                    let (dw, db) = acc.split_at_mut(h);
+                    // Per row: x̂ and g·w, their means in lanes, then element-wise passes only,
+                    // so that every loop vectorises.
+                    let (mut xhat, mut gw) = (vec![0f32; h], vec![0f32; h]);
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for ((d, s), g) in dst.chunks_mut(h).zip(src.chunks(h)).zip(g.chunks(h)) {
+                                let (mean, rstd) = row_stats(s, self.eps);
+                                for ((((xhat, gw), &s), &g), &w) in xhat.iter_mut().zip(&mut gw).zip(s).zip(g).zip(w) {
+                                    *xhat = (s - mean) * rstd;
+                                    *gw = g * w;
+                                }
+                                let mean_gw = lane_sum(&gw) / h as f32;
+                                let mean_gw_xhat = lane_dot(&gw, &xhat) / h as f32;
+                                for ((((dw, db), &xhat), &g), (d, &gw)) in
+                                    dw.iter_mut().zip(db.iter_mut()).zip(&xhat).zip(g).zip(d.iter_mut().zip(&gw))
+                                {
+                                    *dw += g * xhat;
+                                    *db += g;
+                                    d.write(rstd * (gw - mean_gw - xhat * mean_gw_xhat));
+                                }
                             }
-                            let mean_gw = lane_sum(&gw) / h as f32;
-                            let mean_gw_xhat = lane_dot(&gw, &xhat) / h as f32;
-                            for ((((dw, db), &xhat), &g), (d, &gw)) in
-                                dw.iter_mut().zip(db.iter_mut()).zip(&xhat).zip(g).zip(d.iter_mut().zip(&gw))
-                            {
-                                *dw += g * xhat;
-                                *db += g;
-                                *d = rstd * (gw - mean_gw - xhat * mean_gw_xhat);
-                            }
-                        }
-                    },
-                );
-                acc
-            })
-            .collect();
+                        },
+                    );
+                    acc
+                })
+                .collect();
+        };
+        // SAFETY: the parts of `dx`, `x` and `grad` pair up one to one, rows of `h` values
+        // each, and the tail is zeroed.
+        let mut out = unsafe { written_once(x.len() + 2 * h, write) };
         let tail = &mut out[x.len()..];
         for partial in partials {
             tail.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
@@ -895,36 +914,88 @@ impl CustomOp1 for FrozenProduct {
 const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
 const GELU_CUBIC: f32 = 0.044715;
 
+/// The tanh of [`gelu_tanh`], which its derivative shares.
+#[inline(always)]
+fn gelu_inner_tanh(v: f32) -> f32 {
+    tanh(SQRT_TWO_OVER_PI * v * (1.0 + GELU_CUBIC * v * v))
+}
+
 /// `gelu(v)`, tanh approximation.
 #[inline(always)]
 fn gelu_tanh(v: f32) -> f32 {
-    0.5 * v * (1.0 + tanh(SQRT_TWO_OVER_PI * v * (1.0 + GELU_CUBIC * v * v)))
+    gelu_from_tanh(v, gelu_inner_tanh(v))
+}
+
+#[inline(always)]
+fn gelu_from_tanh(v: f32, tanh: f32) -> f32 {
+    0.5 * v * (1.0 + tanh)
 }
 
 /// `gelu'(v)` of [`gelu_tanh`].
 #[inline(always)]
 fn gelu_tanh_grad(v: f32) -> f32 {
-    let tanh = tanh(SQRT_TWO_OVER_PI * v * (1.0 + GELU_CUBIC * v * v));
+    gelu_grad_from_tanh(v, gelu_inner_tanh(v))
+}
+
+#[inline(always)]
+fn gelu_grad_from_tanh(v: f32, tanh: f32) -> f32 {
     let inner = SQRT_TWO_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * v * v);
     0.5 * (1.0 + tanh) + 0.5 * v * (1.0 - tanh * tanh) * inner
 }
 
 /// `gelu(x)` of each value, in parallel.
 fn gelu_of(x: &[f32]) -> Vec<f32> {
-    let mut out = zeros(x.len());
-    out.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024)).for_each(|(d, s)| {
-        vectorized(
-            #[inline(always)]
-            || {
-                // A `for` loop, not `for_each`: the latter's fold is not inlined into the
-                // closure, so it would not be compiled for this CPU's SIMD.
-                for (d, &v) in d.iter_mut().zip(s) {
-                    *d = gelu_tanh(v);
-                }
-            },
-        )
-    });
-    out
+    let write = |out: &mut [MaybeUninit<f32>]| {
+        out.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024)).for_each(|(d, s)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    // A `for` loop, not `for_each`: the latter's fold is not inlined into
+                    // the closure, so it would not be compiled for this CPU's SIMD.
+                    for (d, &v) in d.iter_mut().zip(s) {
+                        d.write(gelu_tanh(v));
+                    }
+                },
+            )
+        })
+    };
+    // SAFETY: the parts of `out` and `x` pair up one to one, of the same lengths.
+    unsafe { written_once(x.len(), write) }
+}
+
+/// `gelu(x)` of each value, returned, and `gelu'(x)` in place of `x`, from one tanh
+/// each: a frozen MLP keeps the derivative for its backward, which then only multiplies
+/// (the tanh was a tenth of a training step, half of it the backward's).
+pub(crate) fn gelu_keeping_grad(x: &mut [f32]) -> Vec<f32> {
+    let len = x.len();
+    let write = |out: &mut [MaybeUninit<f32>]| {
+        out.par_chunks_mut(16 * 1024).zip(x.par_chunks_mut(16 * 1024)).for_each(|(d, s)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (d, v) in d.iter_mut().zip(s) {
+                        let tanh = gelu_inner_tanh(*v);
+                        d.write(gelu_from_tanh(*v, tanh));
+                        *v = gelu_grad_from_tanh(*v, tanh);
+                    }
+                },
+            )
+        })
+    };
+    // SAFETY: the parts of `out` and `x` pair up one to one, of the same lengths.
+    unsafe { written_once(len, write) }
+}
+
+/// `values *= factors`, element-wise.
+pub(crate) fn multiply_in_place(values: &mut [f32], factors: &[f32]) {
+    vectorized(
+        #[inline(always)]
+        || {
+            for (v, &f) in values.iter_mut().zip(factors) {
+                *v *= f;
+            }
+        },
+    )
 }
 
 /// `grad *= gelu'(x)`, element-wise and in parallel.

@@ -7,15 +7,15 @@
 //! graph, and candle's backward gives each a zeroed gradient buffer and adds into it:
 //! in the tiny model that bookkeeping took about as long as the matrix products
 //! themselves. Here a block's forward keeps what its backward needs (the projected
-//! queries, keys and values and the probabilities of attention; the MLP's first
-//! product), and its backward is a handful of matrix products.
+//! queries, keys and values and the probabilities of attention; the GELU's derivative
+//! at the MLP's first product), and its backward is a handful of matrix products.
 
 use super::{
-    applies, contiguous_f32, gelu_of, mask_row, masked_softmax_grad_in_place, masked_softmax_in_place, product,
-    product_overwriting, repeated_rows, times_gelu_grad, zeros, AttentionMask, View,
+    applies, contiguous_f32, gelu_keeping_grad, mask_row, masked_softmax_grad_in_place, masked_softmax_in_place,
+    multiply_in_place, product, product_overwriting, repeated_rows, zeros, AttentionMask, View,
 };
 use crate::vector_math::vectorized;
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -113,13 +113,31 @@ fn chunking(items: usize, smallest: usize) -> (usize, bool) {
     (items.div_ceil(chunks).max(1), chunks < threads)
 }
 
-/// `x` `[rows, in]` as f32 data, when the CPU kernels apply.
+/// `x` as contiguous f32 data, when the CPU kernels apply. The ops read it as `[rows,
+/// in]` and give their output `x`'s shape with its last dimension changed: reshaping
+/// around them would add two nodes to the graph, whose backward passes each zero a
+/// gradient buffer the size of the activations and add into it.
 fn rows_of(x: &Tensor) -> Result<Option<Tensor>> {
-    if !applies(x) {
-        return Ok(None);
+    Ok(if applies(x) { Some(x.contiguous()?) } else { None })
+}
+
+/// A contiguous f32 tensor's data on the CPU, read in place (the gradient a backward
+/// pass gets, without copying it out).
+fn cpu_data<'a, Guard: std::ops::Deref<Target = candle_core::Storage>>(
+    (storage, layout): &'a (Guard, &Layout),
+    what: &str,
+) -> Result<&'a [f32]> {
+    let candle_core::Storage::Cpu(storage) = &**storage else { candle_core::bail!("{what}: data not on the CPU") };
+    contiguous_f32(storage, layout, what)
+}
+
+/// `layout`'s shape with its last dimension `last`.
+fn with_last_dim(layout: &Layout, last: usize) -> Shape {
+    let mut dims = layout.dims().to_vec();
+    if let Some(d) = dims.last_mut() {
+        *d = last;
     }
-    let features = x.dim(x.rank() - 1)?;
-    Ok(Some(x.reshape((x.elem_count() / features, features))?.contiguous()?))
+    Shape::from(dims)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -131,19 +149,17 @@ fn rows_of(x: &Tensor) -> Result<Option<Tensor>> {
 pub fn frozen_mlp(x: &Tensor, up: FrozenLinear, down: FrozenLinear) -> Result<Option<Tensor>> {
     let Some(rows) = rows_of(x)? else { return Ok(None) };
     let (up, down) = (LinearData::new(up)?, LinearData::new(down)?);
-    if up.inputs != rows.dim(1)? || down.inputs != up.out {
+    if up.inputs != rows.dim(D::Minus1)? || down.inputs != up.out {
         candle_core::bail!("frozen MLP: weights do not fit input {:?}", x.dims());
     }
-    let mut shape = x.dims().to_vec();
-    *shape.last_mut().expect("rank >= 1") = down.out;
-    Ok(Some(rows.apply_op1(FrozenMlp { up, down, first_product: OnceLock::new() })?.reshape(shape)?))
+    Ok(Some(rows.apply_op1(FrozenMlp { up, down, gelu_grad: OnceLock::new() })?))
 }
 
 struct FrozenMlp {
     up: LinearData,
     down: LinearData,
-    /// The forward's `x · upᵀ + up_bias`, for the backward.
-    first_product: OnceLock<Vec<f32>>,
+    /// The GELU's derivative at the forward's `x · upᵀ + up_bias`, for the backward.
+    gelu_grad: OnceLock<Vec<f32>>,
 }
 
 impl CustomOp1 for FrozenMlp {
@@ -156,7 +172,7 @@ impl CustomOp1 for FrozenMlp {
         let (inputs, hidden, outputs) = (self.up.inputs, self.up.out, self.down.out);
         let rows = x.len() / inputs;
         let (chunk, parallel) = chunking(rows, MLP_ROWS_PER_CHUNK);
-        let (first, out) = self.up.with(|up| {
+        let (gelu_grad, out) = self.up.with(|up| {
             self.down.with(|down| {
                 let (mut first, mut out) = (up.bias_rows(rows), down.bias_rows(rows));
                 (
@@ -167,31 +183,38 @@ impl CustomOp1 for FrozenMlp {
                     .into_par_iter()
                     .for_each(|(first, out, x)| {
                         up.add_product(x, first, parallel);
-                        down.add_product(&gelu_of(first), out, parallel);
+                        // `first` becomes the GELU's derivative there.
+                        down.add_product(&gelu_keeping_grad(first), out, parallel);
                     });
                 (first, out)
             })
         })??;
         // One forward per op: the op is made for it.
-        let _ = self.first_product.set(first);
-        Ok((CpuStorage::F32(out), Shape::from((rows, outputs))))
+        let _ = self.gelu_grad.set(gelu_grad);
+        Ok((CpuStorage::F32(out), with_last_dim(layout, outputs)))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let Some(first) = self.first_product.get() else { candle_core::bail!("frozen MLP: backward before forward") };
-        let grad = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let Some(gelu_grad) = self.gelu_grad.get() else { candle_core::bail!("frozen MLP: backward before forward") };
+        let grad = grad.contiguous()?;
+        let grad_storage = grad.storage_and_layout();
+        let grad = cpu_data(&grad_storage, "frozen MLP")?;
         let (inputs, hidden, outputs) = (self.up.inputs, self.up.out, self.down.out);
         let rows = grad.len() / outputs;
         let mut dx = zeros(rows * inputs);
         let (chunk, parallel) = chunking(rows, MLP_ROWS_PER_CHUNK);
         self.up.with(|up| {
             self.down.with(|down| {
-                (dx.par_chunks_mut(chunk * inputs), grad.par_chunks(chunk * outputs), first.par_chunks(chunk * hidden))
+                (
+                    dx.par_chunks_mut(chunk * inputs),
+                    grad.par_chunks(chunk * outputs),
+                    gelu_grad.par_chunks(chunk * hidden),
+                )
                     .into_par_iter()
-                    .for_each(|(dx, grad, first)| {
-                        let mut d_first = zeros(first.len());
+                    .for_each(|(dx, grad, gelu_grad)| {
+                        let mut d_first = zeros(gelu_grad.len());
                         down.backward_into(grad, &mut d_first, parallel);
-                        times_gelu_grad(&mut d_first, first);
+                        multiply_in_place(&mut d_first, gelu_grad);
                         up.backward_into(&d_first, dx, parallel);
                     })
             })
@@ -253,8 +276,7 @@ pub fn frozen_attention(
         geometry: Geometry { batch: b, n, heads, head_dim: h / heads },
         saved: OnceLock::new(),
     };
-    let out = op.dense.out;
-    Ok(Some(rows.apply_op1(op)?.reshape((b, n, out))?))
+    Ok(Some(rows.apply_op1(op)?))
 }
 
 /// Query rows per block of [`key_limits`].
@@ -414,7 +436,7 @@ impl CustomOp1 for FrozenAttention {
             })
         })??;
         let _ = self.saved.set((qkv, probs));
-        Ok((CpuStorage::F32(out), Shape::from((g.batch * n, outputs))))
+        Ok((CpuStorage::F32(out), with_last_dim(layout, outputs)))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -424,7 +446,9 @@ impl CustomOp1 for FrozenAttention {
         let g = self.geometry;
         let (n, d, h, outputs) = (g.n, g.head_dim, g.hidden(), self.dense.out);
         let scale = 1.0 / (d as f32).sqrt();
-        let grad = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let grad = grad.contiguous()?;
+        let grad_storage = grad.storage_and_layout();
+        let grad = cpu_data(&grad_storage, "frozen attention")?;
         let mut dx = zeros(g.batch * n * h);
         // Each chunk of samples: the context's gradient, then each head's gradients of
         // its queries, keys and values, then the input's.
