@@ -13,6 +13,7 @@ use crate::vector_math::vectorized;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
 
 pub mod depthwise;
@@ -182,64 +183,69 @@ impl CustomOp3 for TiledConv {
         let positions = out_h * out_w;
         let depth = c * k * k;
         let tile = (TILE_BYTES / (depth * 4)).clamp(256, 1024).min(positions.next_multiple_of(16));
-        let mut out = fused::zeros(b * out_c * positions);
-        let out_ptr = SharedPtr(out.as_mut_ptr());
         // A 1x1 convolution with stride 1 reads the input in place: its im2col is the input.
         let direct = k == 1 && self.stride == 1 && self.padding == 0;
         let tasks: Vec<(usize, usize)> =
             (0..b).flat_map(|image| (0..positions).step_by(tile).map(move |first| (image, first))).collect();
-        tasks.into_par_iter().for_each_init(
-            || vec![0f32; if direct { 0 } else { depth * tile }],
-            |cols, (image, first)| {
-                let n = tile.min(positions - first);
-                let plane = &x[image * c * h * w..(image + 1) * c * h * w];
-                let (rhs, rhs_rs) = if direct {
-                    (plane[first..].as_ptr(), positions as isize)
-                } else {
-                    let cols = &mut cols[..depth * n];
-                    vectorized(
-                        #[inline(always)]
-                        || fill_tile(cols, plane, (c, h, w), out_w, geometry, first, n),
-                    );
-                    (cols.as_ptr(), n as isize)
-                };
-                // Rebound so the closure captures the whole `SharedPtr` (which is Send), not
-                // its raw-pointer field.
-                #[allow(clippy::redundant_locals)]
-                let out_ptr = out_ptr;
-                // SAFETY: this task alone writes columns first..first+n of image `image`'s
-                // `[out_c, positions]` block; the reads stay inside `weight` ([out_c,
-                // depth]) and `rhs` ([depth, n] with row stride rhs_rs, in `plane` or
-                // `cols`).
-                unsafe {
-                    let dst = out_ptr.0.add(image * out_c * positions + first);
-                    for (o, &bias) in bias.iter().enumerate() {
-                        std::slice::from_raw_parts_mut(dst.add(o * positions), n).fill(bias);
+        let write = |out: &mut [MaybeUninit<f32>]| {
+            let out_ptr = SharedPtr(out.as_mut_ptr().cast::<f32>());
+            tasks.into_par_iter().for_each_init(
+                || vec![0f32; if direct { 0 } else { depth * tile }],
+                |cols, (image, first)| {
+                    let n = tile.min(positions - first);
+                    let plane = &x[image * c * h * w..(image + 1) * c * h * w];
+                    let (rhs, rhs_rs) = if direct {
+                        (plane[first..].as_ptr(), positions as isize)
+                    } else {
+                        let cols = &mut cols[..depth * n];
+                        vectorized(
+                            #[inline(always)]
+                            || fill_tile(cols, plane, (c, h, w), out_w, geometry, first, n),
+                        );
+                        (cols.as_ptr(), n as isize)
+                    };
+                    // Rebound so the closure captures the whole `SharedPtr` (which is Send), not
+                    // its raw-pointer field.
+                    #[allow(clippy::redundant_locals)]
+                    let out_ptr = out_ptr;
+                    // SAFETY: this task alone writes columns first..first+n of image `image`'s
+                    // `[out_c, positions]` block; the reads stay inside `weight` ([out_c,
+                    // depth]) and `rhs` ([depth, n] with row stride rhs_rs, in `plane` or
+                    // `cols`).
+                    unsafe {
+                        let dst = out_ptr.0.add(image * out_c * positions + first);
+                        for (o, &bias) in bias.iter().enumerate() {
+                            let row = dst.add(o * positions).cast::<MaybeUninit<f32>>();
+                            std::slice::from_raw_parts_mut(row, n).fill(MaybeUninit::new(bias));
+                        }
+                        gemm::gemm(
+                            out_c,
+                            n,
+                            depth,
+                            dst,
+                            1,
+                            positions as isize,
+                            true,
+                            weight.as_ptr(),
+                            1,
+                            depth as isize,
+                            rhs,
+                            1,
+                            rhs_rs,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
                     }
-                    gemm::gemm(
-                        out_c,
-                        n,
-                        depth,
-                        dst,
-                        1,
-                        positions as isize,
-                        true,
-                        weight.as_ptr(),
-                        1,
-                        depth as isize,
-                        rhs,
-                        1,
-                        rhs_rs,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-            },
-        );
+                },
+            )
+        };
+        // SAFETY: the tasks cover every image's positions, and each writes its positions'
+        // values for every output channel (the bias, which its product then adds to).
+        let out = unsafe { fused::written_once(b * out_c * positions, write) };
         Ok((CpuStorage::F32(out), Shape::from((b, out_c, out_h, out_w))))
     }
 }
@@ -428,6 +434,7 @@ impl CustomOp1 for Col2Im {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::max_diff;
     use candle_core::{DType, Device};
 
     fn random_conv(out_c: usize, in_c: usize, k: usize, stride: usize, padding: usize) -> (Conv2d, Device) {
@@ -440,11 +447,6 @@ mod tests {
             winograd: OnceLock::new(),
         };
         (conv, dev)
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
     }
 
     #[test]

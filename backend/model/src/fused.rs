@@ -91,12 +91,16 @@ fn contiguous_part<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<
 }
 
 /// A vector of `len` values that `write` gives each of, once: a kernel's output, not
-/// zeroed first (zeroing is a pass over memory of its own).
+/// zeroed first (zeroing is a pass over memory of its own). Debug builds (the tests)
+/// fill it with NaN first, so that a value the kernel misses shows.
 ///
 /// # Safety
 /// `write` writes every element of the slice it gets.
-unsafe fn written_once(len: usize, write: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+pub(crate) unsafe fn written_once(len: usize, write: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
     let mut buffer = Vec::with_capacity(len);
+    if cfg!(debug_assertions) {
+        buffer.spare_capacity_mut()[..len].fill(MaybeUninit::new(f32::NAN));
+    }
     write(&mut buffer.spare_capacity_mut()[..len]);
     // SAFETY: the caller's `write` wrote the first `len` elements.
     unsafe { buffer.set_len(len) };
@@ -1283,12 +1287,8 @@ impl CustomOp3 for SlicedCrossEntropyBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::max_diff;
     use candle_core::{Device, Var, D};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
-    }
 
     /// Forward values and gradients (of every var) of `fused` and `composite` agree, under
     /// a loss weighing every output differently, so a misplaced gradient shows.

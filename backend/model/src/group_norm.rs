@@ -12,6 +12,7 @@ use crate::vector_math::{lane_sum_f64, swish, vectorized};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
@@ -100,35 +101,39 @@ impl CustomOp3 for FusedGroupNorm {
         let spatial: usize = dims[2..].iter().product();
         let per_group = c / self.groups;
         let group_len = per_group * spatial;
-        let mut out = crate::fused::zeros(x.len());
-        out.par_chunks_mut(group_len).zip(x.par_chunks(group_len)).enumerate().for_each(|(index, (dst, src))| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    let group = index % self.groups;
-                    // Two passes: the mean, then the (biased) variance, as torch computes them.
-                    let mean = lane_sum_f64(src, |v| v) / group_len as f64;
-                    let var = lane_sum_f64(src, |v| (v - mean as f32) * (v - mean as f32)) / group_len as f64;
-                    let inv_std = 1.0 / (var + self.eps).sqrt();
-                    for k in 0..per_group {
-                        let channel = group * per_group + k;
-                        let scale = (w[channel] as f64 * inv_std) as f32;
-                        let shift = (bias[channel] as f64 - mean * w[channel] as f64 * inv_std) as f32;
-                        let range = k * spatial..(k + 1) * spatial;
-                        let (dst, src) = (&mut dst[range.clone()], &src[range]);
-                        if self.swish {
-                            for (d, &s) in dst.iter_mut().zip(src) {
-                                *d = swish(s * scale + shift);
-                            }
-                        } else {
-                            for (d, &s) in dst.iter_mut().zip(src) {
-                                *d = s * scale + shift;
+        let write = |out: &mut [MaybeUninit<f32>]| {
+            out.par_chunks_mut(group_len).zip(x.par_chunks(group_len)).enumerate().for_each(|(index, (dst, src))| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        let group = index % self.groups;
+                        // Two passes: the mean, then the (biased) variance, as torch computes them.
+                        let mean = lane_sum_f64(src, |v| v) / group_len as f64;
+                        let var = lane_sum_f64(src, |v| (v - mean as f32) * (v - mean as f32)) / group_len as f64;
+                        let inv_std = 1.0 / (var + self.eps).sqrt();
+                        for k in 0..per_group {
+                            let channel = group * per_group + k;
+                            let scale = (w[channel] as f64 * inv_std) as f32;
+                            let shift = (bias[channel] as f64 - mean * w[channel] as f64 * inv_std) as f32;
+                            let range = k * spatial..(k + 1) * spatial;
+                            let (dst, src) = (&mut dst[range.clone()], &src[range]);
+                            if self.swish {
+                                for (d, &s) in dst.iter_mut().zip(src) {
+                                    d.write(swish(s * scale + shift));
+                                }
+                            } else {
+                                for (d, &s) in dst.iter_mut().zip(src) {
+                                    d.write(s * scale + shift);
+                                }
                             }
                         }
-                    }
-                },
-            )
-        });
+                    },
+                )
+            })
+        };
+        // SAFETY: `x` is whole groups (`b * c * spatial` values), and each group's part
+        // of `out` is written channel by channel, every value of each.
+        let out = unsafe { fused::written_once(x.len(), write) };
         debug_assert_eq!(out.len(), b * c * spatial);
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
@@ -153,7 +158,7 @@ mod tests {
         for swish in [false, true] {
             let fused = gn.forward(&x, swish, false).unwrap();
             let composite = gn.forward(&x, swish, true).unwrap();
-            let diff: f32 = (fused - composite).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            let diff = crate::test_support::max_diff(&fused, &composite);
             assert!(diff < 1e-5, "swish {swish}: {diff}");
         }
     }

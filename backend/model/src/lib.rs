@@ -24,6 +24,8 @@ pub mod group_norm;
 pub mod init;
 pub mod masks;
 pub mod spatial_attention;
+#[cfg(test)]
+mod test_support;
 pub mod tokenizer;
 pub mod transformer;
 pub mod vector_math;

@@ -127,7 +127,7 @@ mod tests {
             let expected = probs.matmul(&v.transpose(1, 2).unwrap()).unwrap();
             let ours = spatial_attention(&q, &k, &v).unwrap();
             assert_eq!(ours.dims(), &[b, n, c]);
-            let diff: f32 = (ours - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            let diff = crate::test_support::max_diff(&ours, &expected);
             assert!(diff < 1e-5, "b {b} c {c} n {n}: differs by {diff}");
         }
     }

@@ -21,10 +21,11 @@
 //! longer.
 
 use super::SharedPtr;
-use crate::fused::{contiguous_f32, product_overwriting, zeros, View};
+use crate::fused::{contiguous_f32, product_overwriting, written_once, View};
 use crate::vector_math::vectorized;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -103,59 +104,63 @@ impl CustomOp2 for WinogradConv {
             })
             .collect();
         let most_blocks = rows_per_task * tiles_w;
-        let mut out = zeros(b * out_c * h * w);
-        let out_ptr = SharedPtr(out.as_mut_ptr());
-        tasks.into_par_iter().for_each_init(
-            || (InputRows::new(tiles_w), vec![0f32; 16 * c * most_blocks], vec![0f32; 16 * out_c * most_blocks]),
-            |(rows, v, m), (image, block_rows)| {
-                let blocks = block_rows.len() * tiles_w;
-                // V = Bᵀ d B of each channel's blocks, into row `channel` of each of the 16
-                // matrices `[c, blocks]`.
-                let v = &mut v[..16 * c * blocks];
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for channel in 0..c {
-                            let plane = &x[(image * c + channel) * h * w..][..h * w];
-                            let mut dst: Vec<&mut [f32]> = v.chunks_mut(blocks).skip(channel).step_by(c).collect();
-                            transform_input(plane, (h, w), tiles_w, block_rows.clone(), rows, &mut dst);
-                        }
-                    },
-                );
-                // M = U ⊙ V: one product per point of the 4x4 block, U [out_c, c] times
-                // V [c, blocks] into M [out_c, blocks].
-                let m = &mut m[..16 * out_c * blocks];
-                for (xi, mx) in m.chunks_mut(out_c * blocks).enumerate() {
-                    let u = View { data: &self.weights[xi * out_c * c..], rs: c, cs: 1 };
-                    let vx = View { data: &v[xi * c * blocks..], rs: blocks, cs: 1 };
-                    product_overwriting(mx, blocks, (out_c, blocks, c), u, vx, 1.0, false);
-                }
-                // Y = Aᵀ M A plus the bias, into each output plane's rows of these blocks.
-                #[allow(clippy::redundant_locals)]
-                let out_ptr = out_ptr;
-                let first_value = 2 * block_rows.start * w;
-                let values = (2 * block_rows.end * w).min(h * w) - first_value;
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for (channel, &bias) in bias.iter().enumerate() {
-                            let mut points: [&[f32]; 16] = [&[]; 16];
-                            for (xi, point) in points.iter_mut().enumerate() {
-                                *point = &m[(xi * out_c + channel) * blocks..][..blocks];
+        let write = |out: &mut [MaybeUninit<f32>]| {
+            let out_ptr = SharedPtr(out.as_mut_ptr().cast::<f32>());
+            tasks.into_par_iter().for_each_init(
+                || (InputRows::new(tiles_w), vec![0f32; 16 * c * most_blocks], vec![0f32; 16 * out_c * most_blocks]),
+                |(rows, v, m), (image, block_rows)| {
+                    let blocks = block_rows.len() * tiles_w;
+                    // V = Bᵀ d B of each channel's blocks, into row `channel` of each of the 16
+                    // matrices `[c, blocks]`.
+                    let v = &mut v[..16 * c * blocks];
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for channel in 0..c {
+                                let plane = &x[(image * c + channel) * h * w..][..h * w];
+                                let mut dst: Vec<&mut [f32]> = v.chunks_mut(blocks).skip(channel).step_by(c).collect();
+                                transform_input(plane, (h, w), tiles_w, block_rows.clone(), rows, &mut dst);
                             }
-                            // SAFETY: this task alone writes these rows of the plane.
-                            let plane_rows = unsafe {
-                                std::slice::from_raw_parts_mut(
-                                    out_ptr.0.add((image * out_c + channel) * h * w + first_value),
-                                    values,
-                                )
-                            };
-                            transform_output(plane_rows, w, tiles_w, bias, &points);
-                        }
-                    },
-                );
-            },
-        );
+                        },
+                    );
+                    // M = U ⊙ V: one product per point of the 4x4 block, U [out_c, c] times
+                    // V [c, blocks] into M [out_c, blocks].
+                    let m = &mut m[..16 * out_c * blocks];
+                    for (xi, mx) in m.chunks_mut(out_c * blocks).enumerate() {
+                        let u = View { data: &self.weights[xi * out_c * c..], rs: c, cs: 1 };
+                        let vx = View { data: &v[xi * c * blocks..], rs: blocks, cs: 1 };
+                        product_overwriting(mx, blocks, (out_c, blocks, c), u, vx, 1.0, false);
+                    }
+                    // Y = Aᵀ M A plus the bias, into each output plane's rows of these blocks.
+                    #[allow(clippy::redundant_locals)]
+                    let out_ptr = out_ptr;
+                    let first_value = 2 * block_rows.start * w;
+                    let values = (2 * block_rows.end * w).min(h * w) - first_value;
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for (channel, &bias) in bias.iter().enumerate() {
+                                let mut points: [&[f32]; 16] = [&[]; 16];
+                                for (xi, point) in points.iter_mut().enumerate() {
+                                    *point = &m[(xi * out_c + channel) * blocks..][..blocks];
+                                }
+                                // SAFETY: this task alone writes these rows of the plane.
+                                let plane_rows = unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        out_ptr.0.add((image * out_c + channel) * h * w + first_value).cast(),
+                                        values,
+                                    )
+                                };
+                                transform_output(plane_rows, w, tiles_w, bias, &points);
+                            }
+                        },
+                    );
+                },
+            )
+        };
+        // SAFETY: the tasks cover every image's rows of blocks, and each writes every
+        // value of those rows in every output channel.
+        let out = unsafe { written_once(b * out_c * h * w, write) };
         Ok((CpuStorage::F32(out), Shape::from((b, out_c, h, w))))
     }
 }
@@ -250,7 +255,7 @@ const LANES: usize = 16;
 /// blocks; `points[point]` holds M's values for those blocks. A row of blocks at a time,
 /// [`LANES`] blocks at once.
 #[inline(always)]
-fn transform_output(plane_rows: &mut [f32], w: usize, tiles_w: usize, bias: f32, points: &[&[f32]; 16]) {
+fn transform_output(plane_rows: &mut [MaybeUninit<f32>], w: usize, tiles_w: usize, bias: f32, points: &[&[f32]; 16]) {
     for (ty, rows) in plane_rows.chunks_mut(2 * w).enumerate() {
         let mut row_points: [&[f32]; 16] = [&[]; 16];
         for (row, point) in row_points.iter_mut().zip(points) {
@@ -294,18 +299,19 @@ fn output_blocks<const L: usize>(points: &[&[f32]; 16], tx: usize, bias: f32) ->
 /// Blocks `tx..tx + L` into `rows`, the one or two output rows of their row of blocks
 /// (an odd side's last block writes only what lies inside the plane).
 #[inline(always)]
-fn write_blocks<const L: usize>(rows: &mut [f32], w: usize, tx: usize, out: &[[f32; L]; 4]) {
+fn write_blocks<const L: usize>(rows: &mut [MaybeUninit<f32>], w: usize, tx: usize, out: &[[f32; L]; 4]) {
     for (r, row) in rows.chunks_mut(w).enumerate() {
         let (left, right) = (&out[2 * r], &out[2 * r + 1]);
         let cut = (2 * (tx + L)).min(w);
         let dst = &mut row[2 * tx..cut];
         if dst.len() == 2 * L {
             for (pair, (a, b)) in dst.chunks_exact_mut(2).zip(left.iter().zip(right)) {
-                (pair[0], pair[1]) = (*a, *b);
+                pair[0].write(*a);
+                pair[1].write(*b);
             }
         } else {
             for (x, value) in dst.iter_mut().enumerate() {
-                *value = if x % 2 == 0 { left[x / 2] } else { right[x / 2] };
+                value.write(if x % 2 == 0 { left[x / 2] } else { right[x / 2] });
             }
         }
     }

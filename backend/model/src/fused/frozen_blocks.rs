@@ -524,12 +524,8 @@ impl CustomOp1 for FrozenAttention {
 mod tests {
     use super::super::{frozen_product, gelu, masked_softmax};
     use super::*;
+    use crate::test_support::max_diff;
     use candle_core::{DType, Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
-    }
 
     /// Values and the input's gradient, under a loss weighing every output differently.
     fn values_and_gradient(x: &Var, f: impl Fn(&Tensor) -> Tensor, weighing: &Tensor) -> (Tensor, Tensor) {

@@ -316,12 +316,8 @@ impl CustomOp3 for LinearCrossEntropyBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::max_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
-    }
 
     /// Values and the gradients of x, weight and bias equal the projection followed by
     /// [`sliced_cross_entropy`], under a loss weighing each position differently.
