@@ -126,12 +126,15 @@ pub(crate) fn repeated_rows(row: &[f32], rows: usize) -> Vec<f32> {
     let part = (64 * 1024 / row.len().max(1)).max(1) * row.len().max(1);
     let write = |all: &mut [MaybeUninit<f32>]| {
         all.par_chunks_mut(part).for_each(|part| {
-            for (value, &bias) in part.iter_mut().zip(row.iter().cycle()) {
-                value.write(bias);
+            // Row by row: zipped with `row.iter().cycle()`, the copy went a value at a time.
+            for values in part.chunks_mut(row.len().max(1)) {
+                for (value, &bias) in values.iter_mut().zip(row) {
+                    value.write(bias);
+                }
             }
         })
     };
-    // SAFETY: each part is a whole number of rows, and the cycle of `row` covers it.
+    // SAFETY: each part is a whole number of rows, each written in full.
     unsafe { written_once(row.len() * rows, write) }
 }
 
