@@ -117,7 +117,7 @@ fn chunking(items: usize, smallest: usize) -> (usize, bool) {
 /// in]` and give their output `x`'s shape with its last dimension changed: reshaping
 /// around them would add two nodes to the graph, whose backward passes each zero a
 /// gradient buffer the size of the activations and add into it.
-fn rows_of(x: &Tensor) -> Result<Option<Tensor>> {
+fn kernel_input(x: &Tensor) -> Result<Option<Tensor>> {
     Ok(if applies(x) { Some(x.contiguous()?) } else { None })
 }
 
@@ -147,12 +147,12 @@ fn with_last_dim(layout: &Layout, last: usize) -> Shape {
 /// with its weights fixed; differentiable in `x`. `None` where the CPU kernel does not
 /// apply (the caller's op-by-op path runs instead).
 pub fn frozen_mlp(x: &Tensor, up: FrozenLinear, down: FrozenLinear) -> Result<Option<Tensor>> {
-    let Some(rows) = rows_of(x)? else { return Ok(None) };
+    let Some(input) = kernel_input(x)? else { return Ok(None) };
     let (up, down) = (LinearData::new(up)?, LinearData::new(down)?);
-    if up.inputs != rows.dim(D::Minus1)? || down.inputs != up.out {
+    if up.inputs != input.dim(D::Minus1)? || down.inputs != up.out {
         candle_core::bail!("frozen MLP: weights do not fit input {:?}", x.dims());
     }
-    Ok(Some(rows.apply_op1(FrozenMlp { up, down, gelu_grad: OnceLock::new() })?))
+    Ok(Some(input.apply_op1(FrozenMlp { up, down, gelu_grad: OnceLock::new() })?))
 }
 
 struct FrozenMlp {
@@ -244,7 +244,7 @@ pub fn frozen_attention(
     probs_dropout: impl FnOnce() -> Result<Option<Tensor>>,
 ) -> Result<Option<Tensor>> {
     let (b, n, h) = x.dims3()?;
-    let Some(rows) = rows_of(x)? else { return Ok(None) };
+    let Some(input) = kernel_input(x)? else { return Ok(None) };
     if mask.penalty.is_some() || !applies(&mask.keep) {
         return Ok(None);
     }
@@ -276,7 +276,7 @@ pub fn frozen_attention(
         geometry: Geometry { batch: b, n, heads, head_dim: h / heads },
         saved: OnceLock::new(),
     };
-    Ok(Some(rows.apply_op1(op)?))
+    Ok(Some(input.apply_op1(op)?))
 }
 
 /// Query rows per block of [`key_limits`].
