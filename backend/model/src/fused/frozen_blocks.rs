@@ -214,7 +214,10 @@ impl CustomOp1 for FrozenMlp {
                     .for_each(|(dx, grad, gelu_grad)| {
                         let mut d_first = zeros(gelu_grad.len());
                         down.backward_into(grad, &mut d_first, parallel);
-                        multiply_in_place(&mut d_first, gelu_grad);
+                        vectorized(
+                            #[inline(always)]
+                            || multiply_in_place(&mut d_first, gelu_grad),
+                        );
                         up.backward_into(&d_first, dx, parallel);
                     })
             })
@@ -493,9 +496,7 @@ impl CustomOp1 for FrozenAttention {
                                         for (i, row) in d_scores.chunks_mut(n).enumerate() {
                                             let (row, index) = (&mut row[..keys], task * n + first + i);
                                             if let Some(dropout) = &self.dropout {
-                                                for (g, d) in row.iter_mut().zip(&dropout[index * n..]) {
-                                                    *g *= d;
-                                                }
+                                                multiply_in_place(row, &dropout[index * n..]);
                                             }
                                             // d scores = m * p * (d probs - Σ p * d probs)
                                             let p = &p[(first + i) * n..][..keys];
